@@ -1,0 +1,33 @@
+//! # towerscope
+//!
+//! Composable [Tower](https://docs.rs/tower) layers that give any axum or Hyper service
+//! production observability.
+//!
+//! - [`lifecycle`]: the shared request lifecycle (route, method, outcome, end of body) that
+//!   every layer uses, and the [`lifecycle::ObserveLayer`] that runs capabilities in one pass.
+//! - [`metrics`]: RED metrics (rate, errors, duration) with OpenTelemetry semantic-convention
+//!   names, and the Prometheus `/metrics` endpoint.
+//!
+//! ```no_run
+//! use axum::{routing::get, Router};
+//! use towerscope::metrics::{Prometheus, RedLayer};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let prometheus = Prometheus::install()?; // the global `metrics` recorder
+//! let app = Router::new()
+//!     .route("/users/{id}", get(|| async { "user" }))
+//!     .route_layer(RedLayer::new())
+//!     .merge(prometheus.router());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! axum::serve(listener, app).await?;
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs, unsafe_code, unreachable_pub)]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+pub mod lifecycle;
+pub mod metrics;
+
+/// The boxed error type of Tower middleware.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

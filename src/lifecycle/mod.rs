@@ -1,0 +1,56 @@
+//! The shared request lifecycle: what every towerscope layer knows about a request, defined
+//! once.
+//!
+//! - **Route**: the matched route template (axum's `MatchedPath`, e.g. `/users/{id}`), never
+//!   the raw path; `None` for requests that matched no route. Plain Hyper/Tower services supply
+//!   templates with [`ObserveLayer::route_fn`].
+//! - **Method**: [`KnownMethod`], the nine standard methods or `_OTHER`.
+//! - **Outcome**: [`Outcome`], one definition of success, client error, server error (with its
+//!   [`ErrorType`]) and cancellation.
+//! - **Finished**: the response body was fully sent: end of stream, trailers,
+//!   `is_end_stream()` after a frame, or a body error. Responses that carry no body (HEAD,
+//!   1xx, 204, 304, empty bodies) finish with their head. Durations end there, so streaming
+//!   responses are timed to their last byte.
+//! - **Cancelled**: the response future or body was dropped before the end (the client went
+//!   away). A panic unwinding through the layer is a 500 instead.
+//!
+//! Capabilities implement [`Observer`] and run inside one [`ObserveLayer`]: the layer reads the
+//! clock, resolves the route and wraps the future and body once, whatever the number of
+//! observers (a tuple of observers is an observer).
+//!
+//! ```
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//! use towerscope::lifecycle::{End, ObserveLayer, Observer, Outcome, RequestMeta};
+//!
+//! /// Counts cancelled requests.
+//! #[derive(Default)]
+//! struct Cancellations(std::sync::Arc<AtomicU64>);
+//!
+//! impl Observer for Cancellations {
+//!     type Route = std::sync::Arc<AtomicU64>;
+//!     type Observation = ();
+//!     fn route(&self, _template: Option<&str>) -> Self::Route {
+//!         self.0.clone()
+//!     }
+//!     fn start<B>(&self, _: &Self::Route, _: &http::Request<B>, _: &RequestMeta<'_>) {}
+//!     fn end(count: &Self::Route, _: (), end: &End) {
+//!         if end.outcome == Outcome::Cancelled {
+//!             count.fetch_add(1, Ordering::Relaxed);
+//!         }
+//!     }
+//! }
+//!
+//! let layer = ObserveLayer::with_observer(Cancellations::default());
+//! ```
+
+mod method;
+mod observer;
+mod outcome;
+mod route;
+mod service;
+
+pub use method::KnownMethod;
+pub use observer::{Observer, RequestMeta, ResponseHead};
+pub use outcome::{End, ErrorType, Outcome};
+pub use route::{RouteEntry, MAX_ROUTES};
+pub use service::{Observe, ObserveLayer, ResponseBody, ResponseFuture};

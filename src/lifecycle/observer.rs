@@ -1,0 +1,156 @@
+//! The observer traits: how a capability (RED metrics, request logs, spans, …) plugs into the
+//! shared request lifecycle.
+
+use std::time::Instant;
+
+use http::{HeaderMap, Request, StatusCode};
+
+use super::{End, KnownMethod, RouteEntry};
+
+/// What the core knows about a request when it starts.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestMeta<'a> {
+    /// The normalised method.
+    pub method: KnownMethod,
+    /// The route template, `None` when no route matched.
+    pub route: Option<&'a str>,
+    /// When the layer saw the request.
+    pub start: Instant,
+}
+
+/// The response head, when the inner service produced one.
+#[derive(Debug, Clone, Copy)]
+pub struct ResponseHead<'a> {
+    /// The status code.
+    pub status: StatusCode,
+    /// The response headers.
+    pub headers: &'a HeaderMap,
+}
+
+/// A capability that observes requests.
+///
+/// An observer builds its per-route data once per route template ([`Observer::route`]), starts
+/// a per-request [`Observer::Observation`] in `call`, and is told about the response head and
+/// the end (finished, failed or cancelled). Observers compose as tuples, `(A, B)` up to four,
+/// so a full stack pays for the clock, the route lookup and the body wrapper once.
+///
+/// `response` and `end` receive the route data rather than `&self`: everything an observer
+/// needs after `call` lives in its route data or its observation, so the response future and
+/// body carry a single `Arc` (the route entry) whatever the number of observers.
+pub trait Observer: Send + Sync + 'static {
+    /// Data built once per route template and shared by all its requests: metric handles,
+    /// span names, configuration.
+    type Route: Send + Sync + 'static;
+    /// Per-request state.
+    type Observation: Send + 'static;
+
+    /// Builds the data of a route (`None`: requests that matched no route). Called once per
+    /// template, off the hot path.
+    fn route(&self, template: Option<&str>) -> Self::Route;
+
+    /// A request arrives.
+    fn start<B>(
+        &self,
+        route: &Self::Route,
+        req: &Request<B>,
+        meta: &RequestMeta<'_>,
+    ) -> Self::Observation;
+
+    /// The inner service produced a response head.
+    fn response(route: &Self::Route, obs: &mut Self::Observation, head: &ResponseHead<'_>) {
+        let _ = (route, obs, head);
+    }
+
+    /// The request ended: finished, failed or cancelled. Called exactly once per request.
+    fn end(route: &Self::Route, obs: Self::Observation, end: &End);
+}
+
+impl Observer for () {
+    type Route = ();
+    type Observation = ();
+    fn route(&self, _: Option<&str>) {}
+    fn start<B>(&self, _: &(), _: &Request<B>, _: &RequestMeta<'_>) {}
+    fn end(_: &(), _: (), _: &End) {}
+}
+
+macro_rules! tuple_observer {
+    ($($t:ident $i:tt),+) => {
+        impl<$($t: Observer),+> Observer for ($($t,)+) {
+            type Route = ($($t::Route,)+);
+            type Observation = ($($t::Observation,)+);
+
+            fn route(&self, template: Option<&str>) -> Self::Route {
+                ($(self.$i.route(template),)+)
+            }
+
+            fn start<ReqB>(
+                &self,
+                route: &Self::Route,
+                req: &Request<ReqB>,
+                meta: &RequestMeta<'_>,
+            ) -> Self::Observation {
+                ($(self.$i.start(&route.$i, req, meta),)+)
+            }
+
+            fn response(route: &Self::Route, obs: &mut Self::Observation, head: &ResponseHead<'_>) {
+                $($t::response(&route.$i, &mut obs.$i, head);)+
+            }
+
+            fn end(route: &Self::Route, obs: Self::Observation, end: &End) {
+                $($t::end(&route.$i, obs.$i, end);)+
+            }
+        }
+    };
+}
+
+tuple_observer!(A 0);
+tuple_observer!(A 0, B 1);
+tuple_observer!(A 0, B 1, C 2);
+tuple_observer!(A 0, B 1, C 2, D 3);
+
+/// The per-request state the core carries from `call` to the end of the body.
+pub(crate) struct Tracker<O: Observer> {
+    pub(crate) route: std::sync::Arc<RouteEntry<O::Route>>,
+    pub(crate) obs: O::Observation,
+    pub(crate) start: Instant,
+    pub(crate) status: Option<StatusCode>,
+    pub(crate) response_bytes: u64,
+    pub(crate) request_bytes: Option<u64>,
+}
+
+impl<O: Observer> Tracker<O> {
+    pub(crate) fn response(&mut self, head: &ResponseHead<'_>) {
+        self.status = Some(head.status);
+        O::response(self.route.data(), &mut self.obs, head);
+    }
+
+    pub(crate) fn end(self, outcome: super::Outcome) {
+        let end = End {
+            outcome,
+            status: self.status,
+            duration: self.start.elapsed(),
+            response_bytes: self.response_bytes,
+            request_bytes: self.request_bytes,
+        };
+        O::end(self.route.data(), self.obs, &end);
+    }
+
+    /// The body ended normally (or the response carries no body).
+    pub(crate) fn finish(self) {
+        let outcome = match self.status {
+            Some(s) => super::Outcome::from_status(s),
+            None => super::Outcome::Success,
+        };
+        self.end(outcome);
+    }
+
+    /// Dropped before the end: cancelled, or a panic unwinding through the layer.
+    pub(crate) fn abandon(self) {
+        let outcome = if std::thread::panicking() {
+            super::Outcome::ServerError(super::ErrorType::Status(StatusCode::INTERNAL_SERVER_ERROR))
+        } else {
+            super::Outcome::Cancelled
+        };
+        self.end(outcome);
+    }
+}

@@ -1,0 +1,232 @@
+//! Route resolution: the matched route template, looked up once per request and shared by
+//! every observer together with the per-route data each observer built for it.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::{Arc, RwLock};
+
+use http::{Method, Request, Uri};
+
+/// How the layer finds a request's route template.
+#[derive(Clone, Default)]
+pub(crate) enum RouteSource {
+    /// axum's `MatchedPath` extension (set by `Router` before the route's layers run);
+    /// without the `axum` feature every request is unmatched.
+    #[default]
+    MatchedPath,
+    /// A user closure, for plain Hyper/Tower services.
+    Fn(Arc<RouteFn>),
+}
+
+/// The closure type of [`crate::lifecycle::ObserveLayer::route_fn`].
+pub(crate) type RouteFn = dyn Fn(&Method, &Uri) -> Option<&'static str> + Send + Sync;
+
+/// A route and the data each observer attached to it, built once per template.
+#[derive(Debug)]
+pub struct RouteEntry<R> {
+    template: Option<Arc<str>>,
+    data: R,
+}
+
+impl<R> RouteEntry<R> {
+    /// The route template (`/users/{id}`), or `None` for requests that matched no route.
+    pub fn template(&self) -> Option<&str> {
+        self.template.as_deref()
+    }
+
+    /// The observers' per-route data.
+    pub fn data(&self) -> &R {
+        &self.data
+    }
+}
+
+/// Maps a route template to its shared entry.
+///
+/// The hot path is keyed by the address of the template string, not its contents: axum hands
+/// every request of a route the same `Arc<str>`, and the table keeps that `Arc` alive, so the
+/// address cannot be reused by another string. Templates that arrive in a fresh allocation
+/// each time (axum's nested routers) fall back to a lookup by contents; both maps are bounded
+/// by [`MAX_ROUTES`], past which further templates share one `_OTHER` entry.
+pub(crate) struct RouteTable<R> {
+    by_addr: RwLock<HashMap<usize, Arc<RouteEntry<R>>, BuildHasherDefault<AddrHasher>>>,
+    by_name: RwLock<HashMap<Arc<str>, Arc<RouteEntry<R>>>>,
+    unmatched: Arc<RouteEntry<R>>,
+    overflow: Arc<RouteEntry<R>>,
+    // Keeps the `Arc<str>` of each addr key alive (see above).
+    pins: RwLock<Vec<Pin>>,
+}
+
+#[allow(dead_code)] // held only to keep addresses alive
+enum Pin {
+    #[cfg(feature = "axum")]
+    Matched(axum::extract::MatchedPath),
+    Static,
+}
+
+/// Bound on distinct route templates per layer; a safety net, since templates come from code.
+pub const MAX_ROUTES: usize = 4096;
+
+impl<R> RouteTable<R> {
+    pub(crate) fn new(make: &dyn Fn(Option<&str>) -> R) -> Self {
+        let overflow: Arc<str> = Arc::from("_OTHER");
+        Self {
+            by_addr: RwLock::default(),
+            by_name: RwLock::default(),
+            unmatched: Arc::new(RouteEntry {
+                template: None,
+                data: make(None),
+            }),
+            overflow: Arc::new(RouteEntry {
+                data: make(Some(&overflow)),
+                template: Some(overflow),
+            }),
+            pins: RwLock::default(),
+        }
+    }
+
+    /// The entry for a request.
+    pub(crate) fn resolve<B>(
+        &self,
+        source: &RouteSource,
+        req: &Request<B>,
+        make: &dyn Fn(Option<&str>) -> R,
+    ) -> Arc<RouteEntry<R>> {
+        match source {
+            #[cfg(feature = "axum")]
+            RouteSource::MatchedPath => {
+                match req.extensions().get::<axum::extract::MatchedPath>() {
+                    Some(m) => self.lookup(m.as_str(), || Pin::Matched(m.clone()), make),
+                    None => self.unmatched.clone(),
+                }
+            }
+            #[cfg(not(feature = "axum"))]
+            RouteSource::MatchedPath => self.unmatched.clone(),
+            RouteSource::Fn(f) => match f(req.method(), req.uri()) {
+                Some(t) => self.lookup(t, || Pin::Static, make),
+                None => self.unmatched.clone(),
+            },
+        }
+    }
+
+    fn lookup(
+        &self,
+        template: &str,
+        pin: impl FnOnce() -> Pin,
+        make: &dyn Fn(Option<&str>) -> R,
+    ) -> Arc<RouteEntry<R>> {
+        let addr = template.as_ptr() as usize;
+        if let Some(e) = read(&self.by_addr).get(&addr) {
+            // Same address, kept alive by `pins`: same template.
+            return e.clone();
+        }
+        self.lookup_slow(template, addr, pin, make)
+    }
+
+    #[cold]
+    fn lookup_slow(
+        &self,
+        template: &str,
+        addr: usize,
+        pin: impl FnOnce() -> Pin,
+        make: &dyn Fn(Option<&str>) -> R,
+    ) -> Arc<RouteEntry<R>> {
+        if let Some(e) = read(&self.by_name).get(template) {
+            return e.clone();
+        }
+        let mut by_name = self.by_name.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = by_name.get(template) {
+            return e.clone();
+        }
+        if by_name.len() >= MAX_ROUTES {
+            return self.overflow.clone();
+        }
+        let name: Arc<str> = Arc::from(template);
+        let entry = Arc::new(RouteEntry {
+            data: make(Some(&name)),
+            template: Some(name.clone()),
+        });
+        by_name.insert(name, entry.clone());
+        drop(by_name);
+        self.pins
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(pin());
+        self.by_addr
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(addr, entry.clone());
+        entry
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        read(&self.by_name).len()
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    // The maps are always consistent (inserts are single calls), so a poisoned lock is usable.
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Hashes a pointer: the low bits are alignment, so fold them away and spread with one multiply.
+#[derive(Default)]
+pub(crate) struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.0 = ((n as u64) >> 3).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn make(t: Option<&str>) -> String {
+        t.unwrap_or("<none>").to_owned()
+    }
+
+    #[test]
+    fn same_template_same_entry_whatever_the_allocation() {
+        let table = RouteTable::new(&make);
+        let src = RouteSource::Fn(Arc::new(|_: &Method, uri: &Uri| match uri.path() {
+            "/a" => Some("/a"),
+            _ => None,
+        }));
+        let req = Request::get("/a").body(()).unwrap();
+        let a1 = table.resolve(&src, &req, &make);
+        let a2 = table.resolve(&src, &req, &make);
+        assert!(Arc::ptr_eq(&a1, &a2));
+        assert_eq!(a1.template(), Some("/a"));
+        assert_eq!(a1.data(), "/a");
+        // Same contents at another address: found by name, not duplicated.
+        let other = String::from("/a");
+        let a3 = table.lookup(&other, || Pin::Static, &make);
+        assert!(Arc::ptr_eq(&a1, &a3));
+        assert_eq!(table.len(), 1);
+        let none = table.resolve(&src, &Request::get("/zzz").body(()).unwrap(), &make);
+        assert_eq!(none.template(), None);
+        assert_eq!(none.data(), "<none>");
+    }
+
+    #[test]
+    fn table_is_bounded() {
+        let table = RouteTable::new(&make);
+        let names: Vec<String> = (0..MAX_ROUTES + 10).map(|i| format!("/r{i}")).collect();
+        for n in &names {
+            table.lookup(n, || Pin::Static, &make);
+        }
+        assert_eq!(table.len(), MAX_ROUTES);
+        let last = table.lookup(names.last().unwrap(), || Pin::Static, &make);
+        assert_eq!(last.template(), Some("_OTHER"));
+    }
+}

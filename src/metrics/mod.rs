@@ -1,0 +1,48 @@
+//! RED metrics (rate, errors, duration) with the Prometheus names of the OpenTelemetry HTTP
+//! semantic conventions, and the Prometheus `/metrics` endpoint.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `http_server_request_duration_seconds` | histogram | `http_request_method`, `http_route`, `http_response_status_code`, `error_type` (failures only) |
+//! | `http_server_active_requests` | gauge | `http_request_method`, `http_route` |
+//! | `http_server_cancelled_requests_total` | counter | `http_request_method`, `http_route` |
+//! | `http_server_request_body_size_bytes` (opt-in) | histogram | as the duration |
+//! | `http_server_response_body_size_bytes` (opt-in) | histogram | as the duration |
+//!
+//! The duration runs until the response body was fully sent; its `_count` is the request rate
+//! and `error_type` gives the error rate. Cancelled requests are counted only in
+//! `http_server_cancelled_requests_total`. Requests that matched no route have an empty
+//! `http_route` (or [`RedBuilder::unmatched_route`]); unknown methods are `_OTHER`; so the
+//! number of series is bounded by routes x 10 methods x status codes whatever clients send.
+//!
+//! Handles are resolved once per route, method and status and kept, so a request costs a few
+//! atomic operations and no allocation. They are resolved on first use: install the recorder
+//! before serving.
+//!
+//! ```no_run
+//! use axum::{routing::get, Router};
+//! use towerscope::metrics::{Prometheus, RedLayer};
+//!
+//! let prometheus = Prometheus::builder()
+//!     .duration_buckets(&[0.01, 0.1, 1.0])
+//!     .install()
+//!     .expect("first recorder");
+//! let app: Router = Router::new()
+//!     .route("/", get(|| async { "ok" }))
+//!     .layer(RedLayer::builder().constant_label("service", "demo").layer())
+//!     .merge(prometheus.router());
+//! ```
+
+#[cfg(feature = "prometheus")]
+mod prometheus;
+mod red;
+
+#[cfg(feature = "prometheus")]
+pub use prometheus::{
+    InstallError, MetricsService, Prometheus, PrometheusBuilder, CONTENT_TYPE, DURATION_BUCKETS,
+    SIZE_BUCKETS,
+};
+pub use red::{
+    Red, RedBuilder, RedLayer, RedRoute, ACTIVE_REQUESTS, CANCELLED_REQUESTS, REQUEST_BODY_SIZE,
+    REQUEST_DURATION, RESPONSE_BODY_SIZE,
+};

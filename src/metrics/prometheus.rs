@@ -1,0 +1,248 @@
+//! The Prometheus endpoint: a `metrics` recorder from metrics-exporter-prometheus, rendered in
+//! the text exposition format 0.0.4 on a blocking thread, with periodic histogram upkeep.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+use metrics_exporter_prometheus::{Matcher, PrometheusHandle, PrometheusRecorder};
+use tower_service::Service;
+
+/// `Content-Type` of the text exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Default buckets of every towerscope `*_duration_seconds` histogram, in seconds (the
+/// OpenTelemetry HTTP semantic conventions' advice).
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// Default buckets of every towerscope `*_size_bytes` histogram: powers of four from 64 B to
+/// 64 MiB.
+pub const SIZE_BUCKETS: &[f64] = &[
+    64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
+    67108864.0,
+];
+
+/// A Prometheus registry: renders what towerscope (and anything else using the `metrics`
+/// facade) recorded.
+///
+/// ```no_run
+/// use towerscope::metrics::Prometheus;
+/// // Global: every `metrics` call in the process lands here.
+/// let prometheus = Prometheus::install().expect("no other recorder installed");
+/// let router: axum::Router = prometheus.router(); // GET /metrics
+/// ```
+#[derive(Clone)]
+pub struct Prometheus {
+    inner: Arc<PrometheusHandle>,
+}
+
+impl std::fmt::Debug for Prometheus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prometheus").finish_non_exhaustive()
+    }
+}
+
+/// Settings of the Prometheus recorder.
+#[derive(Debug, Clone)]
+pub struct PrometheusBuilder {
+    duration_buckets: Vec<f64>,
+    size_buckets: Vec<f64>,
+    upkeep_interval: Duration,
+    global_labels: Vec<(String, String)>,
+}
+
+impl Default for PrometheusBuilder {
+    fn default() -> Self {
+        Self {
+            duration_buckets: DURATION_BUCKETS.to_vec(),
+            size_buckets: SIZE_BUCKETS.to_vec(),
+            upkeep_interval: Duration::from_secs(5),
+            global_labels: Vec::new(),
+        }
+    }
+}
+
+/// The error of [`Prometheus::install`]: another global recorder is installed already.
+#[derive(Debug)]
+pub struct InstallError(());
+
+impl std::fmt::Display for InstallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a global `metrics` recorder is already installed")
+    }
+}
+
+impl std::error::Error for InstallError {}
+
+impl PrometheusBuilder {
+    /// Buckets of every histogram whose name ends in `_duration_seconds` (default
+    /// [`DURATION_BUCKETS`]). Empty input keeps the default.
+    pub fn duration_buckets(mut self, buckets: &[f64]) -> Self {
+        if !buckets.is_empty() {
+            self.duration_buckets = buckets.to_vec();
+        }
+        self
+    }
+
+    /// Buckets of every histogram whose name ends in `_size_bytes` (default [`SIZE_BUCKETS`]).
+    pub fn size_buckets(mut self, buckets: &[f64]) -> Self {
+        if !buckets.is_empty() {
+            self.size_buckets = buckets.to_vec();
+        }
+        self
+    }
+
+    /// How often histogram storage is compacted when nobody scrapes (default 5 s).
+    pub fn upkeep_interval(mut self, interval: Duration) -> Self {
+        self.upkeep_interval = interval.max(Duration::from_millis(10));
+        self
+    }
+
+    /// A label added to every series at render time.
+    pub fn global_label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.global_labels.push((key.into(), value.into()));
+        self
+    }
+
+    /// The recorder, not installed, and its renderer: for a non-global registry (tests,
+    /// several registries) or to wrap the recorder in layers before installing it. Starts the
+    /// upkeep thread, which ends when the last [`Prometheus`] clone is dropped.
+    pub fn build(self) -> (PrometheusRecorder, Prometheus) {
+        let interval = self.upkeep_interval;
+        let mut b = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Suffix("_duration_seconds".into()),
+                &self.duration_buckets,
+            )
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Suffix("_size_bytes".into()), &self.size_buckets)
+            })
+            .expect("bucket lists are never empty");
+        for (k, v) in self.global_labels {
+            b = b.add_global_label(k, v);
+        }
+        let recorder = b.build_recorder();
+        let prometheus = Prometheus {
+            inner: Arc::new(recorder.handle()),
+        };
+        spawn_upkeep(Arc::downgrade(&prometheus.inner), interval);
+        (recorder, prometheus)
+    }
+
+    /// Installs the recorder as the global `metrics` recorder. Fails (never panics) when one
+    /// is installed already.
+    pub fn install(self) -> Result<Prometheus, InstallError> {
+        let (recorder, prometheus) = self.build();
+        metrics::set_global_recorder(recorder).map_err(|_| InstallError(()))?;
+        Ok(prometheus)
+    }
+}
+
+fn spawn_upkeep(handle: Weak<PrometheusHandle>, interval: Duration) {
+    // A plain thread: upkeep is short, synchronous work, and must run even without a runtime.
+    let spawned = std::thread::Builder::new()
+        .name("towerscope-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(interval);
+            match handle.upgrade() {
+                Some(h) => h.run_upkeep(),
+                None => return,
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the metrics upkeep thread");
+    }
+}
+
+impl Prometheus {
+    /// Settings.
+    pub fn builder() -> PrometheusBuilder {
+        PrometheusBuilder::default()
+    }
+
+    /// Installs a global recorder with the default settings.
+    pub fn install() -> Result<Self, InstallError> {
+        Self::builder().install()
+    }
+
+    /// The exposition text, rendered on the calling thread.
+    pub fn render(&self) -> String {
+        self.inner.render()
+    }
+
+    /// The `/metrics` response, rendered on tokio's blocking pool so a large registry never
+    /// stalls an async worker.
+    pub async fn response(&self) -> Response<Full<Bytes>> {
+        let handle = self.inner.clone();
+        match tokio::task::spawn_blocking(move || handle.render()).await {
+            Ok(text) => {
+                let mut res = Response::new(Full::new(Bytes::from(text)));
+                res.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+                res
+            }
+            Err(_) => {
+                let mut res = Response::new(Full::new(Bytes::from_static(b"render failed\n")));
+                *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                res
+            }
+        }
+    }
+
+    /// An axum router serving `GET /metrics`; merge it into the main router or serve it on an
+    /// admin listener.
+    #[cfg(feature = "axum")]
+    pub fn router<S: Clone + Send + Sync + 'static>(&self) -> axum::Router<S> {
+        self.router_at("/metrics")
+    }
+
+    /// An axum router serving the metrics at another path.
+    #[cfg(feature = "axum")]
+    pub fn router_at<S: Clone + Send + Sync + 'static>(&self, path: &str) -> axum::Router<S> {
+        let this = self.clone();
+        axum::Router::new().route(
+            path,
+            axum::routing::get(move || {
+                let this = this.clone();
+                async move { this.response().await }
+            }),
+        )
+    }
+
+    /// A plain Tower service answering every request with the metrics, for Hyper users.
+    pub fn service(&self) -> MetricsService {
+        MetricsService {
+            prometheus: self.clone(),
+        }
+    }
+}
+
+/// A Tower service that answers with the exposition text.
+#[derive(Debug, Clone)]
+pub struct MetricsService {
+    prometheus: Prometheus,
+}
+
+impl<B> Service<Request<B>> for MetricsService {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<B>) -> Self::Future {
+        // One scrape every few seconds: a boxed future is fine off the request path.
+        let p = self.prometheus.clone();
+        Box::pin(async move { Ok(p.response().await) })
+    }
+}
