@@ -1,1 +1,7 @@
+//! The integration tests: one binary (links are slow on two cores), one module per capability.
 
+mod support;
+
+mod lifecycle;
+mod prometheus;
+mod red;

@@ -1,0 +1,299 @@
+//! The shared lifecycle: when a request ends, and how.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use tower::{service_fn, Layer, ServiceExt};
+use towerscope::lifecycle::{ErrorType, Outcome};
+use towerscope::metrics::{ACTIVE_REQUESTS, CANCELLED_REQUESTS, REQUEST_DURATION};
+
+use crate::support::{collect, local_red, sample, Capture};
+
+/// A body of `n` chunks, `gap` apart, that reports its end only by returning `None`.
+struct Slow {
+    left: u32,
+    gap: Duration,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl http_body::Body for Slow {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        let gap = self.gap;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(gap)));
+        std::task::ready!(sleep.as_mut().poll(cx));
+        self.sleep = None;
+        self.left -= 1;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"chunk")))))
+    }
+}
+
+fn slow(left: u32, gap: Duration) -> Slow {
+    Slow {
+        left,
+        gap,
+        sleep: None,
+    }
+}
+
+#[tokio::test]
+async fn streaming_body_is_timed_to_its_end() {
+    let (layer, capture) = Capture::layer();
+    let svc = layer.layer(service_fn(|_: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(slow(3, Duration::from_millis(60))))
+    }));
+    let res = svc.oneshot(Request::new(())).await.unwrap();
+    assert!(capture.ends().is_empty(), "ended before the body was sent");
+    let body = collect(res.into_body()).await;
+    assert_eq!(body.len(), 15);
+    let ends = capture.ends();
+    assert_eq!(ends.len(), 1);
+    assert_eq!(ends[0].outcome, Outcome::Success);
+    assert_eq!(ends[0].response_bytes, 15);
+    assert!(
+        ends[0].duration >= Duration::from_millis(180),
+        "duration {:?} stops before the last chunk",
+        ends[0].duration
+    );
+}
+
+/// A body that ends after one frame, says so with `is_end_stream`, and hangs if polled again:
+/// hyper stops polling there, so the layer must finish on `is_end_stream` (tower-http #625).
+struct OneFrame(bool);
+
+impl http_body::Body for OneFrame {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.0 {
+            return Poll::Pending;
+        }
+        self.0 = true;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"only")))))
+    }
+    fn is_end_stream(&self) -> bool {
+        self.0
+    }
+}
+
+#[tokio::test]
+async fn finishes_on_is_end_stream_after_a_frame() {
+    let (layer, capture) = Capture::layer();
+    let svc = layer.layer(service_fn(|_: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(OneFrame(false)))
+    }));
+    let mut body = svc.oneshot(Request::new(())).await.unwrap().into_body();
+    let frame = body.frame().await.unwrap().unwrap();
+    assert_eq!(frame.into_data().unwrap(), "only");
+    assert!(http_body::Body::is_end_stream(&body));
+    let ends = capture.ends();
+    assert_eq!(ends.len(), 1, "not finished after the last frame");
+    assert_eq!(ends[0].outcome, Outcome::Success);
+    drop(body);
+    assert_eq!(
+        capture.ends().len(),
+        1,
+        "dropping a finished body ended it twice"
+    );
+}
+
+#[tokio::test]
+async fn early_dropped_body_is_cancelled_and_gauge_returns() {
+    let (red, prometheus) = local_red();
+    let app = Router::new()
+        .route(
+            "/stream",
+            get(|| async { Body::new(slow(10, Duration::from_millis(20))) }),
+        )
+        .layer(red.layer());
+    let res = app
+        .oneshot(Request::get("/stream").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let labels = [("http_request_method", "GET"), ("http_route", "/stream")];
+    let text = prometheus.render();
+    assert_eq!(sample(&text, ACTIVE_REQUESTS, &labels), Some(1.0));
+    let mut body = res.into_body();
+    body.frame().await.unwrap().unwrap(); // one chunk, then the client goes away
+    drop(body);
+    let text = prometheus.render();
+    assert_eq!(sample(&text, ACTIVE_REQUESTS, &labels), Some(0.0));
+    assert_eq!(sample(&text, CANCELLED_REQUESTS, &labels), Some(1.0));
+    assert!(
+        !text.contains("http_server_request_duration_seconds_count{"),
+        "a cancelled request was recorded as a completed one:\n{text}"
+    );
+}
+
+#[tokio::test]
+async fn dropped_response_future_is_cancelled() {
+    let (layer, capture) = Capture::layer();
+    let svc = layer.layer(service_fn(|_: Request<()>| async {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        Ok::<_, Infallible>(Response::new(String::new()))
+    }));
+    let r = tokio::time::timeout(Duration::from_millis(20), svc.oneshot(Request::new(()))).await;
+    assert!(r.is_err());
+    let ends = capture.ends();
+    assert_eq!(ends.len(), 1);
+    assert_eq!(ends[0].outcome, Outcome::Cancelled);
+    assert_eq!(ends[0].status, None);
+}
+
+#[tokio::test]
+async fn panics_count_as_500_caught_or_not() {
+    async fn boom() -> &'static str {
+        panic!("handler bug")
+    }
+    let labels_500 = [
+        ("http_request_method", "GET"),
+        ("http_route", "/boom"),
+        ("http_response_status_code", "500"),
+        ("error_type", "500"),
+    ];
+    let gauge = [("http_request_method", "GET"), ("http_route", "/boom")];
+
+    // Caught inside the stack: the client gets a real 500.
+    let (red, prometheus) = local_red();
+    let app = Router::new()
+        .route("/boom", get(boom))
+        .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        .layer(red.layer());
+    let res = app
+        .oneshot(Request::get("/boom").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    collect(res.into_body()).await;
+    let count = format!("{REQUEST_DURATION}_count");
+    let text = prometheus.render();
+    assert_eq!(sample(&text, &count, &labels_500), Some(1.0), "{text}");
+    assert_eq!(sample(&text, ACTIVE_REQUESTS, &gauge), Some(0.0));
+
+    // Not caught: the panic unwinds through the layer, which still counts it as a 500, in the
+    // same series as a caught one.
+    let (red, prometheus) = local_red();
+    let app = Router::new().route("/boom", get(boom)).layer(red.layer());
+    let joined =
+        tokio::spawn(app.oneshot(Request::get("/boom").body(Body::empty()).unwrap())).await;
+    assert!(joined.unwrap_err().is_panic());
+    let text = prometheus.render();
+    assert_eq!(sample(&text, &count, &labels_500), Some(1.0), "{text}");
+    assert_eq!(sample(&text, ACTIVE_REQUESTS, &gauge), Some(0.0));
+}
+
+#[tokio::test]
+async fn inner_errors_are_server_errors_with_a_kind() {
+    let (layer, capture) = Capture::layer();
+    let svc = layer.layer(service_fn(|_: Request<()>| async {
+        Err::<Response<String>, _>(std::io::Error::new(std::io::ErrorKind::TimedOut, "slow db"))
+    }));
+    assert!(svc.oneshot(Request::new(())).await.is_err());
+    let ends = capture.ends();
+    assert_eq!(
+        ends[0].outcome,
+        Outcome::ServerError(ErrorType::Kind("timeout"))
+    );
+}
+
+#[tokio::test]
+async fn bodyless_responses_finish_with_their_head() {
+    // Hyper never polls these bodies; waiting for their end would count them as cancelled.
+    for (method, status) in [
+        (http::Method::HEAD, StatusCode::OK),
+        (http::Method::GET, StatusCode::NO_CONTENT),
+        (http::Method::GET, StatusCode::NOT_MODIFIED),
+    ] {
+        let (layer, capture) = Capture::layer();
+        let svc = layer.layer(service_fn(move |_: Request<()>| async move {
+            let mut res = Response::new(slow(1, Duration::from_secs(60)));
+            *res.status_mut() = status;
+            Ok::<_, Infallible>(res)
+        }));
+        let req = Request::builder().method(method.clone()).body(()).unwrap();
+        let res = svc.oneshot(req).await.unwrap();
+        drop(res);
+        let ends = capture.ends();
+        assert_eq!(ends.len(), 1);
+        assert_ne!(ends[0].outcome, Outcome::Cancelled, "{method} {status}");
+    }
+}
+
+#[tokio::test]
+async fn response_passes_through_byte_for_byte() {
+    let make = || {
+        service_fn(|req: Request<()>| async move {
+            let n: usize = req.uri().path()[1..].parse().unwrap();
+            let data: Vec<u8> = (0..n).map(|i| (i * 7 % 256) as u8).collect();
+            let mut trailers = HeaderMap::new();
+            trailers.insert("x-checksum", HeaderValue::from(n));
+            let body = http_body_util::StreamBody::new(futures_iter(vec![
+                Ok::<_, Infallible>(Frame::data(Bytes::from(data))),
+                Ok(Frame::trailers(trailers)),
+            ]));
+            let res = Response::builder()
+                .status(StatusCode::IM_A_TEAPOT)
+                .header("x-custom", HeaderValue::from_bytes(b"caf\xe9").unwrap())
+                .header("content-type", "application/octet-stream")
+                .body(body)
+                .unwrap();
+            Ok::<_, Infallible>(res)
+        })
+    };
+    let (red, _prometheus) = local_red();
+    let red = red.layer();
+    for n in [0usize, 1, 4096, 100_000] {
+        let path = format!("/{n}");
+        let bare = make()
+            .oneshot(Request::get(&path).body(()).unwrap())
+            .await
+            .unwrap();
+        let observed = red
+            .layer(make())
+            .oneshot(Request::get(&path).body(()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(bare.status(), observed.status());
+        assert_eq!(bare.headers(), observed.headers());
+        let a = bare.into_body().collect().await.unwrap();
+        let b = observed.into_body().collect().await.unwrap();
+        assert_eq!(a.trailers(), b.trailers());
+        assert_eq!(a.to_bytes(), b.to_bytes());
+    }
+}
+
+/// A stream over a vector, without pulling in the futures crate.
+fn futures_iter<T: Unpin>(items: Vec<T>) -> IterStream<T> {
+    IterStream(items.into_iter())
+}
+
+struct IterStream<T>(std::vec::IntoIter<T>);
+
+impl<T: Unpin> futures_core::Stream for IterStream<T> {
+    type Item = T;
+    fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<T>> {
+        Poll::Ready(self.0.next())
+    }
+}

@@ -1,0 +1,153 @@
+//! The real tools: `promtool check metrics` over the example server's output, and a real
+//! Prometheus server scraping it.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::{eventually, free_port, http, require_tool, start_server, Proc};
+
+/// Sends a mix of traffic: routes, 404s, 500s, odd methods.
+fn traffic(addr: std::net::SocketAddr) {
+    for i in 0..20 {
+        assert_eq!(http(addr, "GET", "/").0, 200);
+        assert_eq!(http(addr, "GET", &format!("/users/{i}")).0, 200);
+    }
+    assert_eq!(http(addr, "GET", "/simulate?fail=1").0, 500);
+    assert_eq!(http(addr, "GET", "/simulate?ms=5").0, 200);
+    assert_eq!(http(addr, "GET", "/does/not/exist").0, 404);
+    assert_eq!(http(addr, "PROPFIND", "/").0, 405);
+    assert_eq!(http(addr, "HEAD", "/").0, 200);
+}
+
+#[test]
+#[ignore = "needs promtool (Debian package prometheus): run scripts/test.sh"]
+fn promtool_accepts_every_stack() {
+    let promtool = require_tool("promtool");
+    for stack in ["red", "full"] {
+        let (_server, addr) = start_server(stack);
+        traffic(addr);
+        let (status, text) = http(addr, "GET", "/metrics");
+        assert_eq!(status, 200);
+        assert!(
+            text.contains("http_server_request_duration_seconds_bucket"),
+            "{text}"
+        );
+        let mut child = Command::new(&promtool)
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run promtool");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let report = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "stack {stack}: promtool: {report}\n{text}"
+        );
+        assert!(
+            report.trim().is_empty(),
+            "stack {stack}: promtool reported: {report}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs prometheus (Debian package): run scripts/test.sh"]
+fn real_prometheus_scrapes_the_counts() {
+    let prometheus = require_tool("prometheus");
+    let (_server, addr) = start_server("red");
+    let users = 37;
+    for i in 0..users {
+        assert_eq!(http(addr, "GET", &format!("/users/{i}")).0, 200);
+    }
+    let failures = 5;
+    for _ in 0..failures {
+        assert_eq!(http(addr, "GET", "/simulate?fail=1").0, 500);
+    }
+
+    let dir = std::env::temp_dir().join(format!("towerscope-prom-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: towerscope\n    \
+             static_configs:\n      - targets: ['{addr}']\n"
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let web = format!("127.0.0.1:{port}");
+    let child = Command::new(prometheus)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address={web}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start prometheus");
+    let _prom = Proc(child);
+    let web_addr = web.parse().unwrap();
+
+    let query = |q: &str| -> Option<f64> {
+        let path = format!("/api/v1/query?query={}", urlencode(q));
+        let stream = std::net::TcpStream::connect(web_addr).ok()?;
+        drop(stream);
+        let (status, body) = http(web_addr, "GET", &path);
+        if status != 200 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(body.trim()).ok()?;
+        assert_eq!(v["status"], "success", "{body}");
+        let value = v["data"]["result"].get(0)?["value"][1].as_str()?;
+        value.parse().ok()
+    };
+    let got = eventually(Duration::from_secs(60), || {
+        query(
+            "sum(http_server_request_duration_seconds_count{http_route=\"/users/{id}\",\
+             http_response_status_code=\"200\"})",
+        )
+        .filter(|v| *v == f64::from(users))
+    });
+    assert_eq!(
+        got,
+        Some(f64::from(users)),
+        "Prometheus never saw {users} requests"
+    );
+    let errors = eventually(Duration::from_secs(30), || {
+        query(
+            "sum(http_server_request_duration_seconds_count{http_route=\"/simulate\",\
+             error_type=\"500\"})",
+        )
+    });
+    assert_eq!(errors, Some(f64::from(failures)));
+    let up = query("up{job=\"towerscope\"}");
+    assert_eq!(up, Some(1.0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

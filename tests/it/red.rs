@@ -1,0 +1,321 @@
+//! RED metrics: labels, bounded cardinality, zero allocations in steady state.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use http::{Method, Request};
+use metrics::{
+    Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
+    SharedString, Unit,
+};
+use tower::{Layer, Service, ServiceExt};
+use tower_http::map_response_body::MapResponseBodyLayer;
+use towerscope::lifecycle::KnownMethod;
+use towerscope::lifecycle::ObserveLayer;
+use towerscope::metrics::{Prometheus, Red, RedLayer, REQUEST_DURATION};
+
+use crate::support::{allocations, block_on, collect, drain_sync, local_red, sample, series_count};
+
+fn app() -> Router {
+    Router::new()
+        .route("/users/{id}", get(|| async { "user" }))
+        .route(
+            "/fail",
+            get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "no") }),
+        )
+        .route("/metrics", get(|| async { "metrics" }))
+}
+
+async fn send(app: &Router, method: Method, path: &str) -> StatusCode {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .body(Body::empty())
+        .unwrap();
+    let res = app.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    collect(res.into_body()).await;
+    status
+}
+
+fn count_name() -> String {
+    format!("{REQUEST_DURATION}_count")
+}
+
+#[tokio::test]
+async fn labels_follow_the_semantic_conventions() {
+    let (red, prometheus) = local_red();
+    let app = app().layer(red.layer());
+    for _ in 0..3 {
+        send(&app, Method::GET, "/users/7").await;
+    }
+    send(&app, Method::GET, "/users/8").await;
+    send(&app, Method::GET, "/fail").await;
+    send(&app, Method::GET, "/no/such/path").await;
+    send(&app, Method::GET, "/metrics").await;
+    send(&app, Method::from_bytes(b"PROPFIND").unwrap(), "/users/1").await;
+    let text = prometheus.render();
+    let count = count_name();
+    let ok = [
+        ("http_request_method", "GET"),
+        ("http_route", "/users/{id}"),
+        ("http_response_status_code", "200"),
+    ];
+    assert_eq!(sample(&text, &count, &ok), Some(4.0), "{text}");
+    let fail = [
+        ("http_request_method", "GET"),
+        ("http_route", "/fail"),
+        ("http_response_status_code", "500"),
+        ("error_type", "500"),
+    ];
+    assert_eq!(sample(&text, &count, &fail), Some(1.0));
+    // 4xx: no error_type; unmatched: empty route, never the raw path.
+    let missing = [
+        ("http_request_method", "GET"),
+        ("http_route", ""),
+        ("http_response_status_code", "404"),
+    ];
+    assert_eq!(sample(&text, &count, &missing), Some(1.0));
+    assert!(!text.contains("/no/such/path"));
+    let other = [
+        ("http_request_method", "_OTHER"),
+        ("http_route", "/users/{id}"),
+        ("http_response_status_code", "405"),
+    ];
+    assert_eq!(sample(&text, &count, &other), Some(1.0));
+    assert!(!text.contains("PROPFIND"));
+    assert!(
+        !text.contains("http_route=\"/metrics\""),
+        "/metrics is excluded by default"
+    );
+    assert!(text.contains("# HELP http_server_request_duration_seconds "));
+    assert!(text.contains("le=\"0.005\"") && text.contains("le=\"7.5\""));
+}
+
+#[tokio::test]
+async fn options_prefix_constant_labels_placeholder_exclusions_sizes() {
+    let (red, prometheus) = local_red();
+    let layer = red
+        .prefix("shop_")
+        .constant_label("service", "checkout")
+        .unmatched_route("unmatched")
+        .exclude_route("/fail")
+        .body_sizes(true)
+        .layer();
+    let app = app().layer(layer);
+    send(&app, Method::GET, "/users/1").await;
+    send(&app, Method::GET, "/fail").await;
+    send(&app, Method::GET, "/zzz").await;
+    send(&app, Method::GET, "/metrics").await;
+    let text = prometheus.render();
+    let labels = |route, status| {
+        vec![
+            ("service", "checkout"),
+            ("http_request_method", "GET"),
+            ("http_route", route),
+            ("http_response_status_code", status),
+        ]
+    };
+    let count = format!("shop_{REQUEST_DURATION}_count");
+    assert_eq!(
+        sample(&text, &count, &labels("/users/{id}", "200")),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, &count, &labels("unmatched", "404")),
+        Some(1.0)
+    );
+    // Replacing the exclusions brings /metrics back and drops /fail.
+    assert_eq!(sample(&text, &count, &labels("/metrics", "200")), Some(1.0));
+    assert!(!text.contains("/fail"));
+    let size = "shop_http_server_response_body_size_bytes_sum";
+    assert_eq!(
+        sample(&text, size, &labels("/users/{id}", "200")),
+        Some(4.0)
+    );
+}
+
+#[tokio::test]
+async fn random_paths_and_methods_leave_the_series_count_unchanged() {
+    let (red, prometheus) = local_red();
+    let mut app = app().layer(red.layer()).into_service::<Body>();
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut send = |method: Method, path: String| {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Body::empty())
+            .unwrap();
+        let res = block_on(app.call(req)).unwrap();
+        drain_sync(res.into_body());
+    };
+    // Warm up: every method on an unmatched path and on a route.
+    for m in KnownMethod::ALL {
+        let method = match m {
+            KnownMethod::Other => Method::from_bytes(b"BREW").unwrap(),
+            m => Method::from_bytes(m.as_str().as_bytes()).unwrap(),
+        };
+        send(method.clone(), "/warm".into());
+        send(method, "/users/1".into());
+    }
+    let before = series_count(&prometheus.render());
+    for _ in 0..100_000 {
+        let len = rng.usize(1..12);
+        let token: String = (0..len).map(|_| rng.uppercase()).collect();
+        let method = Method::from_bytes(token.as_bytes()).unwrap();
+        let path: String = (0..rng.usize(1..30)).map(|_| rng.alphanumeric()).collect();
+        let path = if rng.bool() {
+            format!("/r/{path}")
+        } else {
+            format!("/users/{path}")
+        };
+        send(method, path);
+    }
+    let after = prometheus.render();
+    assert_eq!(series_count(&after), before, "new series appeared");
+}
+
+/// A recorder whose handles are plain atomics, to count the layer's own allocations
+/// (metrics-exporter-prometheus stores histogram samples in blocks it allocates every few
+/// dozen samples; that is the exporter's cost, measured in BENCHMARKS.md).
+#[derive(Default)]
+struct AtomicRecorder;
+
+struct Cell(AtomicU64);
+impl CounterFn for Cell {
+    fn increment(&self, v: u64) {
+        self.0.fetch_add(v, Ordering::Relaxed);
+    }
+    fn absolute(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+}
+impl GaugeFn for Cell {
+    fn increment(&self, _: f64) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    fn decrement(&self, _: f64) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+    fn set(&self, v: f64) {
+        self.0.store(v as u64, Ordering::Relaxed);
+    }
+}
+impl HistogramFn for Cell {
+    fn record(&self, _: f64) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Recorder for AtomicRecorder {
+    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn register_counter(&self, _: &Key, _: &Metadata<'_>) -> Counter {
+        Counter::from_arc(Arc::new(Cell(AtomicU64::new(0))))
+    }
+    fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+        Gauge::from_arc(Arc::new(Cell(AtomicU64::new(0))))
+    }
+    fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+        Histogram::from_arc(Arc::new(Cell(AtomicU64::new(0))))
+    }
+}
+
+/// Sends 3 x `rounds` requests (a 200, a 500, an unmatched 404) and returns this thread's
+/// allocations during the last `rounds` rounds.
+fn allocations_per_rounds<S, B>(mut svc: S, rounds: u64) -> u64
+where
+    S: Service<Request<Body>, Response = http::Response<B>>,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body + Unpin,
+{
+    let mut one = |path: &'static str| {
+        let req = Request::get(path).body(Body::empty()).unwrap();
+        let res = block_on(svc.call(req)).unwrap();
+        drain_sync(res.into_body());
+    };
+    let mut run = |n| {
+        for _ in 0..n {
+            one("/users/1");
+            one("/fail");
+            one("/nope");
+        }
+    };
+    run(100);
+    let before = allocations();
+    run(rounds);
+    allocations() - before
+}
+
+fn plain_service(
+) -> impl Service<Request<Body>, Response = http::Response<String>, Error = std::convert::Infallible>
+       + Clone {
+    tower::service_fn(|req: Request<Body>| async move {
+        let (status, body) = match req.uri().path() {
+            "/users/1" => (StatusCode::OK, "user"),
+            "/fail" => (StatusCode::INTERNAL_SERVER_ERROR, "no"),
+            _ => (StatusCode::NOT_FOUND, ""),
+        };
+        let mut res = http::Response::new(String::from(body));
+        *res.status_mut() = status;
+        Ok(res)
+    })
+}
+
+#[test]
+fn steady_state_adds_zero_allocations_per_request() {
+    let red = || Red::builder().recorder(Arc::new(AtomicRecorder)).build();
+
+    // A plain Tower service: everything the layer does per request.
+    let bare = allocations_per_rounds(plain_service(), 1000);
+    let layer = ObserveLayer::with_observer(red()).route_fn(|_, uri| match uri.path() {
+        "/users/1" => Some("/users/{id}"),
+        "/fail" => Some("/fail"),
+        _ => None,
+    });
+    let observed = allocations_per_rounds(layer.layer(plain_service()), 1000);
+    assert!(bare > 0, "the counting allocator is not active");
+    assert_eq!(observed, bare, "the RED layer allocated in steady state");
+
+    // axum: for handler routes, `Router::layer` boxes a clone of every non-zero-sized layer per
+    // request, and `Body::new` boxes any body type other than its own. Compare with a layer
+    // that carries an `Arc` and changes the body type, so the difference is towerscope's alone.
+    let state = Arc::new(0u8);
+    let wrap = MapResponseBodyLayer::new(move |b: Body| {
+        let _ = &state;
+        http_body_util::BodyExt::boxed_unsync(b)
+    });
+    let axum_bare = allocations_per_rounds(app().layer(wrap).into_service::<Body>(), 1000);
+    let layer = ObserveLayer::with_observer(red());
+    let axum_observed = allocations_per_rounds(app().layer(layer).into_service::<Body>(), 1000);
+    assert_eq!(
+        axum_observed, axum_bare,
+        "the RED layer allocated in steady state under axum"
+    );
+}
+
+#[test]
+fn install_never_panics_when_a_recorder_exists() {
+    // This is the only test that touches the global recorder.
+    let first = Prometheus::install();
+    assert!(first.is_ok());
+    let second = Prometheus::install();
+    let err = second.unwrap_err();
+    assert!(err.to_string().contains("already installed"));
+    // The default layer reports to the global recorder.
+    let app = app().layer(RedLayer::new());
+    let text = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(async {
+            send(&app, Method::GET, "/users/3").await;
+            first.unwrap().render()
+        });
+    assert!(text.contains("http_route=\"/users/{id}\""), "{text}");
+}

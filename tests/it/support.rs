@@ -1,0 +1,286 @@
+//! Shared test helpers: a counting allocator, a local Prometheus registry, a capturing observer,
+//! a synchronous driver for futures that never wait, and processes for the real tools.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::future::Future;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::pin::pin;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::Body;
+use towerscope::lifecycle::{End, ObserveLayer, Observer, RequestMeta};
+use towerscope::metrics::{Prometheus, Red, RedBuilder};
+
+// ---- allocation counting (per thread, so parallel tests do not disturb each other) ----
+
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn count() {
+    let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+}
+
+// SAFETY: forwards to the system allocator; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count();
+        System.alloc(layout)
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count();
+        System.alloc_zeroed(layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count();
+        System.realloc(ptr, layout, new_size)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Allocations made by this thread so far.
+pub fn allocations() -> u64 {
+    ALLOCATIONS.with(|c| c.get())
+}
+
+// ---- driving futures and bodies that are always ready ----
+
+/// Polls a future that never waits to completion on this thread.
+pub fn block_on<F: Future>(f: F) -> F::Output {
+    let mut f = pin!(f);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+    }
+}
+
+/// Reads a body that never waits to its end, returning the data length.
+pub fn drain_sync<B: Body + Unpin>(mut body: B) -> usize {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut n = 0;
+    loop {
+        match std::pin::Pin::new(&mut body).poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    n += bytes::Buf::remaining(d);
+                }
+            }
+            Poll::Ready(Some(Err(_))) | Poll::Ready(None) => return n,
+            Poll::Pending => continue,
+        }
+    }
+}
+
+/// Collects a body on the runtime.
+pub async fn collect<B>(body: B) -> Bytes
+where
+    B: Body,
+    B::Error: std::fmt::Debug,
+{
+    use http_body_util::BodyExt;
+    body.collect().await.expect("body").to_bytes()
+}
+
+// ---- a local Prometheus registry ----
+
+/// A RED builder that records into a fresh, private Prometheus registry.
+pub fn local_red() -> (RedBuilder, Prometheus) {
+    let (recorder, prometheus) = Prometheus::builder().build();
+    (Red::builder().recorder(Arc::new(recorder)), prometheus)
+}
+
+/// The value of the series `name{labels}` whose label set is exactly `labels`.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (n, rest) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.strip_suffix('}')?),
+            None => (series, ""),
+        };
+        if n != name {
+            return None;
+        }
+        let mut got: Vec<(&str, &str)> = if rest.is_empty() {
+            vec![]
+        } else {
+            rest.split("\",")
+                .map(|kv| {
+                    let (k, v) = kv.split_once("=\"").expect("label");
+                    (k, v.trim_end_matches('"'))
+                })
+                .collect()
+        };
+        let mut want = labels.to_vec();
+        got.sort();
+        want.sort();
+        (got == want).then(|| value.parse().expect("number"))
+    })
+}
+
+/// The number of series (sample lines) in an exposition.
+pub fn series_count(text: &str) -> usize {
+    text.lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .count()
+}
+
+// ---- an observer that captures every end ----
+
+/// Records each request's end.
+#[derive(Clone, Default)]
+pub struct Capture(pub Arc<Mutex<Vec<End>>>);
+
+impl Capture {
+    pub fn layer() -> (ObserveLayer<Capture>, Capture) {
+        let c = Capture::default();
+        (ObserveLayer::with_observer(c.clone()), c)
+    }
+
+    pub fn ends(&self) -> Vec<End> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+impl Observer for Capture {
+    type Route = Capture;
+    type Observation = ();
+    fn route(&self, _: Option<&str>) -> Capture {
+        self.clone()
+    }
+    fn start<B>(&self, _: &Capture, _: &http::Request<B>, _: &RequestMeta<'_>) {}
+    fn end(route: &Capture, _: (), end: &End) {
+        route.0.lock().unwrap().push(*end);
+    }
+}
+
+// ---- processes: the example server and the real tools ----
+
+/// The example server, built by `cargo test` beside this binary.
+pub fn example_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let path = dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --example {name}` (cargo test builds it)",
+        path.display()
+    );
+    path
+}
+
+/// A child process killed on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the example server on a free port and returns it with its address.
+pub fn start_server(stack: &str) -> (Proc, SocketAddr) {
+    let mut child = Command::new(example_binary("server"))
+        .args(["--addr", "127.0.0.1:0", "--stack", stack, "--workers", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the example server");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("server exited before listening")
+            .expect("read stdout");
+        let v: serde_json::Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(_) => continue,
+        };
+        if v["message"] == "listening" {
+            break v["addr"]
+                .as_str()
+                .expect("addr")
+                .parse()
+                .expect("socket addr");
+        }
+    };
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    (Proc(child), addr)
+}
+
+/// A minimal HTTP/1.1 request over a fresh connection: (status, body).
+pub fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read response");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A free loopback port (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Fails loudly when a tool the test needs is not installed.
+pub fn require_tool(tool: &str) -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(tool))
+            .find(|p| p.is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!("`{tool}` is not installed: run scripts/test.sh (it installs the Debian package)")
+    })
+}
+
+/// Retries `f` until it returns `Some` or the deadline passes.
+pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
