@@ -53,4 +53,4 @@ pub use method::KnownMethod;
 pub use observer::{Observer, RequestMeta, ResponseHead};
 pub use outcome::{End, ErrorType, Outcome};
 pub use route::{RouteEntry, MAX_ROUTES};
-pub use service::{Observe, ObserveLayer, ResponseBody, ResponseFuture};
+pub use service::{content_length, Observe, ObserveLayer, ResponseBody, ResponseFuture};

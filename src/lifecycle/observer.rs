@@ -1,8 +1,6 @@
 //! The observer traits: how a capability (RED metrics, request logs, spans, …) plugs into the
 //! shared request lifecycle.
 
-use std::time::Instant;
-
 use http::{HeaderMap, Request, StatusCode};
 
 use super::{End, KnownMethod, RouteEntry};
@@ -14,8 +12,6 @@ pub struct RequestMeta<'a> {
     pub method: KnownMethod,
     /// The route template, `None` when no route matched.
     pub route: Option<&'a str>,
-    /// When the layer saw the request.
-    pub start: Instant,
 }
 
 /// The response head, when the inner service produced one.
@@ -112,10 +108,9 @@ tuple_observer!(A 0, B 1, C 2, D 3);
 pub(crate) struct Tracker<O: Observer> {
     pub(crate) route: std::sync::Arc<RouteEntry<O::Route>>,
     pub(crate) obs: O::Observation,
-    pub(crate) start: Instant,
+    pub(crate) start: quanta::Instant,
     pub(crate) status: Option<StatusCode>,
     pub(crate) response_bytes: u64,
-    pub(crate) request_bytes: Option<u64>,
 }
 
 impl<O: Observer> Tracker<O> {
@@ -130,7 +125,6 @@ impl<O: Observer> Tracker<O> {
             status: self.status,
             duration: self.start.elapsed(),
             response_bytes: self.response_bytes,
-            request_bytes: self.request_bytes,
         };
         O::end(self.route.data(), self.obs, &end);
     }

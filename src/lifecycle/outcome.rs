@@ -151,8 +151,6 @@ pub struct End {
     pub duration: Duration,
     /// Response body bytes that passed through the layer.
     pub response_bytes: u64,
-    /// The request's `Content-Length`, when it declared one.
-    pub request_bytes: Option<u64>,
 }
 
 #[cfg(test)]

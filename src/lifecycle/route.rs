@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use http::{Method, Request, Uri};
 
@@ -48,6 +48,8 @@ impl<R> RouteEntry<R> {
 /// each time (axum's nested routers) fall back to a lookup by contents; both maps are bounded
 /// by [`MAX_ROUTES`], past which further templates share one `_OTHER` entry.
 pub(crate) struct RouteTable<R> {
+    /// Lock-free front of `by_addr`: write-once slots, probed linearly from the address hash.
+    fast: Box<[OnceLock<(usize, Arc<RouteEntry<R>>)>]>,
     by_addr: RwLock<HashMap<usize, Arc<RouteEntry<R>>, BuildHasherDefault<AddrHasher>>>,
     by_name: RwLock<HashMap<Arc<str>, Arc<RouteEntry<R>>>>,
     unmatched: Arc<RouteEntry<R>>,
@@ -63,6 +65,15 @@ enum Pin {
     Static,
 }
 
+const FAST_SLOTS: usize = 512;
+const FAST_PROBES: usize = 8;
+
+fn fast_slot(addr: usize) -> usize {
+    let mut h = AddrHasher::default();
+    h.write_usize(addr);
+    (h.finish() >> 32) as usize % FAST_SLOTS
+}
+
 /// Bound on distinct route templates per layer; a safety net, since templates come from code.
 pub const MAX_ROUTES: usize = 4096;
 
@@ -70,6 +81,7 @@ impl<R> RouteTable<R> {
     pub(crate) fn new(make: &dyn Fn(Option<&str>) -> R) -> Self {
         let overflow: Arc<str> = Arc::from("_OTHER");
         Self {
+            fast: (0..FAST_SLOTS).map(|_| OnceLock::new()).collect(),
             by_addr: RwLock::default(),
             by_name: RwLock::default(),
             unmatched: Arc::new(RouteEntry {
@@ -115,8 +127,16 @@ impl<R> RouteTable<R> {
         make: &dyn Fn(Option<&str>) -> R,
     ) -> Arc<RouteEntry<R>> {
         let addr = template.as_ptr() as usize;
+        // Same address, kept alive by `pins`: same template.
+        let start = fast_slot(addr);
+        for i in 0..FAST_PROBES {
+            match self.fast[(start + i) % FAST_SLOTS].get() {
+                Some((a, e)) if *a == addr => return e.clone(),
+                Some(_) => continue,
+                None => break,
+            }
+        }
         if let Some(e) = read(&self.by_addr).get(&addr) {
-            // Same address, kept alive by `pins`: same template.
             return e.clone();
         }
         self.lookup_slow(template, addr, pin, make)
@@ -155,6 +175,15 @@ impl<R> RouteTable<R> {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(addr, entry.clone());
+        let start = fast_slot(addr);
+        for i in 0..FAST_PROBES {
+            if self.fast[(start + i) % FAST_SLOTS]
+                .set((addr, entry.clone()))
+                .is_ok()
+            {
+                break;
+            }
+        }
         entry
     }
 

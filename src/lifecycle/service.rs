@@ -4,7 +4,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::Instant;
 
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
@@ -140,7 +139,7 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let start = Instant::now();
+        let start = quanta::Instant::now();
         let shared = &*self.shared;
         let route = shared
             .table
@@ -148,18 +147,15 @@ where
         let meta = RequestMeta {
             method: KnownMethod::from_method(req.method()),
             route: route.template(),
-            start,
         };
         let obs = shared.observer.start(route.data(), &req, &meta);
         let head_only = req.method() == Method::HEAD;
-        let request_bytes = content_length(&req);
         let tracker = Tracker {
             route,
             obs,
             start,
             status: None,
             response_bytes: 0,
-            request_bytes,
         };
         ResponseFuture {
             inner: self.inner.call(req),
@@ -169,7 +165,8 @@ where
     }
 }
 
-fn content_length<B>(req: &Request<B>) -> Option<u64> {
+/// The request's declared body size (`Content-Length`), for observers that report it.
+pub fn content_length<B>(req: &Request<B>) -> Option<u64> {
     req.headers()
         .get(http::header::CONTENT_LENGTH)?
         .to_str()

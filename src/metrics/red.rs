@@ -6,7 +6,9 @@ use std::sync::{Arc, Once, OnceLock, RwLock};
 use http::{Request, StatusCode};
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, Unit};
 
-use crate::lifecycle::{End, ErrorType, KnownMethod, ObserveLayer, Observer, Outcome, RequestMeta};
+use crate::lifecycle::{
+    content_length, End, ErrorType, KnownMethod, ObserveLayer, Observer, Outcome, RequestMeta,
+};
 
 /// `http_server_request_duration_seconds`
 pub const REQUEST_DURATION: &str = "http_server_request_duration_seconds";
@@ -261,8 +263,11 @@ struct MethodHandles {
     /// atomic loads, and memory is spent only on the classes a route really answers.
     by_status: [OnceLock<Box<[OnceLock<StatusHandles>; 100]>>; 9],
     /// Errors without a 5xx status (inner service errors, body errors): rare, so a lock.
-    by_error: RwLock<Vec<(Option<StatusCode>, &'static str, Arc<StatusHandles>)>>,
+    by_error: RwLock<Vec<ErrorHandles>>,
 }
+
+/// Handles of one (status, error kind) pair.
+type ErrorHandles = (Option<StatusCode>, &'static str, Arc<StatusHandles>);
 
 struct StatusHandles {
     duration: Histogram,
@@ -271,10 +276,10 @@ struct StatusHandles {
 }
 
 impl StatusHandles {
-    fn record(&self, end: &End) {
+    fn record(&self, end: &End, request_bytes: Option<u64>) {
         self.duration.record(end.duration.as_secs_f64());
         if let Some(h) = &self.request_size {
-            if let Some(n) = end.request_bytes {
+            if let Some(n) = request_bytes {
                 h.record(n as f64);
             }
         }
@@ -337,7 +342,7 @@ impl RedRoute {
         })
     }
 
-    fn record(&self, m: &MethodHandles, end: &End) {
+    fn record(&self, m: &MethodHandles, end: &End, request_bytes: Option<u64>) {
         let (status, kind) = match end.outcome {
             Outcome::ServerError(ErrorType::Status(s)) => (Some(s), None),
             Outcome::ServerError(ErrorType::Kind(k)) => (end.status, Some(k)),
@@ -351,7 +356,7 @@ impl RedRoute {
                 let error = s.is_server_error().then(|| s.as_str());
                 class[usize::from(code % 100)]
                     .get_or_init(|| self.status_handles(m, Some(s), error))
-                    .record(end);
+                    .record(end, request_bytes);
             }
             (status, kind) => {
                 let kind = kind.unwrap_or("_OTHER");
@@ -371,7 +376,7 @@ impl RedRoute {
                     }
                     h
                 });
-                handles.record(end);
+                handles.record(end, request_bytes);
             }
         }
     }
@@ -379,8 +384,9 @@ impl RedRoute {
 
 impl Observer for Red {
     type Route = RedRoute;
-    /// The method's handles are in the route; `None` when the route is excluded.
-    type Observation = Option<KnownMethod>;
+    /// The method (its handles are in the route) and, with body sizes on, the request's
+    /// `Content-Length`; `None` when the route is excluded.
+    type Observation = Option<(KnownMethod, Option<u64>)>;
 
     fn route(&self, template: Option<&str>) -> RedRoute {
         self.cfg.described.call_once(|| self.cfg.describe());
@@ -400,24 +406,31 @@ impl Observer for Red {
     fn start<B>(
         &self,
         route: &RedRoute,
-        _: &Request<B>,
+        req: &Request<B>,
         meta: &RequestMeta<'_>,
     ) -> Self::Observation {
         if route.excluded {
             return None;
         }
         route.method(meta.method).active.increment(1.0);
-        Some(meta.method)
+        let size = if self.cfg.body_sizes {
+            content_length(req)
+        } else {
+            None
+        };
+        Some((meta.method, size))
     }
 
     fn end(route: &RedRoute, obs: Self::Observation, end: &End) {
-        let Some(method) = obs else { return };
+        let Some((method, request_bytes)) = obs else {
+            return;
+        };
         let m = route.method(method);
         m.active.decrement(1.0);
         if end.outcome == Outcome::Cancelled {
             m.cancelled.increment(1);
         } else {
-            route.record(m, end);
+            route.record(m, end, request_bytes);
         }
     }
 }

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Load benchmark of the example server: one tokio worker pinned to core 0, wrk (closed loop,
+# 32 connections, 1 thread) pinned to core 1, stacks alternated within one run so every ratio
+# is against `--stack bare` measured under the same conditions.
+#
+#   scripts/bench.sh [--duration SECONDS] [--rounds N] [--path PATH] [STACK...]
+#
+# Default stacks: bare red full. Prints a Markdown table: median requests/s, p99, ratio to bare.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+duration=10
+rounds=3
+path=/users/42
+stacks=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --duration) duration=$2; shift 2 ;;
+    --rounds) rounds=$2; shift 2 ;;
+    --path) path=$2; shift 2 ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    *) stacks+=("$1"); shift ;;
+  esac
+done
+[ ${#stacks[@]} -gt 0 ] || stacks=(bare red full)
+
+if ! command -v wrk >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+  else
+    echo "bench.sh: wrk is missing: apt-get install wrk" >&2; exit 1
+  fi
+fi
+command -v taskset >/dev/null || { echo "bench.sh: taskset (util-linux) is missing" >&2; exit 1; }
+
+cargo build --release --example server >&2
+bin=target/release/examples/server
+cores=$(nproc)
+server_cpu=0
+load_cpu=$(( cores > 1 ? 1 : 0 ))
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"; kill $(jobs -p) 2>/dev/null || true' EXIT
+
+run_one() { # stack round
+  local stack=$1 round=$2 port out
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  taskset -c "$server_cpu" "$bin" --addr "127.0.0.1:$port" --stack "$stack" --workers 1 >"$tmp/server-$stack-$round.log" 2>&1 &
+  local pid=$!
+  for _ in $(seq 100); do
+    curl -fs "http://127.0.0.1:$port/" >/dev/null 2>&1 && break
+    sleep 0.05
+  done
+  # Warm up (route handles, connections), then measure.
+  taskset -c "$load_cpu" wrk -t1 -c32 -d2s "http://127.0.0.1:$port$path" >/dev/null
+  out=$(taskset -c "$load_cpu" wrk -t1 -c32 -d"${duration}s" --latency "http://127.0.0.1:$port$path")
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  local rps p99
+  rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  echo "$stack $round $rps $p99" >>"$tmp/results"
+  echo "round $round  $stack: $rps req/s, p99 $p99" >&2
+}
+
+for round in $(seq "$rounds"); do
+  for stack in "${stacks[@]}"; do
+    run_one "$stack" "$round"
+  done
+done
+
+python3 - "$tmp/results" "${stacks[@]}" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1])]
+stacks = sys.argv[2:]
+def ms(v):
+    for unit, f in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+        if v.endswith(unit):
+            return float(v[: -len(unit)]) * f
+    return float(v)
+med = {}
+p99 = {}
+for s in stacks:
+    r = [float(x[2]) for x in rows if x[0] == s]
+    med[s] = statistics.median(r)
+    p99[s] = statistics.median([ms(x[3]) for x in rows if x[0] == s])
+base = med.get("bare")
+# Paired ratios: each stack against the bare run of the same round, which shares the machine's
+# state at that moment; their median is steadier than the ratio of medians on a noisy host.
+bare_by_round = {x[1]: float(x[2]) for x in rows if x[0] == "bare"}
+print("| stack | requests/s (median) | p99 (ms) | ratio to bare | paired ratio, median (min-max) |")
+print("|---|---:|---:|---:|---:|")
+for s in stacks:
+    ratio = f"{med[s] / base:.2f}x" if base else "-"
+    pairs = [float(x[2]) / bare_by_round[x[1]] for x in rows if x[0] == s and x[1] in bare_by_round]
+    paired = f"{statistics.median(pairs):.2f}x ({min(pairs):.2f}-{max(pairs):.2f})" if pairs else "-"
+    print(f"| {s} | {med[s]:,.0f} | {p99[s]:.2f} | {ratio} | {paired} |")
+PY

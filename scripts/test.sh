@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The whole towerscope test suite: lints, docs, unit and integration tests, including the
+# tests that need real services (Prometheus, promtool), which this script installs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=()
+command -v promtool >/dev/null 2>&1 || need_pkgs+=(prometheus)
+command -v prometheus >/dev/null 2>&1 || need_pkgs+=(prometheus)
+
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "test.sh: installing ${need_pkgs[*]} (Debian packages)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+  else
+    echo "test.sh: missing ${need_pkgs[*]}: install the Debian package(s) (apt-get install ${need_pkgs[*]}) or run as root" >&2
+    exit 1
+  fi
+fi
+
+rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --all-targets --all-features -- -D warnings
+echo "== cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
+echo "== cargo test (all features, including the tests that need real services)"
+cargo test --all-features -- --include-ignored
+echo "== cargo test (no default features: the crate builds and its unit tests pass without axum)"
+cargo test --no-default-features --lib
