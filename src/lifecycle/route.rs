@@ -49,7 +49,7 @@ impl<R> RouteEntry<R> {
 /// by [`MAX_ROUTES`], past which further templates share one `_OTHER` entry.
 pub(crate) struct RouteTable<R> {
     /// Lock-free front of `by_addr`: write-once slots, probed linearly from the address hash.
-    fast: Box<[OnceLock<(usize, Arc<RouteEntry<R>>)>]>,
+    fast: Box<[FastSlot<R>]>,
     by_addr: RwLock<HashMap<usize, Arc<RouteEntry<R>>, BuildHasherDefault<AddrHasher>>>,
     by_name: RwLock<HashMap<Arc<str>, Arc<RouteEntry<R>>>>,
     unmatched: Arc<RouteEntry<R>>,
@@ -64,6 +64,9 @@ enum Pin {
     Matched(axum::extract::MatchedPath),
     Static,
 }
+
+/// A write-once (template address, entry) pair.
+type FastSlot<R> = OnceLock<(usize, Arc<RouteEntry<R>>)>;
 
 const FAST_SLOTS: usize = 512;
 const FAST_PROBES: usize = 8;
