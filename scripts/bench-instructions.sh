@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Deterministic companion of scripts/bench.sh: user-space instructions per request of the
+# example server for each stack, counted by callgrind (repeatable whatever the machine's noise;
+# kernel time, the larger share of a request on loopback, is not counted).
+#
+#   scripts/bench-instructions.sh [--requests N] [--path PATH] [STACK...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+requests=3000
+path=/users/42
+stacks=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --requests) requests=$2; shift 2 ;;
+    --path) path=$2; shift 2 ;;
+    *) stacks+=("$1"); shift ;;
+  esac
+done
+[ ${#stacks[@]} -gt 0 ] || stacks=(bare red full)
+command -v valgrind >/dev/null || { echo "valgrind is missing: apt-get install valgrind" >&2; exit 1; }
+cargo build --release --example server >&2
+bin=$PWD/target/release/examples/server
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"; kill $(jobs -p) 2>/dev/null || true' EXIT
+
+# A keep-alive client that sends exactly N requests over one connection.
+client() { # port n
+  python3 - "$1" "$2" "$path" <<'PY'
+import socket, sys
+port, n, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+s = socket.create_connection(("127.0.0.1", port))
+req = f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+buf = b""
+for _ in range(n):
+    s.sendall(req)
+    while True:
+        head, sep, rest = buf.partition(b"\r\n\r\n")
+        if sep:
+            length = int([l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0])
+            if len(rest) >= length:
+                buf = rest[length:]
+                break
+        buf += s.recv(65536)
+PY
+}
+
+echo "| stack | instructions per request | ratio to bare |"
+echo "|---|---:|---:|"
+base=""
+for stack in "${stacks[@]}"; do
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  out="$tmp/cg-$stack.out"
+  valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
+    "$bin" --addr "127.0.0.1:$port" --stack "$stack" --workers 1 >"$tmp/log-$stack" 2>&1 &
+  pid=$!
+  for _ in $(seq 200); do curl -fs "http://127.0.0.1:$port/" >/dev/null 2>&1 && break; sleep 0.1; done
+  client "$port" 200                      # warm-up: route handles, buffers
+  callgrind_control -i on "$pid" >/dev/null
+  client "$port" "$requests"
+  callgrind_control -i off "$pid" >/dev/null
+  kill -INT "$pid"; wait "$pid" 2>/dev/null || true
+  total=$(awk '/^totals:/ {print $2; exit}' "$out")
+  per=$(( total / requests ))
+  [ -n "$base" ] || base=$per
+  python3 -c "print(f'| $stack | {$per:,} | {$per/$base:.3f}x |')"
+done
