@@ -26,6 +26,7 @@
 #![deny(missing_docs, unsafe_code, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+pub mod breaker;
 pub mod lifecycle;
 pub mod metrics;
 
