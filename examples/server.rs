@@ -5,21 +5,37 @@
 //! ```
 //!
 //! Routes: `GET /` (`ok`), `GET /users/{id}` (small JSON), `GET /simulate?ms=N&fail=P` (sleeps
-//! N ms, answers 500 with probability P), `GET /metrics` (not with `--stack bare`).
+//! N ms, answers 500 with probability P), `GET /downstream?ms=N&fail=P` (calls
+//! `--downstream URL`, by default this server's own `/simulate`, passing the query along),
+//! `GET /metrics` (not with `--stack bare`).
 //!
-//! Stacks: `bare` (no towerscope layer: the benchmark baseline), `red` (RED metrics),
-//! `full` (the default: every capability towerscope has).
+//! Stacks: `bare` (no towerscope layer: the benchmark baseline), `red` (RED metrics), `full`
+//! (the default: every capability towerscope has: RED metrics, and a circuit breaker on the
+//! downstream client, which answers 503 with `Retry-After` at once while open).
+//!
+//! Watch the breaker open and recover:
+//!
+//! ```text
+//! for i in $(seq 30); do curl -s 'localhost:3000/downstream?fail=1' -o /dev/null; done
+//! curl -i localhost:3000/downstream          # 503 at once, with Retry-After
+//! sleep 5; for i in $(seq 5); do curl -s localhost:3000/downstream; done   # probes close it
+//! ```
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::extract::{Path, Query};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
 use serde::{Deserialize, Serialize};
+use tower::{Layer, ServiceExt};
+use towerscope::breaker::{Breaker, BreakerOpen, CircuitBreakerLayer};
 use towerscope::metrics::{Prometheus, RedLayer};
+use towerscope::BoxError;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Stack {
@@ -32,13 +48,20 @@ struct Args {
     addr: SocketAddr,
     stack: Stack,
     workers: usize,
+    downstream: Option<String>,
+    breaker_wait: Duration,
 }
+
+const USAGE: &str = "usage: server [--addr HOST:PORT] [--stack bare|red|full] [--workers N] \
+                     [--downstream URL] [--breaker-wait SECONDS]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         addr: "127.0.0.1:3000".parse().expect("valid default"),
         stack: Stack::Full,
         workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        downstream: None,
+        breaker_wait: Duration::from_secs(5),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -56,12 +79,15 @@ fn parse_args() -> Result<Args, String> {
             "--workers" => {
                 args.workers = value()?.parse().map_err(|e| format!("--workers: {e}"))?;
             }
-            "-h" | "--help" => {
-                return Err(
-                    "usage: server [--addr HOST:PORT] [--stack bare|red|full] [--workers N]".into(),
-                )
+            "--downstream" => args.downstream = Some(value()?),
+            "--breaker-wait" => {
+                let secs: f64 = value()?
+                    .parse()
+                    .map_err(|e| format!("--breaker-wait: {e}"))?;
+                args.breaker_wait = Duration::from_secs_f64(secs.max(0.001));
             }
-            other => return Err(format!("unknown argument {other:?} (try --help)")),
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
     Ok(args)
@@ -99,21 +125,71 @@ async fn simulate(Query(q): Query<Simulate>) -> impl IntoResponse {
     }
 }
 
-fn routes() -> Router {
-    Router::new()
+/// The downstream HTTP client: hyper's, with a timeout, behind a circuit breaker in `full`.
+type Client = tower::util::BoxCloneSyncService<
+    http::Request<Empty<Bytes>>,
+    http::Response<hyper::body::Incoming>,
+    BoxError,
+>;
+
+#[derive(Clone)]
+struct Downstream {
+    client: Client,
+    url: String,
+}
+
+async fn downstream(
+    State(d): State<Downstream>,
+    RawQuery(query): RawQuery,
+) -> axum::response::Response {
+    let url = match query {
+        Some(q) => format!("{}?{q}", d.url),
+        None => d.url.clone(),
+    };
+    let req = match http::Request::get(url).body(Empty::new()) {
+        Ok(r) => r,
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    };
+    match d.client.oneshot(req).await {
+        Ok(res) => {
+            let status = res.status();
+            match res.into_body().collect().await {
+                Ok(body) => (status, body.to_bytes()).into_response(),
+                Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+            }
+        }
+        Err(e) => match e.downcast::<BreakerOpen>() {
+            Ok(open) => open.into_response(),
+            Err(e) => (StatusCode::BAD_GATEWAY, format!("downstream: {e}\n")).into_response(),
+        },
+    }
+}
+
+fn client(stack: Stack, breaker_wait: Duration) -> Client {
+    let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<Bytes>>();
+    let timed = tower::timeout::TimeoutLayer::new(Duration::from_secs(10)).layer(hyper);
+    match stack {
+        Stack::Full => {
+            let breaker = Breaker::builder("downstream")
+                .wait_in_open(breaker_wait)
+                .build();
+            Client::new(CircuitBreakerLayer::new(breaker).layer(timed))
+        }
+        Stack::Bare | Stack::Red => Client::new(timed),
+    }
+}
+
+fn app(prometheus: Option<&Prometheus>, downstream_state: Downstream) -> Router {
+    let routes = Router::new()
         .route("/", get(|| async { "ok" }))
         .route("/users/{id}", get(user))
         .route("/simulate", get(simulate))
-}
-
-fn app(stack: Stack) -> Result<Router, Box<dyn std::error::Error>> {
-    Ok(match stack {
-        Stack::Bare => routes(),
-        Stack::Red | Stack::Full => {
-            let prometheus = Prometheus::install()?;
-            routes().merge(prometheus.router()).layer(RedLayer::new())
-        }
-    })
+        .route("/downstream", get(downstream).with_state(downstream_state));
+    match prometheus {
+        None => routes,
+        Some(p) => routes.merge(p.router()).layer(RedLayer::new()),
+    }
 }
 
 fn main() {
@@ -136,13 +212,24 @@ fn main() {
 }
 
 async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let app = app(args.stack)?;
     let listener = tokio::net::TcpListener::bind(args.addr).await?;
+    let local = listener.local_addr()?;
+    // The recorder first: handles (the breaker's, the layers') are resolved against it.
+    let prometheus = match args.stack {
+        Stack::Bare => None,
+        Stack::Red | Stack::Full => Some(Prometheus::install()?),
+    };
+    let downstream_state = Downstream {
+        client: client(args.stack, args.breaker_wait),
+        url: args
+            .downstream
+            .clone()
+            .unwrap_or_else(|| format!("http://{local}/simulate")),
+    };
+    let app = app(prometheus.as_ref(), downstream_state);
     println!(
-        "{{\"message\":\"listening\",\"addr\":\"{}\",\"stack\":\"{:?}\",\"workers\":{}}}",
-        listener.local_addr()?,
-        args.stack,
-        args.workers
+        "{{\"message\":\"listening\",\"addr\":\"{local}\",\"stack\":\"{:?}\",\"workers\":{}}}",
+        args.stack, args.workers
     );
     axum::serve(listener, app)
         .with_graceful_shutdown(async {

@@ -162,7 +162,6 @@ pub(crate) struct Inner {
     word: AtomicU64,
     window: WindowImpl,
     consecutive: AtomicU32,
-    calls: AtomicU64,
     /// Nanoseconds since `created`.
     open_until: AtomicU64,
     half_open_since: AtomicU64,
@@ -232,7 +231,6 @@ impl Breaker {
                 word: AtomicU64::new(pack(0, CLOSED)),
                 window,
                 consecutive: AtomicU32::new(0),
-                calls: AtomicU64::new(0),
                 open_until: AtomicU64::new(0),
                 half_open_since: AtomicU64::new(0),
                 closed_since: AtomicU64::new(0),
@@ -340,7 +338,7 @@ impl Inner {
     fn totals(&self) -> Totals {
         match &self.window {
             WindowImpl::Count(w) => w.totals(),
-            WindowImpl::Time(w) => w.totals(self.created.elapsed()),
+            WindowImpl::Time(w) => w.totals(self.now_nanos()),
         }
     }
 
@@ -469,8 +467,9 @@ impl Inner {
         }
     }
 
-    /// Records a finished call admitted in `gen`.
-    fn record(&self, gen: u32, probe: bool, outcome: CallOutcome, elapsed: Duration) {
+    /// Records a finished call admitted in `gen`, finished at `now` (nanoseconds since the
+    /// breaker was created).
+    fn record(&self, gen: u32, probe: bool, outcome: CallOutcome, elapsed: Duration, now: u64) {
         self.telemetry.duration.record(elapsed.as_secs_f64());
         let failure = match outcome {
             CallOutcome::Success => false,
@@ -500,7 +499,7 @@ impl Inner {
         }
         match &self.window {
             WindowImpl::Count(w) => w.record(failure, slow),
-            WindowImpl::Time(w) => w.record(self.created.elapsed(), failure, slow),
+            WindowImpl::Time(w) => w.record(now, failure, slow),
         }
         let consecutive = if failure {
             self.consecutive.fetch_add(1, AcqRel) + 1
@@ -510,10 +509,15 @@ impl Inner {
             }
             0
         };
-        let n = self.calls.fetch_add(1, Relaxed);
         if failure || slow {
             self.evaluate(gen, consecutive);
-        } else if n % 64 == 0 {
+        } else if PUBLISH_TICK.with(|t| {
+            let n = t.get().wrapping_add(1);
+            t.set(n);
+            n % 64 == 0
+        }) {
+            // Successes lower the rates: publish them now and then, counted per thread so
+            // that no shared counter is written on every call.
             self.publish_rates(&self.totals());
         }
     }
@@ -720,6 +724,10 @@ impl Inner {
     }
 }
 
+thread_local! {
+    static PUBLISH_TICK: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
 fn raw(state: u8) -> State {
     match state {
         OPEN => State::Open,
@@ -740,10 +748,16 @@ impl Ticket {
 
     /// Reports the call's outcome.
     pub(crate) fn complete(mut self, outcome: CallOutcome) {
-        let elapsed = self.start.map_or(Duration::ZERO, |s| s.elapsed());
         if self.record {
+            // One clock read gives both the call's duration and the window's time.
+            let now = Instant::now();
+            let elapsed = self
+                .start
+                .map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
+            let since = u64::try_from(now.saturating_duration_since(self.inner.created).as_nanos())
+                .unwrap_or(u64::MAX);
             self.inner
-                .record(self.generation, self.probe, outcome, elapsed);
+                .record(self.generation, self.probe, outcome, elapsed, since);
         }
         self.release();
     }

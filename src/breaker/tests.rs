@@ -301,6 +301,7 @@ async fn a_thousand_concurrent_calls_in_half_open_admit_exactly_the_permitted_pr
         .count_window(4)
         .minimum_calls(4)
         .wait_in_open(Duration::from_millis(50))
+        .backoff(2.0, Duration::from_secs(60), 0.0, Duration::from_secs(60))
         .max_half_open(Duration::from_secs(60))
         .permitted_calls_in_half_open(5)
         .build();
@@ -359,6 +360,7 @@ async fn permit_reserved_in_poll_ready_is_released_by_drop_and_not_shared_by_clo
         .count_window(1)
         .minimum_calls(1)
         .wait_in_open(Duration::from_secs(1))
+        .backoff(2.0, Duration::from_secs(60), 0.0, Duration::from_secs(60))
         .permitted_calls_in_half_open(1)
         .build();
     call(&b, fail());

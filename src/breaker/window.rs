@@ -104,38 +104,69 @@ fn add(counter: &AtomicU64, new: bool, evicted: bool) {
 /// counter packs the bucket's epoch (high 32 bits) with its count (low 32 bits), so a counter
 /// left from an earlier lap is reset by the same compare-and-swap that counts the new call:
 /// no lock, no lost update, O(1) memory per bucket.
+///
+/// The ring is sharded: each thread records into its own shard (on its own cache lines), and
+/// totals add the shards up, so threads recording at once do not contend for one cache line.
 #[derive(Debug)]
 pub(crate) struct TimeWindow {
     width_nanos: u64,
-    buckets: Box<[[AtomicU64; 3]]>,
+    buckets: usize,
+    shards: Box<[Shard]>,
 }
+
+/// One shard's ring: `[calls, failures, slow]` per bucket, padded to whole cache lines.
+#[derive(Debug)]
+#[repr(align(128))]
+struct Shard(Box<[[AtomicU64; 3]]>);
 
 const CALLS: usize = 0;
 const FAILS: usize = 1;
 const SLOWS: usize = 2;
 
+fn shard_count() -> usize {
+    std::thread::available_parallelism()
+        .map_or(4, |n| n.get())
+        .clamp(1, 16)
+}
+
+thread_local! {
+    static SHARD_SEED: usize = {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_usize(0);
+        h.finish() as usize
+    };
+}
+
 impl TimeWindow {
     pub(crate) fn new(window: Duration, buckets: u32) -> Self {
-        let buckets = buckets.max(1);
-        let width = (window.as_nanos() / u128::from(buckets)).max(1);
+        let buckets = buckets.max(1) as usize;
+        let width = (window.as_nanos() / buckets as u128).max(1);
         Self {
             width_nanos: u64::try_from(width).unwrap_or(u64::MAX),
-            buckets: (0..buckets)
-                .map(|_| [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)])
+            buckets,
+            shards: (0..shard_count())
+                .map(|_| {
+                    Shard(
+                        (0..buckets)
+                            .map(|_| [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)])
+                            .collect(),
+                    )
+                })
                 .collect(),
         }
     }
 
     /// The epoch (bucket number) of a time since the breaker was created. Starts at 1 so that a
     /// zeroed counter (epoch 0) is never mistaken for a live one.
-    fn epoch(&self, since_start: Duration) -> u32 {
-        let e = since_start.as_nanos() / u128::from(self.width_nanos);
-        u32::try_from(e + 1).unwrap_or(u32::MAX)
+    fn epoch(&self, since_start_nanos: u64) -> u32 {
+        u32::try_from(since_start_nanos / self.width_nanos + 1).unwrap_or(u32::MAX)
     }
 
-    pub(crate) fn record(&self, since_start: Duration, failure: bool, slow: bool) {
-        let e = self.epoch(since_start);
-        let b = &self.buckets[e as usize % self.buckets.len()];
+    pub(crate) fn record(&self, since_start_nanos: u64, failure: bool, slow: bool) {
+        let e = self.epoch(since_start_nanos);
+        let shard = &self.shards[SHARD_SEED.with(|s| *s) % self.shards.len()];
+        let b = &shard.0[e as usize % self.buckets];
         bump(&b[CALLS], e);
         if failure {
             bump(&b[FAILS], e);
@@ -145,10 +176,9 @@ impl TimeWindow {
         }
     }
 
-    pub(crate) fn totals(&self, since_start: Duration) -> Totals {
-        let now = self.epoch(since_start);
-        let n = self.buckets.len() as u32;
-        let oldest = now.saturating_sub(n - 1);
+    pub(crate) fn totals(&self, since_start_nanos: u64) -> Totals {
+        let now = self.epoch(since_start_nanos);
+        let oldest = now.saturating_sub(self.buckets as u32 - 1);
         let live = |c: &AtomicU64| {
             let v = c.load(Relaxed);
             let (epoch, count) = ((v >> 32) as u32, v & 0xFFFF_FFFF);
@@ -159,10 +189,12 @@ impl TimeWindow {
             }
         };
         let mut t = Totals::default();
-        for b in self.buckets.iter() {
-            t.calls += live(&b[CALLS]);
-            t.failures += live(&b[FAILS]);
-            t.slow += live(&b[SLOWS]);
+        for shard in self.shards.iter() {
+            for b in shard.0.iter() {
+                t.calls += live(&b[CALLS]);
+                t.failures += live(&b[FAILS]);
+                t.slow += live(&b[SLOWS]);
+            }
         }
         t
     }
@@ -170,9 +202,11 @@ impl TimeWindow {
     pub(crate) fn reset(&self) {
         // Epoch 0 is never live. Calls still in flight from before the reset belong to an
         // earlier breaker generation, whose results are ignored anyway.
-        for b in self.buckets.iter() {
-            for c in b {
-                c.store(0, Relaxed);
+        for shard in self.shards.iter() {
+            for b in shard.0.iter() {
+                for c in b {
+                    c.store(0, Relaxed);
+                }
             }
         }
     }
@@ -238,7 +272,7 @@ mod tests {
             let mut seen: Vec<(u64, bool, bool)> = Vec::new();
             for (gap, f, s) in calls {
                 t += gap * 1_000_000;
-                w.record(Duration::from_nanos(t), f, s);
+                w.record(t, f, s);
                 seen.push((t, f, s));
                 // Model: calls whose bucket is one of the last `buckets` buckets.
                 let now_bucket = t / width;
@@ -249,7 +283,7 @@ mod tests {
                     failures: live.iter().filter(|c| c.1).count() as u64,
                     slow: live.iter().filter(|c| c.2).count() as u64,
                 };
-                prop_assert_eq!(w.totals(Duration::from_nanos(t)), expect);
+                prop_assert_eq!(w.totals(t), expect);
             }
         }
     }
@@ -265,11 +299,12 @@ mod tests {
         assert_eq!(w.totals().failures, 1);
 
         let t = TimeWindow::new(Duration::from_secs(10), 20);
-        t.record(Duration::from_millis(100), true, false);
+        let ms = |n: u64| n * 1_000_000;
+        t.record(ms(100), true, false);
         t.reset();
-        assert_eq!(t.totals(Duration::from_millis(300)), Totals::default());
-        t.record(Duration::from_millis(300), true, false);
-        assert_eq!(t.totals(Duration::from_millis(700)).failures, 1);
+        assert_eq!(t.totals(ms(300)), Totals::default());
+        t.record(ms(300), true, false);
+        assert_eq!(t.totals(ms(700)).failures, 1);
     }
 
     #[test]
@@ -282,7 +317,7 @@ mod tests {
                 std::thread::spawn(move || {
                     for i in 0..10_000 {
                         w.record(i % 2 == 0, false);
-                        t.record(Duration::from_secs(1), i % 2 == 0, false);
+                        t.record(1_000_000_000, i % 2 == 0, false);
                     }
                 })
             })
@@ -292,7 +327,7 @@ mod tests {
         }
         assert_eq!(w.totals().calls, 40_000);
         assert_eq!(w.totals().failures, 20_000);
-        let tt = t.totals(Duration::from_secs(1));
+        let tt = t.totals(1_000_000_000);
         assert_eq!((tt.calls, tt.failures), (40_000, 20_000));
     }
 }

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod breaker;
 mod lifecycle;
 mod prometheus;
 mod red;
