@@ -10,8 +10,12 @@
 //! `GET /metrics` (not with `--stack bare`).
 //!
 //! Stacks: `bare` (no towerscope layer: the benchmark baseline), `red` (RED metrics), `full`
-//! (the default: every capability towerscope has: RED metrics, and a circuit breaker on the
-//! downstream client, which answers 503 with `Retry-After` at once while open).
+//! (the default: every capability towerscope has: RED metrics; a circuit breaker on the
+//! downstream client, which answers 503 with `Retry-After` at once while open; health probes
+//! `/livez`, `/readyz`, `/startupz`, `/health` with a downstream HTTP check, a disk check, a
+//! runtime check, the breaker and a heartbeat from a background job; graceful shutdown on
+//! SIGTERM: readiness 503 at once, `--drain-delay` seconds (default 5), then in-flight requests
+//! finish).
 //!
 //! Watch the breaker open and recover:
 //!
@@ -34,6 +38,10 @@ use http_body_util::{BodyExt, Empty};
 use serde::{Deserialize, Serialize};
 use tower::{Layer, ServiceExt};
 use towerscope::breaker::{Breaker, BreakerOpen, CircuitBreakerLayer};
+use towerscope::health::{
+    disk_check, http_check, runtime_check, serve_with_shutdown, CheckResult, Group, Health, Mode,
+    Registration, ShutdownConfig, Status,
+};
 use towerscope::metrics::{Prometheus, RedLayer};
 use towerscope::BoxError;
 
@@ -50,10 +58,11 @@ struct Args {
     workers: usize,
     downstream: Option<String>,
     breaker_wait: Duration,
+    drain_delay: Duration,
 }
 
 const USAGE: &str = "usage: server [--addr HOST:PORT] [--stack bare|red|full] [--workers N] \
-                     [--downstream URL] [--breaker-wait SECONDS]";
+                     [--downstream URL] [--breaker-wait SECONDS] [--drain-delay SECONDS]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -62,6 +71,7 @@ fn parse_args() -> Result<Args, String> {
         workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
         downstream: None,
         breaker_wait: Duration::from_secs(5),
+        drain_delay: Duration::from_secs(5),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -85,6 +95,12 @@ fn parse_args() -> Result<Args, String> {
                     .parse()
                     .map_err(|e| format!("--breaker-wait: {e}"))?;
                 args.breaker_wait = Duration::from_secs_f64(secs.max(0.001));
+            }
+            "--drain-delay" => {
+                let secs: f64 = value()?
+                    .parse()
+                    .map_err(|e| format!("--drain-delay: {e}"))?;
+                args.drain_delay = Duration::from_secs_f64(secs.max(0.0));
             }
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
@@ -165,27 +181,83 @@ async fn downstream(
     }
 }
 
-fn client(stack: Stack, breaker_wait: Duration) -> Client {
+fn client(stack: Stack, breaker: Option<Breaker>) -> Client {
     let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Empty<Bytes>>();
     let timed = tower::timeout::TimeoutLayer::new(Duration::from_secs(10)).layer(hyper);
-    match stack {
-        Stack::Full => {
-            let breaker = Breaker::builder("downstream")
-                .wait_in_open(breaker_wait)
-                .build();
-            Client::new(CircuitBreakerLayer::new(breaker).layer(timed))
-        }
-        Stack::Bare | Stack::Red => Client::new(timed),
+    match (stack, breaker) {
+        (Stack::Full, Some(breaker)) => Client::new(CircuitBreakerLayer::new(breaker).layer(timed)),
+        _ => Client::new(timed),
     }
 }
 
-fn app(prometheus: Option<&Prometheus>, downstream_state: Downstream) -> Router {
-    let routes = Router::new()
+/// The full stack's health: checks, a heartbeat from a background job.
+fn health(downstream_url: &str, breaker: &Breaker) -> Health {
+    let health = Health::new();
+    health.register(
+        Registration::new(
+            "downstream",
+            http_check(downstream_url, Duration::from_secs(2)),
+        )
+        .background(Duration::from_secs(5))
+        .critical(false)
+        .component_type("component"),
+    );
+    health.register(
+        Registration::new("disk", disk_check(std::env::temp_dir(), 0.02))
+            .groups([Group::Readiness, Group::Liveness])
+            .background(Duration::from_secs(30))
+            .component_type("system"),
+    );
+    health.register(
+        Registration::new(
+            "runtime",
+            runtime_check(Duration::from_millis(100), Duration::from_millis(500)),
+        )
+        .groups([Group::Liveness])
+        .mode(Mode::OnRequest {
+            ttl: Duration::ZERO,
+        }),
+    );
+    health.watch_breakers(
+        Registration::passive("breakers").critical(false),
+        vec![breaker.clone()],
+        Status::Degraded,
+    );
+    health.register(
+        Registration::new("startup", || async { CheckResult::up() }).groups([Group::Startup]),
+    );
+    // A background job that ticks every 2 s and beats after each cycle.
+    let beat = health.heartbeat(
+        "ticker",
+        Duration::from_secs(2),
+        Duration::from_secs(4),
+        false,
+    );
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            every.tick().await;
+            beat.start();
+            beat.beat();
+        }
+    });
+    health
+}
+
+fn app(
+    prometheus: Option<&Prometheus>,
+    health: Option<&Health>,
+    downstream_state: Downstream,
+) -> Router {
+    let mut routes = Router::new()
         .route("/", get(|| async { "ok" }))
         .route("/users/{id}", get(user))
         .route("/simulate", get(simulate))
         .route("/downstream", get(downstream).with_state(downstream_state));
+    if let Some(h) = health {
+        routes = routes.merge(h.router());
+    }
     match prometheus {
         None => routes,
         Some(p) => routes.merge(p.router()).layer(RedLayer::new()),
@@ -219,22 +291,41 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         Stack::Bare => None,
         Stack::Red | Stack::Full => Some(Prometheus::install()?),
     };
+    let url = args
+        .downstream
+        .clone()
+        .unwrap_or_else(|| format!("http://{local}/simulate"));
+    let breaker = (args.stack == Stack::Full).then(|| {
+        Breaker::builder("downstream")
+            .wait_in_open(args.breaker_wait)
+            .build()
+    });
+    let health = breaker.as_ref().map(|b| health(&url, b));
     let downstream_state = Downstream {
-        client: client(args.stack, args.breaker_wait),
-        url: args
-            .downstream
-            .clone()
-            .unwrap_or_else(|| format!("http://{local}/simulate")),
+        client: client(args.stack, breaker),
+        url,
     };
-    let app = app(prometheus.as_ref(), downstream_state);
+    let app = app(prometheus.as_ref(), health.as_ref(), downstream_state);
     println!(
         "{{\"message\":\"listening\",\"addr\":\"{local}\",\"stack\":\"{:?}\",\"workers\":{}}}",
         args.stack, args.workers
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    match health {
+        Some(health) => {
+            let cfg = ShutdownConfig {
+                drain_delay: args.drain_delay,
+                grace: Duration::from_secs(30),
+                ..ShutdownConfig::default()
+            };
+            serve_with_shutdown(listener, app, health, cfg).await?;
+        }
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = tokio::signal::ctrl_c().await;
+                })
+                .await?
+        }
+    }
     Ok(())
 }

@@ -30,4 +30,5 @@ RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
 echo "== cargo test (all features, including the tests that need real services)"
 cargo test --all-features -- --include-ignored
 echo "== cargo test (no default features: the crate builds and its unit tests pass without axum)"
+cargo clippy --no-default-features --all-targets -- -D warnings
 cargo test --no-default-features --lib

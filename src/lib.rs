@@ -27,6 +27,8 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 pub mod breaker;
+#[cfg(feature = "health")]
+pub mod health;
 pub mod lifecycle;
 pub mod metrics;
 

@@ -9,7 +9,6 @@ use tower::{Service, ServiceExt};
 
 use super::state::Admission;
 use super::*;
-use crate::metrics::Prometheus;
 
 fn ok() -> CallOutcome {
     CallOutcome::Success
@@ -495,9 +494,10 @@ async fn keyed_breakers_isolate_hosts_and_evict_idle_keys() {
     assert!(layer.breaker("other:8080").is_some());
 }
 
+#[cfg(feature = "prometheus")]
 #[tokio::test(start_paused = true)]
 async fn metrics_cover_every_state_and_outcome() {
-    let (recorder, prometheus) = Prometheus::builder().build();
+    let (recorder, prometheus) = crate::metrics::Prometheus::builder().build();
     let b = metrics::with_local_recorder(&recorder, || counting(0.5, 4, 4));
     for _ in 0..4 {
         call(&b, fail());

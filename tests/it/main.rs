@@ -3,6 +3,7 @@
 mod support;
 
 mod breaker;
+mod health;
 mod lifecycle;
 mod prometheus;
 mod red;

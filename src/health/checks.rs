@@ -1,0 +1,192 @@
+//! Built-in checks: HTTP dependency, TCP connect, free disk space, tokio runtime
+//! responsiveness, circuit breakers.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use tokio::time::Instant;
+
+use super::check::{CheckResult, Registration, Status};
+use super::registry::{Health, PassiveHandle};
+use crate::breaker::{Breaker, State};
+
+/// GET `url` with its own `timeout`; a 2xx is Up (observed: latency in ms), anything else Down.
+pub fn http_check(url: impl Into<String>, timeout: Duration) -> impl super::Check {
+    let url: Arc<str> = Arc::from(url.into());
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<Bytes>>();
+    move || {
+        let (url, client) = (url.clone(), client.clone());
+        async move {
+            let uri: http::Uri = match url.parse() {
+                Ok(u) => u,
+                Err(e) => return CheckResult::down(format!("invalid URL: {e}")),
+            };
+            let started = Instant::now();
+            match tokio::time::timeout(timeout, client.get(uri)).await {
+                Ok(Ok(res)) if res.status().is_success() => {
+                    CheckResult::up().observed(started.elapsed().as_secs_f64() * 1000.0, "ms")
+                }
+                Ok(Ok(res)) => CheckResult::down(format!("{url} answered {}", res.status())),
+                Ok(Err(e)) => CheckResult::down(format!("{url}: {e}")),
+                Err(_) => {
+                    CheckResult::down(format!("{url}: no answer within {}ms", timeout.as_millis()))
+                }
+            }
+        }
+    }
+}
+
+/// Connects to `addr` within `timeout`.
+pub fn tcp_check(addr: SocketAddr, timeout: Duration) -> impl super::Check {
+    move || async move {
+        let started = Instant::now();
+        match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(_)) => CheckResult::up().observed(started.elapsed().as_secs_f64() * 1000.0, "ms"),
+            Ok(Err(e)) => CheckResult::down(format!("connect {addr}: {e}")),
+            Err(_) => CheckResult::down(format!("connect {addr}: timed out")),
+        }
+    }
+}
+
+/// Down when the free space of the file system holding `path` is under `min_free_ratio`
+/// (0.0 to 1.0); observed: the free ratio.
+pub fn disk_check(path: impl Into<PathBuf>, min_free_ratio: f64) -> impl super::Check {
+    let path = Arc::new(path.into());
+    move || {
+        let path = path.clone();
+        async move {
+            match free_ratio(&path) {
+                Ok((free, total)) => {
+                    let ratio = if total == 0 {
+                        0.0
+                    } else {
+                        free as f64 / total as f64
+                    };
+                    let r = if ratio < min_free_ratio {
+                        CheckResult::down(format!(
+                            "{}: {:.1}% free, under {:.1}%",
+                            path.display(),
+                            ratio * 100.0,
+                            min_free_ratio * 100.0
+                        ))
+                    } else {
+                        CheckResult::up()
+                    };
+                    r.observed(ratio, "ratio")
+                }
+                Err(e) => CheckResult::down(format!("{}: {e}", path.display())),
+            }
+        }
+    }
+}
+
+/// Free and total bytes of the file system holding `path`.
+pub(crate) fn free_ratio(path: &std::path::Path) -> std::io::Result<(u64, u64)> {
+    let s = rustix::fs::statvfs(path)?;
+    Ok((s.f_bavail * s.f_frsize, s.f_blocks * s.f_frsize))
+}
+
+/// Liveness of the tokio runtime: a ticker task measures how late it wakes up. Down when it
+/// has not ticked for `interval + max_lag` (a worker is blocked) or woke `max_lag` late.
+/// Observed: the last lag in ms. Call inside the runtime to watch.
+pub fn runtime_check(interval: Duration, max_lag: Duration) -> impl super::Check {
+    let epoch = Instant::now();
+    let last_tick = Arc::new(AtomicU64::new(0));
+    let last_lag = Arc::new(AtomicU64::new(0));
+    {
+        let (last_tick, last_lag) = (Arc::downgrade(&last_tick), Arc::downgrade(&last_lag));
+        tokio::spawn(async move {
+            loop {
+                let before = Instant::now();
+                tokio::time::sleep(interval).await;
+                let (Some(t), Some(l)) = (last_tick.upgrade(), last_lag.upgrade()) else {
+                    return;
+                };
+                let lag = before.elapsed().saturating_sub(interval);
+                l.store(lag.as_micros() as u64, Ordering::Relaxed);
+                t.store(epoch.elapsed().as_micros() as u64, Ordering::Relaxed);
+            }
+        });
+    }
+    move || {
+        let (last_tick, last_lag) = (last_tick.clone(), last_lag.clone());
+        async move {
+            let now = epoch.elapsed().as_micros() as u64;
+            let silent =
+                Duration::from_micros(now.saturating_sub(last_tick.load(Ordering::Relaxed)));
+            let lag = Duration::from_micros(last_lag.load(Ordering::Relaxed));
+            let ms = lag.as_secs_f64() * 1000.0;
+            if silent > interval + max_lag {
+                CheckResult::down(format!(
+                    "runtime stalled: no tick for {}ms",
+                    silent.as_millis()
+                ))
+                .observed(silent.as_secs_f64() * 1000.0, "ms")
+            } else if lag > max_lag {
+                CheckResult::down(format!(
+                    "scheduling lag {}ms over {}ms",
+                    lag.as_millis(),
+                    max_lag.as_millis()
+                ))
+                .observed(ms, "ms")
+            } else {
+                CheckResult::up().observed(ms, "ms")
+            }
+        }
+    }
+}
+
+impl Health {
+    /// A passive check fed by the breakers' event streams: `when_open` (Degraded by default:
+    /// the service still answers, one dependency does not) while any breaker is open,
+    /// forced-open or half-open, Up otherwise. Call inside a tokio runtime.
+    pub fn watch_breakers(
+        &self,
+        reg: Registration,
+        breakers: Vec<Breaker>,
+        when_open: Status,
+    ) -> PassiveHandle {
+        let handle = self.register(reg);
+        let evaluate = {
+            let breakers = breakers.clone();
+            move |h: &PassiveHandle| {
+                let open: Vec<&str> = breakers
+                    .iter()
+                    .filter(|b| {
+                        matches!(b.state(), State::Open | State::ForcedOpen | State::HalfOpen)
+                    })
+                    .map(Breaker::name)
+                    .collect();
+                if open.is_empty() {
+                    h.set(CheckResult::up());
+                } else {
+                    h.set(
+                        CheckResult::new(when_open).message(format!("open: {}", open.join(", "))),
+                    );
+                }
+            }
+        };
+        evaluate(&handle);
+        for b in &breakers {
+            let mut events = b.subscribe();
+            let (h, eval) = (handle.clone(), evaluate.clone());
+            tokio::spawn(async move {
+                loop {
+                    match events.recv().await {
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            eval(&h)
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            });
+        }
+        handle
+    }
+}

@@ -1,0 +1,107 @@
+//! Health end to end: the example server's probes, and graceful shutdown on SIGTERM.
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{example_binary, http, Proc};
+
+fn start(extra: &[&str]) -> (Proc, SocketAddr) {
+    let mut child = Command::new(example_binary("server"))
+        .args(["--addr", "127.0.0.1:0", "--stack", "full", "--workers", "2"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the example server");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = lines.next().expect("server exited").unwrap();
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+            if v["message"] == "listening" {
+                break v["addr"].as_str().unwrap().parse().unwrap();
+            }
+        }
+    };
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    (Proc(child), addr)
+}
+
+/// Polls `/readyz` like a kubelet: critical background checks must have run first.
+fn wait_ready(addr: SocketAddr) {
+    let ready = crate::support::eventually(Duration::from_secs(10), || {
+        (http(addr, "GET", "/readyz").0 == 200).then_some(())
+    });
+    assert!(
+        ready.is_some(),
+        "never ready: {}",
+        http(addr, "GET", "/readyz?verbose").1
+    );
+}
+
+#[test]
+fn probes_of_the_full_stack() {
+    let (_server, addr) = start(&[]);
+    wait_ready(addr);
+    let (code, body) = http(addr, "GET", "/readyz?verbose");
+    assert_eq!(code, 200, "{body}");
+    for check in ["downstream", "disk", "breakers", "heartbeat:ticker"] {
+        assert!(body.contains(&format!("[+]{check} ok")), "{check}: {body}");
+    }
+    let (code, body) = http(addr, "GET", "/livez?verbose");
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("[+]runtime ok") && body.contains("[+]disk ok"),
+        "{body}"
+    );
+    assert_eq!(http(addr, "GET", "/startupz").1, "ok");
+    let (_, metrics) = http(addr, "GET", "/metrics");
+    assert!(
+        metrics.contains(r#"health_check_status{check="disk",status="up"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("heartbeat_last_success_timestamp_seconds{job=\"ticker\"}"));
+}
+
+#[test]
+fn sigterm_fails_readiness_at_once_and_lets_in_flight_requests_finish() {
+    let (mut server, addr) = start(&["--drain-delay", "1"]);
+    wait_ready(addr);
+    let slow = std::thread::spawn(move || {
+        let started = Instant::now();
+        let r = http(addr, "GET", "/simulate?ms=1800");
+        (r, started.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = server.0.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+    std::thread::sleep(Duration::from_millis(200));
+    let (code, body) = http(addr, "GET", "/readyz");
+    assert_eq!(code, 503, "readiness must fail at once: {body}");
+    assert!(body.contains("[-]shutdown failed: draining"), "{body}");
+    assert_eq!(http(addr, "GET", "/livez").0, 200, "liveness stays up");
+
+    let ((code, body), took) = slow.join().unwrap();
+    assert_eq!(code, 200, "the in-flight request was cut: {body}");
+    assert!(took >= Duration::from_millis(1800));
+    // Then the process exits by itself, cleanly.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = server.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not exit after draining"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "the listener is still open"
+    );
+}
