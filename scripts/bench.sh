@@ -3,7 +3,7 @@
 # 32 connections, 1 thread) pinned to core 1, stacks alternated within one run so every ratio
 # is against `--stack bare` measured under the same conditions.
 #
-#   scripts/bench.sh [--duration SECONDS] [--rounds N] [--path PATH] [STACK...]
+#   scripts/bench.sh [--duration SECONDS] [--rounds N] [--path PATH] [--server-args "ARGS"] [STACK...]
 #
 # Default stacks: bare red full. Prints a Markdown table: median requests/s, p99, ratio to bare.
 set -euo pipefail
@@ -12,12 +12,14 @@ cd "$(dirname "$0")/.."
 duration=10
 rounds=3
 path=/users/42
+server_args=""
 stacks=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --duration) duration=$2; shift 2 ;;
     --rounds) rounds=$2; shift 2 ;;
     --path) path=$2; shift 2 ;;
+    --server-args) server_args=$2; shift 2 ;;
     -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
     *) stacks+=("$1"); shift ;;
   esac
@@ -45,10 +47,10 @@ trap 'rm -rf "$tmp"; kill $(jobs -p) 2>/dev/null || true' EXIT
 run_one() { # stack round
   local stack=$1 round=$2 port out
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  taskset -c "$server_cpu" "$bin" --addr "127.0.0.1:$port" --stack "$stack" --workers 1 >"$tmp/server-$stack-$round.log" 2>&1 &
+  taskset -c "$server_cpu" "$bin" --addr "127.0.0.1:$port" --stack "$stack" --workers 1 $server_args >"$tmp/server-$stack-$round.log" 2>&1 &
   local pid=$!
   for _ in $(seq 100); do
-    curl -fs "http://127.0.0.1:$port/" >/dev/null 2>&1 && break
+    curl -s -o /dev/null "http://127.0.0.1:$port/" 2>/dev/null && break
     sleep 0.05
   done
   # Warm up (route handles, connections), then measure.
