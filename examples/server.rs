@@ -9,8 +9,10 @@
 //! `--downstream URL`, by default this server's own `/simulate`, passing the query along),
 //! `GET /metrics` (not with `--stack bare`).
 //!
-//! Stacks: `bare` (no towerscope layer: the benchmark baseline), `red` (RED metrics), `full`
-//! (the default: every capability towerscope has: RED metrics; a circuit breaker on the
+//! Stacks: `bare` (no towerscope layer: the benchmark baseline), `red` (RED metrics),
+//! `red+log` (RED metrics and request logs, JSON lines on stdout), `full` (the default: every
+//! capability towerscope has: RED metrics and request logs in one layer, JSON logs with the
+//! request's context on every line; a circuit breaker on the
 //! downstream client, which answers 503 with `Retry-After` at once while open; health probes
 //! `/livez`, `/readyz`, `/startupz`, `/health` with a downstream HTTP check, a disk check, a
 //! runtime check, the breaker and a heartbeat from a background job; graceful shutdown on
@@ -42,14 +44,23 @@ use towerscope::health::{
     disk_check, http_check, runtime_check, serve_with_shutdown, CheckResult, Group, Health, Mode,
     Registration, ShutdownConfig, Status,
 };
-use towerscope::metrics::{Prometheus, RedLayer};
+use towerscope::lifecycle::ObserveLayer;
+use towerscope::log::{LogConfig, RequestLog};
+use towerscope::metrics::{Prometheus, Red, RedLayer};
 use towerscope::BoxError;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Stack {
     Bare,
     Red,
+    RedLog,
     Full,
+}
+
+impl Stack {
+    fn logs(self) -> bool {
+        matches!(self, Stack::RedLog | Stack::Full)
+    }
 }
 
 struct Args {
@@ -61,7 +72,8 @@ struct Args {
     drain_delay: Duration,
 }
 
-const USAGE: &str = "usage: server [--addr HOST:PORT] [--stack bare|red|full] [--workers N] \
+const USAGE: &str =
+    "usage: server [--addr HOST:PORT] [--stack bare|red|red+log|full] [--workers N] \
                      [--downstream URL] [--breaker-wait SECONDS] [--drain-delay SECONDS]";
 
 fn parse_args() -> Result<Args, String> {
@@ -82,8 +94,11 @@ fn parse_args() -> Result<Args, String> {
                 args.stack = match value()?.as_str() {
                     "bare" => Stack::Bare,
                     "red" => Stack::Red,
+                    "red+log" => Stack::RedLog,
                     "full" => Stack::Full,
-                    other => return Err(format!("unknown stack {other:?}: bare, red, full")),
+                    other => {
+                        return Err(format!("unknown stack {other:?}: bare, red, red+log, full"))
+                    }
                 }
             }
             "--workers" => {
@@ -246,6 +261,7 @@ fn health(downstream_url: &str, breaker: &Breaker) -> Health {
 }
 
 fn app(
+    logs: bool,
     prometheus: Option<&Prometheus>,
     health: Option<&Health>,
     downstream_state: Downstream,
@@ -258,9 +274,18 @@ fn app(
     if let Some(h) = health {
         routes = routes.merge(h.router());
     }
-    match prometheus {
+    let routes = match prometheus {
+        Some(p) => routes.merge(p.router()),
         None => routes,
-        Some(p) => routes.merge(p.router()).layer(RedLayer::new()),
+    };
+    match (prometheus.is_some(), logs) {
+        (false, _) => routes,
+        (true, false) => routes.layer(RedLayer::new()),
+        // One layer for both: the clock, route and body tracking are paid once.
+        (true, true) => routes.layer(ObserveLayer::with_observer((
+            Red::builder().build(),
+            RequestLog::builder().build(),
+        ))),
     }
 }
 
@@ -271,6 +296,18 @@ fn main() {
             eprintln!("{e}");
             std::process::exit(2);
         }
+    };
+    // JSON lines on stdout (pretty on a terminal or with TOWERSCOPE_LOG_FORMAT=pretty).
+    let _logs = if args.stack.logs() {
+        match LogConfig::from_env("towerscope-example").init() {
+            Ok(guard) => Some(guard),
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(1);
+            }
+        }
+    } else {
+        None
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.workers.max(1))
@@ -289,7 +326,7 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // The recorder first: handles (the breaker's, the layers') are resolved against it.
     let prometheus = match args.stack {
         Stack::Bare => None,
-        Stack::Red | Stack::Full => Some(Prometheus::install()?),
+        _ => Some(Prometheus::install()?),
     };
     let url = args
         .downstream
@@ -305,7 +342,12 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         client: client(args.stack, breaker),
         url,
     };
-    let app = app(prometheus.as_ref(), health.as_ref(), downstream_state);
+    let app = app(
+        args.stack.logs(),
+        prometheus.as_ref(),
+        health.as_ref(),
+        downstream_state,
+    );
     println!(
         "{{\"message\":\"listening\",\"addr\":\"{local}\",\"stack\":\"{:?}\",\"workers\":{}}}",
         args.stack, args.workers
@@ -318,6 +360,16 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 ..ShutdownConfig::default()
             };
             serve_with_shutdown(listener, app, health, cfg).await?;
+        }
+        None if args.stack.logs() => {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?
         }
         None => {
             axum::serve(listener, app)

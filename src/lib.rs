@@ -30,6 +30,8 @@ pub mod breaker;
 #[cfg(feature = "health")]
 pub mod health;
 pub mod lifecycle;
+#[cfg(feature = "log")]
+pub mod log;
 pub mod metrics;
 
 /// The boxed error type of Tower middleware.

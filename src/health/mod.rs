@@ -27,7 +27,7 @@
 //! | `heartbeat_last_success_timestamp_seconds` | gauge | `job` |
 //!
 //! A status change is logged (WARN to Down, INFO otherwise) with `check`, `from`, `to` and
-//! `message`.
+//! `detail`.
 //!
 //! ```no_run
 //! use std::time::Duration;

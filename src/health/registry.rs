@@ -418,11 +418,11 @@ impl Entry {
         };
         if before != Some(after) {
             self.telemetry.set(after);
-            let message = self.cached().and_then(|r| r.message).unwrap_or_default();
+            let detail = self.cached().and_then(|r| r.message).unwrap_or_default();
             if after == Status::Down {
-                tracing::warn!(check = %self.reg.name, from = before.unwrap_or(Status::Unknown).as_str(), to = after.as_str(), %message, "health check down");
+                tracing::warn!(check = %self.reg.name, from = before.unwrap_or(Status::Unknown).as_str(), to = after.as_str(), %detail, "health check down");
             } else {
-                tracing::info!(check = %self.reg.name, from = before.unwrap_or(Status::Unknown).as_str(), to = after.as_str(), %message, "health check status changed");
+                tracing::info!(check = %self.reg.name, from = before.unwrap_or(Status::Unknown).as_str(), to = after.as_str(), %detail, "health check status changed");
             }
         }
     }

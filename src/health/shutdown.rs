@@ -67,6 +67,8 @@ pub async fn serve_with_shutdown(
         tracing::info!("shutdown: closing the listener, waiting for in-flight requests");
         let _ = closed_tx.send(());
     };
+    // Peer addresses for the request log's `client_ip`.
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(signal);
     let mut server = std::pin::pin!(server.into_future());
     tokio::select! {

@@ -32,7 +32,7 @@
 //!     fn route(&self, _template: Option<&str>) -> Self::Route {
 //!         self.0.clone()
 //!     }
-//!     fn start<B>(&self, _: &Self::Route, _: &http::Request<B>, _: &RequestMeta<'_>) {}
+//!     fn start<B>(&self, _: &Self::Route, _: &mut http::Request<B>, _: &RequestMeta<'_>) {}
 //!     fn end(count: &Self::Route, _: (), end: &End) {
 //!         if end.outcome == Outcome::Cancelled {
 //!             count.fetch_add(1, Ordering::Relaxed);

@@ -15,12 +15,13 @@ pub struct RequestMeta<'a> {
 }
 
 /// The response head, when the inner service produced one.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct ResponseHead<'a> {
     /// The status code.
     pub status: StatusCode,
-    /// The response headers.
-    pub headers: &'a HeaderMap,
+    /// The response headers: an observer whose feature it is may add to them (the request log
+    /// sets `x-request-id`); none changes what the inner service set.
+    pub headers: &'a mut HeaderMap,
 }
 
 /// A capability that observes requests.
@@ -44,17 +45,26 @@ pub trait Observer: Send + Sync + 'static {
     /// template, off the hot path.
     fn route(&self, template: Option<&str>) -> Self::Route;
 
-    /// A request arrives.
+    /// A request arrives. The request is mutable for observers whose feature it is to hand
+    /// something to the handler (the request log inserts the request id extension).
     fn start<B>(
         &self,
         route: &Self::Route,
-        req: &Request<B>,
+        req: &mut Request<B>,
         meta: &RequestMeta<'_>,
     ) -> Self::Observation;
 
     /// The inner service produced a response head.
-    fn response(route: &Self::Route, obs: &mut Self::Observation, head: &ResponseHead<'_>) {
+    fn response(route: &Self::Route, obs: &mut Self::Observation, head: &mut ResponseHead<'_>) {
         let _ = (route, obs, head);
+    }
+
+    /// The request's span, entered around every poll of the inner future and of the response
+    /// body, so that whatever the handler logs carries the request's context. The first
+    /// observer of a tuple that has one provides it.
+    fn span(obs: &Self::Observation) -> Option<&tracing::Span> {
+        let _ = obs;
+        None
     }
 
     /// The request ended: finished, failed or cancelled. Called exactly once per request.
@@ -65,7 +75,7 @@ impl Observer for () {
     type Route = ();
     type Observation = ();
     fn route(&self, _: Option<&str>) {}
-    fn start<B>(&self, _: &(), _: &Request<B>, _: &RequestMeta<'_>) {}
+    fn start<B>(&self, _: &(), _: &mut Request<B>, _: &RequestMeta<'_>) {}
     fn end(_: &(), _: (), _: &End) {}
 }
 
@@ -82,14 +92,18 @@ macro_rules! tuple_observer {
             fn start<ReqB>(
                 &self,
                 route: &Self::Route,
-                req: &Request<ReqB>,
+                req: &mut Request<ReqB>,
                 meta: &RequestMeta<'_>,
             ) -> Self::Observation {
                 ($(self.$i.start(&route.$i, req, meta),)+)
             }
 
-            fn response(route: &Self::Route, obs: &mut Self::Observation, head: &ResponseHead<'_>) {
+            fn response(route: &Self::Route, obs: &mut Self::Observation, head: &mut ResponseHead<'_>) {
                 $($t::response(&route.$i, &mut obs.$i, head);)+
+            }
+
+            fn span(obs: &Self::Observation) -> Option<&tracing::Span> {
+                None $(.or_else(|| $t::span(&obs.$i)))+
             }
 
             fn end(route: &Self::Route, obs: Self::Observation, end: &End) {
@@ -114,9 +128,15 @@ pub(crate) struct Tracker<O: Observer> {
 }
 
 impl<O: Observer> Tracker<O> {
-    pub(crate) fn response(&mut self, head: &ResponseHead<'_>) {
+    pub(crate) fn response(&mut self, head: &mut ResponseHead<'_>) {
         self.status = Some(head.status);
         O::response(self.route.data(), &mut self.obs, head);
+    }
+
+    /// Enters the request's span, if an observer has one.
+    #[inline]
+    pub(crate) fn enter(&self) -> Option<tracing::span::Entered<'_>> {
+        O::span(&self.obs).map(tracing::Span::enter)
     }
 
     pub(crate) fn end(self, outcome: super::Outcome) {

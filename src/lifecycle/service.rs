@@ -138,7 +138,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let start = quanta::Instant::now();
         let shared = &*self.shared;
         let route = shared
@@ -148,7 +148,7 @@ where
             method: KnownMethod::from_method(req.method()),
             route: route.template(),
         };
-        let obs = shared.observer.start(route.data(), &req, &meta);
+        let obs = shared.observer.start(route.data(), &mut req, &meta);
         let head_only = req.method() == Method::HEAD;
         let tracker = Tracker {
             route,
@@ -157,8 +157,13 @@ where
             status: None,
             response_bytes: 0,
         };
+        let inner = {
+            // The handler's synchronous part runs in `call` for some services: in the span too.
+            let _entered = tracker.enter();
+            self.inner.call(req)
+        };
         ResponseFuture {
-            inner: self.inner.call(req),
+            inner,
             tracker: Some(tracker),
             head_only,
         }
@@ -204,13 +209,17 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = ready!(this.inner.poll(cx));
+        let result = {
+            let _entered = this.tracker.as_ref().and_then(Tracker::enter);
+            ready!(this.inner.poll(cx))
+        };
         let mut tracker = this.tracker.take().expect("polled after completion");
         match result {
-            Ok(res) => {
-                tracker.response(&ResponseHead {
-                    status: res.status(),
-                    headers: res.headers(),
+            Ok(mut res) => {
+                let status = res.status();
+                tracker.response(&mut ResponseHead {
+                    status,
+                    headers: res.headers_mut(),
                 });
                 // Hyper never polls a body it must not send (HEAD, 1xx, 204, 304) nor one that
                 // is already at its end: the request is finished with its head.
@@ -265,7 +274,10 @@ impl<B: Body, O: Observer> Body for ResponseBody<B, O> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
-        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        let frame = {
+            let _entered = this.tracker.as_ref().and_then(Tracker::enter);
+            ready!(this.inner.as_mut().poll_frame(cx))
+        };
         if let Some(tracker) = this.tracker.as_mut() {
             match &frame {
                 Some(Ok(f)) => {

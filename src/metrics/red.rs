@@ -406,7 +406,7 @@ impl Observer for Red {
     fn start<B>(
         &self,
         route: &RedRoute,
-        req: &Request<B>,
+        req: &mut Request<B>,
         meta: &RequestMeta<'_>,
     ) -> Self::Observation {
         if route.excluded {

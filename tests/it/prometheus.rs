@@ -23,7 +23,7 @@ fn traffic(addr: std::net::SocketAddr) {
 #[ignore = "needs promtool (Debian package prometheus): run scripts/test.sh"]
 fn promtool_accepts_every_stack() {
     let promtool = require_tool("promtool");
-    for stack in ["red", "full"] {
+    for stack in ["red", "red+log", "full"] {
         let (_server, addr) = start_server(stack);
         traffic(addr);
         let (status, text) = http(addr, "GET", "/metrics");

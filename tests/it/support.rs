@@ -163,7 +163,7 @@ impl Observer for Capture {
     fn route(&self, _: Option<&str>) -> Capture {
         self.clone()
     }
-    fn start<B>(&self, _: &Capture, _: &http::Request<B>, _: &RequestMeta<'_>) {}
+    fn start<B>(&self, _: &Capture, _: &mut http::Request<B>, _: &RequestMeta<'_>) {}
     fn end(route: &Capture, _: (), end: &End) {
         route.0.lock().unwrap().push(*end);
     }

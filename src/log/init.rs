@@ -1,0 +1,231 @@
+//! Setting up the subscriber in one call.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{Key, KeyName, Metadata};
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::EnvFilter;
+
+use super::json::{JsonLayer, RateLimit, Sampling};
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines, for terminals.
+    Pretty,
+}
+
+/// Logging settings. [`LogConfig::from_env`] reads `TOWERSCOPE_LOG_FORMAT` (`json` or
+/// `pretty`; default JSON, pretty when stdout is a terminal) and `RUST_LOG` (default `info`).
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    service: String,
+    format: Format,
+    filter: String,
+    queue_lines: usize,
+    lossy: bool,
+    sampling: Sampling,
+    rate_limit: Option<RateLimit>,
+}
+
+/// Keeps the writer thread alive; dropping it flushes pending lines.
+#[derive(Debug)]
+pub struct LogGuard {
+    _worker: WorkerGuard,
+}
+
+/// The error of [`LogConfig::init`].
+#[derive(Debug)]
+pub struct InitError(String);
+
+impl std::fmt::Display for InitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot set up logging: {}", self.0)
+    }
+}
+
+impl std::error::Error for InitError {}
+
+/// `log_records_dropped_total`
+pub const DROPPED: &str = "log_records_dropped_total";
+
+impl LogConfig {
+    /// Settings from the environment, for `service`.
+    pub fn from_env(service: impl Into<String>) -> Self {
+        let format = match std::env::var("TOWERSCOPE_LOG_FORMAT").ok().as_deref() {
+            Some("pretty") => Format::Pretty,
+            Some("json") => Format::Json,
+            _ if std::io::stdout().is_terminal() => Format::Pretty,
+            _ => Format::Json,
+        };
+        Self {
+            service: service.into(),
+            format,
+            filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            queue_lines: 65_536,
+            lossy: true,
+            sampling: Sampling::default(),
+            rate_limit: Some(RateLimit::default()),
+        }
+    }
+
+    /// The format.
+    pub fn format(mut self, format: Format) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// The filter, in `RUST_LOG` syntax.
+    pub fn filter(mut self, filter: impl Into<String>) -> Self {
+        self.filter = filter.into();
+        self
+    }
+
+    /// Lines waiting for stdout at most (default 65,536). When full, new lines are dropped and
+    /// counted in `log_records_dropped_total`; with `blocking(true)` the caller waits instead.
+    pub fn queue_lines(mut self, n: usize) -> Self {
+        self.queue_lines = n.max(1);
+        self
+    }
+
+    /// Waits for the writer instead of dropping when the queue is full (opt-in: a stalled
+    /// stdout then stalls the service).
+    pub fn blocking(mut self, on: bool) -> Self {
+        self.lossy = !on;
+        self
+    }
+
+    /// Sampling of INFO and lower records.
+    pub fn sampling(mut self, sampling: Sampling) -> Self {
+        self.sampling = sampling;
+        self
+    }
+
+    /// The per-call-site rate limit (`None`: off).
+    pub fn rate_limit(mut self, limit: Option<RateLimit>) -> Self {
+        self.rate_limit = limit;
+        self
+    }
+
+    /// Installs the global subscriber, writing to stdout through the non-blocking writer.
+    pub fn init(self) -> Result<LogGuard, InitError> {
+        self.init_with_writer(std::io::stdout())
+    }
+
+    /// Installs the global subscriber, writing to `writer` through the non-blocking writer.
+    pub fn init_with_writer<T: std::io::Write + Send + 'static>(
+        self,
+        writer: T,
+    ) -> Result<LogGuard, InitError> {
+        let filter = EnvFilter::try_new(&self.filter).map_err(|e| InitError(e.to_string()))?;
+        let (writer, guard) = NonBlockingBuilder::default()
+            .lossy(self.lossy)
+            .buffered_lines_limit(self.queue_lines)
+            .thread_name("towerscope-log")
+            .finish(writer);
+        count_drops(writer.error_counter());
+        let registry = tracing_subscriber::registry().with(filter);
+        let result = match self.format {
+            Format::Json => {
+                let json = Arc::new(
+                    JsonLayer::new(self.service, writer)
+                        .sampling(self.sampling)
+                        .rate_limit(self.rate_limit),
+                );
+                spawn_every(
+                    Duration::from_secs(1),
+                    "towerscope-log-limit",
+                    json.flusher(),
+                );
+                registry.with(SharedLayer(json)).try_init()
+            }
+            Format::Pretty => registry
+                .with(tracing_subscriber::fmt::layer().with_writer(writer))
+                .try_init(),
+        };
+        result.map_err(|e| InitError(e.to_string()))?;
+        Ok(LogGuard { _worker: guard })
+    }
+}
+
+/// Publishes the writer's dropped-line count as `log_records_dropped_total`.
+pub(crate) fn count_drops(counter: tracing_appender::non_blocking::ErrorCounter) {
+    static METADATA: Metadata<'static> = Metadata::new(
+        "towerscope::log",
+        metrics::Level::INFO,
+        Some(module_path!()),
+    );
+    let dropped = metrics::with_recorder(|r| {
+        r.describe_counter(
+            KeyName::from_const_str(DROPPED),
+            None,
+            "Log lines dropped because the output could not keep up.".into(),
+        );
+        r.register_counter(&Key::from_name(DROPPED), &METADATA)
+    });
+    let mut seen = 0usize;
+    spawn_every(
+        Duration::from_millis(250),
+        "towerscope-log-drops",
+        move || {
+            let now = counter.dropped_lines();
+            if now > seen {
+                dropped.increment((now - seen) as u64);
+                seen = now;
+            }
+        },
+    );
+}
+
+fn spawn_every(period: Duration, name: &str, mut f: impl FnMut() + Send + 'static) {
+    let _ = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || loop {
+            std::thread::sleep(period);
+            f();
+        });
+}
+
+/// An `Arc`'d layer, so the flusher thread can share it with the subscriber.
+struct SharedLayer<L>(Arc<L>);
+
+#[cfg(test)]
+pub(crate) fn shared<S, L>(l: Arc<L>) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber,
+    L: tracing_subscriber::Layer<S>,
+{
+    SharedLayer(l)
+}
+
+impl<S, L> tracing_subscriber::Layer<S> for SharedLayer<L>
+where
+    S: tracing::Subscriber,
+    L: tracing_subscriber::Layer<S>,
+{
+    fn on_new_span(
+        &self,
+        a: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        self.0.on_new_span(a, id, ctx)
+    }
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        v: &tracing::span::Record<'_>,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        self.0.on_record(id, v, ctx)
+    }
+    fn on_event(&self, e: &tracing::Event<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        self.0.on_event(e, ctx)
+    }
+}

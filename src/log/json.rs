@@ -1,0 +1,511 @@
+//! The JSON formatting layer: one object per line, the request context flattened at the top
+//! level, sampling and per-call-site rate limiting before any formatting happens.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use metrics::{Counter, Key, KeyName, Label, Metadata as MetricsMetadata};
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::Layer;
+
+use super::context::{RequestContext, REQUEST_SPAN, REQUEST_TARGET};
+
+/// Writes `s` as a JSON string (with quotes): `"` and `\` escaped, control characters as
+/// `\n`, `\t`, … or `\u00XX`, so any input gives one valid JSON value on one line.
+pub fn write_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        let esc: Option<&str> = match c {
+            '"' => Some("\\\""),
+            '\\' => Some("\\\\"),
+            '\n' => Some("\\n"),
+            '\r' => Some("\\r"),
+            '\t' => Some("\\t"),
+            '\u{08}' => Some("\\b"),
+            '\u{0c}' => Some("\\f"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' || c == '\u{2028}' || c == '\u{2029}' => None,
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        match esc {
+            Some(e) => out.push_str(e),
+            None => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+        }
+        start = i + c.len_utf8();
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
+}
+
+/// RFC 3339, UTC, microseconds: `2026-11-25T09:46:40.123456Z`.
+pub fn write_timestamp(out: &mut String, t: SystemTime) {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let _ = write!(
+        out,
+        "\"{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z\"",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_micros()
+    );
+}
+
+/// Collects an event's or a span's fields as `(name, JSON value)`.
+#[derive(Default)]
+pub(crate) struct JsonFields {
+    pub(crate) fields: Vec<(&'static str, String)>,
+    pub(crate) message: Option<String>,
+}
+
+impl JsonFields {
+    fn push(&mut self, field: &Field, json: String) {
+        if field.name() == "message" {
+            self.message = Some(json);
+        } else {
+            self.fields.push((field.name(), json));
+        }
+    }
+}
+
+impl Visit for JsonFields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        let mut s = String::with_capacity(value.len() + 2);
+        write_json_str(&mut s, value);
+        self.push(field, s);
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.push(field, value.to_string());
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.push(field, value.to_string());
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        if value.is_finite() {
+            self.push(field, value.to_string());
+        } else {
+            self.push(field, format!("\"{value}\""));
+        }
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.push(field, value.to_string());
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.record_str(field, &value.to_string());
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        let text = format!("{value:?}");
+        self.record_str(field, &text);
+    }
+}
+
+/// How many records below WARN to keep, and how.
+#[derive(Debug, Clone)]
+pub struct Sampling {
+    /// Probability of keeping a request's (or a lone record's) INFO, DEBUG and TRACE lines.
+    pub probability: f64,
+    /// Seed for decisions outside requests and for hashing request ids (tests pin it).
+    pub seed: u64,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self {
+            probability: 1.0,
+            seed: 0x5eed,
+        }
+    }
+}
+
+/// At most `max` records per call site per `window`, ERROR included.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimit {
+    /// Records per window and call site.
+    pub max: u32,
+    /// The window.
+    pub window: Duration,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self {
+            max: 100,
+            window: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The bound on call sites the rate limiter tracks (call sites are static code locations, so
+/// this is a safety net, not a limit reached in practice).
+const MAX_CALLSITES: usize = 10_000;
+
+struct SiteWindow {
+    start: Instant,
+    count: u32,
+    suppressed: u64,
+    level: Level,
+    target: &'static str,
+    location: String,
+}
+
+pub(crate) struct Limiter {
+    cfg: RateLimit,
+    sites: Mutex<HashMap<usize, SiteWindow>>,
+}
+
+static METADATA: MetricsMetadata<'static> = MetricsMetadata::new(
+    "towerscope::log",
+    metrics::Level::INFO,
+    Some(module_path!()),
+);
+
+struct Counters {
+    sampled: Counter,
+    rate_limited: Counter,
+}
+
+impl Counters {
+    fn new() -> Self {
+        metrics::with_recorder(|r| {
+            r.describe_counter(
+                KeyName::from_const_str("log_records_suppressed_total"),
+                None,
+                "Log records not written: sampled out, or over the per-call-site rate limit."
+                    .into(),
+            );
+            let key = |reason: &'static str| {
+                Key::from_parts(
+                    "log_records_suppressed_total",
+                    vec![Label::from_static_parts("reason", reason)],
+                )
+            };
+            Counters {
+                sampled: r.register_counter(&key("sampled"), &METADATA),
+                rate_limited: r.register_counter(&key("rate_limited"), &METADATA),
+            }
+        })
+    }
+}
+
+/// The JSON layer. Build it with [`JsonLayer::new`] and add it to a `tracing_subscriber`
+/// registry, or let [`crate::log::LogConfig::init`] do it all.
+pub struct JsonLayer<W> {
+    make_writer: W,
+    service: Arc<str>,
+    sampling: Sampling,
+    limiter: Option<Arc<Limiter>>,
+    counters: Counters,
+    rng: Mutex<fastrand::Rng>,
+}
+
+impl<W> std::fmt::Debug for JsonLayer<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JsonLayer")
+            .field("service", &self.service)
+            .field("sampling", &self.sampling)
+            .finish_non_exhaustive()
+    }
+}
+
+thread_local! {
+    static LINE: RefCell<String> = RefCell::new(String::with_capacity(512));
+}
+
+impl<W> JsonLayer<W>
+where
+    W: for<'w> MakeWriter<'w> + 'static,
+{
+    /// A layer writing to `make_writer`, with `service` on every record, no sampling and the
+    /// default rate limit (100 per call site per 60 s).
+    pub fn new(service: impl Into<String>, make_writer: W) -> Self {
+        Self {
+            make_writer,
+            service: Arc::from(service.into()),
+            sampling: Sampling::default(),
+            limiter: Some(Arc::new(Limiter {
+                cfg: RateLimit::default(),
+                sites: Mutex::default(),
+            })),
+            counters: Counters::new(),
+            rng: Mutex::new(fastrand::Rng::with_seed(Sampling::default().seed)),
+        }
+    }
+
+    /// Keeps INFO and lower records with this probability (ERROR and WARN always pass); the
+    /// decision is made once per request, from its trace id when it has one.
+    pub fn sampling(mut self, sampling: Sampling) -> Self {
+        self.rng = Mutex::new(fastrand::Rng::with_seed(sampling.seed));
+        self.sampling = sampling;
+        self
+    }
+
+    /// The per-call-site rate limit (`None`: unlimited).
+    pub fn rate_limit(mut self, limit: Option<RateLimit>) -> Self {
+        self.limiter = limit.map(|cfg| {
+            Arc::new(Limiter {
+                cfg,
+                sites: Mutex::default(),
+            })
+        });
+        self
+    }
+
+    /// Writes the summary records of rate-limit windows that have closed ("suppressed=N");
+    /// [`crate::log::LogConfig::init`] calls it every second.
+    pub fn flush_suppressed(&self) {
+        let Some(limiter) = &self.limiter else { return };
+        let now = Instant::now();
+        let closed: Vec<_> = {
+            let mut sites = limiter.sites.lock().unwrap_or_else(|e| e.into_inner());
+            sites
+                .values_mut()
+                .filter(|w| w.suppressed > 0 && now.duration_since(w.start) >= limiter.cfg.window)
+                .map(|w| {
+                    let n = std::mem::take(&mut w.suppressed);
+                    (w.level, w.target, w.location.clone(), n)
+                })
+                .collect()
+        };
+        for (level, target, location, n) in closed {
+            self.write_summary(level, target, &location, n);
+        }
+    }
+
+    pub(crate) fn flusher(self: &Arc<Self>) -> impl Fn() + Send + Sync + 'static
+    where
+        W: Send + Sync,
+    {
+        let me = Arc::downgrade(self);
+        move || {
+            if let Some(me) = me.upgrade() {
+                me.flush_suppressed();
+            }
+        }
+    }
+
+    fn write_summary(&self, level: Level, target: &str, location: &str, n: u64) {
+        let mut line = String::with_capacity(256);
+        line.push_str("{\"timestamp\":");
+        write_timestamp(&mut line, SystemTime::now());
+        let _ = write!(line, ",\"level\":\"{level}\",\"target\":");
+        write_json_str(&mut line, target);
+        let _ = write!(
+            line,
+            ",\"message\":\"records suppressed by the rate limit\",\"service\":"
+        );
+        write_json_str(&mut line, &self.service);
+        let _ = write!(line, ",\"suppressed\":{n},\"callsite\":");
+        write_json_str(&mut line, location);
+        line.push_str("}\n");
+        let _ = self.make_writer.make_writer().write_all(line.as_bytes());
+    }
+
+    /// `true` when the record may be written; counts and remembers it otherwise.
+    fn admit(&self, meta: &'static tracing::Metadata<'static>) -> bool {
+        let Some(limiter) = &self.limiter else {
+            return true;
+        };
+        let key = meta.callsite().0 as *const _ as *const () as usize;
+        let now = Instant::now();
+        let mut summary = None;
+        let allowed = {
+            let mut sites = limiter.sites.lock().unwrap_or_else(|e| e.into_inner());
+            if !sites.contains_key(&key) && sites.len() >= MAX_CALLSITES {
+                return true;
+            }
+            let w = sites.entry(key).or_insert_with(|| SiteWindow {
+                start: now,
+                count: 0,
+                suppressed: 0,
+                level: *meta.level(),
+                target: meta.target(),
+                location: format!(
+                    "{}:{}",
+                    meta.file().unwrap_or("?"),
+                    meta.line().unwrap_or(0)
+                ),
+            });
+            if now.duration_since(w.start) >= limiter.cfg.window {
+                if w.suppressed > 0 {
+                    summary = Some((w.level, w.target, w.location.clone(), w.suppressed));
+                }
+                w.start = now;
+                w.count = 0;
+                w.suppressed = 0;
+            }
+            if w.count < limiter.cfg.max {
+                w.count += 1;
+                true
+            } else {
+                w.suppressed += 1;
+                false
+            }
+        };
+        if let Some((level, target, location, n)) = summary {
+            self.write_summary(level, target, &location, n);
+        }
+        if !allowed {
+            self.counters.rate_limited.increment(1);
+        }
+        allowed
+    }
+
+    fn keep_unsampled(&self) -> bool {
+        let p = self.sampling.probability;
+        p >= 1.0 || (p > 0.0 && self.rng.lock().unwrap_or_else(|e| e.into_inner()).f64() < p)
+    }
+}
+
+/// Whether a request with this key (trace id hex, or request id) is sampled at probability p.
+/// From a trace id: its lower 64 bits against `p x 2^64`, as OpenTelemetry's ratio sampler does,
+/// so logs and traces agree.
+pub(crate) fn sampled(key: &str, from_trace: bool, p: f64, seed: u64) -> bool {
+    if p >= 1.0 {
+        return true;
+    }
+    if p <= 0.0 {
+        return false;
+    }
+    let x = if from_trace && key.len() >= 16 {
+        u64::from_str_radix(&key[key.len() - 16..], 16).unwrap_or(0)
+    } else {
+        // FNV-1a, then a finaliser: request ids are often sequential.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
+        for b in key.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^ (h >> 33)
+    };
+    (x as f64) < p * (u64::MAX as f64)
+}
+
+impl<S, W> Layer<S> for JsonLayer<W>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + 'static,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let meta = attrs.metadata();
+        if meta.name() != REQUEST_SPAN || meta.target() != REQUEST_TARGET {
+            return;
+        }
+        let mut fields = JsonFields::default();
+        attrs.record(&mut fields);
+        let mut rc = RequestContext::from_fields(fields.fields);
+        rc.sampled = rc.sampling_key().is_none_or(|(k, trace)| {
+            sampled(&k, trace, self.sampling.probability, self.sampling.seed)
+        });
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(rc);
+        }
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        let mut ext = span.extensions_mut();
+        if let Some(rc) = ext.get_mut::<RequestContext>() {
+            let mut fields = JsonFields::default();
+            values.record(&mut fields);
+            for (k, v) in fields.fields {
+                rc.set(k, v);
+            }
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let meta = event.metadata();
+        let level = *meta.level();
+        let scope = ctx.event_scope(event);
+        // The request this record belongs to: the innermost span with a request context.
+        let request = scope.and_then(|mut s| {
+            s.find_map(|span| span.extensions().get::<RequestContext>().map(|_| span.id()))
+        });
+        if level > Level::WARN {
+            let keep = match &request {
+                Some(id) => ctx
+                    .span(id)
+                    .and_then(|s| s.extensions().get::<RequestContext>().map(|rc| rc.sampled))
+                    .unwrap_or(true),
+                None => self.keep_unsampled(),
+            };
+            if !keep {
+                self.counters.sampled.increment(1);
+                return;
+            }
+        }
+        if !self.admit(meta) {
+            return;
+        }
+        let mut fields = JsonFields::default();
+        event.record(&mut fields);
+        LINE.with(|line| {
+            let Ok(mut line) = line.try_borrow_mut() else {
+                return;
+            };
+            line.clear();
+            line.push_str("{\"timestamp\":");
+            write_timestamp(&mut line, SystemTime::now());
+            let _ = write!(line, ",\"level\":\"{level}\",\"target\":");
+            write_json_str(&mut line, meta.target());
+            line.push_str(",\"message\":");
+            match &fields.message {
+                Some(m) => line.push_str(m),
+                None => line.push_str("\"\""),
+            }
+            line.push_str(",\"service\":");
+            write_json_str(&mut line, &self.service);
+            let mut seen: Vec<&str> = Vec::with_capacity(fields.fields.len() + 8);
+            seen.extend(["timestamp", "level", "target", "message", "service"]);
+            for (k, v) in &fields.fields {
+                if !seen.contains(k) {
+                    seen.push(k);
+                    line.push(',');
+                    write_json_str(&mut line, k);
+                    line.push(':');
+                    line.push_str(v);
+                }
+            }
+            if let Some(span) = request.as_ref().and_then(|id| ctx.span(id)) {
+                if let Some(rc) = span.extensions().get::<RequestContext>() {
+                    for (k, v) in rc.fields() {
+                        if !seen.contains(&k) {
+                            line.push(',');
+                            write_json_str(&mut line, k);
+                            line.push(':');
+                            line.push_str(v);
+                        }
+                    }
+                }
+            }
+            line.push_str("}\n");
+            let _ = self
+                .make_writer
+                .make_writer_for(meta)
+                .write_all(line.as_bytes());
+        });
+    }
+}

@@ -1,0 +1,420 @@
+//! The request log observer: one record per request, a span carrying its context, request ids.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Uri};
+use tracing::{Level, Span};
+
+use super::context::{REQUEST_SPAN, REQUEST_TARGET};
+use super::redact::{is_sensitive, redact_query, SENSITIVE_PARAMS};
+use super::request_id::RequestId;
+use crate::lifecycle::{
+    content_length, End, KnownMethod, ObserveLayer, Observer, Outcome, RequestMeta, ResponseHead,
+};
+
+/// The request log as a Tower layer: [`ObserveLayer`] with the [`RequestLog`] observer.
+pub type RequestLogLayer = ObserveLayer<RequestLog>;
+
+impl RequestLogLayer {
+    /// A request log layer with the default settings.
+    pub fn new() -> Self {
+        ObserveLayer::with_observer(RequestLog::builder().build())
+    }
+}
+
+impl Default for RequestLogLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Routes left out of the request log by default: the probes and `/metrics`.
+pub const DEFAULT_EXCLUDED: &[&str] = &[
+    "/livez",
+    "/livez/{name}",
+    "/readyz",
+    "/readyz/{name}",
+    "/startupz",
+    "/startupz/{name}",
+    "/health",
+    "/health/{name}",
+    "/metrics",
+];
+
+/// The request log observer.
+#[derive(Clone, Debug)]
+pub struct RequestLog {
+    cfg: Arc<Config>,
+}
+
+#[derive(Debug)]
+struct Config {
+    success: Level,
+    client_error: Level,
+    server_error: Level,
+    cancelled: Level,
+    slow: Option<Duration>,
+    exclude: Vec<String>,
+    trust_forwarded: bool,
+    log_query: bool,
+    sensitive_params: Vec<String>,
+    log_headers: bool,
+    redact_headers: Vec<HeaderName>,
+    header: HeaderName,
+}
+
+/// Settings of the request log.
+///
+/// Defaults: success INFO, client errors WARN, server errors ERROR, cancelled INFO; requests
+/// slower than 2 s are WARN with `slow=true`; the probe routes and `/metrics` excluded;
+/// `Forwarded`/`X-Forwarded-For` ignored (peer address only); no query, no headers.
+#[derive(Debug)]
+pub struct RequestLogBuilder {
+    cfg: Config,
+    exclude_replaced: bool,
+}
+
+impl RequestLog {
+    /// Configures the observer.
+    pub fn builder() -> RequestLogBuilder {
+        RequestLogBuilder {
+            cfg: Config {
+                success: Level::INFO,
+                client_error: Level::WARN,
+                server_error: Level::ERROR,
+                cancelled: Level::INFO,
+                slow: Some(Duration::from_secs(2)),
+                exclude: DEFAULT_EXCLUDED.iter().map(|s| s.to_string()).collect(),
+                trust_forwarded: false,
+                log_query: false,
+                sensitive_params: SENSITIVE_PARAMS.iter().map(|s| s.to_string()).collect(),
+                log_headers: false,
+                redact_headers: Vec::new(),
+                header: HeaderName::from_static("x-request-id"),
+            },
+            exclude_replaced: false,
+        }
+    }
+}
+
+impl RequestLogBuilder {
+    /// The level of each outcome (e.g. DEBUG for successes to keep only failures at INFO).
+    pub fn levels(
+        mut self,
+        success: Level,
+        client_error: Level,
+        server_error: Level,
+        cancelled: Level,
+    ) -> Self {
+        self.cfg.success = success;
+        self.cfg.client_error = client_error;
+        self.cfg.server_error = server_error;
+        self.cfg.cancelled = cancelled;
+        self
+    }
+
+    /// Requests slower than this are logged at WARN (at least) with `slow=true`; `None` turns
+    /// it off.
+    pub fn slow_threshold(mut self, threshold: Option<Duration>) -> Self {
+        self.cfg.slow = threshold;
+        self
+    }
+
+    /// A route template to leave out; the first call replaces the default exclusions.
+    pub fn exclude_route(mut self, template: impl Into<String>) -> Self {
+        if !self.exclude_replaced {
+            self.cfg.exclude.clear();
+            self.exclude_replaced = true;
+        }
+        self.cfg.exclude.push(template.into());
+        self
+    }
+
+    /// The application's proxies are trusted: `client_ip` comes from `Forwarded` or
+    /// `X-Forwarded-For` (first hop) when present.
+    pub fn trust_forwarded_headers(mut self, trust: bool) -> Self {
+        self.cfg.trust_forwarded = trust;
+        self
+    }
+
+    /// Logs the query string (`query` field), sensitive values replaced by `REDACTED`.
+    pub fn log_query(mut self, on: bool) -> Self {
+        self.cfg.log_query = on;
+        self
+    }
+
+    /// Another query parameter whose value is redacted.
+    pub fn sensitive_param(mut self, name: impl Into<String>) -> Self {
+        self.cfg.sensitive_params.push(name.into());
+        self
+    }
+
+    /// Logs the request headers (`headers` field), never `Authorization`,
+    /// `Proxy-Authorization`, `Cookie`, `Set-Cookie` nor those given to
+    /// [`RequestLogBuilder::redact_header`].
+    pub fn log_headers(mut self, on: bool) -> Self {
+        self.cfg.log_headers = on;
+        self
+    }
+
+    /// Another header never logged.
+    pub fn redact_header(mut self, name: HeaderName) -> Self {
+        self.cfg.redact_headers.push(name);
+        self
+    }
+
+    /// The observer.
+    pub fn build(self) -> RequestLog {
+        RequestLog {
+            cfg: Arc::new(self.cfg),
+        }
+    }
+
+    /// The layer.
+    pub fn layer(self) -> RequestLogLayer {
+        ObserveLayer::with_observer(self.build())
+    }
+}
+
+/// Per-route data of [`RequestLog`].
+#[derive(Debug)]
+pub struct LogRoute {
+    cfg: Arc<Config>,
+    route: Option<Arc<str>>,
+    excluded: bool,
+}
+
+/// Per-request state of [`RequestLog`].
+#[derive(Debug)]
+pub struct LogObservation {
+    id: RequestId,
+    record: Option<Box<RecordData>>,
+}
+
+#[derive(Debug)]
+struct RecordData {
+    span: Span,
+    method: KnownMethod,
+    uri: Uri,
+    user_agent: Option<HeaderValue>,
+    client_ip: Option<IpAddr>,
+    request_bytes: Option<u64>,
+    headers: Option<String>,
+}
+
+impl Observer for RequestLog {
+    type Route = LogRoute;
+    type Observation = LogObservation;
+
+    fn route(&self, template: Option<&str>) -> LogRoute {
+        LogRoute {
+            cfg: self.cfg.clone(),
+            excluded: template.is_some_and(|t| self.cfg.exclude.iter().any(|e| e == t)),
+            route: template.map(Arc::from),
+        }
+    }
+
+    fn start<B>(
+        &self,
+        route: &LogRoute,
+        req: &mut Request<B>,
+        meta: &RequestMeta<'_>,
+    ) -> LogObservation {
+        let cfg = &*self.cfg;
+        let incoming = req.headers().get(&cfg.header).and_then(RequestId::parse);
+        let id = match incoming {
+            Some(id) => id,
+            None => {
+                let id = RequestId::generate();
+                // An invalid id is replaced, never passed on (nor logged) raw.
+                req.headers_mut().insert(cfg.header.clone(), id.0.clone());
+                id
+            }
+        };
+        req.extensions_mut().insert(id.clone());
+        if route.excluded {
+            return LogObservation { id, record: None };
+        }
+        let span = tracing::span!(
+            target: REQUEST_TARGET,
+            Level::INFO,
+            REQUEST_SPAN,
+            request_id = id.as_str(),
+            route = route.route.as_deref(),
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        );
+        let headers = cfg
+            .log_headers
+            .then(|| render_headers(req.headers(), &cfg.redact_headers));
+        let record = RecordData {
+            span,
+            method: meta.method,
+            uri: req.uri().clone(),
+            user_agent: req.headers().get(http::header::USER_AGENT).cloned(),
+            client_ip: client_ip(req, cfg.trust_forwarded),
+            request_bytes: content_length(req),
+            headers,
+        };
+        LogObservation {
+            id,
+            record: Some(Box::new(record)),
+        }
+    }
+
+    fn response(route: &LogRoute, obs: &mut LogObservation, head: &mut ResponseHead<'_>) {
+        if !head.headers.contains_key(&route.cfg.header) {
+            head.headers
+                .insert(route.cfg.header.clone(), obs.id.0.clone());
+        }
+    }
+
+    fn span(obs: &LogObservation) -> Option<&Span> {
+        obs.record.as_ref().map(|r| &r.span)
+    }
+
+    fn end(route: &LogRoute, obs: LogObservation, end: &End) {
+        let Some(r) = obs.record else { return };
+        let cfg = &*route.cfg;
+        let mut level = match end.outcome {
+            Outcome::Success => cfg.success,
+            Outcome::ClientError => cfg.client_error,
+            Outcome::ServerError(_) => cfg.server_error,
+            Outcome::Cancelled => cfg.cancelled,
+        };
+        let slow = cfg.slow.is_some_and(|t| end.duration >= t);
+        if slow && level > Level::WARN {
+            level = Level::WARN;
+        }
+        let _entered = r.span.enter();
+        let query = if cfg.log_query {
+            r.uri
+                .query()
+                .map(|q| redact_query(q, &cfg.sensitive_params))
+        } else {
+            None
+        };
+        let user_agent = r
+            .user_agent
+            .as_ref()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()));
+        let status = end.status.map(|s| s.as_u16());
+        let error_type = end.outcome.error_type();
+        let error_type = error_type.as_ref().map(|e| e.as_str());
+        let duration_ms = (end.duration.as_nanos() as f64 / 1000.0).round() / 1000.0;
+        let message = if end.outcome == Outcome::Cancelled {
+            "request cancelled"
+        } else {
+            "request finished"
+        };
+        macro_rules! record {
+            ($lvl:expr) => {
+                tracing::event!(
+                    target: REQUEST_TARGET,
+                    $lvl,
+                    method = r.method.as_str(),
+                    path = r.uri.path(),
+                    query = query.as_deref(),
+                    status,
+                    duration_ms,
+                    outcome = end.outcome.as_str(),
+                    error_type,
+                    client_ip = r.client_ip.map(tracing::field::display),
+                    user_agent = user_agent.as_deref(),
+                    request_bytes = r.request_bytes,
+                    response_bytes = end.response_bytes,
+                    headers = r.headers.as_deref(),
+                    slow = slow.then_some(true),
+                    "{message}"
+                )
+            };
+        }
+        match level {
+            Level::ERROR => record!(Level::ERROR),
+            Level::WARN => record!(Level::WARN),
+            Level::INFO => record!(Level::INFO),
+            Level::DEBUG => record!(Level::DEBUG),
+            _ => record!(Level::TRACE),
+        }
+    }
+}
+
+fn render_headers(headers: &HeaderMap, extra: &[HeaderName]) -> String {
+    let mut out = String::new();
+    for (name, value) in headers {
+        if is_sensitive(name, extra) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str("; ");
+        }
+        out.push_str(name.as_str());
+        out.push_str(": ");
+        out.push_str(&String::from_utf8_lossy(value.as_bytes()));
+    }
+    out
+}
+
+/// The peer address; with trusted proxies, the first hop of `Forwarded` or `X-Forwarded-For`.
+fn client_ip<B>(req: &Request<B>, trust_forwarded: bool) -> Option<IpAddr> {
+    if trust_forwarded {
+        if let Some(ip) = forwarded_for(req.headers()) {
+            return Some(ip);
+        }
+    }
+    #[cfg(feature = "axum")]
+    if let Some(axum::extract::ConnectInfo(addr)) = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+    {
+        return Some(addr.ip());
+    }
+    req.extensions().get::<SocketAddr>().map(SocketAddr::ip)
+}
+
+fn forwarded_for(headers: &HeaderMap) -> Option<IpAddr> {
+    if let Some(v) = headers.get("forwarded").and_then(|v| v.to_str().ok()) {
+        for part in v.split(',').next()?.split(';') {
+            let (k, val) = part.trim().split_once('=')?;
+            if k.eq_ignore_ascii_case("for") {
+                let val = val.trim_matches('"');
+                let host = val
+                    .strip_prefix('[')
+                    .and_then(|v| v.split(']').next())
+                    .unwrap_or_else(|| val.split(':').next().unwrap_or(val));
+                return host.parse().ok();
+            }
+        }
+    }
+    let xff = headers.get("x-forwarded-for")?.to_str().ok()?;
+    xff.split(',').next()?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "203.0.113.7, 10.0.0.1".parse().unwrap());
+        assert_eq!(forwarded_for(&h), Some("203.0.113.7".parse().unwrap()));
+        h.insert(
+            "forwarded",
+            "for=\"[2001:db8::1]:4711\";proto=https, for=10.0.0.1"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(forwarded_for(&h), Some("2001:db8::1".parse().unwrap()));
+        h.insert("forwarded", "for=192.0.2.60;proto=http".parse().unwrap());
+        assert_eq!(forwarded_for(&h), Some("192.0.2.60".parse().unwrap()));
+        let req = Request::get("/")
+            .header("x-forwarded-for", "203.0.113.7")
+            .body(())
+            .unwrap();
+        assert_eq!(client_ip(&req, false), None, "untrusted by default");
+        assert!(client_ip(&req, true).is_some());
+    }
+}

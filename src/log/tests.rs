@@ -1,0 +1,559 @@
+//! Request log tests: every line captured and parsed as JSON.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::routing::get;
+use axum::Router;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tower::ServiceExt;
+use tracing::Instrument;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+
+use super::*;
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+struct CaptureWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for CaptureWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Capture {
+    type Writer = CaptureWriter;
+    fn make_writer(&'a self) -> CaptureWriter {
+        CaptureWriter(self.0.clone())
+    }
+}
+
+impl Capture {
+    /// Every line, parsed; panics on a line that is not exactly one JSON object.
+    fn lines(&self) -> Vec<Value> {
+        let bytes = self.0.lock().unwrap().clone();
+        let text = String::from_utf8(bytes).expect("UTF-8 output");
+        text.lines()
+            .map(|l| {
+                let v: Value =
+                    serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}"));
+                assert!(v.is_object(), "{l}");
+                v
+            })
+            .collect()
+    }
+
+    fn requests(&self) -> Vec<Value> {
+        self.lines()
+            .into_iter()
+            .filter(|v| v["target"] == REQUEST_TARGET)
+            .collect()
+    }
+}
+
+fn subscriber(
+    capture: &Capture,
+    layer: JsonLayer<Capture>,
+) -> impl tracing::Subscriber + Send + Sync {
+    let _ = capture;
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::filter::LevelFilter::TRACE)
+        .with(layer)
+}
+
+fn app(layer: RequestLogLayer) -> Router {
+    Router::new()
+        .route(
+            "/ok",
+            get(|| async {
+                tracing::info!(step = 1, "inside handler");
+                "ok"
+            }),
+        )
+        .route("/missing", get(|| async { StatusCode::NOT_FOUND }))
+        .route("/fail", get(|| async { StatusCode::INTERNAL_SERVER_ERROR }))
+        .route("/metrics", get(|| async { "m" }))
+        .route(
+            "/ctx/{tenant}",
+            get(
+                |axum::extract::Path(t): axum::extract::Path<String>| async move {
+                    tracing::info!("before");
+                    assert!(add_context("tenant", &t));
+                    tokio::task::yield_now().await;
+                    tracing::info!("after");
+                    tokio::spawn(
+                        async { tracing::info!("spawned") }.instrument(tracing::Span::current()),
+                    )
+                    .await
+                    .unwrap();
+                    t
+                },
+            ),
+        )
+        .route("/id", get(|id: RequestId| async move { id.to_string() }))
+        .layer(layer)
+}
+
+async fn send(app: &Router, req: Request<Body>) -> (StatusCode, http::HeaderMap, String) {
+    let res = app.clone().oneshot(req).await.unwrap();
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+fn get_req(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).unwrap()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn one_record_per_request_with_fields_and_levels() {
+    let capture = Capture::default();
+    let _g = tracing::subscriber::set_default(subscriber(
+        &capture,
+        JsonLayer::new("shop", capture.clone()),
+    ));
+    let app = app(RequestLogLayer::new());
+    let req = Request::get("/ok?x=1")
+        .header("user-agent", "probe/1.0")
+        .header("content-length", "0")
+        .body(Body::empty())
+        .unwrap();
+    send(&app, req).await;
+    send(&app, get_req("/missing")).await;
+    send(&app, get_req("/fail")).await;
+    send(&app, get_req("/metrics")).await;
+    send(&app, get_req("/nowhere")).await;
+    let records = capture.requests();
+    assert_eq!(
+        records.len(),
+        4,
+        "one per request, /metrics excluded: {records:#?}"
+    );
+    let ok = &records[0];
+    assert_eq!(ok["level"], "INFO");
+    assert_eq!(ok["service"], "shop");
+    assert_eq!(ok["message"], "request finished");
+    assert_eq!(ok["method"], "GET");
+    assert_eq!(ok["route"], "/ok");
+    assert_eq!(ok["path"], "/ok", "no query by default");
+    assert!(ok.get("query").is_none());
+    assert_eq!(ok["status"], 200);
+    assert_eq!(ok["outcome"], "success");
+    assert_eq!(ok["user_agent"], "probe/1.0");
+    assert_eq!(ok["request_bytes"], 0);
+    assert_eq!(ok["response_bytes"], 2);
+    assert!(ok["duration_ms"].as_f64().unwrap() >= 0.0);
+    assert_eq!(ok["request_id"].as_str().unwrap().len(), 36);
+    let ts = ok["timestamp"].as_str().unwrap();
+    assert_eq!(ts.len(), "2026-11-25T09:46:40.123456Z".len(), "{ts}");
+    assert!(ts.ends_with('Z') && ts.as_bytes()[19] == b'.');
+    assert_eq!(
+        (records[1]["level"].as_str(), records[1]["outcome"].as_str()),
+        (Some("WARN"), Some("client_error"))
+    );
+    assert_eq!(
+        (records[2]["level"].as_str(), records[2]["outcome"].as_str()),
+        (Some("ERROR"), Some("server_error"))
+    );
+    assert_eq!(records[2]["error_type"], "500");
+    assert!(records[3].get("route").is_none(), "unmatched: no route");
+    assert_eq!(records[3]["path"], "/nowhere");
+    // The handler's own line carries the request's context.
+    let inside = capture
+        .lines()
+        .into_iter()
+        .find(|l| l["message"] == "inside handler")
+        .unwrap();
+    assert_eq!(inside["request_id"], ok["request_id"]);
+    assert_eq!(inside["route"], "/ok");
+    assert_eq!(inside["step"], 1);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn context_reaches_later_lines_spawned_work_and_never_leaks() {
+    let capture = Capture::default();
+    let _g = tracing::subscriber::set_default(subscriber(
+        &capture,
+        JsonLayer::new("shop", capture.clone()),
+    ));
+    let app = app(RequestLogLayer::new());
+    // Concurrent requests interleaved on one thread.
+    let calls: Vec<_> = (0..50)
+        .map(|i| {
+            let app = app.clone();
+            tokio::spawn(async move { send(&app, get_req(&format!("/ctx/t{i}"))).await })
+        })
+        .collect();
+    for c in calls {
+        c.await.unwrap();
+    }
+    let lines = capture.lines();
+    let mut by_request: std::collections::HashMap<String, String> = Default::default();
+    for l in &lines {
+        if l["target"] == REQUEST_TARGET {
+            by_request.insert(
+                l["request_id"].as_str().unwrap().into(),
+                l["tenant"].as_str().unwrap().into(),
+            );
+        }
+    }
+    assert_eq!(by_request.len(), 50);
+    let mut counted = 0;
+    for l in &lines {
+        let id = l["request_id"]
+            .as_str()
+            .expect("every line has a request id");
+        let tenant = &by_request[id];
+        match l["message"].as_str().unwrap() {
+            "before" => assert!(l.get("tenant").is_none(), "context before it was added"),
+            "after" | "spawned" | "request finished" => {
+                assert_eq!(l["tenant"].as_str(), Some(tenant.as_str()), "leaked: {l}");
+                counted += 1;
+            }
+            other => panic!("unexpected line {other}"),
+        }
+    }
+    assert_eq!(counted, 150);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn request_ids_are_kept_when_valid_and_replaced_otherwise() {
+    let capture = Capture::default();
+    let _g = tracing::subscriber::set_default(subscriber(
+        &capture,
+        JsonLayer::new("s", capture.clone()),
+    ));
+    let app = app(RequestLogLayer::new());
+    let req = Request::get("/id")
+        .header("x-request-id", "abc-123:x/y")
+        .body(Body::empty())
+        .unwrap();
+    let (_, headers, body) = send(&app, req).await;
+    assert_eq!(headers["x-request-id"], "abc-123:x/y");
+    assert_eq!(body, "abc-123:x/y", "the extractor sees the same id");
+    for bad in ["has space", "quote\"x", &"y".repeat(129), "{json}"] {
+        let req = Request::get("/id")
+            .header("x-request-id", bad)
+            .body(Body::empty())
+            .unwrap();
+        let (_, headers, body) = send(&app, req).await;
+        let id = headers["x-request-id"].to_str().unwrap();
+        assert_eq!(id.len(), 36, "replaced by a UUID");
+        assert_eq!(body, id);
+    }
+    let out = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    for raw in ["has space", "quote", "{json}", "yyyyyyyy"] {
+        assert!(!out.contains(raw), "an invalid id was logged raw: {raw}");
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn secrets_are_redacted() {
+    let capture = Capture::default();
+    let _g = tracing::subscriber::set_default(subscriber(
+        &capture,
+        JsonLayer::new("s", capture.clone()),
+    ));
+    let layer = RequestLog::builder()
+        .log_query(true)
+        .log_headers(true)
+        .redact_header(http::HeaderName::from_static("x-api-key"))
+        .layer();
+    let app = app(layer);
+    let req = Request::get("/ok?page=2&token=t0psecret&Password=hunter2")
+        .header("authorization", "Bearer abc.def")
+        .header("cookie", "session=s3cr3t")
+        .header("proxy-authorization", "Basic zzz")
+        .header("x-api-key", "k3y")
+        .header("accept", "text/plain")
+        .body(Body::empty())
+        .unwrap();
+    send(&app, req).await;
+    let r = &capture.requests()[0];
+    assert_eq!(r["query"], "page=2&token=REDACTED&Password=REDACTED");
+    let headers = r["headers"].as_str().unwrap();
+    assert!(headers.contains("accept: text/plain"), "{headers}");
+    let out = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    for secret in [
+        "t0psecret",
+        "hunter2",
+        "abc.def",
+        "s3cr3t",
+        "zzz",
+        "k3y",
+        "authorization",
+        "cookie",
+    ] {
+        assert!(!out.contains(secret), "{secret} was logged");
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn sampling_follows_the_request_and_keeps_warnings() {
+    let capture = Capture::default();
+    let layer = JsonLayer::new("s", capture.clone())
+        .sampling(Sampling {
+            probability: 0.25,
+            seed: 42,
+        })
+        .rate_limit(None);
+    let _g = tracing::subscriber::set_default(subscriber(&capture, layer));
+    let app = app(RequestLogLayer::new());
+    let n = 4000;
+    for i in 0..n {
+        let req = Request::get("/ok")
+            .header("x-request-id", format!("req-{i}"))
+            .body(Body::empty())
+            .unwrap();
+        send(&app, req).await;
+    }
+    for i in 0..100 {
+        let req = Request::get("/missing")
+            .header("x-request-id", format!("miss-{i}"))
+            .body(Body::empty())
+            .unwrap();
+        send(&app, req).await;
+    }
+    let lines = capture.lines();
+    let kept: Vec<_> = lines
+        .iter()
+        .filter(|l| l["message"] == "request finished" && l["status"] == 200)
+        .collect();
+    let ratio = kept.len() as f64 / n as f64;
+    // Binomial(4000, 0.25): sd 0.0068; the bounds are > 4 sd away.
+    assert!((0.22..=0.28).contains(&ratio), "kept {ratio}");
+    // A sampled request keeps all its lines: each kept record has its handler line.
+    let inside: std::collections::HashSet<_> = lines
+        .iter()
+        .filter(|l| l["message"] == "inside handler")
+        .map(|l| l["request_id"].clone())
+        .collect();
+    assert_eq!(inside.len(), kept.len());
+    assert!(kept.iter().all(|k| inside.contains(&k["request_id"])));
+    // WARN passes sampling.
+    assert_eq!(lines.iter().filter(|l| l["status"] == 404).count(), 100);
+}
+
+#[test]
+fn sampling_from_a_trace_id_matches_the_ratio_sampler() {
+    // Lower 64 bits of the trace id against p x 2^64: ids below the line are kept.
+    assert!(json::sampled(
+        "0af7651916cd43dd8448eb211c80319c".get(..).unwrap(),
+        true,
+        1.0,
+        0
+    ));
+    assert!(json::sampled(
+        "00000000000000000000000000000001",
+        true,
+        0.01,
+        0
+    ));
+    assert!(!json::sampled(
+        "0000000000000000ffffffffffffffff",
+        true,
+        0.99,
+        0
+    ));
+    assert!(json::sampled(
+        "00000000000000003fffffffffffffff",
+        true,
+        0.26,
+        0
+    ));
+    assert!(!json::sampled(
+        "00000000000000004fffffffffffffff",
+        true,
+        0.26,
+        0
+    ));
+}
+
+#[test]
+fn rate_limit_suppresses_exactly_and_summarises() {
+    let capture = Capture::default();
+    let (recorder, prometheus) = crate::metrics::Prometheus::builder().build();
+    let layer = metrics::with_local_recorder(&recorder, || {
+        JsonLayer::new("s", capture.clone()).rate_limit(Some(RateLimit {
+            max: 5,
+            window: Duration::from_millis(200),
+        }))
+    });
+    let layer = Arc::new(layer);
+    let sub = tracing_subscriber::registry()
+        .with(tracing_subscriber::filter::LevelFilter::TRACE)
+        .with(init_shared(layer.clone()));
+    tracing::subscriber::with_default(sub, || {
+        for i in 0..12 {
+            tracing::error!(i, "same call site");
+        }
+        tracing::info!("another call site");
+    });
+    let lines = capture.lines();
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l["message"] == "same call site")
+            .count(),
+        5
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l["message"] == "another call site")
+            .count(),
+        1
+    );
+    layer.flush_suppressed();
+    assert!(
+        capture
+            .lines()
+            .iter()
+            .all(|l| l.get("suppressed").is_none()),
+        "window still open"
+    );
+    std::thread::sleep(Duration::from_millis(250));
+    layer.flush_suppressed();
+    let summaries: Vec<_> = capture
+        .lines()
+        .into_iter()
+        .filter(|l| l.get("suppressed").is_some())
+        .collect();
+    assert_eq!(summaries.len(), 1);
+    assert_eq!(summaries[0]["suppressed"], 7);
+    assert_eq!(summaries[0]["level"], "ERROR");
+    assert!(summaries[0]["callsite"]
+        .as_str()
+        .unwrap()
+        .contains("tests.rs"));
+    let text = prometheus.render();
+    assert!(
+        text.contains("log_records_suppressed_total{reason=\"rate_limited\"} 7"),
+        "{text}"
+    );
+    layer.flush_suppressed();
+    assert_eq!(
+        capture
+            .lines()
+            .iter()
+            .filter(|l| l.get("suppressed").is_some())
+            .count(),
+        1,
+        "one summary per window"
+    );
+}
+
+fn init_shared<S>(l: Arc<JsonLayer<Capture>>) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    init::shared(l)
+}
+
+/// A writer stalled for good, like a stdout nobody reads.
+struct Stalled;
+
+impl Write for Stalled {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        std::thread::sleep(Duration::from_secs(3600));
+        Ok(0)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_stalled_writer_drops_and_counts_instead_of_stalling_requests() {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(8)
+        .finish(Stalled);
+    let counter = writer.error_counter();
+    let (recorder, prometheus) = crate::metrics::Prometheus::builder().build();
+    metrics::with_local_recorder(&recorder, || init::count_drops(counter.clone()));
+    let _g = tracing::subscriber::set_default(
+        tracing_subscriber::registry().with(JsonLayer::new("s", writer).rate_limit(None)),
+    );
+    let app = app(RequestLogLayer::new());
+    let done = tokio::time::timeout(Duration::from_secs(30), async {
+        for _ in 0..500 {
+            assert_eq!(send(&app, get_req("/ok")).await.0, StatusCode::OK);
+        }
+    })
+    .await;
+    assert!(done.is_ok(), "requests stalled behind the log writer");
+    // 1000 lines (handler + record per request), at most 8 queued + 1 being written.
+    assert!(
+        counter.dropped_lines() >= 990,
+        "dropped {}",
+        counter.dropped_lines()
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    let text = prometheus.render();
+    let dropped: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("log_records_dropped_total "))
+        .expect("the metric")
+        .parse()
+        .unwrap();
+    assert_eq!(dropped as usize, counter.dropped_lines());
+    std::mem::forget(guard); // its drop would wait for the stalled writer
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, .. ProptestConfig::default() })]
+
+        #[test]
+        fn any_header_bytes_and_field_values_give_one_json_object_per_line(
+            ua in proptest::collection::vec(any::<u8>(), 0..64),
+            value in any::<String>(),
+            path_tail in "[a-zA-Z0-9%._~-]{0,20}",
+        ) {
+            let capture = Capture::default();
+            let sub = subscriber(&capture, JsonLayer::new("s\n\"x", capture.clone()).rate_limit(None));
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            tracing::subscriber::with_default(sub, || {
+                rt.block_on(async {
+                    let app = app(RequestLogLayer::new());
+                    let mut req = Request::get(format!("/nowhere/{path_tail}"));
+                    if let Ok(v) = http::HeaderValue::from_bytes(&ua) {
+                        req = req.header("user-agent", v);
+                    }
+                    send(&app, req.body(Body::empty()).unwrap()).await;
+                    tracing::info!(field = %value, debug = ?value, "{}", value);
+                });
+            });
+            let bytes = capture.0.lock().unwrap().clone();
+            let text = String::from_utf8(bytes).expect("valid UTF-8");
+            let lines: Vec<_> = text.split_terminator('\n').collect();
+            prop_assert_eq!(lines.len(), 2);
+            for l in lines {
+                let v: Value = serde_json::from_str(l).map_err(|e| TestCaseError::fail(format!("{e}: {l:?}")))?;
+                prop_assert!(v.is_object());
+            }
+            let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+            prop_assert_eq!(last["field"].as_str(), Some(value.as_str()));
+            prop_assert_eq!(last["message"].as_str(), Some(value.as_str()));
+        }
+    }
+}
