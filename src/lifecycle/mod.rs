@@ -52,5 +52,5 @@ mod service;
 pub use method::KnownMethod;
 pub use observer::{Observer, RequestMeta, ResponseHead};
 pub use outcome::{End, ErrorType, Outcome};
-pub use route::{RouteEntry, MAX_ROUTES};
+pub use route::{AddrHasher, RouteEntry, MAX_ROUTES};
 pub use service::{content_length, Observe, ObserveLayer, ResponseBody, ResponseFuture};

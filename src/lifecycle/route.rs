@@ -201,9 +201,10 @@ fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Hashes a pointer: the low bits are alignment, so fold them away and spread with one multiply.
-#[derive(Default)]
-pub(crate) struct AddrHasher(u64);
+/// Hashes a pointer (or any `usize` key): the low bits are alignment, so fold them away and
+/// spread with one multiply. For maps keyed by addresses; not for untrusted keys.
+#[derive(Default, Debug, Clone, Copy)]
+pub struct AddrHasher(u64);
 
 impl Hasher for AddrHasher {
     fn finish(&self) -> u64 {

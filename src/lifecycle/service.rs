@@ -274,10 +274,9 @@ impl<B: Body, O: Observer> Body for ResponseBody<B, O> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
-        let frame = {
-            let _entered = this.tracker.as_ref().and_then(Tracker::enter);
-            ready!(this.inner.as_mut().poll_frame(cx))
-        };
+        // Not in the request's span: body frames come from already-built streams, and entering
+        // a span per frame costs more than the rare log line written there is worth.
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
         if let Some(tracker) = this.tracker.as_mut() {
             match &frame {
                 Some(Ok(f)) => {

@@ -14,24 +14,37 @@ pub const REQUEST_TARGET: &str = "towerscope::request";
 pub const REQUEST_SPAN: &str = "request";
 
 /// The context of one request, stored in its span's extensions by the JSON layer. It lives and
-/// dies with the span, so it never leaks into another request.
-#[derive(Debug, Default)]
+/// dies with the span, so it never leaks into another request. Values are kept as JSON text,
+/// escaped once, since they are copied into every line of the request.
+#[derive(Debug)]
 pub(crate) struct RequestContext {
     fields: Vec<(Cow<'static, str>, String)>,
     pub(crate) sampled: bool,
 }
 
-impl RequestContext {
-    pub(crate) fn from_fields(fields: Vec<(&'static str, String)>) -> Self {
+impl Default for RequestContext {
+    fn default() -> Self {
         Self {
-            fields: fields
-                .into_iter()
-                .map(|(k, v)| (Cow::Borrowed(k), v))
-                .collect(),
+            fields: Vec::with_capacity(4),
             sampled: true,
         }
     }
+}
 
+/// The request span's own fields (request id, route, trace ids) become the context.
+impl tracing::field::Visit for RequestContext {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        let mut json = String::with_capacity(value.len() + 2);
+        write_json_str(&mut json, value);
+        self.set(field.name(), json);
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.record_str(field, &format!("{value:?}"));
+    }
+}
+
+impl RequestContext {
     /// Sets a field (a JSON value), replacing an earlier value of the same key.
     pub(crate) fn set(&mut self, key: impl Into<Cow<'static, str>>, json: String) {
         let key = key.into();

@@ -4,13 +4,12 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Duration;
 
-use metrics::{Key, KeyName, Metadata};
-use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 use super::json::{JsonLayer, RateLimit, Sampling};
+use super::writer::{NonBlocking, WriterGuard};
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,16 +27,16 @@ pub struct LogConfig {
     service: String,
     format: Format,
     filter: String,
-    queue_lines: usize,
+    queue_bytes: usize,
     lossy: bool,
     sampling: Sampling,
     rate_limit: Option<RateLimit>,
 }
 
-/// Keeps the writer thread alive; dropping it flushes pending lines.
+/// Keeps the writer thread alive; dropping it flushes pending lines (within 2 s).
 #[derive(Debug)]
 pub struct LogGuard {
-    _worker: WorkerGuard,
+    _writer: WriterGuard,
 }
 
 /// The error of [`LogConfig::init`].
@@ -52,9 +51,6 @@ impl std::fmt::Display for InitError {
 
 impl std::error::Error for InitError {}
 
-/// `log_records_dropped_total`
-pub const DROPPED: &str = "log_records_dropped_total";
-
 impl LogConfig {
     /// Settings from the environment, for `service`.
     pub fn from_env(service: impl Into<String>) -> Self {
@@ -68,7 +64,7 @@ impl LogConfig {
             service: service.into(),
             format,
             filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            queue_lines: 65_536,
+            queue_bytes: 8 << 20,
             lossy: true,
             sampling: Sampling::default(),
             rate_limit: Some(RateLimit::default()),
@@ -87,10 +83,10 @@ impl LogConfig {
         self
     }
 
-    /// Lines waiting for stdout at most (default 65,536). When full, new lines are dropped and
+    /// Bytes waiting for stdout at most (default 8 MiB). When full, new lines are dropped and
     /// counted in `log_records_dropped_total`; with `blocking(true)` the caller waits instead.
-    pub fn queue_lines(mut self, n: usize) -> Self {
-        self.queue_lines = n.max(1);
+    pub fn queue_bytes(mut self, n: usize) -> Self {
+        self.queue_bytes = n;
         self
     }
 
@@ -124,12 +120,7 @@ impl LogConfig {
         writer: T,
     ) -> Result<LogGuard, InitError> {
         let filter = EnvFilter::try_new(&self.filter).map_err(|e| InitError(e.to_string()))?;
-        let (writer, guard) = NonBlockingBuilder::default()
-            .lossy(self.lossy)
-            .buffered_lines_limit(self.queue_lines)
-            .thread_name("towerscope-log")
-            .finish(writer);
-        count_drops(writer.error_counter());
+        let (writer, guard) = NonBlocking::new(writer, self.queue_bytes, self.lossy);
         let registry = tracing_subscriber::registry().with(filter);
         let result = match self.format {
             Format::Json => {
@@ -150,37 +141,8 @@ impl LogConfig {
                 .try_init(),
         };
         result.map_err(|e| InitError(e.to_string()))?;
-        Ok(LogGuard { _worker: guard })
+        Ok(LogGuard { _writer: guard })
     }
-}
-
-/// Publishes the writer's dropped-line count as `log_records_dropped_total`.
-pub(crate) fn count_drops(counter: tracing_appender::non_blocking::ErrorCounter) {
-    static METADATA: Metadata<'static> = Metadata::new(
-        "towerscope::log",
-        metrics::Level::INFO,
-        Some(module_path!()),
-    );
-    let dropped = metrics::with_recorder(|r| {
-        r.describe_counter(
-            KeyName::from_const_str(DROPPED),
-            None,
-            "Log lines dropped because the output could not keep up.".into(),
-        );
-        r.register_counter(&Key::from_name(DROPPED), &METADATA)
-    });
-    let mut seen = 0usize;
-    spawn_every(
-        Duration::from_millis(250),
-        "towerscope-log-drops",
-        move || {
-            let now = counter.dropped_lines();
-            if now > seen {
-                dropped.increment((now - seen) as u64);
-                seen = now;
-            }
-        },
-    );
 }
 
 fn spawn_every(period: Duration, name: &str, mut f: impl FnMut() + Send + 'static) {

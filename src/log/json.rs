@@ -19,41 +19,78 @@ use tracing_subscriber::Layer;
 
 use super::context::{RequestContext, REQUEST_SPAN, REQUEST_TARGET};
 
+/// Bytes that cannot appear raw in a JSON string (and DEL, escaped for readability).
+const ESCAPE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t[0x7f] = true;
+    // The lead byte of U+2028 / U+2029, checked in full below.
+    t[0xe2] = true;
+    t
+};
+
 /// Writes `s` as a JSON string (with quotes): `"` and `\` escaped, control characters as
-/// `\n`, `\t`, … or `\u00XX`, so any input gives one valid JSON value on one line.
+/// `\n`, `\t`, … or `\u00XX`, U+2028 and U+2029 as `\u2028`, `\u2029`, so any input gives one
+/// valid JSON value on one line. Runs of plain bytes are copied whole.
 pub fn write_json_str(out: &mut String, s: &str) {
     out.push('"');
+    let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, c) in s.char_indices() {
-        let esc: Option<&str> = match c {
-            '"' => Some("\\\""),
-            '\\' => Some("\\\\"),
-            '\n' => Some("\\n"),
-            '\r' => Some("\\r"),
-            '\t' => Some("\\t"),
-            '\u{08}' => Some("\\b"),
-            '\u{0c}' => Some("\\f"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' || c == '\u{2028}' || c == '\u{2029}' => None,
-            _ => continue,
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if !ESCAPE[b as usize] {
+            i += 1;
+            continue;
+        }
+        let (esc, len): (&str, usize) = match b {
+            b'"' => ("\\\"", 1),
+            b'\\' => ("\\\\", 1),
+            b'\n' => ("\\n", 1),
+            b'\r' => ("\\r", 1),
+            b'\t' => ("\\t", 1),
+            0x08 => ("\\b", 1),
+            0x0c => ("\\f", 1),
+            0xe2 if bytes.get(i + 1) == Some(&0x80)
+                && matches!(bytes.get(i + 2), Some(0xa8 | 0xa9)) =>
+            {
+                if bytes[i + 2] == 0xa8 {
+                    ("\\u2028", 3)
+                } else {
+                    ("\\u2029", 3)
+                }
+            }
+            0xe2 => {
+                i += 1;
+                continue;
+            }
+            _ => ("", 1),
         };
         out.push_str(&s[start..i]);
-        match esc {
-            Some(e) => out.push_str(e),
-            None => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
+        if esc.is_empty() {
+            let _ = write!(out, "\\u{:04x}", b);
+        } else {
+            out.push_str(esc);
         }
-        start = i + c.len_utf8();
+        i += len;
+        start = i;
     }
     out.push_str(&s[start..]);
     out.push('"');
 }
 
-/// RFC 3339, UTC, microseconds: `2026-11-25T09:46:40.123456Z`.
+/// RFC 3339, UTC, microseconds: `2026-11-25T09:46:40.123456Z` (with quotes).
 pub fn write_timestamp(out: &mut String, t: SystemTime) {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil from days (Howard Hinnant's algorithm).
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -63,30 +100,32 @@ pub fn write_timestamp(out: &mut String, t: SystemTime) {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    let _ = write!(
-        out,
-        "\"{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z\"",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_micros()
-    );
+    let mut b = *b"\"0000-00-00T00:00:00.000000Z\"";
+    let mut put = |at: usize, width: usize, mut v: u64| {
+        for i in (0..width).rev() {
+            b[at + i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(1, 4, year.clamp(0, 9999) as u64);
+    put(6, 2, month as u64);
+    put(9, 2, day as u64);
+    put(12, 2, (rem / 3600) as u64);
+    put(15, 2, (rem % 3600 / 60) as u64);
+    put(18, 2, (rem % 60) as u64);
+    put(21, 6, u64::from(d.subsec_micros()));
+    out.push_str(std::str::from_utf8(&b).unwrap_or("\"\""));
 }
 
-/// Collects an event's or a span's fields as `(name, JSON value)`.
+/// Collects a span's fields as `(name, JSON value)`.
 #[derive(Default)]
 pub(crate) struct JsonFields {
     pub(crate) fields: Vec<(&'static str, String)>,
-    pub(crate) message: Option<String>,
 }
 
 impl JsonFields {
     fn push(&mut self, field: &Field, json: String) {
-        if field.name() == "message" {
-            self.message = Some(json);
-        } else {
-            self.fields.push((field.name(), json));
-        }
+        self.fields.push((field.name(), json));
     }
 }
 
@@ -103,11 +142,9 @@ impl Visit for JsonFields {
         self.push(field, value.to_string());
     }
     fn record_f64(&mut self, field: &Field, value: f64) {
-        if value.is_finite() {
-            self.push(field, value.to_string());
-        } else {
-            self.push(field, format!("\"{value}\""));
-        }
+        let mut s = String::new();
+        write_f64(&mut s, value);
+        self.push(field, s);
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
         self.push(field, value.to_string());
@@ -118,6 +155,96 @@ impl Visit for JsonFields {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         let text = format!("{value:?}");
         self.record_str(field, &text);
+    }
+}
+
+fn write_f64(out: &mut String, value: f64) {
+    if value.is_finite() {
+        out.push_str(ryu::Buffer::new().format_finite(value));
+    } else {
+        let _ = write!(out, "\"{value}\"");
+    }
+}
+
+fn write_int(out: &mut String, value: impl itoa::Integer) {
+    out.push_str(itoa::Buffer::new().format(value));
+}
+
+fn level_str(level: Level) -> &'static str {
+    match level {
+        Level::ERROR => "ERROR",
+        Level::WARN => "WARN",
+        Level::INFO => "INFO",
+        Level::DEBUG => "DEBUG",
+        _ => "TRACE",
+    }
+}
+
+/// Writes an event's fields straight into the line: no allocation per field. Keys already
+/// written are skipped, so the object never has a duplicate key.
+struct LineVisitor<'a> {
+    line: &'a mut String,
+    scratch: &'a mut String,
+    seen: [&'static str; 32],
+    n: usize,
+    has_message: bool,
+}
+
+impl LineVisitor<'_> {
+    fn key(&mut self, field: &Field) -> bool {
+        let name = field.name();
+        if self.seen[..self.n].contains(&name) {
+            return false;
+        }
+        if self.n < self.seen.len() {
+            self.seen[self.n] = name;
+            self.n += 1;
+        }
+        if name == "message" {
+            self.has_message = true;
+        }
+        self.line.push(',');
+        write_json_str(self.line, name);
+        self.line.push(':');
+        true
+    }
+}
+
+impl Visit for LineVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if self.key(field) {
+            write_json_str(self.line, value);
+        }
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        if self.key(field) {
+            write_int(self.line, value);
+        }
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        if self.key(field) {
+            write_int(self.line, value);
+        }
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        if self.key(field) {
+            write_f64(self.line, value);
+        }
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        if self.key(field) {
+            self.line.push_str(if value { "true" } else { "false" });
+        }
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.record_debug(field, &format_args!("{value}"));
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if self.key(field) {
+            self.scratch.clear();
+            let _ = write!(self.scratch, "{value:?}");
+            write_json_str(self.line, self.scratch);
+        }
     }
 }
 
@@ -170,9 +297,12 @@ struct SiteWindow {
     location: String,
 }
 
+type Sites =
+    HashMap<usize, SiteWindow, std::hash::BuildHasherDefault<crate::lifecycle::AddrHasher>>;
+
 pub(crate) struct Limiter {
     cfg: RateLimit,
-    sites: Mutex<HashMap<usize, SiteWindow>>,
+    sites: Mutex<Sites>,
 }
 
 static METADATA: MetricsMetadata<'static> = MetricsMetadata::new(
@@ -230,7 +360,9 @@ impl<W> std::fmt::Debug for JsonLayer<W> {
 }
 
 thread_local! {
-    static LINE: RefCell<String> = RefCell::new(String::with_capacity(512));
+    /// The line being formatted and a scratch buffer for `Debug` values, reused per thread.
+    static LINE: RefCell<(String, String)> =
+        RefCell::new((String::with_capacity(512), String::with_capacity(64)));
 }
 
 impl<W> JsonLayer<W>
@@ -332,10 +464,12 @@ where
         let mut summary = None;
         let allowed = {
             let mut sites = limiter.sites.lock().unwrap_or_else(|e| e.into_inner());
-            if !sites.contains_key(&key) && sites.len() >= MAX_CALLSITES {
-                return true;
-            }
-            let w = sites.entry(key).or_insert_with(|| SiteWindow {
+            let full = sites.len() >= MAX_CALLSITES;
+            let w = match sites.entry(key) {
+                std::collections::hash_map::Entry::Vacant(_) if full => return true,
+                e => e,
+            };
+            let w = w.or_insert_with(|| SiteWindow {
                 start: now,
                 count: 0,
                 suppressed: 0,
@@ -413,12 +547,12 @@ where
         if meta.name() != REQUEST_SPAN || meta.target() != REQUEST_TARGET {
             return;
         }
-        let mut fields = JsonFields::default();
-        attrs.record(&mut fields);
-        let mut rc = RequestContext::from_fields(fields.fields);
-        rc.sampled = rc.sampling_key().is_none_or(|(k, trace)| {
-            sampled(&k, trace, self.sampling.probability, self.sampling.seed)
-        });
+        let mut rc = RequestContext::default();
+        attrs.record(&mut rc);
+        rc.sampled = self.sampling.probability >= 1.0
+            || rc.sampling_key().is_none_or(|(k, trace)| {
+                sampled(&k, trace, self.sampling.probability, self.sampling.seed)
+            });
         if let Some(span) = ctx.span(id) {
             span.extensions_mut().insert(rc);
         }
@@ -439,17 +573,17 @@ where
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let meta = event.metadata();
         let level = *meta.level();
-        let scope = ctx.event_scope(event);
-        // The request this record belongs to: the innermost span with a request context.
-        let request = scope.and_then(|mut s| {
-            s.find_map(|span| span.extensions().get::<RequestContext>().map(|_| span.id()))
-        });
+        // The request this record belongs to: the innermost span with a request context
+        // (looked up once; the span stays borrowed while the line is written).
+        let request = ctx
+            .event_scope(event)
+            .and_then(|mut s| s.find(|span| span.extensions().get::<RequestContext>().is_some()));
         if level > Level::WARN {
             let keep = match &request {
-                Some(id) => ctx
-                    .span(id)
-                    .and_then(|s| s.extensions().get::<RequestContext>().map(|rc| rc.sampled))
-                    .unwrap_or(true),
+                Some(span) => span
+                    .extensions()
+                    .get::<RequestContext>()
+                    .is_none_or(|rc| rc.sampled),
                 None => self.keep_unsampled(),
             };
             if !keep {
@@ -460,43 +594,41 @@ where
         if !self.admit(meta) {
             return;
         }
-        let mut fields = JsonFields::default();
-        event.record(&mut fields);
-        LINE.with(|line| {
-            let Ok(mut line) = line.try_borrow_mut() else {
+        LINE.with(|cell| {
+            let Ok(mut bufs) = cell.try_borrow_mut() else {
                 return;
             };
+            let (line, scratch) = &mut *bufs;
             line.clear();
             line.push_str("{\"timestamp\":");
-            write_timestamp(&mut line, SystemTime::now());
-            let _ = write!(line, ",\"level\":\"{level}\",\"target\":");
-            write_json_str(&mut line, meta.target());
-            line.push_str(",\"message\":");
-            match &fields.message {
-                Some(m) => line.push_str(m),
-                None => line.push_str("\"\""),
-            }
+            write_timestamp(line, SystemTime::now());
+            line.push_str(",\"level\":\"");
+            line.push_str(level_str(level));
+            line.push_str("\",\"target\":");
+            write_json_str(line, meta.target());
             line.push_str(",\"service\":");
-            write_json_str(&mut line, &self.service);
-            let mut seen: Vec<&str> = Vec::with_capacity(fields.fields.len() + 8);
-            seen.extend(["timestamp", "level", "target", "message", "service"]);
-            for (k, v) in &fields.fields {
-                if !seen.contains(k) {
-                    seen.push(k);
-                    line.push(',');
-                    write_json_str(&mut line, k);
-                    line.push(':');
-                    line.push_str(v);
-                }
+            write_json_str(line, &self.service);
+            let mut v = LineVisitor {
+                line,
+                scratch,
+                seen: [""; 32],
+                n: 4,
+                has_message: false,
+            };
+            v.seen[..4].copy_from_slice(&["timestamp", "level", "target", "service"]);
+            event.record(&mut v);
+            if !v.has_message {
+                v.line.push_str(",\"message\":\"\"");
             }
-            if let Some(span) = request.as_ref().and_then(|id| ctx.span(id)) {
+            let (seen, n) = (v.seen, v.n);
+            if let Some(span) = &request {
                 if let Some(rc) = span.extensions().get::<RequestContext>() {
-                    for (k, v) in rc.fields() {
-                        if !seen.contains(&k) {
+                    for (k, val) in rc.fields() {
+                        if !seen[..n].contains(&k) {
                             line.push(',');
-                            write_json_str(&mut line, k);
+                            write_json_str(line, k);
                             line.push(':');
-                            line.push_str(v);
+                            line.push_str(val);
                         }
                     }
                 }

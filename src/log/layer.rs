@@ -190,7 +190,7 @@ pub struct LogRoute {
 #[derive(Debug)]
 pub struct LogObservation {
     id: RequestId,
-    record: Option<Box<RecordData>>,
+    record: Option<RecordData>,
 }
 
 #[derive(Debug)]
@@ -260,7 +260,7 @@ impl Observer for RequestLog {
         };
         LogObservation {
             id,
-            record: Some(Box::new(record)),
+            record: Some(record),
         }
     }
 

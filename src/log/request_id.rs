@@ -1,6 +1,34 @@
 //! Request ids: kept from `x-request-id` when valid, otherwise a new UUID v7.
 
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
 use http::HeaderValue;
+
+thread_local! {
+    static RNG: RefCell<fastrand::Rng> = RefCell::new(fastrand::Rng::new());
+}
+
+/// The last (milliseconds << 12 | counter) handed out.
+static LAST: AtomicU64 = AtomicU64::new(0);
+
+/// Unix milliseconds and a counter, strictly increasing: when the clock has not moved (or went
+/// back), the counter goes up, spilling into the next millisecond after 4096 ids.
+fn next_ms_seq() -> (u64, u64) {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+        & 0xffff_ffff_ffff;
+    let mut last = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = (now << 12).max(last + 1);
+        match LAST.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return (next >> 12, next & 0xfff),
+            Err(v) => last = v,
+        }
+    }
+}
 
 /// The request's id: set on the response header, available to handlers as an extractor, and
 /// put on outgoing calls made through towerscope's client layers.
@@ -8,11 +36,35 @@ use http::HeaderValue;
 pub struct RequestId(pub(crate) HeaderValue);
 
 impl RequestId {
-    /// A new time-ordered, unique id (UUID v7).
+    /// A new time-ordered, unique id: a UUID v7 (RFC 9562) whose 12-bit `rand_a` field is a
+    /// counter within the millisecond (the RFC's method 1), taken from one atomic so ids are
+    /// strictly increasing across threads, and 62 random bits.
+    ///
+    /// Written here rather than with `uuid::Uuid::now_v7` for cost: about a third of the
+    /// instructions per request (its context locking and formatting dominated the request
+    /// log's id handling under callgrind).
     pub fn generate() -> Self {
-        let mut buf = [0u8; 36];
-        let s = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
-        Self(HeaderValue::from_str(s).expect("a UUID is a valid header value"))
+        let (ms, seq) = next_ms_seq();
+        let rand = RNG.with(|r| r.borrow_mut().u64(..));
+        let hi: u64 = (ms << 16) | 0x7000 | seq;
+        let lo: u64 = (rand >> 2) | 0x8000_0000_0000_0000;
+        let mut out = [0u8; 36];
+        let hex = |v: u64, nibbles: usize, dst: &mut [u8]| {
+            for (i, d) in dst.iter_mut().enumerate().take(nibbles) {
+                let shift = 4 * (nibbles - 1 - i);
+                *d = b"0123456789abcdef"[((v >> shift) & 0xf) as usize];
+            }
+        };
+        hex(hi >> 32, 8, &mut out[0..8]);
+        out[8] = b'-';
+        hex((hi >> 16) & 0xffff, 4, &mut out[9..13]);
+        out[13] = b'-';
+        hex(hi & 0xffff, 4, &mut out[14..18]);
+        out[18] = b'-';
+        hex(lo >> 48, 4, &mut out[19..23]);
+        out[23] = b'-';
+        hex(lo & 0xffff_ffff_ffff, 12, &mut out[24..36]);
+        Self(HeaderValue::from_bytes(&out).expect("hex digits and dashes"))
     }
 
     /// The incoming id when it is valid: 1 to 128 bytes of `[A-Za-z0-9._~:/+=@-]`.
@@ -94,5 +146,33 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a.as_str().len(), 36);
         assert!(a.as_str() < b.as_str(), "UUID v7 ids are time-ordered");
+        // A real UUID v7: the uuid crate parses it as version 7, RFC variant, with our time.
+        let u = uuid::Uuid::parse_str(a.as_str()).unwrap();
+        assert_eq!(u.get_version_num(), 7);
+        assert_eq!(u.get_variant(), uuid::Variant::RFC4122);
+        let (secs, _) = u.get_timestamp().unwrap().to_unix();
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(now.abs_diff(secs) <= 1);
+        // Strictly increasing across threads.
+        let ids: Vec<Vec<String>> = (0..4)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    (0..5000)
+                        .map(|_| RequestId::generate().to_string())
+                        .collect()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect();
+        for v in &ids {
+            assert!(v.windows(2).all(|w| w[0] < w[1]));
+        }
+        let all: std::collections::HashSet<_> = ids.iter().flatten().collect();
+        assert_eq!(all.len(), 20_000);
     }
 }

@@ -1,0 +1,118 @@
+//! Request log cost in process: the same trivial service with and without the request log,
+//! the record going through the JSON layer and the non-blocking writer (to a sink), and the
+//! cost of a record that is filtered out (level) or sampled out.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::{Request, Response};
+use tower::{Layer, Service};
+use towerscope::lifecycle::ObserveLayer;
+use towerscope::log::{JsonLayer, RequestLog, Sampling};
+use tracing_subscriber::layer::SubscriberExt;
+
+fn block_on<F: Future>(f: F) -> F::Output {
+    let mut f = pin!(f);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+    }
+}
+
+fn drain<B: http_body::Body + Unpin>(mut body: B) {
+    let mut cx = Context::from_waker(Waker::noop());
+    while let Poll::Ready(Some(_)) = std::pin::Pin::new(&mut body).poll_frame(&mut cx) {}
+}
+
+fn plain() -> impl Service<Request<()>, Response = Response<String>, Error = Infallible> + Clone {
+    tower::service_fn(|_: Request<()>| async { Ok(Response::new(String::from("ok"))) })
+}
+
+fn one<S, B>(svc: &mut S)
+where
+    S: Service<Request<()>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body + Unpin,
+{
+    let req = Request::get("/users/7")
+        .header("x-request-id", "bench-request-0001")
+        .header("user-agent", "bench/1.0")
+        .body(())
+        .unwrap();
+    drain(block_on(svc.call(req)).unwrap().into_body());
+}
+
+fn layer() -> ObserveLayer<RequestLog> {
+    ObserveLayer::with_observer(RequestLog::builder().build()).route_fn(|_, _| Some("/users/{id}"))
+}
+
+fn bench(c: &mut Criterion) {
+    let (writer, _guard) = towerscope::log::NonBlocking::new(std::io::sink(), 8 << 20, true);
+    let mut g = c.benchmark_group("request_log");
+
+    let mut bare = plain();
+    g.bench_function("bare", |b| b.iter(|| one(&mut bare)));
+
+    // The record is built, formatted as JSON and queued for the writer thread.
+    let json = tracing_subscriber::registry()
+        .with(JsonLayer::new("bench", writer.clone()).rate_limit(None));
+    tracing::subscriber::with_default(json, || {
+        let mut svc = layer().layer(plain());
+        g.bench_function("logged", |b| b.iter(|| one(&mut svc)));
+    });
+
+    // The request still runs in its span; its INFO record is sampled out.
+    let sampled = tracing_subscriber::registry().with(
+        JsonLayer::new("bench", writer.clone())
+            .rate_limit(None)
+            .sampling(Sampling {
+                probability: 0.0,
+                seed: 1,
+            }),
+    );
+    tracing::subscriber::with_default(sampled, || {
+        let mut svc = layer().layer(plain());
+        g.bench_function("sampled_out", |b| b.iter(|| one(&mut svc)));
+    });
+    g.finish();
+
+    // One record alone: written, filtered out by level, sampled out.
+    let mut g = c.benchmark_group("one_record");
+    let json = tracing_subscriber::registry()
+        .with(JsonLayer::new("bench", writer.clone()).rate_limit(None));
+    tracing::subscriber::with_default(json, || {
+        g.bench_function("written", |b| {
+            b.iter(|| tracing::info!(status = 200u16, path = "/users/7", "request finished"))
+        });
+    });
+    let filtered = tracing_subscriber::registry()
+        .with(tracing_subscriber::filter::LevelFilter::WARN)
+        .with(JsonLayer::new("bench", writer.clone()));
+    tracing::subscriber::with_default(filtered, || {
+        g.bench_function("filtered_out", |b| {
+            b.iter(|| tracing::info!(status = 200u16, path = "/users/7", "request finished"))
+        });
+    });
+    let sampled = tracing_subscriber::registry().with(
+        JsonLayer::new("bench", writer.clone())
+            .rate_limit(None)
+            .sampling(Sampling {
+                probability: 0.0,
+                seed: 1,
+            }),
+    );
+    tracing::subscriber::with_default(sampled, || {
+        g.bench_function("sampled_out", |b| {
+            b.iter(|| tracing::info!(status = 200u16, path = "/users/7", "request finished"))
+        });
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
