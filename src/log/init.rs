@@ -119,7 +119,15 @@ impl LogConfig {
         self,
         writer: T,
     ) -> Result<LogGuard, InitError> {
-        let filter = EnvFilter::try_new(&self.filter).map_err(|e| InitError(e.to_string()))?;
+        // A plain `RUST_LOG` (levels per target) needs only the static `Targets` filter, which
+        // costs nothing per span; span and field directives need `EnvFilter`.
+        let filter: Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync> =
+            match self.filter.parse::<tracing_subscriber::filter::Targets>() {
+                Ok(targets) if !self.filter.contains('[') => Box::new(targets),
+                _ => Box::new(
+                    EnvFilter::try_new(&self.filter).map_err(|e| InitError(e.to_string()))?,
+                ),
+            };
         let (writer, guard) = NonBlocking::new(writer, self.queue_bytes, self.lossy);
         let registry = tracing_subscriber::registry().with(filter);
         let result = match self.format {

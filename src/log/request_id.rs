@@ -75,7 +75,7 @@ impl RequestId {
     /// The id as text.
     pub fn as_str(&self) -> &str {
         // Only valid ids or UUIDs are ever stored: ASCII.
-        self.0.to_str().unwrap_or_default()
+        std::str::from_utf8(self.0.as_bytes()).unwrap_or_default()
     }
 
     /// The id as a header value.
@@ -111,10 +111,13 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestId {
         parts: &mut http::request::Parts,
         _: &S,
     ) -> Result<Self, Self::Rejection> {
+        // Behind the request log layer the header is always present and valid (an invalid one
+        // was replaced); without the layer, a fresh id.
         Ok(parts
             .extensions
             .get::<RequestId>()
             .cloned()
+            .or_else(|| parts.headers.get("x-request-id").and_then(RequestId::parse))
             .unwrap_or_else(RequestId::generate))
     }
 }
