@@ -41,8 +41,8 @@ use serde::{Deserialize, Serialize};
 use tower::{Layer, ServiceExt};
 use towerscope::breaker::{Breaker, BreakerOpen, CircuitBreakerLayer};
 use towerscope::health::{
-    disk_check, http_check, runtime_check, serve_with_shutdown, CheckResult, Group, Health, Mode,
-    Registration, ShutdownConfig, Status,
+    disk_check, http_check, runtime_check, serve_with_shutdown, sqlx_check, CheckResult, Group,
+    Health, Mode, Registration, ShutdownConfig, Status,
 };
 use towerscope::lifecycle::ObserveLayer;
 use towerscope::log::{LogConfig, RequestLog};
@@ -207,8 +207,16 @@ fn client(stack: Stack, breaker: Option<Breaker>) -> Client {
 }
 
 /// The full stack's health: checks, a heartbeat from a background job.
-fn health(downstream_url: &str, breaker: &Breaker) -> Health {
+fn health(downstream_url: &str, breaker: &Breaker, db: sqlx::SqlitePool) -> Health {
     let health = Health::new();
+    health.register(
+        Registration::new("database", sqlx_check(db))
+            .timeout(Duration::from_secs(1))
+            .mode(Mode::OnRequest {
+                ttl: Duration::from_secs(1),
+            })
+            .component_type("datastore"),
+    );
     health.register(
         Registration::new(
             "downstream",
@@ -337,7 +345,17 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             .wait_in_open(args.breaker_wait)
             .build()
     });
-    let health = breaker.as_ref().map(|b| health(&url, b));
+    let health = match &breaker {
+        Some(b) => {
+            // The embedded database (SQLite in memory), checked by the readiness probe.
+            let db = sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect("sqlite::memory:")
+                .await?;
+            Some(health(&url, b, db))
+        }
+        None => None,
+    };
     let downstream_state = Downstream {
         client: client(args.stack, breaker),
         url,

@@ -92,6 +92,35 @@ pub(crate) fn free_ratio(path: &std::path::Path) -> std::io::Result<(u64, u64)> 
     Ok((s.f_bavail * s.f_frsize, s.f_blocks * s.f_frsize))
 }
 
+/// A database pool: acquires a connection and pings it. Up with the latency (ms) and the pool's
+/// size and idle count in the message; Down with the error (acquire timeout, failed ping,
+/// closed pool). Works with any sqlx pool (SQLite, PostgreSQL, …), and so with the pool under
+/// towerscope's instrumentation.
+#[cfg(feature = "sqlx")]
+pub fn sqlx_check<DB: sqlx::Database>(pool: sqlx::Pool<DB>) -> impl super::Check {
+    move || {
+        let pool = pool.clone();
+        async move {
+            use sqlx::Connection;
+            let started = Instant::now();
+            let mut conn = match pool.acquire().await {
+                Ok(c) => c,
+                Err(e) => return CheckResult::down(format!("acquire: {e}")),
+            };
+            match conn.ping().await {
+                Ok(()) => CheckResult::up()
+                    .observed(started.elapsed().as_secs_f64() * 1000.0, "ms")
+                    .message(format!(
+                        "pool: {} connections, {} idle",
+                        pool.size(),
+                        pool.num_idle()
+                    )),
+                Err(e) => CheckResult::down(format!("ping: {e}")),
+            }
+        }
+    }
+}
+
 /// Liveness of the tokio runtime: a ticker task measures how late it wakes up. Down when it
 /// has not ticked for `interval + max_lag` (a worker is blocked) or woke `max_lag` late.
 /// Observed: the last lag in ms. Call inside the runtime to watch.

@@ -15,6 +15,7 @@
 //!   [`Details`] policy allows them. `Cache-Control: no-store`. Every probe answers within its
 //!   deadline (800 ms) whatever the checks do.
 //! - Built-in checks: [`http_check`], [`tcp_check`], [`disk_check`], [`runtime_check`],
+//!   `sqlx_check` (a database pool ping, feature `sqlx`),
 //!   breakers through [`Health::watch_breakers`], heartbeats through [`Health::heartbeat`].
 //! - [`serve_with_shutdown`]: SIGTERM -> readiness 503 -> drain delay -> listener closed ->
 //!   in-flight requests finish -> flush -> exit. [`Health::drain`] / [`Health::resume`] do the
@@ -55,6 +56,8 @@ mod router;
 mod shutdown;
 
 pub use check::{Check, CheckFuture, CheckResult, Group, Mode, Registration, Status};
+#[cfg(feature = "sqlx")]
+pub use checks::sqlx_check;
 pub use checks::{disk_check, http_check, runtime_check, tcp_check};
 pub use heartbeat::{BeatState, Heartbeat};
 pub use registry::{Health, PassiveHandle, Report};

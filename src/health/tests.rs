@@ -474,3 +474,25 @@ async fn status_metrics_and_duration_are_recorded() {
     assert!(text.contains("health_check_duration_seconds_count{check=\"db\"} 1"));
     drop(handle);
 }
+
+#[cfg(feature = "sqlx")]
+#[tokio::test]
+async fn database_ping_check() {
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(2)
+        .connect("sqlite::memory:")
+        .await
+        .unwrap();
+    let check = sqlx_check(pool.clone());
+    let r = check.run().await;
+    assert_eq!(r.status, Status::Up, "{r:?}");
+    assert_eq!(r.observed_unit.as_deref(), Some("ms"));
+    assert!(r.message.unwrap().contains("connections"));
+    pool.close().await;
+    let r = check.run().await;
+    assert_eq!(r.status, Status::Down);
+    assert!(
+        r.message.unwrap().starts_with("acquire"),
+        "a closed pool is down"
+    );
+}

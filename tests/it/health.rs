@@ -47,7 +47,13 @@ fn probes_of_the_full_stack() {
     wait_ready(addr);
     let (code, body) = http(addr, "GET", "/readyz?verbose");
     assert_eq!(code, 200, "{body}");
-    for check in ["downstream", "disk", "breakers", "heartbeat:ticker"] {
+    for check in [
+        "database",
+        "downstream",
+        "disk",
+        "breakers",
+        "heartbeat:ticker",
+    ] {
         assert!(body.contains(&format!("[+]{check} ok")), "{check}: {body}");
     }
     let (code, body) = http(addr, "GET", "/livez?verbose");
