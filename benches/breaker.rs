@@ -2,24 +2,14 @@
 //! breaker, on one thread and on two threads hammering one breaker.
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+mod support;
+
 use criterion::{criterion_group, criterion_main, Criterion};
+use support::*;
 use tower::{Layer, Service};
 use towerscope::breaker::{Breaker, CircuitBreakerLayer, ErrorsAreFailures};
-
-fn block_on<F: Future>(f: F) -> F::Output {
-    let mut f = pin!(f);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-    }
-}
 
 fn inner() -> impl Service<u64, Response = u64, Error = Infallible> + Clone {
     tower::service_fn(|x: u64| std::future::ready(Ok::<_, Infallible>(x + 1)))

@@ -3,31 +3,16 @@
 //! cost of a record that is filtered out (level) or sampled out.
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
+
+mod support;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{Request, Response};
+use support::*;
 use tower::{Layer, Service};
 use towerscope::lifecycle::ObserveLayer;
 use towerscope::log::{JsonLayer, RequestLog, Sampling};
 use tracing_subscriber::layer::SubscriberExt;
-
-fn block_on<F: Future>(f: F) -> F::Output {
-    let mut f = pin!(f);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-    }
-}
-
-fn drain<B: http_body::Body + Unpin>(mut body: B) {
-    let mut cx = Context::from_waker(Waker::noop());
-    while let Poll::Ready(Some(_)) = std::pin::Pin::new(&mut body).poll_frame(&mut cx) {}
-}
 
 fn plain() -> impl Service<Request<()>, Response = Response<String>, Error = Infallible> + Clone {
     tower::service_fn(|_: Request<()>| async { Ok(Response::new(String::from("ok"))) })

@@ -3,39 +3,18 @@
 //! cost. Also the plain Tower service case, where axum's own per-layer boxing is absent.
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 
 use axum::body::Body;
 use axum::routing::get;
 use axum::Router;
+mod support;
+
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{Request, Response};
+use support::*;
 use tower::{Layer, Service};
 use towerscope::metrics::{Prometheus, Red};
-
-fn block_on<F: Future>(f: F) -> F::Output {
-    let mut f = pin!(f);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-    }
-}
-
-fn drain<B: http_body::Body + Unpin>(mut body: B) {
-    let mut cx = Context::from_waker(Waker::noop());
-    while let Poll::Ready(Some(_)) | Poll::Pending =
-        std::pin::Pin::new(&mut body).poll_frame(&mut cx)
-    {
-        if body.is_end_stream() {
-            break;
-        }
-    }
-}
 
 fn one<S, B>(svc: &mut S, path: &'static str)
 where

@@ -33,6 +33,8 @@ pub mod lifecycle;
 #[cfg(feature = "log")]
 pub mod log;
 pub mod metrics;
+#[cfg(any(feature = "log", feature = "health"))]
+mod time;
 
 /// The boxed error type of Tower middleware.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -12,7 +12,6 @@ use tower_service::Service;
 
 use super::config::BreakerBuilder;
 use super::layer::ResponseFuture;
-use super::state::Admission;
 use super::{Breaker, Classify, HttpClassifier};
 use crate::BoxError;
 
@@ -211,12 +210,6 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let breaker = self.shared.breaker(&authority_key(&req));
-        match breaker.admit() {
-            Admission::Rejected(e) => ResponseFuture::rejected(e, self.classifier.clone()),
-            Admission::Allowed(mut ticket) => {
-                ticket.start();
-                ResponseFuture::admitted(self.inner.call(req), ticket, self.classifier.clone())
-            }
-        }
+        ResponseFuture::dispatch(breaker.admit(), &mut self.inner, req, &self.classifier)
     }
 }

@@ -148,13 +148,7 @@ where
             .admission
             .take()
             .expect("poll_ready must be called first");
-        match admission {
-            Admission::Rejected(e) => ResponseFuture::rejected(e, self.classifier.clone()),
-            Admission::Allowed(mut ticket) => {
-                ticket.start();
-                ResponseFuture::admitted(self.inner.call(req), ticket, self.classifier.clone())
-            }
-        }
+        ResponseFuture::dispatch(admission, &mut self.inner, req, &self.classifier)
     }
 }
 
@@ -170,22 +164,33 @@ pin_project! {
     }
 }
 
-impl<F, C> ResponseFuture<F, C> {
-    pub(crate) fn rejected(e: BreakerOpen, classifier: C) -> Self {
-        Self {
-            inner: None,
-            ticket: None,
-            rejected: Some(e),
-            classifier,
-        }
-    }
-
-    pub(crate) fn admitted(inner: F, ticket: Ticket, classifier: C) -> Self {
-        Self {
-            inner: Some(inner),
-            ticket: Some(ticket),
-            rejected: None,
-            classifier,
+impl<F, C: Clone> ResponseFuture<F, C> {
+    /// Calls the inner service if admitted (starting the call's clock), else fails fast.
+    pub(crate) fn dispatch<S, Req>(
+        admission: Admission,
+        inner: &mut S,
+        req: Req,
+        classifier: &C,
+    ) -> Self
+    where
+        S: Service<Req, Future = F>,
+    {
+        match admission {
+            Admission::Rejected(e) => Self {
+                inner: None,
+                ticket: None,
+                rejected: Some(e),
+                classifier: classifier.clone(),
+            },
+            Admission::Allowed(mut ticket) => {
+                ticket.start();
+                Self {
+                    inner: Some(inner.call(req)),
+                    ticket: Some(ticket),
+                    rejected: None,
+                    classifier: classifier.clone(),
+                }
+            }
         }
     }
 }

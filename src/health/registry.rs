@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use metrics::{Gauge, Histogram, Key, KeyName, Label, Metadata, Unit};
 use tokio::time::Instant;
@@ -476,10 +476,4 @@ impl Telemetry {
             self.status[i].set(if *s == status { 1.0 } else { 0.0 });
         }
     }
-}
-
-/// Seconds since the Unix epoch, for timestamps in metrics and the JSON format.
-pub(crate) fn unix_seconds(t: SystemTime) -> f64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }

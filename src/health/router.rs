@@ -11,7 +11,7 @@ use axum::routing::get;
 use axum::Router;
 
 use super::check::{Group, Status};
-use super::registry::{unix_seconds, Health, Report};
+use super::registry::{Health, Report};
 
 /// Whether failure details (check messages, observed values) are shown.
 #[derive(Clone, Default)]
@@ -323,26 +323,10 @@ fn json(
     res
 }
 
-/// RFC 3339 UTC with seconds, from a `SystemTime` (no date library needed for this one format).
+/// RFC 3339 UTC with seconds, from a `SystemTime`.
 pub(crate) fn rfc3339(t: std::time::SystemTime) -> String {
-    let secs = unix_seconds(t) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let (y, m, d, hh, mm, ss, _) = crate::time::utc(t);
+    format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}Z")
 }
 
 #[cfg(test)]

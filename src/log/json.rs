@@ -87,19 +87,7 @@ pub fn write_json_str(out: &mut String, s: &str) {
 
 /// RFC 3339, UTC, microseconds: `2026-11-25T09:46:40.123456Z` (with quotes).
 pub fn write_timestamp(out: &mut String, t: SystemTime) {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day, hh, mm, ss, micros) = crate::time::utc(t);
     let mut b = *b"\"0000-00-00T00:00:00.000000Z\"";
     let mut put = |at: usize, width: usize, mut v: u64| {
         for i in (0..width).rev() {
@@ -108,12 +96,12 @@ pub fn write_timestamp(out: &mut String, t: SystemTime) {
         }
     };
     put(1, 4, year.clamp(0, 9999) as u64);
-    put(6, 2, month as u64);
-    put(9, 2, day as u64);
-    put(12, 2, (rem / 3600) as u64);
-    put(15, 2, (rem % 3600 / 60) as u64);
-    put(18, 2, (rem % 60) as u64);
-    put(21, 6, u64::from(d.subsec_micros()));
+    put(6, 2, u64::from(month));
+    put(9, 2, u64::from(day));
+    put(12, 2, u64::from(hh));
+    put(15, 2, u64::from(mm));
+    put(18, 2, u64::from(ss));
+    put(21, 6, u64::from(micros));
     out.push_str(std::str::from_utf8(&b).unwrap_or("\"\""));
 }
 

@@ -2,33 +2,9 @@
 //! with `Retry-After` at once, and recovers when failures stop.
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{example_binary, http, Proc};
-
-fn start_full(breaker_wait: &str) -> (Proc, SocketAddr) {
-    use std::io::BufRead;
-    let mut child = Command::new(example_binary("server"))
-        .args(["--addr", "127.0.0.1:0", "--stack", "full", "--workers", "2"])
-        .args(["--breaker-wait", breaker_wait])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the example server");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = std::io::BufReader::new(stdout).lines();
-    let addr = loop {
-        let line = lines.next().expect("server exited").unwrap();
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-            if v["message"] == "listening" {
-                break v["addr"].as_str().unwrap().parse().unwrap();
-            }
-        }
-    };
-    std::thread::spawn(move || for _ in lines.by_ref() {});
-    (Proc(child), addr)
-}
+use crate::support::{http, start_server_with};
 
 fn raw_headers(addr: SocketAddr, path: &str) -> String {
     use std::io::{Read, Write};
@@ -45,7 +21,7 @@ fn raw_headers(addr: SocketAddr, path: &str) -> String {
 
 #[test]
 fn downstream_breaker_opens_fails_fast_and_recovers() {
-    let (_server, addr) = start_full("1");
+    let (_server, addr) = start_server_with("full", &["--breaker-wait", "1"]);
     assert_eq!(http(addr, "GET", "/downstream").0, 200);
     // The default policy: 20 calls in 10 s, 50% failures. With the first success, the 19th
     // failure is the 20th call: it opens the breaker, and every later call fails fast.

@@ -1,33 +1,10 @@
 //! Health end to end: the example server's probes, and graceful shutdown on SIGTERM.
 
-use std::io::BufRead;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::{example_binary, http, Proc};
-
-fn start(extra: &[&str]) -> (Proc, SocketAddr) {
-    let mut child = Command::new(example_binary("server"))
-        .args(["--addr", "127.0.0.1:0", "--stack", "full", "--workers", "2"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the example server");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = std::io::BufReader::new(stdout).lines();
-    let addr = loop {
-        let line = lines.next().expect("server exited").unwrap();
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-            if v["message"] == "listening" {
-                break v["addr"].as_str().unwrap().parse().unwrap();
-            }
-        }
-    };
-    std::thread::spawn(move || for _ in lines.by_ref() {});
-    (Proc(child), addr)
-}
+use crate::support::{http, start_server_with};
 
 /// Polls `/readyz` like a kubelet: critical background checks must have run first.
 fn wait_ready(addr: SocketAddr) {
@@ -43,7 +20,7 @@ fn wait_ready(addr: SocketAddr) {
 
 #[test]
 fn probes_of_the_full_stack() {
-    let (_server, addr) = start(&[]);
+    let (_server, addr) = start_server_with("full", &[]);
     wait_ready(addr);
     let (code, body) = http(addr, "GET", "/readyz?verbose");
     assert_eq!(code, 200, "{body}");
@@ -73,7 +50,7 @@ fn probes_of_the_full_stack() {
 
 #[test]
 fn sigterm_fails_readiness_at_once_and_lets_in_flight_requests_finish() {
-    let (mut server, addr) = start(&["--drain-delay", "1"]);
+    let (mut server, addr) = start_server_with("full", &["--drain-delay", "1"]);
     wait_ready(addr);
     let slow = std::thread::spawn(move || {
         let started = Instant::now();

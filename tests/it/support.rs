@@ -196,8 +196,14 @@ impl Drop for Proc {
 
 /// Starts the example server on a free port and returns it with its address.
 pub fn start_server(stack: &str) -> (Proc, SocketAddr) {
+    start_server_with(stack, &[])
+}
+
+/// The same, with more arguments.
+pub fn start_server_with(stack: &str, extra: &[&str]) -> (Proc, SocketAddr) {
     let mut child = Command::new(example_binary("server"))
-        .args(["--addr", "127.0.0.1:0", "--stack", stack, "--workers", "1"])
+        .args(["--addr", "127.0.0.1:0", "--stack", stack, "--workers", "2"])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
