@@ -34,9 +34,13 @@
 //! ```
 
 #[cfg(feature = "prometheus")]
+mod fast;
+#[cfg(feature = "prometheus")]
 mod prometheus;
 mod red;
 
+#[cfg(feature = "prometheus")]
+pub use fast::TowerscopeRecorder;
 #[cfg(feature = "prometheus")]
 pub use prometheus::{
     InstallError, MetricsService, Prometheus, PrometheusBuilder, CONTENT_TYPE, DURATION_BUCKETS,

@@ -11,7 +11,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
-use metrics_exporter_prometheus::{Matcher, PrometheusHandle, PrometheusRecorder};
+use metrics_exporter_prometheus::{Matcher, PrometheusHandle};
+
+use super::fast::{Store, TowerscopeRecorder};
 use tower_service::Service;
 
 /// `Content-Type` of the text exposition format.
@@ -42,6 +44,7 @@ pub const SIZE_BUCKETS: &[f64] = &[
 #[derive(Clone)]
 pub struct Prometheus {
     inner: Arc<PrometheusHandle>,
+    store: Arc<Store>,
 }
 
 impl std::fmt::Debug for Prometheus {
@@ -115,7 +118,11 @@ impl PrometheusBuilder {
     /// The recorder, not installed, and its renderer: for a non-global registry (tests,
     /// several registries) or to wrap the recorder in layers before installing it. Starts the
     /// upkeep thread, which ends when the last [`Prometheus`] clone is dropped.
-    pub fn build(self) -> (PrometheusRecorder, Prometheus) {
+    ///
+    /// Counters and the histograms with configured buckets are kept in towerscope's own
+    /// sharded storage (see `TowerscopeRecorder`); gauges and other histograms in
+    /// metrics-exporter-prometheus. Both are rendered together.
+    pub fn build(self) -> (TowerscopeRecorder, Prometheus) {
         let interval = self.upkeep_interval;
         let mut b = metrics_exporter_prometheus::PrometheusBuilder::new()
             .set_buckets_for_metric(
@@ -126,15 +133,21 @@ impl PrometheusBuilder {
                 b.set_buckets_for_metric(Matcher::Suffix("_size_bytes".into()), &self.size_buckets)
             })
             .expect("bucket lists are never empty");
-        for (k, v) in self.global_labels {
+        for (k, v) in &self.global_labels {
             b = b.add_global_label(k, v);
         }
-        let recorder = b.build_recorder();
+        let inner = b.build_recorder();
+        let store = Arc::new(Store::new(
+            &self.duration_buckets,
+            &self.size_buckets,
+            self.global_labels,
+        ));
         let prometheus = Prometheus {
-            inner: Arc::new(recorder.handle()),
+            inner: Arc::new(inner.handle()),
+            store: store.clone(),
         };
         spawn_upkeep(Arc::downgrade(&prometheus.inner), interval);
-        (recorder, prometheus)
+        (TowerscopeRecorder { inner, store }, prometheus)
     }
 
     /// Installs the recorder as the global `metrics` recorder. Fails (never panics) when one
@@ -144,6 +157,15 @@ impl PrometheusBuilder {
         metrics::set_global_recorder(recorder).map_err(|_| InstallError(()))?;
         Ok(prometheus)
     }
+}
+
+fn render(handle: &PrometheusHandle, store: &Store) -> String {
+    let mut text = handle.render();
+    if !text.is_empty() && !text.ends_with("\n\n") {
+        text.push('\n');
+    }
+    text.push_str(&store.render());
+    text
 }
 
 fn spawn_upkeep(handle: Weak<PrometheusHandle>, interval: Duration) {
@@ -175,14 +197,14 @@ impl Prometheus {
 
     /// The exposition text, rendered on the calling thread.
     pub fn render(&self) -> String {
-        self.inner.render()
+        render(&self.inner, &self.store)
     }
 
     /// The `/metrics` response, rendered on tokio's blocking pool so a large registry never
     /// stalls an async worker.
     pub async fn response(&self) -> Response<Full<Bytes>> {
-        let handle = self.inner.clone();
-        match tokio::task::spawn_blocking(move || handle.render()).await {
+        let (handle, store) = (self.inner.clone(), self.store.clone());
+        match tokio::task::spawn_blocking(move || render(&handle, &store)).await {
             Ok(text) => {
                 let mut res = Response::new(Full::new(Bytes::from(text)));
                 res.headers_mut()
