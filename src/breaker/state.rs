@@ -6,7 +6,13 @@ use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Unit};
 use tokio::sync::broadcast;
-use tokio::time::Instant;
+/// The breaker's clock: quanta's TSC clock (a few nanoseconds a read) in the library, and
+/// tokio's pausable clock in its unit tests, which drive every transition on a paused clock.
+/// Timers (open -> half-open) always run on tokio; both clocks are monotonic at the same rate.
+#[cfg(not(test))]
+type Instant = quanta::Instant;
+#[cfg(test)]
+type Instant = tokio::time::Instant;
 
 use super::config::{BreakerBuilder, BreakerConfig, Window};
 use super::window::{CountWindow, TimeWindow, Totals};

@@ -278,7 +278,10 @@ impl Store {
     }
 }
 
-fn grouped<T>(map: &HashMap<Key, Arc<T>>) -> Vec<(&str, Vec<(&Key, &Arc<T>)>)> {
+/// One metric name and its series, in render order.
+type Group<'a, T> = (&'a str, Vec<(&'a Key, &'a Arc<T>)>);
+
+fn grouped<T>(map: &HashMap<Key, Arc<T>>) -> Vec<Group<'_, T>> {
     let mut all: Vec<_> = map.iter().collect();
     all.sort_by(|a, b| {
         a.0.name().cmp(b.0.name()).then_with(|| {
@@ -287,7 +290,7 @@ fn grouped<T>(map: &HashMap<Key, Arc<T>>) -> Vec<(&str, Vec<(&Key, &Arc<T>)>)> {
                 .cmp(b.0.labels().map(|l| (l.key(), l.value())))
         })
     });
-    let mut out: Vec<(&str, Vec<(&Key, &Arc<T>)>)> = Vec::new();
+    let mut out: Vec<Group<'_, T>> = Vec::new();
     for (k, v) in all {
         match out.last_mut() {
             Some((n, s)) if *n == k.name() => s.push((k, v)),
