@@ -6,7 +6,8 @@
 //! queue drained at render time, with every thread writing the same cache lines. Here a counter
 //! is one relaxed `fetch_add` and a histogram sample one bucket `fetch_add` plus a sum update,
 //! each on the calling thread's own shard (cache-line aligned), summed only when rendering.
-//! Gauges, and histograms without configured buckets, stay with the exporter.
+//! Gauges live here too; histograms without configured buckets (rendered as summaries) and
+//! metrics whose names need sanitising stay with the exporter.
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -14,7 +15,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
 
 use metrics::{
-    Counter, CounterFn, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
+    Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
     SharedString, Unit,
 };
 use metrics_exporter_prometheus::PrometheusRecorder;
@@ -72,6 +73,66 @@ impl CounterFn for FastCounter {
         if value > total {
             self.shards[0].0.fetch_add(value - total, Relaxed);
         }
+    }
+}
+
+/// A gauge summed over per-thread shards: increments and decrements are deltas on the calling
+/// thread's shard (an up/down gauge may go up on one thread and down on another); `set` puts
+/// the value in the first shard and clears the others (gauges are either set or moved, in
+/// practice; a `set` racing a move on another thread may lose that move).
+pub(crate) struct FastGauge {
+    shards: Box<[Padded<AtomicU64>]>,
+}
+
+impl FastGauge {
+    fn new() -> Self {
+        Self {
+            shards: (0..shard_count())
+                .map(|_| Padded(AtomicU64::new(0f64.to_bits())))
+                .collect(),
+        }
+    }
+
+    fn value(&self) -> f64 {
+        self.shards
+            .iter()
+            .map(|s| f64::from_bits(s.0.load(Relaxed)))
+            .sum()
+    }
+
+    fn add(&self, delta: f64) {
+        add_f64(&self.shards[my_shard(self.shards.len())].0, delta);
+    }
+}
+
+impl GaugeFn for FastGauge {
+    fn increment(&self, value: f64) {
+        self.add(value);
+    }
+
+    fn decrement(&self, value: f64) {
+        self.add(-value);
+    }
+
+    fn set(&self, value: f64) {
+        self.shards[0].0.store(value.to_bits(), Relaxed);
+        for s in &self.shards[1..] {
+            s.0.store(0f64.to_bits(), Relaxed);
+        }
+    }
+}
+
+/// Adds to an `f64` stored as bits. On the calling thread's own shard the exchange practically
+/// never fails.
+fn add_f64(cell: &AtomicU64, delta: f64) {
+    let mut cur = cell.load(Relaxed);
+    while let Err(v) = cell.compare_exchange_weak(
+        cur,
+        (f64::from_bits(cur) + delta).to_bits(),
+        Relaxed,
+        Relaxed,
+    ) {
+        cur = v;
     }
 }
 
@@ -149,6 +210,7 @@ pub(crate) struct Store {
     size_buckets: Arc<[f64]>,
     global_labels: Vec<(String, String)>,
     counters: RwLock<Series<FastCounter>>,
+    gauges: RwLock<Series<FastGauge>>,
     histograms: RwLock<Series<FastHistogram>>,
     help: RwLock<HashMap<String, String>>,
 }
@@ -164,6 +226,7 @@ impl Store {
             size_buckets: size.into(),
             global_labels,
             counters: RwLock::default(),
+            gauges: RwLock::default(),
             histograms: RwLock::default(),
             help: RwLock::default(),
         }
@@ -212,6 +275,14 @@ impl Store {
             header(&mut out, name, &help, "counter");
             for (key, c) in series {
                 self.line(&mut out, name, "", key, None, c.value());
+            }
+            out.push('\n');
+        }
+        let gauges = self.gauges.read().unwrap_or_else(|e| e.into_inner());
+        for (name, series) in grouped(&gauges.by_key) {
+            header(&mut out, name, &help, "gauge");
+            for (key, g) in series {
+                self.line(&mut out, name, "", key, None, g.value());
             }
             out.push('\n');
         }
@@ -333,8 +404,8 @@ fn plain_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
 }
 
-/// The recorder of [`crate::metrics::Prometheus`]: counters and bucketed histograms in
-/// towerscope's sharded storage, gauges and the rest in metrics-exporter-prometheus.
+/// The recorder of [`crate::metrics::Prometheus`]: counters, gauges and bucketed histograms in
+/// towerscope's sharded storage, the rest in metrics-exporter-prometheus.
 pub struct TowerscopeRecorder {
     pub(crate) inner: PrometheusRecorder,
     pub(crate) store: Arc<Store>,
@@ -353,6 +424,7 @@ impl Recorder for TowerscopeRecorder {
     }
 
     fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.store.describe(&key, &description);
         self.inner.describe_gauge(key, unit, description);
     }
 
@@ -373,7 +445,14 @@ impl Recorder for TowerscopeRecorder {
     }
 
     fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
-        self.inner.register_gauge(key, metadata)
+        if !plain_name(key.name()) {
+            return self.inner.register_gauge(key, metadata);
+        }
+        Gauge::from_arc(Store::get_or_create(
+            &self.store.gauges,
+            key,
+            FastGauge::new,
+        ))
     }
 
     fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
@@ -418,6 +497,20 @@ mod tests {
         assert_eq!(c.value(), 50_000);
         c.absolute(10);
         assert_eq!(c.value(), 50_000);
+    }
+
+    #[test]
+    fn gauges_move_across_threads_and_set() {
+        let g = Arc::new(FastGauge::new());
+        let up = {
+            let g = g.clone();
+            std::thread::spawn(move || (0..1000).for_each(|_| g.increment(1.0)))
+        };
+        up.join().unwrap();
+        (0..400).for_each(|_| g.decrement(1.0));
+        assert_eq!(g.value(), 600.0);
+        g.set(3.5);
+        assert_eq!(g.value(), 3.5);
     }
 
     #[test]

@@ -119,8 +119,8 @@ impl PrometheusBuilder {
     /// several registries) or to wrap the recorder in layers before installing it. Starts the
     /// upkeep thread, which ends when the last [`Prometheus`] clone is dropped.
     ///
-    /// Counters and the histograms with configured buckets are kept in towerscope's own
-    /// sharded storage (see `TowerscopeRecorder`); gauges and other histograms in
+    /// Counters, gauges and the histograms with configured buckets are kept in towerscope's
+    /// own sharded storage (see `TowerscopeRecorder`); other histograms (summaries) in
     /// metrics-exporter-prometheus. Both are rendered together.
     pub fn build(self) -> (TowerscopeRecorder, Prometheus) {
         let interval = self.upkeep_interval;

@@ -180,9 +180,8 @@ async fn random_paths_and_methods_leave_the_series_count_unchanged() {
     assert_eq!(series_count(&after), before, "new series appeared");
 }
 
-/// A recorder whose handles are plain atomics, to count the layer's own allocations
-/// (metrics-exporter-prometheus stores histogram samples in blocks it allocates every few
-/// dozen samples; that is the exporter's cost, measured in BENCHMARKS.md).
+/// A recorder whose handles are plain atomics, to count the layer's own allocations apart from
+/// any recorder's.
 #[derive(Default)]
 struct AtomicRecorder;
 
@@ -282,6 +281,22 @@ fn steady_state_adds_zero_allocations_per_request() {
     let observed = allocations_per_rounds(layer.layer(plain_service()), 1000);
     assert!(bare > 0, "the counting allocator is not active");
     assert_eq!(observed, bare, "the RED layer allocated in steady state");
+
+    // With towerscope's Prometheus recorder too: its counters, gauges and histograms are
+    // preallocated per series, so recording allocates nothing either.
+    let (recorder, prometheus) = Prometheus::builder().build();
+    let exported = Red::builder().recorder(Arc::new(recorder)).build();
+    let layer = ObserveLayer::with_observer(exported).route_fn(|_, uri| match uri.path() {
+        "/users/1" => Some("/users/{id}"),
+        "/fail" => Some("/fail"),
+        _ => None,
+    });
+    let observed = allocations_per_rounds(layer.layer(plain_service()), 1000);
+    assert_eq!(
+        observed, bare,
+        "recording into the Prometheus recorder allocated"
+    );
+    assert!(prometheus.render().contains("http_route=\"/users/{id}\""));
 
     // axum: for handler routes, `Router::layer` boxes a clone of every non-zero-sized layer per
     // request, and `Body::new` boxes any body type other than its own. Compare with a layer
