@@ -59,7 +59,7 @@ pub trait Observer: Send + Sync + 'static {
         let _ = (route, obs, head);
     }
 
-    /// The request's span, entered around `call` and every poll of the inner future, so that
+    /// The request's span, entered around every poll of the inner future, so that
     /// whatever the handler logs carries the request's context. The first observer of a tuple
     /// that has one provides it.
     fn span(obs: &Self::Observation) -> Option<&tracing::Span> {

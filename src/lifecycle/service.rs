@@ -157,13 +157,10 @@ where
             status: None,
             response_bytes: 0,
         };
-        let inner = {
-            // The handler's synchronous part runs in `call` for some services: in the span too.
-            let _entered = tracker.enter();
-            self.inner.call(req)
-        };
+        // Not entered here: services build their future in `call` and do the work in `poll`,
+        // which runs in the request's span.
         ResponseFuture {
-            inner,
+            inner: self.inner.call(req),
             tracker: Some(tracker),
             head_only,
         }

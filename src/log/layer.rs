@@ -292,7 +292,6 @@ impl Observer for RequestLog {
         if slow && level > Level::WARN {
             level = Level::WARN;
         }
-        let _entered = r.span.enter();
         let query = if cfg.log_query {
             r.uri
                 .query()
@@ -315,8 +314,10 @@ impl Observer for RequestLog {
         };
         macro_rules! record {
             ($lvl:expr) => {
+                // The request span as explicit parent: its context without entering it.
                 tracing::event!(
                     target: REQUEST_TARGET,
+                    parent: &r.span,
                     $lvl,
                     method = r.method.as_str(),
                     path = r.uri.path(),
