@@ -38,63 +38,45 @@ fn layer() -> ObserveLayer<RequestLog> {
 
 fn bench(c: &mut Criterion) {
     let (writer, _guard) = towerscope::log::NonBlocking::new(std::io::sink(), 8 << 20, true);
-    let mut g = c.benchmark_group("request_log");
+    // The JSON layer over the real writer; `keep` is the sampling probability.
+    let json = |keep: f64| {
+        tracing_subscriber::registry().with(
+            JsonLayer::new("bench", writer.clone())
+                .rate_limit(None)
+                .sampling(Sampling {
+                    probability: keep,
+                    seed: 1,
+                }),
+        )
+    };
+    let record = || tracing::info!(status = 200u16, path = "/users/7", "request finished");
 
+    let mut g = c.benchmark_group("request_log");
     let mut bare = plain();
     g.bench_function("bare", |b| b.iter(|| one(&mut bare)));
-
-    // The record is built, formatted as JSON and queued for the writer thread.
-    let json = tracing_subscriber::registry()
-        .with(JsonLayer::new("bench", writer.clone()).rate_limit(None));
-    tracing::subscriber::with_default(json, || {
-        let mut svc = layer().layer(plain());
-        g.bench_function("logged", |b| b.iter(|| one(&mut svc)));
-    });
-
-    // The request still runs in its span; its INFO record is sampled out.
-    let sampled = tracing_subscriber::registry().with(
-        JsonLayer::new("bench", writer.clone())
-            .rate_limit(None)
-            .sampling(Sampling {
-                probability: 0.0,
-                seed: 1,
-            }),
-    );
-    tracing::subscriber::with_default(sampled, || {
-        let mut svc = layer().layer(plain());
-        g.bench_function("sampled_out", |b| b.iter(|| one(&mut svc)));
-    });
+    // The record is built, formatted as JSON and queued for the writer thread; then the same
+    // request whose INFO record is sampled out (it still runs in its span).
+    for (name, keep) in [("logged", 1.0), ("sampled_out", 0.0)] {
+        tracing::subscriber::with_default(json(keep), || {
+            let mut svc = layer().layer(plain());
+            g.bench_function(name, |b| b.iter(|| one(&mut svc)));
+        });
+    }
     g.finish();
 
     // One record alone: written, filtered out by level, sampled out.
     let mut g = c.benchmark_group("one_record");
-    let json = tracing_subscriber::registry()
-        .with(JsonLayer::new("bench", writer.clone()).rate_limit(None));
-    tracing::subscriber::with_default(json, || {
-        g.bench_function("written", |b| {
-            b.iter(|| tracing::info!(status = 200u16, path = "/users/7", "request finished"))
-        });
+    tracing::subscriber::with_default(json(1.0), || {
+        g.bench_function("written", |b| b.iter(record));
     });
     let filtered = tracing_subscriber::registry()
         .with(tracing_subscriber::filter::LevelFilter::WARN)
         .with(JsonLayer::new("bench", writer.clone()));
     tracing::subscriber::with_default(filtered, || {
-        g.bench_function("filtered_out", |b| {
-            b.iter(|| tracing::info!(status = 200u16, path = "/users/7", "request finished"))
-        });
+        g.bench_function("filtered_out", |b| b.iter(record));
     });
-    let sampled = tracing_subscriber::registry().with(
-        JsonLayer::new("bench", writer.clone())
-            .rate_limit(None)
-            .sampling(Sampling {
-                probability: 0.0,
-                seed: 1,
-            }),
-    );
-    tracing::subscriber::with_default(sampled, || {
-        g.bench_function("sampled_out", |b| {
-            b.iter(|| tracing::info!(status = 200u16, path = "/users/7", "request finished"))
-        });
+    tracing::subscriber::with_default(json(0.0), || {
+        g.bench_function("sampled_out", |b| b.iter(record));
     });
     g.finish();
 }
