@@ -27,6 +27,7 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 pub mod breaker;
+pub mod db;
 #[cfg(feature = "health")]
 pub mod health;
 pub mod lifecycle;

@@ -1,0 +1,648 @@
+//! The SQL analyser: a lexer (not regular expressions) and a small analysis over its tokens,
+//! giving a query's operation, collection, semantic-convention summary and sanitised text.
+//!
+//! - Comments (`--`, `/* */`, nested in PostgreSQL), string literals with escapes (`''`,
+//!   `E'\''`), PostgreSQL dollar-quoted strings, quoted identifiers (`"…"`, `` `…` ``, `[…]`),
+//!   numbers, placeholders (`$1`, `?`, `:name`, `@p1`).
+//! - Summary: `{operation} {target} …` in the order they appear (`INSERT shipping_details
+//!   SELECT orders`, `SELECT songs artists` for a join), CTE names and aliases left out, at most
+//!   255 characters and never cut inside a name.
+//! - Sanitised text: literals replaced by `?`, lists of literals collapsed (`IN (?)`),
+//!   parameters kept, comments removed, whitespace folded, bounded in length.
+//! - Total on any input, linear in its length; results are cached by query text in a bounded
+//!   cache, so a repeated query costs a lookup.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// What the analyser found in a query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Analysis {
+    /// `db.operation.name`: the first statement's main operation (`SELECT`, `CREATE TABLE`, …).
+    pub operation: Option<String>,
+    /// `db.collection.name`: the main operation's first target.
+    pub collection: Option<String>,
+    /// `db.query.summary`.
+    pub summary: String,
+    /// `db.query.text`, sanitised.
+    pub sanitized: String,
+}
+
+/// Bound of the summary, per the semantic conventions.
+pub const MAX_SUMMARY: usize = 255;
+/// Bound of the sanitised text.
+pub const MAX_SANITIZED: usize = 2048;
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok<'a> {
+    Word(&'a str),
+    Quoted(&'a str),
+    Literal,
+    Param(&'a str),
+    Punct(char),
+    Op(&'a str),
+}
+
+/// Splits SQL into tokens, dropping whitespace and comments. Never fails: anything it does not
+/// recognise becomes an operator token of one character.
+fn lex(sql: &str) -> Vec<Tok<'_>> {
+    let b = sql.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    let n = b.len();
+    while i < n {
+        let c = b[i];
+        match c {
+            b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' => i += 1,
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < n && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                // Nested, as PostgreSQL does.
+                let mut depth = 0usize;
+                while i < n {
+                    if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+                        depth += 1;
+                        i += 2;
+                    } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+                        depth -= 1;
+                        i += 2;
+                        if depth == 0 {
+                            break;
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            b'\'' => {
+                i = skip_string(b, i + 1, false);
+                out.push(Tok::Literal);
+            }
+            b'E' | b'e' if b.get(i + 1) == Some(&b'\'') => {
+                i = skip_string(b, i + 2, true);
+                out.push(Tok::Literal);
+            }
+            b'$' if b.get(i + 1).is_some_and(|d| d.is_ascii_digit()) => {
+                let s = i;
+                i += 1;
+                while i < n && b[i].is_ascii_digit() {
+                    i += 1;
+                }
+                out.push(Tok::Param(&sql[s..i]));
+            }
+            b'$' => {
+                // Dollar-quoted string: $tag$ … $tag$.
+                let s = i;
+                let mut j = i + 1;
+                while j < n && (b[j].is_ascii_alphanumeric() || b[j] == b'_') {
+                    j += 1;
+                }
+                if j < n && b[j] == b'$' {
+                    let tag = &b[s..=j];
+                    let mut k = j + 1;
+                    let mut end = n;
+                    while k + tag.len() <= n {
+                        if &b[k..k + tag.len()] == tag {
+                            end = k + tag.len();
+                            break;
+                        }
+                        k += 1;
+                    }
+                    i = end;
+                    out.push(Tok::Literal);
+                } else {
+                    i += 1;
+                    out.push(Tok::Op("$"));
+                }
+            }
+            b'"' | b'`' | b'[' => {
+                let close = match c {
+                    b'"' => b'"',
+                    b'`' => b'`',
+                    _ => b']',
+                };
+                let s = i + 1;
+                let mut j = s;
+                while j < n && b[j] != close {
+                    j += 1;
+                }
+                out.push(Tok::Quoted(sql.get(s..j).unwrap_or("")));
+                i = (j + 1).min(n);
+            }
+            b'?' => {
+                out.push(Tok::Param("?"));
+                i += 1;
+            }
+            b':' | b'@'
+                if b.get(i + 1)
+                    .is_some_and(|d| d.is_ascii_alphabetic() || *d == b'_')
+                    && b.get(i.wrapping_sub(1)) != Some(&b':') =>
+            {
+                let s = i;
+                i += 1;
+                while i < n && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+                    i += 1;
+                }
+                out.push(Tok::Param(&sql[s..i]));
+            }
+            b'0'..=b'9' => {
+                while i < n && (b[i].is_ascii_alphanumeric() || b[i] == b'.') {
+                    i += 1;
+                }
+                out.push(Tok::Literal);
+            }
+            b'.' if b.get(i + 1).is_some_and(|d| d.is_ascii_digit()) => {
+                i += 1;
+                while i < n && b[i].is_ascii_digit() {
+                    i += 1;
+                }
+                out.push(Tok::Literal);
+            }
+            b'(' | b')' | b',' | b';' | b'.' | b'*' => {
+                out.push(Tok::Punct(c as char));
+                i += 1;
+            }
+            c if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
+                let s = i;
+                while i < n
+                    && (b[i].is_ascii_alphanumeric()
+                        || b[i] == b'_'
+                        || b[i] == b'$'
+                        || b[i] >= 0x80)
+                {
+                    i += 1;
+                }
+                out.push(Tok::Word(&sql[s..i]));
+            }
+            _ => {
+                let s = i;
+                i += 1;
+                while i < n
+                    && b"<>=!|&+-/%^~:".contains(&b[i])
+                    && !(b[i] == b'-' && b.get(i + 1) == Some(&b'-'))
+                {
+                    i += 1;
+                }
+                out.push(Tok::Op(sql.get(s..i).unwrap_or("?")));
+            }
+        }
+    }
+    out
+}
+
+/// Index after a string literal whose opening quote was just before `i`. `''` is a quote;
+/// with `backslash`, `\'` is too.
+fn skip_string(b: &[u8], mut i: usize, backslash: bool) -> usize {
+    while i < b.len() {
+        match b[i] {
+            b'\\' if backslash => i += 2,
+            b'\'' if b.get(i + 1) == Some(&b'\'') => i += 2,
+            b'\'' => return i + 1,
+            _ => i += 1,
+        }
+    }
+    b.len()
+}
+
+fn kw(t: &Tok<'_>, k: &str) -> bool {
+    matches!(t, Tok::Word(w) if w.eq_ignore_ascii_case(k))
+}
+
+const OPERATIONS: &[&str] = &[
+    "SELECT",
+    "INSERT",
+    "UPDATE",
+    "DELETE",
+    "MERGE",
+    "REPLACE",
+    "UPSERT",
+    "CREATE",
+    "ALTER",
+    "DROP",
+    "TRUNCATE",
+    "CALL",
+    "EXECUTE",
+    "EXEC",
+    "GRANT",
+    "REVOKE",
+    "VACUUM",
+    "ANALYZE",
+    "COPY",
+    "SHOW",
+    "EXPLAIN",
+    "BEGIN",
+    "COMMIT",
+    "ROLLBACK",
+    "SAVEPOINT",
+    "RELEASE",
+    "SET",
+    "PRAGMA",
+    "REFRESH",
+    "LOCK",
+];
+
+/// Keywords that end a list of targets after FROM / JOIN.
+fn clause_end(t: &Tok<'_>) -> bool {
+    match t {
+        Tok::Word(w) => [
+            "WHERE",
+            "GROUP",
+            "ORDER",
+            "HAVING",
+            "LIMIT",
+            "OFFSET",
+            "ON",
+            "USING",
+            "SET",
+            "RETURNING",
+            "UNION",
+            "EXCEPT",
+            "INTERSECT",
+            "WINDOW",
+            "FOR",
+            "VALUES",
+            "JOIN",
+            "INNER",
+            "LEFT",
+            "RIGHT",
+            "FULL",
+            "CROSS",
+            "NATURAL",
+            "LATERAL",
+            "FETCH",
+            "SELECT",
+        ]
+        .iter()
+        .any(|k| w.eq_ignore_ascii_case(k)),
+        Tok::Punct(')') | Tok::Punct(';') => true,
+        _ => false,
+    }
+}
+
+/// Words that are never a target name.
+const NOT_NAMES: &[&str] = &[
+    "SET", "WHERE", "VALUES", "DEFAULT", "SELECT", "WITH", "ON", "AS", "FROM", "USING", "WHEN",
+    "THEN",
+];
+
+/// A possibly qualified name at `i` (`schema.table`, quoted parts kept unquoted); the index
+/// after it.
+fn name_at(toks: &[Tok<'_>], mut i: usize) -> Option<(String, usize)> {
+    let mut name = String::new();
+    loop {
+        match toks.get(i)? {
+            Tok::Word(w)
+                if name.is_empty() && NOT_NAMES.iter().any(|k| w.eq_ignore_ascii_case(k)) =>
+            {
+                return None
+            }
+            Tok::Word(w) => name.push_str(w),
+            Tok::Quoted(q) => name.push_str(q),
+            _ => return None,
+        }
+        i += 1;
+        if toks.get(i) == Some(&Tok::Punct('.'))
+            && matches!(toks.get(i + 1), Some(Tok::Word(_) | Tok::Quoted(_)))
+        {
+            name.push('.');
+            i += 1;
+        } else {
+            return Some((name, i));
+        }
+    }
+}
+
+/// Operation and targets, in order, over all statements.
+fn summarise(toks: &[Tok<'_>]) -> (Option<String>, Option<String>, String) {
+    let mut parts: Vec<String> = Vec::new();
+    let mut op_name: Option<String> = None;
+    let mut collection: Option<String> = None;
+    let mut cte: Vec<String> = Vec::new();
+    let mut main_seen = false; // the first statement's main operation has been found
+    let mut in_cte_header = false;
+    let mut i = 0;
+    while i < toks.len() {
+        let t = &toks[i];
+        let prev = i.checked_sub(1).and_then(|p| toks.get(p));
+        if kw(t, "WITH") && !main_seen {
+            in_cte_header = true;
+            i += 1;
+            if toks.get(i).is_some_and(|t| kw(t, "RECURSIVE")) {
+                i += 1;
+            }
+            if let Some((n, j)) = name_at(toks, i) {
+                cte.push(n.to_ascii_lowercase());
+                i = j;
+            }
+            continue;
+        }
+        if in_cte_header && t == &Tok::Punct(',') {
+            if let Some((n, j)) = name_at(toks, i + 1) {
+                if toks
+                    .get(j)
+                    .is_some_and(|t| kw(t, "AS") || *t == Tok::Punct('('))
+                {
+                    cte.push(n.to_ascii_lowercase());
+                    i = j;
+                    continue;
+                }
+            }
+        }
+        if let Tok::Word(w) = t {
+            let upper = w.to_ascii_uppercase();
+            let at_start = matches!(prev, None | Some(Tok::Punct(';')));
+            let is_op = OPERATIONS.contains(&upper.as_str())
+                && match upper.as_str() {
+                    // Anywhere: subqueries, CTE bodies, INSERT … SELECT; but not the UPDATE of
+                    // FOR UPDATE / DO UPDATE / ON DUPLICATE KEY UPDATE, nor ON DELETE / ON
+                    // UPDATE of a foreign key.
+                    "SELECT" | "INSERT" => true,
+                    "UPDATE" | "DELETE" => !prev.is_some_and(|p| {
+                        kw(p, "FOR") || kw(p, "DO") || kw(p, "KEY") || kw(p, "ON")
+                    }),
+                    // Statement keywords: only where a statement starts.
+                    _ => at_start,
+                };
+            if is_op {
+                let mut op = upper.clone();
+                let mut j = i + 1;
+                if matches!(upper.as_str(), "CREATE" | "ALTER" | "DROP") {
+                    // CREATE [OR REPLACE] [UNIQUE|TEMP…] TABLE|INDEX|VIEW … [IF [NOT] EXISTS] name
+                    while toks.get(j).is_some_and(|t| {
+                        [
+                            "OR",
+                            "REPLACE",
+                            "UNIQUE",
+                            "TEMP",
+                            "TEMPORARY",
+                            "MATERIALIZED",
+                            "UNLOGGED",
+                            "GLOBAL",
+                            "LOCAL",
+                        ]
+                        .iter()
+                        .any(|k| kw(t, k))
+                    }) {
+                        j += 1;
+                    }
+                    if let Some(Tok::Word(kind)) = toks.get(j) {
+                        op = format!("{upper} {}", kind.to_ascii_uppercase());
+                        j += 1;
+                    }
+                    while toks.get(j).is_some_and(|t| {
+                        kw(t, "IF") || kw(t, "NOT") || kw(t, "EXISTS") || kw(t, "CONCURRENTLY")
+                    }) {
+                        j += 1;
+                    }
+                }
+                parts.push(op.clone());
+                let in_cte_body = in_cte_header && depth_before(toks, i) > 0;
+                if !main_seen && !in_cte_body {
+                    op_name = Some(op.clone());
+                    main_seen = true;
+                    in_cte_header = false;
+                }
+                // Targets that follow the operation keyword directly.
+                let direct = match upper.as_str() {
+                    "UPDATE" | "CALL" | "EXECUTE" | "EXEC" | "TRUNCATE" | "CREATE" | "ALTER"
+                    | "DROP" | "LOCK" | "REFRESH" | "VACUUM" | "ANALYZE" | "COPY" => {
+                        if upper == "TRUNCATE" && toks.get(j).is_some_and(|t| kw(t, "TABLE")) {
+                            j += 1;
+                        }
+                        if upper == "LOCK" && toks.get(j).is_some_and(|t| kw(t, "TABLE")) {
+                            j += 1;
+                        }
+                        while toks.get(j).is_some_and(|t| {
+                            ["ONLY", "FULL", "VERBOSE", "FREEZE", "ANALYZE"]
+                                .iter()
+                                .any(|k| kw(t, k))
+                        }) {
+                            j += 1;
+                        }
+                        name_at(toks, j)
+                    }
+                    _ => None,
+                };
+                if let Some((n, jj)) = direct {
+                    let first = op_name.as_deref() == Some(op.as_str()) && collection.is_none();
+                    push_target(&mut parts, &mut collection, first, &cte, n);
+                    i = jj;
+                    continue;
+                }
+                i = j;
+                continue;
+            }
+            let upper_is = |k: &str| upper == k;
+            if upper_is("FROM")
+                || upper_is("JOIN")
+                || upper_is("INTO")
+                || (upper_is("USING")
+                    && (prev_op_is(&parts, "DELETE") || prev_op_is(&parts, "MERGE")))
+                || upper_is("MERGE")
+            {
+                let mut j = i + 1;
+                if toks
+                    .get(j)
+                    .is_some_and(|t| kw(t, "ONLY") || kw(t, "LATERAL"))
+                {
+                    j += 1;
+                }
+                // FROM a [AS x], b [y], …
+                while let Some((n, jj)) = name_at(toks, j) {
+                    let first = collection.is_none() && main_seen;
+                    push_target(&mut parts, &mut collection, first, &cte, n);
+                    j = jj;
+                    // An alias.
+                    if toks.get(j).is_some_and(|t| kw(t, "AS")) {
+                        j += 1;
+                    }
+                    if let Some(t) = toks.get(j) {
+                        if matches!(t, Tok::Word(_) | Tok::Quoted(_))
+                            && !clause_end(t)
+                            && !kw(t, "SET")
+                            && !kw(t, "DEFAULT")
+                        {
+                            j += 1;
+                        }
+                    }
+                    if toks.get(j) == Some(&Tok::Punct(','))
+                        && (upper_is("FROM") || upper_is("USING"))
+                    {
+                        j += 1;
+                    } else {
+                        break;
+                    }
+                }
+                i = j.max(i + 1);
+                continue;
+            }
+        }
+        i += 1;
+    }
+    let mut summary = String::new();
+    for p in parts {
+        let extra = if summary.is_empty() {
+            p.len()
+        } else {
+            p.len() + 1
+        };
+        if summary.len() + extra > MAX_SUMMARY {
+            break;
+        }
+        if !summary.is_empty() {
+            summary.push(' ');
+        }
+        summary.push_str(&p);
+    }
+    (op_name, collection, summary)
+}
+
+fn depth_before(toks: &[Tok<'_>], i: usize) -> i32 {
+    toks[..i].iter().fold(0, |d, t| match t {
+        Tok::Punct('(') => d + 1,
+        Tok::Punct(')') => d - 1,
+        _ => d,
+    })
+}
+
+fn prev_op_is(parts: &[String], op: &str) -> bool {
+    parts
+        .iter()
+        .rev()
+        .find(|p| {
+            p.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+                && OPERATIONS.iter().any(|o| p.starts_with(o))
+        })
+        .is_some_and(|p| p == op)
+}
+
+fn push_target(
+    parts: &mut Vec<String>,
+    collection: &mut Option<String>,
+    first: bool,
+    cte: &[String],
+    name: String,
+) {
+    if cte.contains(&name.to_ascii_lowercase()) {
+        return;
+    }
+    if first && collection.is_none() {
+        *collection = Some(name.clone());
+    }
+    parts.push(name);
+}
+
+/// The sanitised text: literals as `?`, literal lists collapsed, whitespace folded.
+fn sanitize(toks: &[Tok<'_>]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < toks.len() {
+        // ( literal-or-param , … ) after IN / VALUES: one `(?)`.
+        if toks[i] == Tok::Punct('(') {
+            let mut j = i + 1;
+            let mut only_values = false;
+            while let Some(t) = toks.get(j) {
+                match t {
+                    Tok::Literal | Tok::Param(_) => only_values = true,
+                    Tok::Punct(',') => {}
+                    _ => break,
+                }
+                j += 1;
+            }
+            if only_values && toks.get(j) == Some(&Tok::Punct(')')) && j > i + 2 {
+                push_tok(&mut out, "(?)");
+                i = j + 1;
+                continue;
+            }
+        }
+        let text: std::borrow::Cow<'_, str> = match &toks[i] {
+            Tok::Word(w) => (*w).into(),
+            Tok::Quoted(q) => format!("\"{q}\"").into(),
+            Tok::Literal => "?".into(),
+            Tok::Param(p) => (*p).into(),
+            Tok::Punct(c) => c.to_string().into(),
+            Tok::Op(o) => (*o).into(),
+        };
+        push_tok(&mut out, &text);
+        if out.len() > MAX_SANITIZED {
+            let mut cut = MAX_SANITIZED;
+            while !out.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            out.truncate(cut);
+            break;
+        }
+        i += 1;
+    }
+    out
+}
+
+fn push_tok(out: &mut String, t: &str) {
+    let glue = matches!(t, "," | ")" | "." | ";") || out.ends_with('(') || out.ends_with('.');
+    if !out.is_empty() && !glue {
+        out.push(' ');
+    }
+    out.push_str(t);
+}
+
+/// Analyses a query (uncached).
+pub fn analyze(sql: &str) -> Analysis {
+    let toks = lex(sql);
+    let (operation, collection, summary) = summarise(&toks);
+    Analysis {
+        operation,
+        collection,
+        summary,
+        sanitized: sanitize(&toks),
+    }
+}
+
+/// A bounded cache of analyses by query text.
+#[derive(Debug)]
+pub struct AnalysisCache {
+    map: Mutex<HashMap<Box<str>, Arc<Analysis>>>,
+    capacity: usize,
+}
+
+impl AnalysisCache {
+    /// A cache of at most `capacity` queries.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            map: Mutex::new(HashMap::new()),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// The analysis of `sql`, computed on first sight. When full, an arbitrary entry makes room.
+    pub fn get(&self, sql: &str) -> Arc<Analysis> {
+        if let Some(a) = self.map.lock().unwrap_or_else(|e| e.into_inner()).get(sql) {
+            return a.clone();
+        }
+        let a = Arc::new(analyze(sql));
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= self.capacity {
+            if let Some(k) = map.keys().next().cloned() {
+                map.remove(&k);
+            }
+        }
+        map.insert(sql.into(), a.clone());
+        a
+    }
+
+    /// Queries cached.
+    pub fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;
