@@ -6,7 +6,13 @@
 //! - [`lifecycle`]: the shared request lifecycle (route, method, outcome, end of body) that
 //!   every layer uses, and the [`lifecycle::ObserveLayer`] that runs capabilities in one pass.
 //! - [`metrics`]: RED metrics (rate, errors, duration) with OpenTelemetry semantic-convention
-//!   names, and the Prometheus `/metrics` endpoint.
+//!   names, and the Prometheus `/metrics` endpoint over towerscope's sharded metric storage.
+//! - `log` (feature `log`): request logs, JSON lines with the request's context on every line,
+//!   request ids, redaction, sampling, rate limiting, a non-blocking writer.
+//! - [`breaker`]: a circuit breaker layer with full telemetry and manual control.
+//! - `health` (feature `health`): checks, `/livez` `/readyz` `/startupz` `/health`, heartbeats,
+//!   graceful shutdown.
+//! - [`db`]: database instrumentation; so far the SQL analyser.
 //!
 //! ```no_run
 //! use axum::{routing::get, Router};
