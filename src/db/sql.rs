@@ -323,8 +323,21 @@ fn summarise(toks: &[Tok<'_>]) -> (Option<String>, Option<String>, String) {
     let mut cte: Vec<String> = Vec::new();
     let mut main_seen = false; // the first statement's main operation has been found
     let mut in_cte_header = false;
+    // Parenthesis depth before token `i`, and the last operation seen, kept as the loop goes:
+    // rescanning for them made adversarial input quadratic.
+    let mut depth = 0i32;
+    let mut depth_at = 0usize;
+    let mut last_op: Option<String> = None;
     let mut i = 0;
     while i < toks.len() {
+        while depth_at < i {
+            match toks[depth_at] {
+                Tok::Punct('(') => depth += 1,
+                Tok::Punct(')') => depth -= 1,
+                _ => {}
+            }
+            depth_at += 1;
+        }
         let t = &toks[i];
         let prev = i.checked_sub(1).and_then(|p| toks.get(p));
         if kw(t, "WITH") && !main_seen {
@@ -399,7 +412,8 @@ fn summarise(toks: &[Tok<'_>]) -> (Option<String>, Option<String>, String) {
                     }
                 }
                 parts.push(op.clone());
-                let in_cte_body = in_cte_header && depth_before(toks, i) > 0;
+                last_op = Some(upper.clone());
+                let in_cte_body = in_cte_header && depth > 0;
                 if !main_seen && !in_cte_body {
                     op_name = Some(op.clone());
                     main_seen = true;
@@ -439,8 +453,7 @@ fn summarise(toks: &[Tok<'_>]) -> (Option<String>, Option<String>, String) {
             if upper_is("FROM")
                 || upper_is("JOIN")
                 || upper_is("INTO")
-                || (upper_is("USING")
-                    && (prev_op_is(&parts, "DELETE") || prev_op_is(&parts, "MERGE")))
+                || (upper_is("USING") && matches!(last_op.as_deref(), Some("DELETE" | "MERGE")))
                 || upper_is("MERGE")
             {
                 let mut j = i + 1;
@@ -498,25 +511,6 @@ fn summarise(toks: &[Tok<'_>]) -> (Option<String>, Option<String>, String) {
         summary.push_str(&p);
     }
     (op_name, collection, summary)
-}
-
-fn depth_before(toks: &[Tok<'_>], i: usize) -> i32 {
-    toks[..i].iter().fold(0, |d, t| match t {
-        Tok::Punct('(') => d + 1,
-        Tok::Punct(')') => d - 1,
-        _ => d,
-    })
-}
-
-fn prev_op_is(parts: &[String], op: &str) -> bool {
-    parts
-        .iter()
-        .rev()
-        .find(|p| {
-            p.chars().next().is_some_and(|c| c.is_ascii_uppercase())
-                && OPERATIONS.iter().any(|o| p.starts_with(o))
-        })
-        .is_some_and(|p| p == op)
 }
 
 fn push_target(

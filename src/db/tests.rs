@@ -199,3 +199,24 @@ mod props {
         analyze(&dollar);
     }
 }
+
+#[test]
+fn adversarial_operation_floods_stay_linear() {
+    // Operation keywords inside an unclosed CTE header: each one once made the analyser rescan
+    // every token before it (quadratic: minutes for a megabyte).
+    for sql in [
+        format!("WITH x AS ((( {}", "SELECT ".repeat(150_000)),
+        format!("DELETE FROM t {}", "USING u ".repeat(120_000)),
+        format!("SELECT {}", "(".repeat(500_000)),
+    ] {
+        let started = std::time::Instant::now();
+        let a = analyze(&sql);
+        assert!(a.summary.len() <= MAX_SUMMARY);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{:?} for {} bytes",
+            started.elapsed(),
+            sql.len()
+        );
+    }
+}
