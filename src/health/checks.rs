@@ -123,28 +123,36 @@ pub fn sqlx_check<DB: sqlx::Database>(pool: sqlx::Pool<DB>) -> impl super::Check
 
 /// Liveness of the tokio runtime: a ticker task measures how late it wakes up. Down when it
 /// has not ticked for `interval + max_lag` (a worker is blocked) or woke `max_lag` late.
-/// Observed: the last lag in ms. Call inside the runtime to watch.
+/// Observed: the last lag in ms. The ticker starts with the check's first run (which runs on
+/// the runtime being watched), so the check can be built anywhere.
 pub fn runtime_check(interval: Duration, max_lag: Duration) -> impl super::Check {
     let epoch = Instant::now();
     let last_tick = Arc::new(AtomicU64::new(0));
     let last_lag = Arc::new(AtomicU64::new(0));
-    {
+    let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let start_ticker = {
         let (last_tick, last_lag) = (Arc::downgrade(&last_tick), Arc::downgrade(&last_lag));
-        tokio::spawn(async move {
-            loop {
-                let before = Instant::now();
-                tokio::time::sleep(interval).await;
-                let (Some(t), Some(l)) = (last_tick.upgrade(), last_lag.upgrade()) else {
-                    return;
-                };
-                let lag = before.elapsed().saturating_sub(interval);
-                l.store(lag.as_micros() as u64, Ordering::Relaxed);
-                t.store(epoch.elapsed().as_micros() as u64, Ordering::Relaxed);
-            }
-        });
-    }
+        move || {
+            tokio::spawn(async move {
+                loop {
+                    let before = Instant::now();
+                    tokio::time::sleep(interval).await;
+                    let (Some(t), Some(l)) = (last_tick.upgrade(), last_lag.upgrade()) else {
+                        return;
+                    };
+                    let lag = before.elapsed().saturating_sub(interval);
+                    l.store(lag.as_micros() as u64, Ordering::Relaxed);
+                    t.store(epoch.elapsed().as_micros() as u64, Ordering::Relaxed);
+                }
+            });
+        }
+    };
     move || {
         let (last_tick, last_lag) = (last_tick.clone(), last_lag.clone());
+        if !started.swap(true, Ordering::SeqCst) {
+            last_tick.store(epoch.elapsed().as_micros() as u64, Ordering::Relaxed);
+            start_ticker.clone()();
+        }
         async move {
             let now = epoch.elapsed().as_micros() as u64;
             let silent =
@@ -174,7 +182,11 @@ pub fn runtime_check(interval: Duration, max_lag: Duration) -> impl super::Check
 impl Health {
     /// A passive check fed by the breakers' event streams: `when_open` (Degraded by default:
     /// the service still answers, one dependency does not) while any breaker is open,
-    /// forced-open or half-open, Up otherwise. Call inside a tokio runtime.
+    /// forced-open or half-open, Up otherwise.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime: it spawns one task per breaker to follow its events.
     pub fn watch_breakers(
         &self,
         reg: Registration,

@@ -496,3 +496,19 @@ async fn database_ping_check() {
         "a closed pool is down"
     );
 }
+
+#[test]
+fn runtime_check_can_be_built_outside_a_runtime() {
+    // It used to spawn its ticker when built, which panics without a runtime.
+    let check = runtime_check(Duration::from_millis(10), Duration::from_millis(200));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        assert_eq!(check.run().await.status, Status::Up, "first run starts the ticker");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let r = check.run().await;
+        assert_eq!(r.status, Status::Up, "{r:?}");
+    });
+}

@@ -51,6 +51,10 @@ impl<O: Observer> ObserveLayer<O> {
 
     /// Takes route templates from a closure instead, for plain Hyper/Tower services.
     ///
+    /// # Panics
+    ///
+    /// When the layer was cloned before: set the route source while building the layer.
+    ///
     /// ```
     /// use towerscope::metrics::RedLayer;
     /// let layer = RedLayer::new().route_fn(|_method, uri| match uri.path() {
