@@ -506,7 +506,11 @@ fn runtime_check_can_be_built_outside_a_runtime() {
         .build()
         .unwrap();
     rt.block_on(async {
-        assert_eq!(check.run().await.status, Status::Up, "first run starts the ticker");
+        assert_eq!(
+            check.run().await.status,
+            Status::Up,
+            "first run starts the ticker"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
         let r = check.run().await;
         assert_eq!(r.status, Status::Up, "{r:?}");
