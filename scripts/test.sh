@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The whole towerscope test suite: lints, docs, unit and integration tests, including the
-# tests that need real services (Prometheus, promtool), which this script installs.
+# tests that need real services (Prometheus, promtool, PostgreSQL), which this script installs.
+# The PostgreSQL tests start a private server themselves (initdb into a temp dir, pg_ctl on a
+# free loopback port); the system's clusters are not touched.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_pkgs=()
 command -v promtool >/dev/null 2>&1 || need_pkgs+=(prometheus)
 command -v prometheus >/dev/null 2>&1 || need_pkgs+=(prometheus)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_pkgs+=(postgresql)
 
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

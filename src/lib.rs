@@ -12,7 +12,8 @@
 //! - [`breaker`]: a circuit breaker layer with full telemetry and manual control.
 //! - `health` (feature `health`): checks, `/livez` `/readyz` `/startupz` `/health`, heartbeats,
 //!   graceful shutdown.
-//! - [`db`]: database instrumentation; so far the SQL analyser.
+//! - [`db`]: database instrumentation: an instrumented sqlx pool (feature `sqlx`) and the SQL
+//!   analyser.
 //!
 //! ```no_run
 //! use axum::{routing::get, Router};

@@ -12,8 +12,9 @@
 //! - Total on any input, linear in its length; results are cached by query text in a bounded
 //!   cache, so a repeated query costs a lookup.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use super::cache::TextCache;
 
 /// What the analyser found in a query.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -595,40 +596,34 @@ pub fn analyze(sql: &str) -> Analysis {
 }
 
 /// A bounded cache of analyses by query text.
-#[derive(Debug)]
 pub struct AnalysisCache {
-    map: Mutex<HashMap<Box<str>, Arc<Analysis>>>,
-    capacity: usize,
+    cache: TextCache<Analysis>,
+}
+
+impl std::fmt::Debug for AnalysisCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnalysisCache")
+            .field("len", &self.len())
+            .finish()
+    }
 }
 
 impl AnalysisCache {
     /// A cache of at most `capacity` queries.
     pub fn new(capacity: usize) -> Self {
         Self {
-            map: Mutex::new(HashMap::new()),
-            capacity: capacity.max(1),
+            cache: TextCache::new(capacity),
         }
     }
 
     /// The analysis of `sql`, computed on first sight. When full, an arbitrary entry makes room.
     pub fn get(&self, sql: &str) -> Arc<Analysis> {
-        if let Some(a) = self.map.lock().unwrap_or_else(|e| e.into_inner()).get(sql) {
-            return a.clone();
-        }
-        let a = Arc::new(analyze(sql));
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= self.capacity {
-            if let Some(k) = map.keys().next().cloned() {
-                map.remove(&k);
-            }
-        }
-        map.insert(sql.into(), a.clone());
-        a
+        self.cache.get_or_insert_with(sql, || analyze(sql))
     }
 
     /// Queries cached.
     pub fn len(&self) -> usize {
-        self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.cache.len()
     }
 
     /// Whether nothing is cached.

@@ -208,6 +208,7 @@ impl<T> Default for Series<T> {
 pub(crate) struct Store {
     duration_buckets: Arc<[f64]>,
     size_buckets: Arc<[f64]>,
+    by_name: Vec<(String, Arc<[f64]>)>,
     global_labels: Vec<(String, String)>,
     counters: RwLock<Series<FastCounter>>,
     gauges: RwLock<Series<FastGauge>>,
@@ -219,11 +220,13 @@ impl Store {
     pub(crate) fn new(
         duration: &[f64],
         size: &[f64],
+        by_name: Vec<(String, Vec<f64>)>,
         global_labels: Vec<(String, String)>,
     ) -> Self {
         Self {
             duration_buckets: duration.into(),
             size_buckets: size.into(),
+            by_name: by_name.into_iter().map(|(n, b)| (n, b.into())).collect(),
             global_labels,
             counters: RwLock::default(),
             gauges: RwLock::default(),
@@ -233,7 +236,9 @@ impl Store {
     }
 
     fn buckets_for(&self, name: &str) -> Option<Arc<[f64]>> {
-        if name.ends_with("_duration_seconds") {
+        if let Some((_, b)) = self.by_name.iter().find(|(n, _)| n == name) {
+            Some(b.clone())
+        } else if name.ends_with("_duration_seconds") {
             Some(self.duration_buckets.clone())
         } else if name.ends_with("_size_bytes") {
             Some(self.size_buckets.clone())

@@ -43,8 +43,8 @@ mod red;
 pub use fast::TowerscopeRecorder;
 #[cfg(feature = "prometheus")]
 pub use prometheus::{
-    InstallError, MetricsService, Prometheus, PrometheusBuilder, CONTENT_TYPE, DURATION_BUCKETS,
-    SIZE_BUCKETS,
+    InstallError, MetricsService, Prometheus, PrometheusBuilder, CONTENT_TYPE, DB_DURATION_BUCKETS,
+    DURATION_BUCKETS, SIZE_BUCKETS,
 };
 pub use red::{
     Red, RedBuilder, RedLayer, RedRoute, ACTIVE_REQUESTS, CANCELLED_REQUESTS, REQUEST_BODY_SIZE,

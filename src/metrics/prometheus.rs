@@ -32,6 +32,10 @@ pub const SIZE_BUCKETS: &[f64] = &[
     67108864.0,
 ];
 
+/// Buckets of `db_client_operation_duration_seconds`, in seconds (the OpenTelemetry database
+/// semantic conventions' advice), set by default on every [`PrometheusBuilder`].
+pub const DB_DURATION_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
+
 /// A Prometheus registry: renders what towerscope (and anything else using the `metrics`
 /// facade) recorded.
 ///
@@ -60,6 +64,7 @@ pub struct PrometheusBuilder {
     size_buckets: Vec<f64>,
     upkeep_interval: Duration,
     global_labels: Vec<(String, String)>,
+    by_name: Vec<(String, Vec<f64>)>,
 }
 
 impl Default for PrometheusBuilder {
@@ -69,6 +74,10 @@ impl Default for PrometheusBuilder {
             size_buckets: SIZE_BUCKETS.to_vec(),
             upkeep_interval: Duration::from_secs(5),
             global_labels: Vec::new(),
+            by_name: vec![(
+                "db_client_operation_duration_seconds".to_owned(),
+                DB_DURATION_BUCKETS.to_vec(),
+            )],
         }
     }
 }
@@ -103,6 +112,18 @@ impl PrometheusBuilder {
         self
     }
 
+    /// Buckets of the histogram named exactly `name`, taking precedence over the suffix rules
+    /// (by default `db_client_operation_duration_seconds` has [`DB_DURATION_BUCKETS`]). Empty
+    /// input keeps what was set.
+    pub fn buckets_for(mut self, name: impl Into<String>, buckets: &[f64]) -> Self {
+        let name = name.into();
+        if !buckets.is_empty() {
+            self.by_name.retain(|(n, _)| *n != name);
+            self.by_name.push((name, buckets.to_vec()));
+        }
+        self
+    }
+
     /// How often histogram storage is compacted when nobody scrapes (default 5 s).
     pub fn upkeep_interval(mut self, interval: Duration) -> Self {
         self.upkeep_interval = interval.max(Duration::from_millis(10));
@@ -133,6 +154,11 @@ impl PrometheusBuilder {
                 b.set_buckets_for_metric(Matcher::Suffix("_size_bytes".into()), &self.size_buckets)
             })
             .expect("bucket lists are never empty");
+        for (name, buckets) in &self.by_name {
+            b = b
+                .set_buckets_for_metric(Matcher::Full(name.clone()), buckets)
+                .expect("bucket lists are never empty");
+        }
         for (k, v) in &self.global_labels {
             b = b.add_global_label(k, v);
         }
@@ -140,6 +166,7 @@ impl PrometheusBuilder {
         let store = Arc::new(Store::new(
             &self.duration_buckets,
             &self.size_buckets,
+            self.by_name,
             self.global_labels,
         ));
         let prometheus = Prometheus {

@@ -3,6 +3,7 @@
 mod support;
 
 mod breaker;
+mod db;
 mod health;
 mod lifecycle;
 mod prometheus;

@@ -4,7 +4,9 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::support::{eventually, free_port, http, require_tool, start_server, Proc};
+use crate::support::{
+    eventually, free_port, http, promtool_check, require_tool, start_server, Proc,
+};
 
 /// Sends a mix of traffic: routes, 404s, 500s, odd methods.
 fn traffic(addr: std::net::SocketAddr) {
@@ -22,7 +24,6 @@ fn traffic(addr: std::net::SocketAddr) {
 #[test]
 #[ignore = "needs promtool (Debian package prometheus): run scripts/test.sh"]
 fn promtool_accepts_every_stack() {
-    let promtool = require_tool("promtool");
     for stack in ["red", "red+log", "full"] {
         let (_server, addr) = start_server(stack);
         traffic(addr);
@@ -32,34 +33,7 @@ fn promtool_accepts_every_stack() {
             text.contains("http_server_request_duration_seconds_bucket"),
             "{text}"
         );
-        let mut child = Command::new(&promtool)
-            .args(["check", "metrics"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run promtool");
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        let report = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.status.success(),
-            "stack {stack}: promtool: {report}\n{text}"
-        );
-        assert!(
-            report.trim().is_empty(),
-            "stack {stack}: promtool reported: {report}"
-        );
+        promtool_check(&text, &format!("stack {stack}"));
     }
 }
 
