@@ -4,7 +4,10 @@
 //! cargo run --release --example server -- --addr 127.0.0.1:3000 --stack full --workers 2
 //! ```
 //!
-//! Routes: `GET /` (`ok`), `GET /users/{id}` (small JSON), `GET /simulate?ms=N&fail=P` (sleeps
+//! Routes: `GET /` (`ok`), `GET /echo/{id}` (small JSON, no I/O: the load benchmark's route),
+//! `POST /users` (`{"name", "email"}`: 201, or 409 for a known email), `GET /users/{id}` (404
+//! when missing), `GET /users` (the users table in the embedded SQLite database, through
+//! towerscope's instrumented pool but in `bare`), `GET /simulate?ms=N&fail=P` (sleeps
 //! N ms, answers 500 with probability P), `GET /downstream?ms=N&fail=P` (calls
 //! `--downstream URL`, by default this server's own `/simulate`, passing the query along),
 //! `GET /metrics` (not with `--stack bare`).
@@ -38,8 +41,11 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use serde::{Deserialize, Serialize};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteRow};
+use sqlx::{ConnectOptions, Row, Sqlite, SqlitePool};
 use tower::{Layer, ServiceExt};
 use towerscope::breaker::{Breaker, BreakerOpen, CircuitBreakerLayer};
+use towerscope::db::Db;
 use towerscope::health::{
     disk_check, http_check, runtime_check, serve_with_shutdown, sqlx_check, CheckResult, Group,
     Health, Mode, Registration, ShutdownConfig, Status,
@@ -125,16 +131,119 @@ fn parse_args() -> Result<Args, String> {
 }
 
 #[derive(Serialize)]
-struct User {
+struct Echo {
     id: u64,
     name: String,
 }
 
-async fn user(Path(id): Path<u64>) -> Json<User> {
-    Json(User {
+/// No I/O: the load benchmark's route.
+async fn echo(Path(id): Path<u64>) -> Json<Echo> {
+    Json(Echo {
         id,
         name: format!("user-{id}"),
     })
+}
+
+/// The users table, in the embedded SQLite database: through towerscope's instrumented pool
+/// in every stack but `bare`, which uses the plain sqlx pool.
+#[derive(Clone)]
+enum Users {
+    Plain(SqlitePool),
+    Instrumented(Db<Sqlite>),
+}
+
+/// Runs `$body` with `$e` bound to whichever executor `$users` holds.
+macro_rules! with_executor {
+    ($users:expr, |$e:ident| $body:expr) => {
+        match &$users {
+            Users::Plain($e) => $body,
+            Users::Instrumented($e) => $body,
+        }
+    };
+}
+
+#[derive(Serialize)]
+struct User {
+    id: i64,
+    name: String,
+    email: String,
+}
+
+impl sqlx::FromRow<'_, SqliteRow> for User {
+    fn from_row(row: &SqliteRow) -> Result<Self, sqlx::Error> {
+        Ok(User {
+            id: row.try_get("id")?,
+            name: row.try_get("name")?,
+            email: row.try_get("email")?,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct NewUser {
+    name: String,
+    email: String,
+}
+
+const CREATE_USERS: &str = "CREATE TABLE IF NOT EXISTS users (\
+    id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, email TEXT NOT NULL UNIQUE)";
+
+fn db_error(e: sqlx::Error) -> axum::response::Response {
+    match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => {
+            (StatusCode::CONFLICT, "email already registered\n").into_response()
+        }
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "database error\n").into_response(),
+    }
+}
+
+async fn create_user(
+    State(users): State<Users>,
+    Json(new): Json<NewUser>,
+) -> axum::response::Response {
+    let query = sqlx::query_as::<_, User>(
+        "INSERT INTO users (name, email) VALUES (?, ?) RETURNING id, name, email",
+    )
+    .bind(&new.name)
+    .bind(&new.email);
+    match with_executor!(users, |e| query.fetch_one(e).await) {
+        Ok(user) => (StatusCode::CREATED, Json(user)).into_response(),
+        Err(e) => db_error(e),
+    }
+}
+
+async fn get_user(State(users): State<Users>, Path(id): Path<i64>) -> axum::response::Response {
+    let query =
+        sqlx::query_as::<_, User>("SELECT id, name, email FROM users WHERE id = ?").bind(id);
+    match with_executor!(users, |e| query.fetch_optional(e).await) {
+        Ok(Some(user)) => Json(user).into_response(),
+        Ok(None) => (StatusCode::NOT_FOUND, "no such user\n").into_response(),
+        Err(e) => db_error(e),
+    }
+}
+
+async fn list_users(State(users): State<Users>) -> axum::response::Response {
+    let query =
+        sqlx::query_as::<_, User>("SELECT id, name, email FROM users ORDER BY id LIMIT 100");
+    match with_executor!(users, |e| query.fetch_all(e).await) {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => db_error(e),
+    }
+}
+
+/// One in-memory SQLite database: a single connection that is never closed (closing it would
+/// drop the database), statements not logged by sqlx (its log would carry literal values).
+async fn embedded_db() -> Result<SqlitePool, sqlx::Error> {
+    let options = "sqlite::memory:"
+        .parse::<SqliteConnectOptions>()?
+        .disable_statement_logging();
+    SqlitePoolOptions::new()
+        .max_connections(1)
+        .min_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect_with(options)
+        .await
 }
 
 #[derive(Deserialize)]
@@ -273,12 +382,18 @@ fn app(
     prometheus: Option<&Prometheus>,
     health: Option<&Health>,
     downstream_state: Downstream,
+    users: Users,
 ) -> Router {
+    let users = Router::new()
+        .route("/users", get(list_users).post(create_user))
+        .route("/users/{id}", get(get_user))
+        .with_state(users);
     let mut routes = Router::new()
         .route("/", get(|| async { "ok" }))
-        .route("/users/{id}", get(user))
+        .route("/echo/{id}", get(echo))
         .route("/simulate", get(simulate))
-        .route("/downstream", get(downstream).with_state(downstream_state));
+        .route("/downstream", get(downstream).with_state(downstream_state))
+        .merge(users);
     if let Some(h) = health {
         routes = routes.merge(h.router());
     }
@@ -345,17 +460,14 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             .wait_in_open(args.breaker_wait)
             .build()
     });
-    let health = match &breaker {
-        Some(b) => {
-            // The embedded database (SQLite in memory), checked by the readiness probe.
-            let db = sqlx::sqlite::SqlitePoolOptions::new()
-                .max_connections(4)
-                .connect("sqlite::memory:")
-                .await?;
-            Some(health(&url, b, db))
-        }
-        None => None,
+    // The embedded database (SQLite in memory), checked by the readiness probe.
+    let pool = embedded_db().await?;
+    let users = match args.stack {
+        Stack::Bare => Users::Plain(pool.clone()),
+        _ => Users::Instrumented(Db::builder(pool.clone()).pool_name("users").build()),
     };
+    with_executor!(users, |e| sqlx::query(CREATE_USERS).execute(e).await)?;
+    let health = breaker.as_ref().map(|b| health(&url, b, pool));
     let downstream_state = Downstream {
         client: client(args.stack, breaker),
         url,
@@ -365,6 +477,7 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         prometheus.as_ref(),
         health.as_ref(),
         downstream_state,
+        users,
     );
     println!(
         "{{\"message\":\"listening\",\"addr\":\"{local}\",\"stack\":\"{:?}\",\"workers\":{}}}",

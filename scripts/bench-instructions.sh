@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 requests=3000
-path=/users/42
+path=/echo/42
 stacks=()
 while [ $# -gt 0 ]; do
   case "$1" in

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 duration=10
 rounds=3
-path=/users/42
+path=/echo/42
 server_args=""
 stacks=()
 while [ $# -gt 0 ]; do

@@ -94,7 +94,7 @@ impl<DB: DbSystem> DbBuilder<DB> {
         self
     }
 
-    /// How often the pool gauges are refreshed besides at every query (default 5 s). Needs a
+    /// How often the pool gauges are refreshed besides at every query (default 1 s). Needs a
     /// Tokio runtime when [`build`](Self::build) runs; without one, gauges follow queries only.
     pub fn gauge_interval(mut self, interval: Duration) -> Self {
         self.gauge_interval = interval.max(Duration::from_millis(10));
@@ -173,7 +173,7 @@ impl<DB: DbSystem> Db<DB> {
             slow: Duration::from_secs(1),
             returned_rows: false,
             cache_capacity: 1024,
-            gauge_interval: Duration::from_secs(5),
+            gauge_interval: Duration::from_secs(1),
             recorder: None,
         }
     }

@@ -20,7 +20,7 @@ use tracing_subscriber::Layer;
 
 #[cfg(feature = "postgres")]
 use crate::support::Postgres;
-use crate::support::{promtool_check, sample};
+use crate::support::{http, http_json, promtool_check, sample, start_server};
 
 // ---- capturing towerscope's spans and events ----
 
@@ -449,4 +449,63 @@ async fn postgres_private_server() {
         .await
         .unwrap();
     pool_timeout::<sqlx::Postgres>(pool, &POSTGRES).await;
+}
+
+/// The example server's user routes on its embedded SQLite database, through the pool.
+#[test]
+fn example_server_user_routes() {
+    let (_server, addr) = start_server("full");
+    let (status, body) = http_json(
+        addr,
+        "POST",
+        "/users",
+        Some(r#"{"name":"ada","email":"ada@example.org"}"#),
+    );
+    assert_eq!(status, 201, "{body}");
+    let created: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let id = created["id"].as_i64().expect("id");
+    let (status, body) = http(addr, "GET", &format!("/users/{id}"));
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+        created
+    );
+    assert_eq!(http(addr, "GET", "/users/4242").0, 404);
+    let dup = http_json(
+        addr,
+        "POST",
+        "/users",
+        Some(r#"{"name":"eve","email":"ada@example.org"}"#),
+    );
+    assert_eq!(dup.0, 409, "{}", dup.1);
+    let (status, body) = http(addr, "GET", "/users");
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+        serde_json::json!([created])
+    );
+
+    let (_, text) = http(addr, "GET", "/metrics");
+    let series = |op: &str, err: Option<&str>| {
+        let mut labels = vec![
+            ("db_system_name", "sqlite"),
+            ("db_operation_name", op),
+            ("db_collection_name", "users"),
+        ];
+        if let Some(e) = err {
+            labels.push(("error_type", e));
+        }
+        sample(&text, "db_client_operation_duration_seconds_count", &labels)
+    };
+    assert_eq!(series("INSERT", None), Some(1.0), "{text}");
+    assert_eq!(series("INSERT", Some("2067")), Some(1.0), "{text}");
+    assert_eq!(series("SELECT", None), Some(3.0), "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            "db_client_connections_max",
+            &[("pool_name", "users")]
+        ),
+        Some(1.0)
+    );
 }

@@ -5,15 +5,21 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::support::{
-    eventually, free_port, http, promtool_check, require_tool, start_server, Proc,
+    eventually, free_port, http, http_json, promtool_check, require_tool, start_server, Proc,
 };
 
 /// Sends a mix of traffic: routes, 404s, 500s, odd methods.
 fn traffic(addr: std::net::SocketAddr) {
     for i in 0..20 {
         assert_eq!(http(addr, "GET", "/").0, 200);
-        assert_eq!(http(addr, "GET", &format!("/users/{i}")).0, 200);
+        assert_eq!(http(addr, "GET", &format!("/echo/{i}")).0, 200);
     }
+    // The database routes, so the pool's series are in the exposition too.
+    let user = r#"{"name":"ada","email":"ada@example.org"}"#;
+    assert_eq!(http_json(addr, "POST", "/users", Some(user)).0, 201);
+    assert_eq!(http_json(addr, "POST", "/users", Some(user)).0, 409);
+    assert_eq!(http(addr, "GET", "/users/1").0, 200);
+    assert_eq!(http(addr, "GET", "/users/999").0, 404);
     assert_eq!(http(addr, "GET", "/simulate?fail=1").0, 500);
     assert_eq!(http(addr, "GET", "/simulate?ms=5").0, 200);
     assert_eq!(http(addr, "GET", "/does/not/exist").0, 404);
@@ -33,6 +39,10 @@ fn promtool_accepts_every_stack() {
             text.contains("http_server_request_duration_seconds_bucket"),
             "{text}"
         );
+        assert!(
+            text.contains("db_client_operation_duration_seconds_bucket"),
+            "{text}"
+        );
         promtool_check(&text, &format!("stack {stack}"));
     }
 }
@@ -44,7 +54,7 @@ fn real_prometheus_scrapes_the_counts() {
     let (_server, addr) = start_server("red");
     let users = 37;
     for i in 0..users {
-        assert_eq!(http(addr, "GET", &format!("/users/{i}")).0, 200);
+        assert_eq!(http(addr, "GET", &format!("/echo/{i}")).0, 200);
     }
     let failures = 5;
     for _ in 0..failures {
@@ -93,7 +103,7 @@ fn real_prometheus_scrapes_the_counts() {
     };
     let got = eventually(Duration::from_secs(60), || {
         query(
-            "sum(http_server_request_duration_seconds_count{http_route=\"/users/{id}\",\
+            "sum(http_server_request_duration_seconds_count{http_route=\"/echo/{id}\",\
              http_response_status_code=\"200\"})",
         )
         .filter(|v| *v == f64::from(users))

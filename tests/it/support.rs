@@ -234,11 +234,23 @@ pub fn start_server_with(stack: &str, extra: &[&str]) -> (Proc, SocketAddr) {
 
 /// A minimal HTTP/1.1 request over a fresh connection: (status, body).
 pub fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    http_json(addr, method, path, None)
+}
+
+/// The same, with an optional JSON body.
+pub fn http_json(addr: SocketAddr, method: &str, path: &str, json: Option<&str>) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let body = match json {
+        Some(j) => format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{j}",
+            j.len()
+        ),
+        None => "\r\n".to_owned(),
+    };
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{body}"
     )
     .unwrap();
     let mut raw = Vec::new();
