@@ -12,6 +12,7 @@
 //! - [`breaker`]: a circuit breaker layer with full telemetry and manual control.
 //! - `health` (feature `health`): checks, `/livez` `/readyz` `/startupz` `/health`, heartbeats,
 //!   graceful shutdown.
+//! - [`ops`]: any other call (caches, queues, business events) in the same shape.
 //! - [`db`]: database instrumentation: an instrumented sqlx pool (feature `sqlx`) and the SQL
 //!   analyser.
 //!
@@ -41,6 +42,7 @@ pub mod lifecycle;
 #[cfg(feature = "log")]
 pub mod log;
 pub mod metrics;
+pub mod ops;
 #[cfg(any(feature = "log", feature = "health"))]
 mod time;
 

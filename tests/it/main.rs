@@ -6,5 +6,6 @@ mod breaker;
 mod db;
 mod health;
 mod lifecycle;
+mod ops;
 mod prometheus;
 mod red;
