@@ -165,6 +165,9 @@ mod props {
     }
 
     proptest! {
+        // Failing cases are kept in `proptest-regressions/` (commit them) and replayed first.
+        #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
         #[test]
         fn never_panics_and_stays_bounded(sql in sqlish()) {
             let a = analyze(&sql);
@@ -219,4 +222,24 @@ fn adversarial_operation_floods_stay_linear() {
             sql.len()
         );
     }
+}
+
+/// The kept corpus (`tests/corpus/sql/`): inputs that stressed the lexer (unterminated
+/// strings, comments and dollar quotes, deep nesting, odd bytes). Each must analyse within the
+/// bounds, twice to the same result. Add a file whenever fuzzing or a report finds a new shape.
+#[test]
+fn the_kept_corpus_stays_bounded_and_deterministic() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/corpus/sql");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).expect("the corpus directory") {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        let sql = String::from_utf8_lossy(&bytes);
+        let a = analyze(&sql);
+        assert!(a.summary.len() <= MAX_SUMMARY, "{}", path.display());
+        assert!(a.sanitized.len() <= MAX_SANITIZED + 4, "{}", path.display());
+        assert_eq!(a, analyze(&sql), "{}", path.display());
+        n += 1;
+    }
+    assert!(n >= 15, "the corpus lost files: {n}");
 }

@@ -1,0 +1,1 @@
+SELECT $fn$ body $other$ more $fn FROM t

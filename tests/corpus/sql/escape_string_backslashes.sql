@@ -1,0 +1,1 @@
+SELECT E'\\\'' , E'\' FROM t WHERE a = E'it\'s'

@@ -1,0 +1,1 @@
+SELECT "naïve", 'ünïcödé', ™ FROM 表 WHERE ключ = 'значение' -- коммент

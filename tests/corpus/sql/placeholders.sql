@@ -1,0 +1,1 @@
+SELECT * FROM t WHERE a = $1 AND b = ? AND c = :name AND d = @p1 AND e = $999999999999999999999

@@ -1,0 +1,1 @@
+SELECT "a""b", `c``d`, [e]]f] FROM "s"."t" JOIN `u` ON [x].[y] = 1

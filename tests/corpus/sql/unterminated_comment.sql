@@ -1,0 +1,1 @@
+SELECT /* never closed /* nested */ FROM t
