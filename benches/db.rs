@@ -151,7 +151,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| db.__instrument_one_row("SELECT 1"))
     });
     g.bench_function("select_1k_text", |b| {
-        b.iter(|| db.__instrument_one_row(&query_1k_static()))
+        b.iter(|| db.__instrument_one_row(query_1k_static()))
     });
     {
         let _guard = tracing::subscriber::set_default(tracing_subscriber::registry());
