@@ -12,6 +12,8 @@
 //! - [`breaker`]: a circuit breaker layer with full telemetry and manual control.
 //! - `health` (feature `health`): checks, `/livez` `/readyz` `/startupz` `/health`, heartbeats,
 //!   graceful shutdown.
+//! - [`trace`]: trace propagation formats (W3C Trace Context, Baggage, B3); spans and export
+//!   are to come.
 //! - [`ops`]: any other call (caches, queues, business events) in the same shape.
 //! - [`db`]: database instrumentation: an instrumented sqlx pool (feature `sqlx`) and the SQL
 //!   analyser.
@@ -45,6 +47,7 @@ pub mod metrics;
 pub mod ops;
 #[cfg(any(feature = "log", feature = "health"))]
 mod time;
+pub mod trace;
 
 /// The boxed error type of Tower middleware.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,0 +1,253 @@
+//! Extraction and injection of trace context: W3C Trace Context and Baggage, B3 (single and
+//! multi header) for Zipkin-era peers, chosen like `OTEL_PROPAGATORS`.
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+use super::baggage::Baggage;
+use super::traceparent::{SpanId, TraceFlags, TraceId, TraceParent};
+use super::tracestate::TraceState;
+
+/// `traceparent`
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// `tracestate`
+pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+/// `baggage`
+pub static BAGGAGE: HeaderName = HeaderName::from_static("baggage");
+/// `b3` (single header)
+pub static B3: HeaderName = HeaderName::from_static("b3");
+const B3_TRACE_ID: HeaderName = HeaderName::from_static("x-b3-traceid");
+const B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
+const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+const B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
+
+/// One propagation format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// W3C Trace Context (`traceparent`, `tracestate`).
+    TraceContext,
+    /// W3C Baggage.
+    Baggage,
+    /// B3 single header (`b3`).
+    B3,
+    /// B3 multi header (`X-B3-TraceId`, …).
+    B3Multi,
+}
+
+/// The formats a service reads and writes, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Propagators(Vec<Format>);
+
+impl Default for Propagators {
+    /// `tracecontext,baggage`, the OpenTelemetry default.
+    fn default() -> Self {
+        Self(vec![Format::TraceContext, Format::Baggage])
+    }
+}
+
+impl Propagators {
+    /// These formats, in order (the first that yields a valid parent wins on extraction).
+    pub fn new(formats: impl IntoIterator<Item = Format>) -> Self {
+        Self(formats.into_iter().collect())
+    }
+
+    /// Parses an `OTEL_PROPAGATORS` value (`tracecontext`, `baggage`, `b3`, `b3multi`, `none`,
+    /// comma-separated). Unknown names are skipped and returned, so the caller can warn.
+    pub fn parse(value: &str) -> (Self, Vec<String>) {
+        let mut formats = Vec::new();
+        let mut unknown = Vec::new();
+        for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let f = match name {
+                "tracecontext" => Format::TraceContext,
+                "baggage" => Format::Baggage,
+                "b3" => Format::B3,
+                "b3multi" => Format::B3Multi,
+                "none" => continue,
+                other => {
+                    unknown.push(other.to_owned());
+                    continue;
+                }
+            };
+            if !formats.contains(&f) {
+                formats.push(f);
+            }
+        }
+        (Self(formats), unknown)
+    }
+
+    /// From the `OTEL_PROPAGATORS` environment variable, the default when unset or empty.
+    pub fn from_env() -> (Self, Vec<String>) {
+        match std::env::var("OTEL_PROPAGATORS") {
+            Ok(v) if !v.trim().is_empty() => Self::parse(&v),
+            _ => (Self::default(), Vec::new()),
+        }
+    }
+
+    /// The formats.
+    pub fn formats(&self) -> &[Format] {
+        &self.0
+    }
+
+    /// Reads the caller's context. Invalid input yields no parent (the trace restarts); it is
+    /// never an error.
+    pub fn extract(&self, headers: &HeaderMap) -> Extracted {
+        let mut out = Extracted::default();
+        for f in &self.0 {
+            match f {
+                Format::Baggage => {
+                    out.baggage = Baggage::parse(
+                        headers
+                            .get_all(&BAGGAGE)
+                            .iter()
+                            .filter_map(|v| v.to_str().ok()),
+                    )
+                }
+                _ if out.parent.is_some() => {}
+                Format::TraceContext => {
+                    if let Some(parent) = traceparent(headers) {
+                        out.parent = Some(parent);
+                        // Ignored unless the traceparent was valid; dropped whole if invalid.
+                        let values: Option<Vec<&str>> = headers
+                            .get_all(&TRACESTATE)
+                            .iter()
+                            .map(|v| v.to_str().ok())
+                            .collect();
+                        out.state = values.and_then(TraceState::parse).unwrap_or_default();
+                    }
+                }
+                Format::B3 => out.parent = b3_single(headers),
+                Format::B3Multi => out.parent = b3_multi(headers),
+            }
+        }
+        out
+    }
+
+    /// Writes the current context for a downstream call in every configured format.
+    pub fn inject(
+        &self,
+        trace_id: TraceId,
+        span_id: SpanId,
+        flags: TraceFlags,
+        state: &TraceState,
+        baggage: &Baggage,
+        headers: &mut HeaderMap,
+    ) {
+        for f in &self.0 {
+            match f {
+                Format::TraceContext => {
+                    set(
+                        headers,
+                        &TRACEPARENT,
+                        TraceParent::header(trace_id, span_id, flags),
+                    );
+                    match state.header() {
+                        Some(s) => set(headers, &TRACESTATE, s),
+                        None => {
+                            headers.remove(&TRACESTATE);
+                        }
+                    }
+                }
+                Format::Baggage => {
+                    if let Some(b) = baggage.header() {
+                        set(headers, &BAGGAGE, b);
+                    }
+                }
+                Format::B3 => set(
+                    headers,
+                    &B3,
+                    format!("{trace_id}-{span_id}-{}", u8::from(flags.sampled())),
+                ),
+                Format::B3Multi => {
+                    set(headers, &B3_TRACE_ID, trace_id.to_string());
+                    set(headers, &B3_SPAN_ID, span_id.to_string());
+                    set(headers, &B3_SAMPLED, u8::from(flags.sampled()).to_string());
+                }
+            }
+        }
+    }
+}
+
+fn set(headers: &mut HeaderMap, name: &HeaderName, value: String) {
+    if let Ok(v) = HeaderValue::try_from(value) {
+        headers.insert(name.clone(), v);
+    }
+}
+
+/// What a request carried.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Extracted {
+    /// The caller's span, when a valid one was received.
+    pub parent: Option<TraceParent>,
+    /// The caller's `tracestate` (empty when absent, invalid, or without a valid parent).
+    pub state: TraceState,
+    /// The caller's baggage.
+    pub baggage: Baggage,
+}
+
+/// Exactly one valid `traceparent` header.
+fn traceparent(headers: &HeaderMap) -> Option<TraceParent> {
+    let mut all = headers.get_all(&TRACEPARENT).iter();
+    let first = all.next()?;
+    if all.next().is_some() {
+        return None;
+    }
+    TraceParent::parse(first.to_str().ok()?)
+}
+
+/// A B3 trace id: 16 or 32 lowercase hex digits (64-bit ids are left-padded).
+fn b3_trace_id(s: &str) -> Option<TraceId> {
+    match s.len() {
+        32 => TraceId::from_hex(s),
+        16 => TraceId::from_hex(&format!("{:0>32}", s)),
+        _ => None,
+    }
+}
+
+fn b3_sampled(s: &str) -> Option<bool> {
+    match s {
+        "1" | "d" | "true" => Some(true),
+        "0" | "false" => Some(false),
+        _ => None,
+    }
+}
+
+/// `b3: {trace}-{span}[-{sampled}[-{parent}]]`; a lone sampling state carries no parent.
+fn b3_single(headers: &HeaderMap) -> Option<TraceParent> {
+    let v = headers.get(&B3)?.to_str().ok()?.trim();
+    let mut parts = v.split('-');
+    let trace_id = b3_trace_id(parts.next()?)?;
+    let parent_id = SpanId::from_hex(parts.next()?)?;
+    let sampled = match parts.next() {
+        Some(s) => b3_sampled(s)?,
+        None => true,
+    };
+    if let Some(p) = parts.next() {
+        SpanId::from_hex(p)?;
+    }
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(TraceParent {
+        version: 0,
+        trace_id,
+        parent_id,
+        flags: TraceFlags(u8::from(sampled)),
+    })
+}
+
+/// `X-B3-TraceId`, `X-B3-SpanId`, `X-B3-Sampled`, `X-B3-Flags` (`1`: debug, sampled).
+fn b3_multi(headers: &HeaderMap) -> Option<TraceParent> {
+    let get = |n: &HeaderName| headers.get(n).and_then(|v| v.to_str().ok()).map(str::trim);
+    let trace_id = b3_trace_id(get(&B3_TRACE_ID)?)?;
+    let parent_id = SpanId::from_hex(get(&B3_SPAN_ID)?)?;
+    let debug = get(&B3_FLAGS) == Some("1");
+    let sampled = match get(&B3_SAMPLED) {
+        Some(s) => b3_sampled(s)?,
+        None => true,
+    };
+    Some(TraceParent {
+        version: 0,
+        trace_id,
+        parent_id,
+        flags: TraceFlags(u8::from(sampled || debug)),
+    })
+}

@@ -1,0 +1,338 @@
+//! Table-driven propagation tests: every rule of the W3C processing model, tracestate and
+//! baggage limits and grammar, B3, and `OTEL_PROPAGATORS`.
+
+use http::HeaderMap;
+
+use super::*;
+
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const SPAN: &str = "00f067aa0ba902b7";
+
+fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            http::HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    h
+}
+
+#[test]
+fn traceparent_processing_model() {
+    let valid = format!("00-{TRACE}-{SPAN}-01");
+    // (value, Some((version, flags)) when valid, why)
+    type Case = (String, Option<(u8, u8)>, &'static str);
+    let cases: Vec<Case> = vec![
+        (valid.clone(), Some((0, 1)), "valid, sampled"),
+        (
+            format!("00-{TRACE}-{SPAN}-00"),
+            Some((0, 0)),
+            "valid, not sampled",
+        ),
+        (
+            format!("00-{TRACE}-{SPAN}-09"),
+            Some((0, 9)),
+            "unknown flags kept on receipt",
+        ),
+        (
+            format!("  {valid}\t"),
+            Some((0, 1)),
+            "optional whitespace around the value",
+        ),
+        (
+            format!("cc-{TRACE}-{SPAN}-01-what-the-future-will-be-like"),
+            Some((0xcc, 1)),
+            "higher version with extra fields",
+        ),
+        (
+            format!("cc-{TRACE}-{SPAN}-01"),
+            Some((0xcc, 1)),
+            "higher version, exactly 55",
+        ),
+        (
+            format!("cc-{TRACE}-{SPAN}-01.what"),
+            None,
+            "higher version: extra fields need a dash",
+        ),
+        (
+            format!("00-{TRACE}-{SPAN}-01-extra"),
+            None,
+            "version 00 must be exactly 55 characters",
+        ),
+        (
+            format!("ff-{TRACE}-{SPAN}-01"),
+            None,
+            "version ff is invalid",
+        ),
+        (format!("0-{TRACE}-{SPAN}-01"), None, "version too short"),
+        (format!("000-{TRACE}-{SPAN}-01"), None, "version too long"),
+        (
+            format!("00-{}-{SPAN}-01", &TRACE[1..]),
+            None,
+            "trace id too short",
+        ),
+        (format!("00-{TRACE}0-{SPAN}-01"), None, "trace id too long"),
+        (
+            format!("00-{TRACE}-{}-01", &SPAN[1..]),
+            None,
+            "parent id too short",
+        ),
+        (format!("00-{TRACE}-{SPAN}0-01"), None, "parent id too long"),
+        (format!("00-{TRACE}-{SPAN}-1"), None, "flags too short"),
+        (format!("00-{TRACE}-{SPAN}-011"), None, "flags too long"),
+        (
+            format!("00-{}-{SPAN}-01", TRACE.to_uppercase()),
+            None,
+            "uppercase trace id",
+        ),
+        (
+            format!("00-{TRACE}-{}-01", SPAN.to_uppercase()),
+            None,
+            "uppercase parent id",
+        ),
+        (format!("00-{TRACE}-{SPAN}-0A"), None, "uppercase flags"),
+        (format!("0A-{TRACE}-{SPAN}-01"), None, "uppercase version"),
+        (
+            format!("00-{}-{SPAN}-01", "0".repeat(32)),
+            None,
+            "all-zero trace id",
+        ),
+        (
+            format!("00-{TRACE}-{}-01", "0".repeat(16)),
+            None,
+            "all-zero parent id",
+        ),
+        (
+            format!("00-{}g-{SPAN}-01", &TRACE[1..]),
+            None,
+            "illegal character in trace id",
+        ),
+        (
+            format!("00-{TRACE}-{}x-01", &SPAN[1..]),
+            None,
+            "illegal character in parent id",
+        ),
+        (format!("00_{TRACE}-{SPAN}-01"), None, "wrong delimiter"),
+        (format!("00-{TRACE}-{SPAN} -01"), None, "whitespace inside"),
+        (String::new(), None, "empty"),
+    ];
+    for (value, want, why) in cases {
+        let got = TraceParent::parse(&value);
+        assert_eq!(
+            got.map(|p| (p.version, p.flags.0)),
+            want,
+            "{why}: {value:?}"
+        );
+        if let Some(p) = got {
+            assert_eq!(p.trace_id.to_string(), TRACE, "{why}");
+            assert_eq!(p.parent_id.to_string(), SPAN, "{why}");
+        }
+    }
+}
+
+#[test]
+fn we_send_version_00_with_defined_flags_only() {
+    let p = TraceParent::parse(&format!("cc-{TRACE}-{SPAN}-ff-extra")).unwrap();
+    let out = TraceParent::header(p.trace_id, p.parent_id, p.flags);
+    assert_eq!(out, format!("00-{TRACE}-{SPAN}-03"));
+    assert_eq!(TraceParent::parse(&out).unwrap().version, 0);
+}
+
+#[test]
+fn header_level_rules() {
+    let p = Propagators::default();
+    let valid = format!("00-{TRACE}-{SPAN}-01");
+    // Two traceparent headers: invalid, the trace restarts, tracestate ignored.
+    let got = p.extract(&headers(&[
+        ("traceparent", &valid),
+        ("traceparent", &valid),
+        ("tracestate", "a=1"),
+    ]));
+    assert_eq!(got.parent, None);
+    assert!(got.state.is_empty());
+    // tracestate without a valid traceparent is ignored.
+    let got = p.extract(&headers(&[
+        ("traceparent", &format!("00-{TRACE}-{SPAN}-0")),
+        ("tracestate", "a=1"),
+    ]));
+    assert_eq!(got.parent, None);
+    assert!(got.state.is_empty());
+    // Several tracestate headers are combined in order.
+    let got = p.extract(&headers(&[
+        ("traceparent", &valid),
+        ("tracestate", "a=1,b=2"),
+        ("tracestate", "c=3"),
+    ]));
+    assert!(got.parent.is_some());
+    assert_eq!(got.state.header().as_deref(), Some("a=1,b=2,c=3"));
+    // An invalid tracestate is dropped whole; the parent stays.
+    let got = p.extract(&headers(&[
+        ("traceparent", &valid),
+        ("tracestate", "a=1,B=2"),
+    ]));
+    assert!(got.parent.is_some());
+    assert!(got.state.is_empty());
+}
+
+#[test]
+fn tracestate_grammar_and_limits() {
+    let member = |i: usize| format!("k{i}=v{i}");
+    let n = |n: usize| (0..n).map(member).collect::<Vec<_>>().join(",");
+    let long_key = format!("a{}", "b".repeat(255));
+    let too_long_key = format!("a{}", "b".repeat(256));
+    let cases: Vec<(String, bool, &str)> = vec![
+        ("congo=t61rcWkgMzE".into(), true, "simple"),
+        (
+            "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE".into(),
+            true,
+            "two",
+        ),
+        ("a=1, ,b=2,".into(), true, "empty members and OWS allowed"),
+        ("".into(), true, "empty header"),
+        (n(32), true, "32 members"),
+        (n(33), false, "33 members"),
+        ("a=1,a=2".into(), false, "duplicate key"),
+        ("A=1".into(), false, "uppercase key"),
+        ("1a=1".into(), false, "simple key must start with a letter"),
+        ("1a@sys=1".into(), true, "tenant may start with a digit"),
+        (
+            "t@1sys=1".into(),
+            false,
+            "system id must start with a letter",
+        ),
+        ("t@systemtoolong1=1".into(), true, "system id of 14"),
+        ("t@systemtoolong12=1".into(), false, "system id of 15"),
+        ("t@s*-/_=1".into(), true, "system id characters"),
+        (format!("{long_key}=1"), true, "key of 256"),
+        (format!("{too_long_key}=1"), false, "key of 257"),
+        ("a=".into(), false, "empty value"),
+        ("a=x y".into(), true, "space inside value"),
+        (
+            "a=x ".into(),
+            true,
+            "trailing OWS is trimmed as list whitespace",
+        ),
+        ("a=b=c".into(), false, "= in value"),
+        (format!("a={}", "x".repeat(256)), true, "value of 256"),
+        (format!("a={}", "x".repeat(257)), false, "value of 257"),
+        ("a=\u{7f}".into(), false, "control character"),
+        ("novalue".into(), false, "no ="),
+    ];
+    for (value, ok, why) in cases {
+        let got = TraceState::parse([value.as_str()]);
+        assert_eq!(got.is_some(), ok, "{why}: {value:?}");
+    }
+}
+
+#[test]
+fn baggage_grammar_and_limits() {
+    let b = Baggage::parse(["userId=alice,serverNode=DF%2028,isProduction=false"]);
+    assert_eq!(b.get("userId"), Some("alice"));
+    assert_eq!(b.get("serverNode"), Some("DF 28"), "percent-decoded");
+    assert_eq!(b.members().len(), 3);
+    let b = Baggage::parse(["key1 = value1 ; prop1 ; propKey=propVal, key2=v2"]);
+    assert_eq!(b.get("key1"), Some("value1"));
+    assert_eq!(b.members()[0].properties, "prop1 ; propKey=propVal");
+    // Malformed members are dropped, the rest kept.
+    let b = Baggage::parse(["good=1,bad key=2,also\"bad=3,=4,fine=5,broken=%zz"]);
+    let keys: Vec<&str> = b.members().iter().map(|m| m.key.as_str()).collect();
+    assert_eq!(keys, ["good", "fine"]);
+    // Several headers combine.
+    let b = Baggage::parse(["a=1", "b=2"]);
+    assert_eq!(b.header().as_deref(), Some("a=1,b=2"));
+    // 64 members kept, the 65th dropped whole.
+    let many = (0..70)
+        .map(|i| format!("k{i}=v"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let b = Baggage::parse([many.as_str()]);
+    assert_eq!(b.members().len(), 64);
+    assert_eq!(b.members()[63].key, "k63");
+    // 8192 bytes: a member that would cross the limit is dropped whole, never cut.
+    let big = format!("a={},b={},c=small", "x".repeat(5000), "y".repeat(5000));
+    let b = Baggage::parse([big.as_str()]);
+    let keys: Vec<&str> = b.members().iter().map(|m| m.key.as_str()).collect();
+    assert_eq!(keys, ["a", "c"]);
+    assert!(b.header().unwrap().len() <= baggage::MAX_BYTES);
+    assert!(b.get("b").is_none());
+}
+
+#[test]
+fn b3_single_and_multi() {
+    let p = Propagators::new([Format::B3, Format::B3Multi]);
+    let got = p.extract(&headers(&[(
+        "b3",
+        &format!("{TRACE}-{SPAN}-1-05e3ac9a4f6e3b90"),
+    )]));
+    let parent = got.parent.unwrap();
+    assert_eq!(parent.trace_id.to_string(), TRACE);
+    assert!(parent.flags.sampled());
+    let got = p.extract(&headers(&[("b3", &format!("a3ce929d0e0e4736-{SPAN}-0"))]));
+    let parent = got.parent.unwrap();
+    assert_eq!(
+        parent.trace_id.to_string(),
+        "0000000000000000a3ce929d0e0e4736",
+        "64-bit ids are left-padded"
+    );
+    assert!(!parent.flags.sampled());
+    assert_eq!(
+        p.extract(&headers(&[("b3", "0")])).parent,
+        None,
+        "sampling only"
+    );
+    assert_eq!(
+        p.extract(&headers(&[("b3", &format!("{TRACE}-{SPAN}-x"))]))
+            .parent,
+        None,
+        "bad sampling state"
+    );
+    let got = p.extract(&headers(&[
+        ("x-b3-traceid", TRACE),
+        ("x-b3-spanid", SPAN),
+        ("x-b3-sampled", "0"),
+        ("x-b3-flags", "1"),
+    ]));
+    assert!(got.parent.unwrap().flags.sampled(), "debug implies sampled");
+    // Injection writes every configured format.
+    let mut out = HeaderMap::new();
+    let all = Propagators::new([
+        Format::TraceContext,
+        Format::Baggage,
+        Format::B3,
+        Format::B3Multi,
+    ]);
+    let id = TraceId::from_hex(TRACE).unwrap();
+    let span = SpanId::from_hex(SPAN).unwrap();
+    let state = TraceState::parse(["a=1"]).unwrap();
+    let bag = Baggage::parse(["k=v"]);
+    all.inject(id, span, TraceFlags(1), &state, &bag, &mut out);
+    assert_eq!(out["traceparent"], format!("00-{TRACE}-{SPAN}-01").as_str());
+    assert_eq!(out["tracestate"], "a=1");
+    assert_eq!(out["baggage"], "k=v");
+    assert_eq!(out["b3"], format!("{TRACE}-{SPAN}-1").as_str());
+    assert_eq!(out["x-b3-sampled"], "1");
+    // And what was injected extracts to the same ids.
+    let back = Propagators::default().extract(&out);
+    assert_eq!(back.parent.unwrap().parent_id, span);
+    assert_eq!(back.baggage.get("k"), Some("v"));
+}
+
+#[test]
+fn otel_propagators_values() {
+    let (p, unknown) = Propagators::parse("tracecontext, baggage,b3multi,xray,none");
+    assert_eq!(
+        p.formats(),
+        [Format::TraceContext, Format::Baggage, Format::B3Multi]
+    );
+    assert_eq!(unknown, ["xray"]);
+    let (p, _) = Propagators::parse("none");
+    assert!(p.formats().is_empty());
+    let valid = format!("00-{TRACE}-{SPAN}-01");
+    assert_eq!(p.extract(&headers(&[("traceparent", &valid)])).parent, None);
+    assert_eq!(
+        Propagators::default().formats(),
+        [Format::TraceContext, Format::Baggage]
+    );
+}

@@ -1,0 +1,161 @@
+//! W3C Trace Context `traceparent`: ids, flags, and the Recommendation's processing model.
+
+use std::fmt;
+
+/// A 16-byte trace id; never all zeros when parsed.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct TraceId(pub [u8; 16]);
+
+/// An 8-byte span (parent) id; never all zeros when parsed.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct SpanId(pub [u8; 8]);
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
+    let mut buf = [0u8; 32];
+    for (i, b) in bytes.iter().enumerate() {
+        buf[2 * i] = HEX[usize::from(b >> 4)];
+        buf[2 * i + 1] = HEX[usize::from(b & 0xf)];
+    }
+    // Lowercase hex digits are ASCII.
+    f.write_str(std::str::from_utf8(&buf[..2 * bytes.len()]).map_err(|_| fmt::Error)?)
+}
+
+impl fmt::Display for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_hex(f, &self.0)
+    }
+}
+impl fmt::Debug for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TraceId({self})")
+    }
+}
+impl fmt::Display for SpanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_hex(f, &self.0)
+    }
+}
+impl fmt::Debug for SpanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SpanId({self})")
+    }
+}
+
+impl TraceId {
+    /// Parses 32 lowercase hex digits; all zeros is invalid.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        let mut out = [0u8; 16];
+        lower_hex(s.as_bytes(), &mut out)?;
+        (out != [0; 16]).then_some(Self(out))
+    }
+}
+
+impl SpanId {
+    /// Parses 16 lowercase hex digits; all zeros is invalid.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        let mut out = [0u8; 8];
+        lower_hex(s.as_bytes(), &mut out)?;
+        (out != [0; 8]).then_some(Self(out))
+    }
+}
+
+fn nibble(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+/// Decodes exactly `2 * out.len()` lowercase hex digits.
+fn lower_hex(s: &[u8], out: &mut [u8]) -> Option<()> {
+    if s.len() != 2 * out.len() {
+        return None;
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = (nibble(s[2 * i])? << 4) | nibble(s[2 * i + 1])?;
+    }
+    Some(())
+}
+
+/// Trace flags: bit 0 is `sampled`, bit 1 `random` (Level 2); other bits are kept as received
+/// but never sent.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Debug)]
+pub struct TraceFlags(pub u8);
+
+impl TraceFlags {
+    /// The `sampled` flag.
+    pub const SAMPLED: u8 = 0x01;
+    /// The `random` flag (Trace Context Level 2): the trace id's right 7 bytes are random.
+    pub const RANDOM: u8 = 0x02;
+
+    /// Whether the caller may have recorded the trace.
+    pub fn sampled(self) -> bool {
+        self.0 & Self::SAMPLED != 0
+    }
+}
+
+/// A parsed `traceparent`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct TraceParent {
+    /// The version received (`00`, or a higher one parsed for forward compatibility).
+    pub version: u8,
+    /// The trace id.
+    pub trace_id: TraceId,
+    /// The caller's span id: the parent of the server span.
+    pub parent_id: SpanId,
+    /// The flags received.
+    pub flags: TraceFlags,
+}
+
+/// Length of a version-00 `traceparent`.
+pub const TRACEPARENT_LEN: usize = 55;
+
+impl TraceParent {
+    /// Parses a `traceparent` value by the W3C processing model: optional whitespace (space,
+    /// tab) around it; lowercase hex only; version `ff` invalid; all-zero ids invalid; version
+    /// `00` exactly 55 characters; a higher version at least 55, with `-` after the flags when
+    /// longer (its extra fields ignored).
+    pub fn parse(value: &str) -> Option<Self> {
+        let v = value.trim_matches(|c| c == ' ' || c == '\t').as_bytes();
+        if v.len() < TRACEPARENT_LEN {
+            return None;
+        }
+        let mut version = [0u8; 1];
+        lower_hex(&v[0..2], &mut version)?;
+        let version = version[0];
+        if version == 0xff {
+            return None;
+        }
+        if version == 0 && v.len() != TRACEPARENT_LEN {
+            return None;
+        }
+        if v.len() > TRACEPARENT_LEN && v[TRACEPARENT_LEN] != b'-' {
+            return None;
+        }
+        if v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
+            return None;
+        }
+        let trace_id = TraceId::from_hex(std::str::from_utf8(&v[3..35]).ok()?)?;
+        let parent_id = SpanId::from_hex(std::str::from_utf8(&v[36..52]).ok()?)?;
+        let mut flags = [0u8; 1];
+        lower_hex(&v[53..55], &mut flags)?;
+        Some(Self {
+            version,
+            trace_id,
+            parent_id,
+            flags: TraceFlags(flags[0]),
+        })
+    }
+
+    /// The version-00 form for sending on: `00-{trace}-{span}-{flags}`, with only the defined
+    /// flags (`sampled`, `random`).
+    pub fn header(trace_id: TraceId, span_id: SpanId, flags: TraceFlags) -> String {
+        format!(
+            "00-{trace_id}-{span_id}-{:02x}",
+            flags.0 & (TraceFlags::SAMPLED | TraceFlags::RANDOM)
+        )
+    }
+}
