@@ -248,61 +248,6 @@ impl<DB: Database> Db<DB> {
     }
 }
 
-impl<'p, DB> Executor<'p> for &'_ Db<DB>
-where
-    DB: DbSystem,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-{
-    type Database = DB;
-
-    fn fetch_many<'e, 'q: 'e, E>(
-        self,
-        query: E,
-    ) -> BoxStream<'e, Result<Either<DB::QueryResult, DB::Row>, Error>>
-    where
-        'p: 'e,
-        E: 'q + Execute<'q, DB>,
-    {
-        refresh(&self.shared, &self.pool);
-        let pending = self.shared.start(query.sql());
-        Box::pin(RecordedStream::new(self.pool.fetch_many(query), pending))
-    }
-
-    fn fetch_optional<'e, 'q: 'e, E>(
-        self,
-        query: E,
-    ) -> BoxFuture<'e, Result<Option<DB::Row>, Error>>
-    where
-        'p: 'e,
-        E: 'q + Execute<'q, DB>,
-    {
-        refresh(&self.shared, &self.pool);
-        let pending = self.shared.start(query.sql());
-        Box::pin(RecordedFuture::new(
-            self.pool.fetch_optional(query),
-            pending,
-        ))
-    }
-
-    fn prepare_with<'e, 'q: 'e>(
-        self,
-        sql: &'q str,
-        parameters: &'e [DB::TypeInfo],
-    ) -> BoxFuture<'e, Result<DB::Statement<'q>, Error>>
-    where
-        'p: 'e,
-    {
-        self.pool.prepare_with(sql, parameters)
-    }
-
-    fn describe<'e, 'q: 'e>(self, sql: &'q str) -> BoxFuture<'e, Result<Describe<DB>, Error>>
-    where
-        'p: 'e,
-    {
-        self.pool.describe(sql)
-    }
-}
-
 /// A transaction begun from a [`Db`]; its queries, `COMMIT` and `ROLLBACK` are recorded.
 /// Dropped without either, sqlx rolls it back.
 pub struct DbTransaction<DB: Database> {
@@ -359,10 +304,11 @@ impl<DB: Database> DbConnection<DB> {
     }
 }
 
-/// `Executor` for `&mut` of a wrapper that derefs to the driver's connection.
-macro_rules! connection_executor {
-    ($ty:ident, $field:ident) => {
-        impl<'t, DB> Executor<'t> for &'t mut $ty<DB>
+/// sqlx's `Executor` for an instrumented type: each query is recorded around the executor
+/// `$inner` gives (the pool, or the driver's connection), after `$before`.
+macro_rules! instrumented_executor {
+    ($lt:lifetime, $ty:ty, |$this:ident| $inner:expr $(, before: $before:expr)?) => {
+        impl<$lt, DB> Executor<$lt> for $ty
         where
             DB: DbSystem,
             for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
@@ -374,14 +320,13 @@ macro_rules! connection_executor {
                 query: E,
             ) -> BoxStream<'e, Result<Either<DB::QueryResult, DB::Row>, Error>>
             where
-                't: 'e,
+                $lt: 'e,
                 E: 'q + Execute<'q, DB>,
             {
-                let pending = self.shared.start(query.sql());
-                Box::pin(RecordedStream::new(
-                    (&mut *self.$field).fetch_many(query),
-                    pending,
-                ))
+                let $this = self;
+                $($before;)?
+                let pending = $this.shared.start(query.sql());
+                Box::pin(RecordedStream::new($inner.fetch_many(query), pending))
             }
 
             fn fetch_optional<'e, 'q: 'e, E>(
@@ -389,14 +334,13 @@ macro_rules! connection_executor {
                 query: E,
             ) -> BoxFuture<'e, Result<Option<DB::Row>, Error>>
             where
-                't: 'e,
+                $lt: 'e,
                 E: 'q + Execute<'q, DB>,
             {
-                let pending = self.shared.start(query.sql());
-                Box::pin(RecordedFuture::new(
-                    (&mut *self.$field).fetch_optional(query),
-                    pending,
-                ))
+                let $this = self;
+                $($before;)?
+                let pending = $this.shared.start(query.sql());
+                Box::pin(RecordedFuture::new($inner.fetch_optional(query), pending))
             }
 
             fn prepare_with<'e, 'q: 'e>(
@@ -405,9 +349,10 @@ macro_rules! connection_executor {
                 parameters: &'e [DB::TypeInfo],
             ) -> BoxFuture<'e, Result<DB::Statement<'q>, Error>>
             where
-                't: 'e,
+                $lt: 'e,
             {
-                (&mut *self.$field).prepare_with(sql, parameters)
+                let $this = self;
+                $inner.prepare_with(sql, parameters)
             }
 
             fn describe<'e, 'q: 'e>(
@@ -415,13 +360,15 @@ macro_rules! connection_executor {
                 sql: &'q str,
             ) -> BoxFuture<'e, Result<Describe<DB>, Error>>
             where
-                't: 'e,
+                $lt: 'e,
             {
-                (&mut *self.$field).describe(sql)
+                let $this = self;
+                $inner.describe(sql)
             }
         }
     };
 }
 
-connection_executor!(DbTransaction, tx);
-connection_executor!(DbConnection, conn);
+instrumented_executor!('p, &'p Db<DB>, |this| (&this.pool), before: refresh(&this.shared, &this.pool));
+instrumented_executor!('t, &'t mut DbTransaction<DB>, |this| (&mut *this.tx));
+instrumented_executor!('t, &'t mut DbConnection<DB>, |this| (&mut *this.conn));
