@@ -45,6 +45,7 @@ pub mod lifecycle;
 pub mod log;
 pub mod metrics;
 pub mod ops;
+pub mod redact;
 #[cfg(any(feature = "log", feature = "health"))]
 mod time;
 pub mod trace;

@@ -67,6 +67,15 @@ pub trait Observer: Send + Sync + 'static {
         None
     }
 
+    /// The request's OpenTelemetry context (its server span), made current around every poll
+    /// of the inner future, so that spans and client calls made by the handler are its
+    /// children. The first observer of a tuple that has one provides it.
+    #[cfg(feature = "otel")]
+    fn context(obs: &Self::Observation) -> Option<&opentelemetry::Context> {
+        let _ = obs;
+        None
+    }
+
     /// The request ended: finished, failed or cancelled. Called exactly once per request.
     fn end(route: &Self::Route, obs: Self::Observation, end: &End);
 }
@@ -106,6 +115,11 @@ macro_rules! tuple_observer {
                 None $(.or_else(|| $t::span(&obs.$i)))+
             }
 
+            #[cfg(feature = "otel")]
+            fn context(obs: &Self::Observation) -> Option<&opentelemetry::Context> {
+                None $(.or_else(|| $t::context(&obs.$i)))+
+            }
+
             fn end(route: &Self::Route, obs: Self::Observation, end: &End) {
                 $($t::end(&route.$i, obs.$i, end);)+
             }
@@ -117,6 +131,14 @@ tuple_observer!(A 0);
 tuple_observer!(A 0, B 1);
 tuple_observer!(A 0, B 1, C 2);
 tuple_observer!(A 0, B 1, C 2, D 3);
+
+/// What [`Tracker::enter`] holds while the inner future is polled: dropped in reverse order
+/// (the span is exited, then the context detached).
+pub(crate) struct Entered<'a> {
+    _span: Option<tracing::span::Entered<'a>>,
+    #[cfg(feature = "otel")]
+    _context: Option<opentelemetry::ContextGuard>,
+}
 
 /// The per-request state the core carries from `call` to the end of the body.
 pub(crate) struct Tracker<O: Observer> {
@@ -133,10 +155,15 @@ impl<O: Observer> Tracker<O> {
         O::response(self.route.data(), &mut self.obs, head);
     }
 
-    /// Enters the request's span, if an observer has one.
+    /// Enters the request's span and makes its OpenTelemetry context current, for observers
+    /// that have them.
     #[inline]
-    pub(crate) fn enter(&self) -> Option<tracing::span::Entered<'_>> {
-        O::span(&self.obs).map(tracing::Span::enter)
+    pub(crate) fn enter(&self) -> Entered<'_> {
+        Entered {
+            #[cfg(feature = "otel")]
+            _context: O::context(&self.obs).map(|cx| cx.clone().attach()),
+            _span: O::span(&self.obs).map(tracing::Span::enter),
+        }
     }
 
     pub(crate) fn end(self, outcome: super::Outcome) {

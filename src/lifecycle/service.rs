@@ -211,7 +211,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = {
-            let _entered = this.tracker.as_ref().and_then(Tracker::enter);
+            let _entered = this.tracker.as_ref().map(Tracker::enter);
             ready!(this.inner.poll(cx))
         };
         let mut tracker = this.tracker.take().expect("polled after completion");

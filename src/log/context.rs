@@ -105,3 +105,20 @@ pub fn add_context(key: impl Into<Cow<'static, str>>, value: impl Display) -> bo
         .flatten()
         .is_some()
 }
+
+/// The current request's id, inside a request served under the request log (for passing it
+/// on to downstream calls; the client layers do). `None` elsewhere.
+pub fn current_request_id() -> Option<String> {
+    tracing::Span::current()
+        .with_subscriber(|(id, dispatch)| {
+            let registry = dispatch.downcast_ref::<tracing_subscriber::Registry>()?;
+            let span = registry.span(id)?;
+            for s in span.scope() {
+                if let Some(rc) = s.extensions().get::<RequestContext>() {
+                    return rc.raw("request_id").map(str::to_owned);
+                }
+            }
+            None
+        })
+        .flatten()
+}

@@ -31,6 +31,8 @@ pub struct LogConfig {
     lossy: bool,
     sampling: Sampling,
     rate_limit: Option<RateLimit>,
+    #[cfg(feature = "otel")]
+    tracing: Option<crate::trace::Tracing>,
 }
 
 /// Keeps the writer thread alive; dropping it flushes pending lines (within 2 s).
@@ -68,6 +70,8 @@ impl LogConfig {
             lossy: true,
             sampling: Sampling::default(),
             rate_limit: Some(RateLimit::default()),
+            #[cfg(feature = "otel")]
+            tracing: None,
         }
     }
 
@@ -109,6 +113,14 @@ impl LogConfig {
         self
     }
 
+    /// Also exports the application's spans through `tracing`'s OpenTelemetry layer
+    /// ([`Tracing::otel_layer`](crate::trace::Tracing::otel_layer)).
+    #[cfg(feature = "otel")]
+    pub fn tracing(mut self, tracing: &crate::trace::Tracing) -> Self {
+        self.tracing = Some(tracing.clone());
+        self
+    }
+
     /// Installs the global subscriber, writing to stdout through the non-blocking writer.
     pub fn init(self) -> Result<LogGuard, InitError> {
         self.init_with_writer(std::io::stdout())
@@ -129,6 +141,12 @@ impl LogConfig {
                 ),
             };
         let (writer, guard) = NonBlocking::new(writer, self.queue_bytes, self.lossy);
+        #[cfg(feature = "otel")]
+        let registry = {
+            let otel = self.tracing.as_ref().map(|t| t.otel_layer());
+            tracing_subscriber::registry().with(filter).with(otel)
+        };
+        #[cfg(not(feature = "otel"))]
         let registry = tracing_subscriber::registry().with(filter);
         let result = match self.format {
             Format::Json => {

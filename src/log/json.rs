@@ -609,9 +609,15 @@ where
                 v.line.push_str(",\"message\":\"\"");
             }
             let (seen, n) = (v.seen, v.n);
+            // The innermost span the code runs in (a handler's own span, or the server span),
+            // when OpenTelemetry has one current: its ids win over the request's.
+            let span_ids = current_span_ids(line);
             if let Some(span) = &request {
                 if let Some(rc) = span.extensions().get::<RequestContext>() {
                     for (k, val) in rc.fields() {
+                        if span_ids && (k == "trace_id" || k == "span_id") {
+                            continue;
+                        }
                         if !seen[..n].contains(&k) {
                             line.push(',');
                             write_json_str(line, k);
@@ -628,4 +634,26 @@ where
                 .write_all(line.as_bytes());
         });
     }
+}
+
+/// Writes `trace_id` and `span_id` of the current OpenTelemetry span, if there is one.
+#[cfg(feature = "otel")]
+fn current_span_ids(line: &mut String) -> bool {
+    use std::fmt::Write as _;
+    match crate::trace::TraceIds::current() {
+        Some(ids) => {
+            let _ = write!(
+                line,
+                ",\"trace_id\":\"{}\",\"span_id\":\"{}\"",
+                ids.trace_id, ids.span_id
+            );
+            true
+        }
+        None => false,
+    }
+}
+
+#[cfg(not(feature = "otel"))]
+fn current_span_ids(_: &mut String) -> bool {
+    false
 }

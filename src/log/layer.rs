@@ -8,7 +8,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Uri};
 use tracing::{Level, Span};
 
 use super::context::{REQUEST_SPAN, REQUEST_TARGET};
-use super::redact::{is_sensitive, redact_query, SENSITIVE_PARAMS};
+use crate::redact::{is_sensitive, redact_query, SENSITIVE_PARAMS};
 use super::request_id::RequestId;
 use crate::lifecycle::{
     content_length, End, KnownMethod, ObserveLayer, Observer, Outcome, RequestMeta, ResponseHead,
@@ -250,6 +250,13 @@ impl Observer for RequestLog {
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
         );
+        // The server span's ids, when the trace observer ran first (W3C hex form): on every
+        // record of the request, and the key of trace-consistent sampling.
+        #[cfg(feature = "otel")]
+        if let Some(ids) = req.extensions().get::<crate::trace::TraceIds>() {
+            span.record("trace_id", tracing::field::display(ids.trace_id));
+            span.record("span_id", tracing::field::display(ids.span_id));
+        }
         let headers = cfg
             .log_headers
             .then(|| render_headers(req.headers(), &cfg.redact_headers));

@@ -23,7 +23,15 @@
 //! ```
 
 pub mod baggage;
+#[cfg(feature = "otel")]
+mod client;
+#[cfg(feature = "otel")]
+mod config;
+#[cfg(feature = "otel")]
+mod export;
 mod propagation;
+#[cfg(feature = "otel")]
+mod server;
 mod traceparent;
 pub mod tracestate;
 
@@ -31,6 +39,17 @@ pub use baggage::Baggage;
 pub use propagation::{Extracted, Format, Propagators, B3, BAGGAGE, TRACEPARENT, TRACESTATE};
 pub use traceparent::{SpanId, TraceFlags, TraceId, TraceParent, TRACEPARENT_LEN};
 pub use tracestate::TraceState;
+
+#[cfg(feature = "reqwest")]
+pub use client::ClientTraceMiddleware;
+#[cfg(feature = "otel")]
+pub use client::{ClientFuture, ClientTrace, ClientTraceLayer, CLIENT_REQUEST_DURATION};
+#[cfg(feature = "otel")]
+pub use config::{Exporter, Sampler, TraceConfig, Tracing};
+#[cfg(feature = "otel")]
+pub use export::{SPANS_DROPPED, SPANS_EXPORTED};
+#[cfg(feature = "otel")]
+pub use server::{Trace, TraceIds, TraceLayer, TraceObservation, TraceRoute};
 
 #[cfg(test)]
 mod tests;

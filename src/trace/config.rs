@@ -1,0 +1,427 @@
+//! Configuration from the standard OpenTelemetry environment variables or from code, and the
+//! installed pipeline ([`Tracing`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::{Sampler as SdkSampler, SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::Resource;
+
+use super::export::{ConsoleExporter, ExportCounters, QueueProcessor, QueueSettings};
+use super::propagation::Propagators;
+
+/// Which spans are recorded (`OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Sampler {
+    /// `always_on`
+    AlwaysOn,
+    /// `always_off`
+    AlwaysOff,
+    /// `traceidratio` with the ratio
+    TraceIdRatio(f64),
+    /// `parentbased_always_on` (the default): follow the caller, record new traces
+    ParentBasedAlwaysOn,
+    /// `parentbased_always_off`
+    ParentBasedAlwaysOff,
+    /// `parentbased_traceidratio` with the ratio
+    ParentBasedTraceIdRatio(f64),
+}
+
+impl Sampler {
+    /// Parses the two variables' values; `None` for an unknown name.
+    pub fn parse(name: &str, arg: Option<&str>) -> Option<Self> {
+        let ratio = || {
+            arg.and_then(|a| a.trim().parse::<f64>().ok())
+                .filter(|r| (0.0..=1.0).contains(r))
+                .unwrap_or(1.0)
+        };
+        Some(match name.trim() {
+            "always_on" => Self::AlwaysOn,
+            "always_off" => Self::AlwaysOff,
+            "traceidratio" => Self::TraceIdRatio(ratio()),
+            "parentbased_always_on" => Self::ParentBasedAlwaysOn,
+            "parentbased_always_off" => Self::ParentBasedAlwaysOff,
+            "parentbased_traceidratio" => Self::ParentBasedTraceIdRatio(ratio()),
+            _ => return None,
+        })
+    }
+
+    fn sdk(self) -> SdkSampler {
+        match self {
+            Self::AlwaysOn => SdkSampler::AlwaysOn,
+            Self::AlwaysOff => SdkSampler::AlwaysOff,
+            Self::TraceIdRatio(r) => SdkSampler::TraceIdRatioBased(r),
+            Self::ParentBasedAlwaysOn => SdkSampler::ParentBased(Box::new(SdkSampler::AlwaysOn)),
+            Self::ParentBasedAlwaysOff => {
+                SdkSampler::ParentBased(Box::new(SdkSampler::AlwaysOff))
+            }
+            Self::ParentBasedTraceIdRatio(r) => {
+                SdkSampler::ParentBased(Box::new(SdkSampler::TraceIdRatioBased(r)))
+            }
+        }
+    }
+}
+
+/// Where spans go (`OTEL_TRACES_EXPORTER`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exporter {
+    /// OTLP over HTTP/protobuf, when an endpoint is configured (the default; with no endpoint,
+    /// nothing is exported and no connection is attempted).
+    Otlp,
+    /// One JSON line per span on stdout.
+    Console,
+    /// Nothing exported; ids are still created, propagated and logged.
+    None,
+}
+
+/// Tracing settings. [`TraceConfig::from_env`] reads the standard variables; every setting
+/// can also be set from code (code wins).
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use towerscope::trace::{Sampler, TraceConfig};
+/// let tracing = TraceConfig::from_env("checkout")
+///     .endpoint("http://127.0.0.1:4318/v1/traces")
+///     .sampler(Sampler::ParentBasedTraceIdRatio(0.1))
+///     .traceresponse(true)
+///     .install();
+/// // ... serve with tracing.layer() ...
+/// tracing.shutdown(Duration::from_secs(5));
+/// ```
+#[derive(Clone, Debug)]
+pub struct TraceConfig {
+    service_name: String,
+    service_name_from_code: bool,
+    resource: Vec<(String, String)>,
+    endpoint: Option<String>,
+    endpoint_in_env: bool,
+    headers: Vec<(String, String)>,
+    timeout: Option<Duration>,
+    sampler: Sampler,
+    exporter: Exporter,
+    disabled: bool,
+    propagators: Propagators,
+    queue: QueueSettings,
+    traceresponse: bool,
+    baggage_keys: Vec<String>,
+    warnings: Vec<String>,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+impl TraceConfig {
+    /// Settings from `OTEL_SERVICE_NAME` (else `service`), `OTEL_RESOURCE_ATTRIBUTES`,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`,
+    /// `OTEL_EXPORTER_OTLP_HEADERS` (read by the exporter), `OTEL_TRACES_SAMPLER` and
+    /// `OTEL_TRACES_SAMPLER_ARG`, `OTEL_TRACES_EXPORTER`, `OTEL_SDK_DISABLED`,
+    /// `OTEL_PROPAGATORS`. Unknown values fall back to the defaults and are listed by
+    /// [`TraceConfig::warnings`].
+    pub fn from_env(service: impl Into<String>) -> Self {
+        let mut warnings = Vec::new();
+        let sampler = match env("OTEL_TRACES_SAMPLER") {
+            None => Sampler::ParentBasedAlwaysOn,
+            Some(name) => Sampler::parse(&name, env("OTEL_TRACES_SAMPLER_ARG").as_deref())
+                .unwrap_or_else(|| {
+                    warnings.push(format!("OTEL_TRACES_SAMPLER={name}: unknown, using parentbased_always_on"));
+                    Sampler::ParentBasedAlwaysOn
+                }),
+        };
+        let exporter = match env("OTEL_TRACES_EXPORTER").as_deref().map(str::trim) {
+            None | Some("otlp") => Exporter::Otlp,
+            Some("console") => Exporter::Console,
+            Some("none") => Exporter::None,
+            Some(other) => {
+                warnings.push(format!("OTEL_TRACES_EXPORTER={other}: unknown, using otlp"));
+                Exporter::Otlp
+            }
+        };
+        let (propagators, unknown) = Propagators::from_env();
+        for u in unknown {
+            warnings.push(format!("OTEL_PROPAGATORS: unknown propagator {u}, skipped"));
+        }
+        let env_service = env("OTEL_SERVICE_NAME");
+        Self {
+            service_name_from_code: env_service.is_none(),
+            service_name: env_service.unwrap_or_else(|| service.into()),
+            resource: Vec::new(),
+            endpoint: None,
+            endpoint_in_env: env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some()
+                || env("OTEL_EXPORTER_OTLP_ENDPOINT").is_some(),
+            headers: Vec::new(),
+            timeout: None,
+            sampler,
+            exporter,
+            disabled: env("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
+            propagators,
+            queue: QueueSettings {
+                max_queue: 2048,
+                max_batch: 512,
+                delay: Duration::from_secs(1),
+            },
+            traceresponse: false,
+            baggage_keys: Vec::new(),
+            warnings,
+        }
+    }
+
+    /// `service.name` (overrides `OTEL_SERVICE_NAME`).
+    pub fn service_name(mut self, name: impl Into<String>) -> Self {
+        self.service_name = name.into();
+        self.service_name_from_code = true;
+        self
+    }
+
+    /// A resource attribute (in addition to `OTEL_RESOURCE_ATTRIBUTES`).
+    pub fn resource_attribute(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.resource.push((key.into(), value.into()));
+        self
+    }
+
+    /// The OTLP/HTTP traces URL (e.g. `http://collector:4318/v1/traces`), overriding the
+    /// environment.
+    pub fn endpoint(mut self, url: impl Into<String>) -> Self {
+        self.endpoint = Some(url.into());
+        self
+    }
+
+    /// A header sent with every export (e.g. an API key).
+    pub fn header(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((key.into(), value.into()));
+        self
+    }
+
+    /// The export request timeout (default: the exporter's, 10 s).
+    pub fn export_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The sampler.
+    pub fn sampler(mut self, sampler: Sampler) -> Self {
+        self.sampler = sampler;
+        self
+    }
+
+    /// The exporter.
+    pub fn exporter(mut self, exporter: Exporter) -> Self {
+        self.exporter = exporter;
+        self
+    }
+
+    /// Disables tracing altogether (like `OTEL_SDK_DISABLED=true`): no spans, no ids.
+    pub fn disabled(mut self, disabled: bool) -> Self {
+        self.disabled = disabled;
+        self
+    }
+
+    /// The propagation formats.
+    pub fn propagators(mut self, propagators: Propagators) -> Self {
+        self.propagators = propagators;
+        self
+    }
+
+    /// The export queue bound in spans (default 2048): beyond it spans are dropped and counted.
+    pub fn max_queue(mut self, spans: usize) -> Self {
+        self.queue.max_queue = spans.max(1);
+        self
+    }
+
+    /// Spans per export request (default 512).
+    pub fn max_batch(mut self, spans: usize) -> Self {
+        self.queue.max_batch = spans.max(1);
+        self
+    }
+
+    /// The longest a span waits in the queue before export (default 1 s).
+    pub fn export_delay(mut self, delay: Duration) -> Self {
+        self.queue.delay = delay.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Returns the trace id to the caller in a `traceresponse` header (W3C Trace Context
+    /// Level 2; default off).
+    pub fn traceresponse(mut self, on: bool) -> Self {
+        self.traceresponse = on;
+        self
+    }
+
+    /// Copies the baggage member `key` onto server spans as `baggage.{key}` (none by default:
+    /// baggage is never copied into telemetry unless allow-listed).
+    pub fn baggage_attribute(mut self, key: impl Into<String>) -> Self {
+        self.baggage_keys.push(key.into());
+        self
+    }
+
+    /// What could not be understood in the environment.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// Builds the pipeline: the tracer provider (also installed as OpenTelemetry's global
+    /// provider), the export thread when something is exported, and the export counters
+    /// (install the metrics recorder first). Never fails: an exporter that cannot be built is
+    /// reported on stderr and tracing continues without export.
+    pub fn install(self) -> Tracing {
+        let counters = ExportCounters::register();
+        let mut resource = Resource::builder();
+        if self.service_name_from_code {
+            resource = resource.with_service_name(self.service_name.clone());
+        }
+        for (k, v) in &self.resource {
+            resource = resource.with_attribute(opentelemetry::KeyValue::new(k.clone(), v.clone()));
+        }
+        let resource = resource.build();
+        let settings = self.queue;
+        let mut builder = SdkTracerProvider::builder()
+            .with_sampler(self.sampler.sdk())
+            .with_resource(resource.clone());
+        let exporting = !self.disabled
+            && match self.exporter {
+                Exporter::None => false,
+                Exporter::Console => {
+                    builder = builder.with_span_processor(QueueProcessor::new(
+                        ConsoleExporter,
+                        &resource,
+                        settings,
+                        counters.clone(),
+                    ));
+                    true
+                }
+                Exporter::Otlp if self.endpoint.is_none() && !self.endpoint_in_env => false,
+                Exporter::Otlp => match otlp_exporter(&self) {
+                    Ok(exporter) => {
+                        builder = builder.with_span_processor(QueueProcessor::new(
+                            exporter,
+                            &resource,
+                            settings,
+                            counters.clone(),
+                        ));
+                        true
+                    }
+                    Err(e) => {
+                        eprintln!("towerscope: OTLP exporter not built, spans are not exported: {e}");
+                        false
+                    }
+                },
+            };
+        let provider = builder.build();
+        let tracer = provider.tracer("towerscope");
+        if !self.disabled {
+            opentelemetry::global::set_tracer_provider(provider.clone());
+        }
+        Tracing {
+            inner: Arc::new(Inner {
+                provider,
+                tracer,
+                enabled: !self.disabled,
+                exporting,
+                propagators: self.propagators,
+                traceresponse: self.traceresponse,
+                baggage_keys: self.baggage_keys,
+            }),
+        }
+    }
+}
+
+fn otlp_exporter(
+    cfg: &TraceConfig,
+) -> Result<opentelemetry_otlp::SpanExporter, opentelemetry_otlp::ExporterBuildError> {
+    use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+    let mut b = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
+    if let Some(url) = &cfg.endpoint {
+        b = b.with_endpoint(url.clone());
+    }
+    if let Some(t) = cfg.timeout {
+        b = b.with_timeout(t);
+    }
+    if !cfg.headers.is_empty() {
+        b = b.with_headers(cfg.headers.iter().cloned().collect());
+    }
+    b.build()
+}
+
+pub(crate) struct Inner {
+    provider: SdkTracerProvider,
+    pub(crate) tracer: SdkTracer,
+    pub(crate) enabled: bool,
+    exporting: bool,
+    pub(crate) propagators: Propagators,
+    pub(crate) traceresponse: bool,
+    pub(crate) baggage_keys: Vec<String>,
+}
+
+/// The installed tracing pipeline: hands out the server layer, client layers and the
+/// `tracing` layer for application spans, and flushes at shutdown.
+#[derive(Clone)]
+pub struct Tracing {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Tracing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracing")
+            .field("enabled", &self.inner.enabled)
+            .field("exporting", &self.inner.exporting)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tracing {
+    /// Whether spans are exported anywhere.
+    pub fn is_exporting(&self) -> bool {
+        self.inner.exporting
+    }
+
+    /// The tracer (for spans made with the OpenTelemetry API directly).
+    pub fn tracer(&self) -> &SdkTracer {
+        &self.inner.tracer
+    }
+
+    /// The propagation formats.
+    pub fn propagators(&self) -> &Propagators {
+        &self.inner.propagators
+    }
+
+    /// Flushes pending spans and stops the export thread, waiting at most `deadline`. Returns
+    /// whether everything was handed to the exporter in time.
+    pub fn shutdown(&self, deadline: Duration) -> bool {
+        self.inner.provider.shutdown_with_timeout(deadline).is_ok()
+    }
+
+    /// Exports what is queued now (tests, before exit).
+    pub fn flush(&self) -> bool {
+        self.inner.provider.force_flush().is_ok()
+    }
+}
+
+impl Tracing {
+    /// The `tracing` layer that exports the application's own spans (`#[instrument]`,
+    /// `info_span!`, the database and operation spans) as OpenTelemetry spans, children of the
+    /// server span or of whatever span is current. The request log's span is left out (the
+    /// server span stands for the request). Add it to the subscriber, or pass this `Tracing`
+    /// to `LogConfig::tracing`.
+    pub fn otel_layer<S>(&self) -> impl tracing_subscriber::Layer<S>
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    {
+        use tracing_subscriber::Layer as _;
+        let enabled = self.inner.enabled;
+        tracing_opentelemetry::layer()
+            .with_tracer(self.inner.tracer.clone())
+            .with_location(false)
+            .with_threads(false)
+            .with_tracked_inactivity(false)
+            .with_level(false)
+            .with_target(false)
+            .with_error_events_to_exceptions(true)
+            .with_error_events_to_status(true)
+            .with_filter(tracing_subscriber::filter::filter_fn(move |meta| {
+                enabled && meta.target() != "towerscope::request"
+            }))
+    }
+}

@@ -1,0 +1,281 @@
+//! The SERVER span: one per request, parented by what the caller propagated, named and
+//! attributed by the OpenTelemetry HTTP semantic conventions, ended when the response is
+//! finished (the shared lifecycle), current while the handler runs.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use http::{HeaderValue, Request, Version};
+use opentelemetry::trace::{
+    SpanContext, SpanKind, Status, TraceContextExt, TraceFlags as OtelFlags, TraceId as OtelTraceId,
+    TraceState as OtelTraceState, Tracer,
+};
+use opentelemetry::{Context, KeyValue, Value};
+
+use super::baggage::Baggage;
+use super::config::{Inner, Tracing};
+use super::traceparent::{SpanId, TraceFlags, TraceId, TraceParent};
+use crate::lifecycle::{End, KnownMethod, ObserveLayer, Observer, Outcome, RequestMeta, ResponseHead};
+use crate::redact::{redact_query, SENSITIVE_PARAMS};
+
+/// The ids of the current request's server span, in the request's extensions (handlers read
+/// them with the extractor; the request log copies them into its context).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceIds {
+    /// The trace id.
+    pub trace_id: TraceId,
+    /// The server span's id.
+    pub span_id: SpanId,
+    /// Whether the trace is sampled.
+    pub sampled: bool,
+}
+
+impl TraceIds {
+    /// The ids of an OpenTelemetry span context, when valid.
+    pub fn from_span_context(sc: &SpanContext) -> Option<Self> {
+        sc.is_valid().then(|| Self {
+            trace_id: TraceId(sc.trace_id().to_bytes()),
+            span_id: SpanId(sc.span_id().to_bytes()),
+            sampled: sc.is_sampled(),
+        })
+    }
+
+    /// The ids of the current OpenTelemetry context (the innermost span the code runs in).
+    pub fn current() -> Option<Self> {
+        Context::map_current(|cx| Self::from_span_context(cx.span().span_context()))
+    }
+}
+
+#[cfg(feature = "axum")]
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for TraceIds {
+    type Rejection = std::convert::Infallible;
+
+    /// Never rejects: without a server span (no trace layer), the ids are the all-zero
+    /// (invalid) ones.
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(parts.extensions.get::<TraceIds>().copied().unwrap_or(TraceIds {
+            trace_id: TraceId::default(),
+            span_id: SpanId::default(),
+            sampled: false,
+        }))
+    }
+}
+
+/// The server-span observer; combine it with [`Red`](crate::metrics::Red) and the request log
+/// in one [`ObserveLayer`], before the request log so its records carry the ids.
+#[derive(Clone)]
+pub struct Trace {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Trace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trace").finish_non_exhaustive()
+    }
+}
+
+/// Server spans as a Tower layer.
+pub type TraceLayer = ObserveLayer<Trace>;
+
+impl Tracing {
+    /// The server-span observer.
+    pub fn observer(&self) -> Trace {
+        Trace {
+            inner: self.inner.clone(),
+        }
+    }
+
+    /// The server-span layer.
+    pub fn layer(&self) -> TraceLayer {
+        ObserveLayer::with_observer(self.observer())
+    }
+}
+
+/// Per route: the span names by method and the route attribute, built once.
+pub struct TraceRoute {
+    names: [Cow<'static, str>; KnownMethod::ALL.len()],
+    route: Option<Value>,
+}
+
+/// Per request: the context holding the server span.
+pub struct TraceObservation {
+    cx: Option<Context>,
+    traceresponse: Option<HeaderValue>,
+}
+
+fn otel_parent(p: &TraceParent, state: &super::tracestate::TraceState) -> SpanContext {
+    let state = if state.is_empty() {
+        OtelTraceState::default()
+    } else {
+        OtelTraceState::from_key_value(state.members()).unwrap_or_default()
+    };
+    SpanContext::new(
+        OtelTraceId::from_bytes(p.trace_id.0),
+        opentelemetry::trace::SpanId::from_bytes(p.parent_id.0),
+        OtelFlags::new(p.flags.0 & TraceFlags::SAMPLED),
+        true,
+        state,
+    )
+}
+
+/// The context a server span gets its parent from: the caller's span and baggage.
+pub(crate) fn parent_context(inner: &Inner, headers: &http::HeaderMap) -> Context {
+    let got = inner.propagators.extract(headers);
+    let mut cx = Context::new();
+    if let Some(p) = &got.parent {
+        cx = cx.with_remote_span_context(otel_parent(p, &got.state));
+    }
+    if !got.baggage.is_empty() {
+        cx = cx.with_value(got.baggage);
+    }
+    cx
+}
+
+impl Observer for Trace {
+    type Route = TraceRoute;
+    type Observation = TraceObservation;
+
+    fn route(&self, template: Option<&str>) -> TraceRoute {
+        let names = std::array::from_fn(|i| {
+            let m = KnownMethod::ALL[i];
+            let method = if m == KnownMethod::Other { "HTTP" } else { m.as_str() };
+            Cow::Owned(match template {
+                Some(t) => format!("{method} {t}"),
+                None => method.to_owned(),
+            })
+        });
+        TraceRoute {
+            names,
+            route: template.map(|t| Value::from(t.to_owned())),
+        }
+    }
+
+    fn start<B>(&self, route: &TraceRoute, req: &mut Request<B>, meta: &RequestMeta<'_>) -> TraceObservation {
+        let inner = &*self.inner;
+        if !inner.enabled {
+            return TraceObservation {
+                cx: None,
+                traceresponse: None,
+            };
+        }
+        let parent = parent_context(inner, req.headers());
+        let mut attrs = Vec::with_capacity(12);
+        attrs.push(KeyValue::new("http.request.method", meta.method.as_str()));
+        if meta.method == KnownMethod::Other {
+            attrs.push(KeyValue::new(
+                "http.request.method_original",
+                req.method().as_str().to_owned(),
+            ));
+        }
+        attrs.push(KeyValue::new("url.path", req.uri().path().to_owned()));
+        attrs.push(KeyValue::new(
+            "url.scheme",
+            if req.uri().scheme_str() == Some("https") { "https" } else { "http" },
+        ));
+        if let Some(q) = req.uri().query() {
+            let sensitive: Vec<String> = SENSITIVE_PARAMS.iter().map(|s| (*s).to_owned()).collect();
+            attrs.push(KeyValue::new("url.query", redact_query(q, &sensitive)));
+        }
+        if let Some(r) = &route.route {
+            attrs.push(KeyValue::new("http.route", r.clone()));
+        }
+        if let Some((host, port)) = host_port(req) {
+            attrs.push(KeyValue::new("server.address", host));
+            if let Some(p) = port {
+                attrs.push(KeyValue::new("server.port", i64::from(p)));
+            }
+        }
+        #[cfg(feature = "axum")]
+        if let Some(axum::extract::ConnectInfo(addr)) =
+            req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        {
+            attrs.push(KeyValue::new("client.address", addr.ip().to_string()));
+        }
+        if let Some(ua) = req.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()) {
+            attrs.push(KeyValue::new("user_agent.original", ua.to_owned()));
+        }
+        attrs.push(KeyValue::new(
+            "network.protocol.version",
+            match req.version() {
+                Version::HTTP_09 => "0.9",
+                Version::HTTP_10 => "1.0",
+                Version::HTTP_2 => "2",
+                Version::HTTP_3 => "3",
+                _ => "1.1",
+            },
+        ));
+        if !inner.baggage_keys.is_empty() {
+            if let Some(b) = parent.get::<Baggage>() {
+                for k in &inner.baggage_keys {
+                    if let Some(v) = b.get(k) {
+                        attrs.push(KeyValue::new(format!("baggage.{k}"), v.to_owned()));
+                    }
+                }
+            }
+        }
+        let span = inner
+            .tracer
+            .span_builder(route.names[meta.method.index()].clone())
+            .with_kind(SpanKind::Server)
+            .with_attributes(attrs)
+            .start_with_context(&inner.tracer, &parent);
+        let cx = parent.with_span(span);
+        let ids = TraceIds::from_span_context(cx.span().span_context());
+        let traceresponse = match ids {
+            Some(ids) => {
+                req.extensions_mut().insert(ids);
+                inner.traceresponse.then(|| {
+                    let flags = TraceFlags(u8::from(ids.sampled));
+                    HeaderValue::try_from(TraceParent::header(ids.trace_id, ids.span_id, flags)).ok()
+                })
+                .flatten()
+            }
+            None => None,
+        };
+        TraceObservation {
+            cx: Some(cx),
+            traceresponse,
+        }
+    }
+
+    fn response(_: &TraceRoute, obs: &mut TraceObservation, head: &mut ResponseHead<'_>) {
+        if let Some(v) = obs.traceresponse.take() {
+            head.headers.insert("traceresponse", v);
+        }
+    }
+
+    fn context(obs: &TraceObservation) -> Option<&Context> {
+        obs.cx.as_ref()
+    }
+
+    fn end(_: &TraceRoute, obs: TraceObservation, end: &End) {
+        let Some(cx) = obs.cx else { return };
+        let span = cx.span();
+        if let Some(status) = end.status {
+            span.set_attribute(KeyValue::new("http.response.status_code", i64::from(status.as_u16())));
+        }
+        match end.outcome {
+            Outcome::ServerError(e) => {
+                span.set_attribute(KeyValue::new("error.type", e.as_str().to_owned()));
+                span.set_status(Status::error(""));
+            }
+            // Cancellation is not an error of the server; 4xx is left unset on the server.
+            Outcome::Cancelled => span.set_attribute(KeyValue::new("towerscope.cancelled", true)),
+            Outcome::Success | Outcome::ClientError => {}
+        }
+        span.end();
+    }
+}
+
+/// `server.address` and `server.port` from the `Host` header (or the URI's authority).
+fn host_port<B>(req: &Request<B>) -> Option<(String, Option<u16>)> {
+    let authority = match req.uri().authority() {
+        Some(a) => a.as_str().to_owned(),
+        None => req.headers().get(http::header::HOST)?.to_str().ok()?.to_owned(),
+    };
+    let parsed: http::uri::Authority = authority.parse().ok()?;
+    Some((parsed.host().to_owned(), parsed.port_u16()))
+}
