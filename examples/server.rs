@@ -53,6 +53,7 @@ use towerscope::health::{
 use towerscope::lifecycle::ObserveLayer;
 use towerscope::log::{LogConfig, RequestLog};
 use towerscope::metrics::{Prometheus, Red, RedLayer};
+use towerscope::trace::{TraceConfig, TraceIds, Tracing};
 use towerscope::BoxError;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -276,6 +277,7 @@ type Client = tower::util::BoxCloneSyncService<
 struct Downstream {
     client: Client,
     url: String,
+    chain_url: String,
 }
 
 async fn downstream(
@@ -305,14 +307,58 @@ async fn downstream(
     }
 }
 
-fn client(stack: Stack, breaker: Option<Breaker>) -> Client {
+fn client(stack: Stack, breaker: Option<Breaker>, tracing: Option<&Tracing>) -> Client {
     let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Empty<Bytes>>();
-    let timed = tower::timeout::TimeoutLayer::new(Duration::from_secs(10)).layer(hyper);
+    // A CLIENT span per real HTTP call, the context injected into its headers.
+    let traced = tower::util::option_layer(tracing.map(Tracing::client_layer)).layer(hyper);
+    let timed = tower::timeout::TimeoutLayer::new(Duration::from_secs(10)).layer(traced);
     match (stack, breaker) {
         (Stack::Full, Some(breaker)) => Client::new(CircuitBreakerLayer::new(breaker).layer(timed)),
         _ => Client::new(timed),
     }
+}
+
+#[derive(Deserialize)]
+struct Chain {
+    #[serde(default)]
+    hops: u32,
+}
+
+/// `GET /chain?hops=N`: calls `/chain?hops=N-1` through the traced client, so one request
+/// makes a trace across N+1 services (or N+1 requests to this one).
+async fn chain(
+    State(d): State<Downstream>,
+    Query(q): Query<Chain>,
+    ids: TraceIds,
+) -> axum::response::Response {
+    let hops = q.hops.min(32);
+    if hops > 0 {
+        let url = format!("{}?hops={}", d.chain_url, hops - 1);
+        let req = match http::Request::get(url).body(Empty::new()) {
+            Ok(r) => r,
+            Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        };
+        match d.client.oneshot(req).await {
+            Ok(res) if res.status().is_success() => {}
+            Ok(res) => {
+                return (
+                    StatusCode::BAD_GATEWAY,
+                    format!("hop answered {}\n", res.status()),
+                )
+                    .into_response()
+            }
+            Err(e) => {
+                return (StatusCode::BAD_GATEWAY, format!("hop failed: {e}\n")).into_response()
+            }
+        }
+    }
+    Json(serde_json::json!({
+        "hops": hops,
+        "trace_id": ids.trace_id.to_string(),
+        "span_id": ids.span_id.to_string(),
+    }))
+    .into_response()
 }
 
 /// The full stack's health: checks, a heartbeat from a background job.
@@ -381,6 +427,7 @@ fn app(
     logs: bool,
     prometheus: Option<&Prometheus>,
     health: Option<&Health>,
+    tracing: Option<&Tracing>,
     downstream_state: Downstream,
     users: Users,
 ) -> Router {
@@ -392,7 +439,11 @@ fn app(
         .route("/", get(|| async { "ok" }))
         .route("/echo/{id}", get(echo))
         .route("/simulate", get(simulate))
-        .route("/downstream", get(downstream).with_state(downstream_state))
+        .route(
+            "/downstream",
+            get(downstream).with_state(downstream_state.clone()),
+        )
+        .route("/chain", get(chain).with_state(downstream_state))
         .merge(users);
     if let Some(h) = health {
         routes = routes.merge(h.router());
@@ -403,6 +454,12 @@ fn app(
     };
     match (prometheus.is_some(), logs) {
         (false, _) => routes,
+        // Server spans before the request log, so its records carry the span's ids.
+        (true, true) if tracing.is_some() => routes.layer(ObserveLayer::with_observer((
+            Red::builder().build(),
+            tracing.expect("checked").observer(),
+            RequestLog::builder().build(),
+        ))),
         (true, false) => routes.layer(RedLayer::new()),
         // One layer for both: the clock, route and body tracking are paid once.
         (true, true) => routes.layer(ObserveLayer::with_observer((
@@ -421,8 +478,34 @@ fn main() {
         }
     };
     // JSON lines on stdout (pretty on a terminal or with TOWERSCOPE_LOG_FORMAT=pretty).
+    // The recorder first: handles (the breaker's, the layers', the exporter's counters) are
+    // resolved against it.
+    let prometheus = match args.stack {
+        Stack::Bare => None,
+        _ => match Prometheus::install() {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(1);
+            }
+        },
+    };
+    // Tracing in `full`: OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT (or _TRACES_ENDPOINT) is
+    // set; otherwise ids are still created, propagated and logged, and nothing is exported.
+    let tracing = (args.stack == Stack::Full).then(|| {
+        let config = TraceConfig::from_env("towerscope-example");
+        for w in config.warnings() {
+            eprintln!("towerscope-example: {w}");
+        }
+        config.install()
+    });
+    // JSON lines on stdout (pretty on a terminal or with TOWERSCOPE_LOG_FORMAT=pretty).
     let _logs = if args.stack.logs() {
-        match LogConfig::from_env("towerscope-example").init() {
+        let mut config = LogConfig::from_env("towerscope-example");
+        if let Some(t) = &tracing {
+            config = config.tracing(t);
+        }
+        match config.init() {
             Ok(guard) => Some(guard),
             Err(e) => {
                 eprintln!("{e}");
@@ -437,20 +520,24 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    if let Err(e) = runtime.block_on(serve(args)) {
+    let result = runtime.block_on(serve(args, prometheus, tracing.clone()));
+    // Pending spans are flushed within a deadline, whatever the collector does.
+    if let Some(t) = tracing {
+        t.shutdown(Duration::from_secs(5));
+    }
+    if let Err(e) = result {
         eprintln!("server error: {e}");
         std::process::exit(1);
     }
 }
 
-async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+async fn serve(
+    args: Args,
+    prometheus: Option<Prometheus>,
+    tracing: Option<Tracing>,
+) -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(args.addr).await?;
     let local = listener.local_addr()?;
-    // The recorder first: handles (the breaker's, the layers') are resolved against it.
-    let prometheus = match args.stack {
-        Stack::Bare => None,
-        _ => Some(Prometheus::install()?),
-    };
     let url = args
         .downstream
         .clone()
@@ -468,14 +555,28 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     with_executor!(users, |e| sqlx::query(CREATE_USERS).execute(e).await)?;
     let health = breaker.as_ref().map(|b| health(&url, b, pool));
+    // `/chain` calls this server's own `/chain` (or the `--downstream` server's).
+    let chain_url = match &args.downstream {
+        Some(d) => match d
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|u| Some(format!("{}://{}/chain", u.scheme_str()?, u.authority()?)))
+        {
+            Some(u) => u,
+            None => return Err(format!("--downstream {d}: not an absolute URL").into()),
+        },
+        None => format!("http://{local}/chain"),
+    };
     let downstream_state = Downstream {
-        client: client(args.stack, breaker),
+        client: client(args.stack, breaker, tracing.as_ref()),
         url,
+        chain_url,
     };
     let app = app(
         args.stack.logs(),
         prometheus.as_ref(),
         health.as_ref(),
+        tracing.as_ref(),
         downstream_state,
         users,
     );

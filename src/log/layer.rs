@@ -8,11 +8,11 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Uri};
 use tracing::{Level, Span};
 
 use super::context::{REQUEST_SPAN, REQUEST_TARGET};
-use crate::redact::{is_sensitive, redact_query, SENSITIVE_PARAMS};
 use super::request_id::RequestId;
 use crate::lifecycle::{
     content_length, End, KnownMethod, ObserveLayer, Observer, Outcome, RequestMeta, ResponseHead,
 };
+use crate::redact::{is_sensitive, redact_query, SENSITIVE_PARAMS};
 
 /// The request log as a Tower layer: [`ObserveLayer`] with the [`RequestLog`] observer.
 pub type RequestLogLayer = ObserveLayer<RequestLog>;

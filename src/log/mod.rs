@@ -53,13 +53,13 @@ mod layer;
 mod request_id;
 mod writer;
 
+pub use crate::redact::{redact_query, SENSITIVE_HEADERS, SENSITIVE_PARAMS};
 pub use context::{add_context, current_request_id, REQUEST_SPAN, REQUEST_TARGET};
 pub use init::{Format, InitError, LogConfig, LogGuard};
 pub use json::{write_json_str, write_timestamp, JsonLayer, RateLimit, Sampling};
 pub use layer::{
     LogObservation, LogRoute, RequestLog, RequestLogBuilder, RequestLogLayer, DEFAULT_EXCLUDED,
 };
-pub use crate::redact::{redact_query, SENSITIVE_HEADERS, SENSITIVE_PARAMS};
 pub use request_id::RequestId;
 pub use writer::{LineWriter, NonBlocking, WriterGuard, DROPPED};
 

@@ -47,7 +47,12 @@ struct SeriesKey {
 
 impl ClientShared {
     fn histogram(&self, key: SeriesKey) -> Histogram {
-        if let Some(h) = self.series.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        if let Some(h) = self
+            .series
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
             return h.clone();
         }
         let mut map = self.series.write().unwrap_or_else(|e| e.into_inner());
@@ -68,7 +73,10 @@ impl ClientShared {
             Label::new("server_port", key.port.to_string()),
         ];
         if key.status != 0 {
-            labels.push(Label::new("http_response_status_code", key.status.to_string()));
+            labels.push(Label::new(
+                "http_response_status_code",
+                key.status.to_string(),
+            ));
         }
         if let Some(e) = key.error {
             labels.push(Label::new("error_type", e));
@@ -129,7 +137,12 @@ fn url_full(uri: &Uri) -> String {
 
 impl ClientCall {
     /// Starts the CLIENT span under the current context and writes the propagation headers.
-    pub(crate) fn start(shared: &Arc<ClientShared>, method: &Method, uri: &Uri, headers: &mut HeaderMap) -> Self {
+    pub(crate) fn start(
+        shared: &Arc<ClientShared>,
+        method: &Method,
+        uri: &Uri,
+        headers: &mut HeaderMap,
+    ) -> Self {
         let known = KnownMethod::from_method(method);
         let host: Arc<str> = Arc::from(uri.host().unwrap_or(""));
         let port = uri.port_u16().unwrap_or_else(|| default_port(uri));
@@ -143,9 +156,16 @@ impl ClientCall {
                 KeyValue::new("url.full", url_full(uri)),
             ];
             if known == KnownMethod::Other {
-                attrs.push(KeyValue::new("http.request.method_original", method.as_str().to_owned()));
+                attrs.push(KeyValue::new(
+                    "http.request.method_original",
+                    method.as_str().to_owned(),
+                ));
             }
-            let name = if known == KnownMethod::Other { "HTTP" } else { known.as_str() };
+            let name = if known == KnownMethod::Other {
+                "HTTP"
+            } else {
+                known.as_str()
+            };
             let span = inner
                 .tracer
                 .span_builder(name)
@@ -200,7 +220,10 @@ impl ClientCall {
         }
         let span = self.cx.span();
         if status != 0 {
-            span.set_attribute(KeyValue::new("http.response.status_code", i64::from(status)));
+            span.set_attribute(KeyValue::new(
+                "http.response.status_code",
+                i64::from(status),
+            ));
         }
         // On the client side, 4xx and 5xx are errors.
         if let Some(e) = error {
@@ -369,7 +392,8 @@ mod reqwest_middleware_impl {
 
     impl std::fmt::Debug for ClientTraceMiddleware {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.debug_struct("ClientTraceMiddleware").finish_non_exhaustive()
+            f.debug_struct("ClientTraceMiddleware")
+                .finish_non_exhaustive()
         }
     }
 

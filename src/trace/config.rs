@@ -53,9 +53,7 @@ impl Sampler {
             Self::AlwaysOff => SdkSampler::AlwaysOff,
             Self::TraceIdRatio(r) => SdkSampler::TraceIdRatioBased(r),
             Self::ParentBasedAlwaysOn => SdkSampler::ParentBased(Box::new(SdkSampler::AlwaysOn)),
-            Self::ParentBasedAlwaysOff => {
-                SdkSampler::ParentBased(Box::new(SdkSampler::AlwaysOff))
-            }
+            Self::ParentBasedAlwaysOff => SdkSampler::ParentBased(Box::new(SdkSampler::AlwaysOff)),
             Self::ParentBasedTraceIdRatio(r) => {
                 SdkSampler::ParentBased(Box::new(SdkSampler::TraceIdRatioBased(r)))
             }
@@ -112,12 +110,18 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
+fn env_usize(name: &str) -> Option<usize> {
+    env(name).and_then(|v| v.trim().parse().ok())
+}
+
 impl TraceConfig {
     /// Settings from `OTEL_SERVICE_NAME` (else `service`), `OTEL_RESOURCE_ATTRIBUTES`,
     /// `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`,
     /// `OTEL_EXPORTER_OTLP_HEADERS` (read by the exporter), `OTEL_TRACES_SAMPLER` and
     /// `OTEL_TRACES_SAMPLER_ARG`, `OTEL_TRACES_EXPORTER`, `OTEL_SDK_DISABLED`,
-    /// `OTEL_PROPAGATORS`. Unknown values fall back to the defaults and are listed by
+    /// `OTEL_PROPAGATORS`, and the batch settings `OTEL_BSP_MAX_QUEUE_SIZE`,
+    /// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, `OTEL_BSP_SCHEDULE_DELAY` (ms); the exporter reads
+    /// `OTEL_EXPORTER_OTLP_TIMEOUT` and the headers itself. Unknown values fall back to the defaults and are listed by
     /// [`TraceConfig::warnings`].
     pub fn from_env(service: impl Into<String>) -> Self {
         let mut warnings = Vec::new();
@@ -125,7 +129,9 @@ impl TraceConfig {
             None => Sampler::ParentBasedAlwaysOn,
             Some(name) => Sampler::parse(&name, env("OTEL_TRACES_SAMPLER_ARG").as_deref())
                 .unwrap_or_else(|| {
-                    warnings.push(format!("OTEL_TRACES_SAMPLER={name}: unknown, using parentbased_always_on"));
+                    warnings.push(format!(
+                        "OTEL_TRACES_SAMPLER={name}: unknown, using parentbased_always_on"
+                    ));
                     Sampler::ParentBasedAlwaysOn
                 }),
         };
@@ -154,12 +160,17 @@ impl TraceConfig {
             timeout: None,
             sampler,
             exporter,
-            disabled: env("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
+            disabled: env("OTEL_SDK_DISABLED")
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
             propagators,
             queue: QueueSettings {
-                max_queue: 2048,
-                max_batch: 512,
-                delay: Duration::from_secs(1),
+                max_queue: env_usize("OTEL_BSP_MAX_QUEUE_SIZE").unwrap_or(2048).max(1),
+                max_batch: env_usize("OTEL_BSP_MAX_EXPORT_BATCH_SIZE")
+                    .unwrap_or(512)
+                    .max(1),
+                delay: Duration::from_millis(
+                    env_usize("OTEL_BSP_SCHEDULE_DELAY").unwrap_or(1000).max(1) as u64,
+                ),
             },
             traceresponse: false,
             baggage_keys: Vec::new(),
@@ -302,7 +313,9 @@ impl TraceConfig {
                         true
                     }
                     Err(e) => {
-                        eprintln!("towerscope: OTLP exporter not built, spans are not exported: {e}");
+                        eprintln!(
+                            "towerscope: OTLP exporter not built, spans are not exported: {e}"
+                        );
                         false
                     }
                 },

@@ -36,7 +36,10 @@ pub(crate) struct ExportCounters {
 
 impl ExportCounters {
     pub(crate) fn register() -> Self {
-        metrics::describe_counter!(SPANS_EXPORTED, "Spans handed to the trace exporter successfully.");
+        metrics::describe_counter!(
+            SPANS_EXPORTED,
+            "Spans handed to the trace exporter successfully."
+        );
         metrics::describe_counter!(
             SPANS_DROPPED,
             "Spans dropped: the export queue was full, or the exporter failed."

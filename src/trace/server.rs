@@ -7,15 +7,17 @@ use std::sync::Arc;
 
 use http::{HeaderValue, Request, Version};
 use opentelemetry::trace::{
-    SpanContext, SpanKind, Status, TraceContextExt, TraceFlags as OtelFlags, TraceId as OtelTraceId,
-    TraceState as OtelTraceState, Tracer,
+    SpanContext, SpanKind, Status, TraceContextExt, TraceFlags as OtelFlags,
+    TraceId as OtelTraceId, TraceState as OtelTraceState, Tracer,
 };
 use opentelemetry::{Context, KeyValue, Value};
 
 use super::baggage::Baggage;
 use super::config::{Inner, Tracing};
 use super::traceparent::{SpanId, TraceFlags, TraceId, TraceParent};
-use crate::lifecycle::{End, KnownMethod, ObserveLayer, Observer, Outcome, RequestMeta, ResponseHead};
+use crate::lifecycle::{
+    End, KnownMethod, ObserveLayer, Observer, Outcome, RequestMeta, ResponseHead,
+};
 use crate::redact::{redact_query, SENSITIVE_PARAMS};
 
 /// The ids of the current request's server span, in the request's extensions (handlers read
@@ -56,11 +58,15 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for TraceIds {
         parts: &mut http::request::Parts,
         _: &S,
     ) -> Result<Self, Self::Rejection> {
-        Ok(parts.extensions.get::<TraceIds>().copied().unwrap_or(TraceIds {
-            trace_id: TraceId::default(),
-            span_id: SpanId::default(),
-            sampled: false,
-        }))
+        Ok(parts
+            .extensions
+            .get::<TraceIds>()
+            .copied()
+            .unwrap_or(TraceIds {
+                trace_id: TraceId::default(),
+                span_id: SpanId::default(),
+                sampled: false,
+            }))
     }
 }
 
@@ -141,7 +147,11 @@ impl Observer for Trace {
     fn route(&self, template: Option<&str>) -> TraceRoute {
         let names = std::array::from_fn(|i| {
             let m = KnownMethod::ALL[i];
-            let method = if m == KnownMethod::Other { "HTTP" } else { m.as_str() };
+            let method = if m == KnownMethod::Other {
+                "HTTP"
+            } else {
+                m.as_str()
+            };
             Cow::Owned(match template {
                 Some(t) => format!("{method} {t}"),
                 None => method.to_owned(),
@@ -153,7 +163,12 @@ impl Observer for Trace {
         }
     }
 
-    fn start<B>(&self, route: &TraceRoute, req: &mut Request<B>, meta: &RequestMeta<'_>) -> TraceObservation {
+    fn start<B>(
+        &self,
+        route: &TraceRoute,
+        req: &mut Request<B>,
+        meta: &RequestMeta<'_>,
+    ) -> TraceObservation {
         let inner = &*self.inner;
         if !inner.enabled {
             return TraceObservation {
@@ -173,7 +188,11 @@ impl Observer for Trace {
         attrs.push(KeyValue::new("url.path", req.uri().path().to_owned()));
         attrs.push(KeyValue::new(
             "url.scheme",
-            if req.uri().scheme_str() == Some("https") { "https" } else { "http" },
+            if req.uri().scheme_str() == Some("https") {
+                "https"
+            } else {
+                "http"
+            },
         ));
         if let Some(q) = req.uri().query() {
             let sensitive: Vec<String> = SENSITIVE_PARAMS.iter().map(|s| (*s).to_owned()).collect();
@@ -189,12 +208,17 @@ impl Observer for Trace {
             }
         }
         #[cfg(feature = "axum")]
-        if let Some(axum::extract::ConnectInfo(addr)) =
-            req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        if let Some(axum::extract::ConnectInfo(addr)) = req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         {
             attrs.push(KeyValue::new("client.address", addr.ip().to_string()));
         }
-        if let Some(ua) = req.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()) {
+        if let Some(ua) = req
+            .headers()
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+        {
             attrs.push(KeyValue::new("user_agent.original", ua.to_owned()));
         }
         attrs.push(KeyValue::new(
@@ -227,11 +251,14 @@ impl Observer for Trace {
         let traceresponse = match ids {
             Some(ids) => {
                 req.extensions_mut().insert(ids);
-                inner.traceresponse.then(|| {
-                    let flags = TraceFlags(u8::from(ids.sampled));
-                    HeaderValue::try_from(TraceParent::header(ids.trace_id, ids.span_id, flags)).ok()
-                })
-                .flatten()
+                inner
+                    .traceresponse
+                    .then(|| {
+                        let flags = TraceFlags(u8::from(ids.sampled));
+                        HeaderValue::try_from(TraceParent::header(ids.trace_id, ids.span_id, flags))
+                            .ok()
+                    })
+                    .flatten()
             }
             None => None,
         };
@@ -255,7 +282,10 @@ impl Observer for Trace {
         let Some(cx) = obs.cx else { return };
         let span = cx.span();
         if let Some(status) = end.status {
-            span.set_attribute(KeyValue::new("http.response.status_code", i64::from(status.as_u16())));
+            span.set_attribute(KeyValue::new(
+                "http.response.status_code",
+                i64::from(status.as_u16()),
+            ));
         }
         match end.outcome {
             Outcome::ServerError(e) => {
@@ -274,7 +304,12 @@ impl Observer for Trace {
 fn host_port<B>(req: &Request<B>) -> Option<(String, Option<u16>)> {
     let authority = match req.uri().authority() {
         Some(a) => a.as_str().to_owned(),
-        None => req.headers().get(http::header::HOST)?.to_str().ok()?.to_owned(),
+        None => req
+            .headers()
+            .get(http::header::HOST)?
+            .to_str()
+            .ok()?
+            .to_owned(),
     };
     let parsed: http::uri::Authority = authority.parse().ok()?;
     Some((parsed.host().to_owned(), parsed.port_u16()))
