@@ -9,3 +9,4 @@ mod lifecycle;
 mod ops;
 mod prometheus;
 mod red;
+mod trace;

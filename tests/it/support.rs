@@ -201,9 +201,15 @@ pub fn start_server(stack: &str) -> (Proc, SocketAddr) {
 
 /// The same, with more arguments.
 pub fn start_server_with(stack: &str, extra: &[&str]) -> (Proc, SocketAddr) {
+    start_server_env(stack, extra, &[])
+}
+
+/// The same, with environment variables for the server.
+pub fn start_server_env(stack: &str, extra: &[&str], env: &[(&str, &str)]) -> (Proc, SocketAddr) {
     let mut child = Command::new(example_binary("server"))
         .args(["--addr", "127.0.0.1:0", "--stack", stack, "--workers", "2"])
         .args(extra)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

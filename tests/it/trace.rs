@@ -1,0 +1,524 @@
+//! Traces end to end: an in-test OTLP/HTTP receiver decodes what the real exporter sends;
+//! two towerscope services in one process make one trace; collectors that are down, hang or
+//! answer 503 leave the service answering, and the drops are counted.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::Router;
+use bytes::Bytes;
+use http_body_util::Empty;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::{
+    span::SpanKind, status::StatusCode as OtelStatus, Span,
+};
+use prost::Message;
+use tower::ServiceExt;
+use towerscope::lifecycle::ObserveLayer;
+use towerscope::trace::{TraceConfig, TraceIds, Tracing};
+use tracing_subscriber::layer::SubscriberExt;
+
+use crate::support::{http, sample, start_server_env};
+
+// ---- the receiver ----
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Accept,
+    Unavailable,
+    Hang,
+}
+
+#[derive(Clone)]
+struct Receiver {
+    spans: Arc<Mutex<Vec<Span>>>,
+    requests: Arc<Mutex<u32>>,
+    mode: Mode,
+}
+
+async fn export(State(r): State<Receiver>, body: Bytes) -> StatusCode {
+    *r.requests.lock().unwrap() += 1;
+    match r.mode {
+        Mode::Hang => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            StatusCode::OK
+        }
+        Mode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Mode::Accept => {
+            let req = ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf body");
+            let mut spans = r.spans.lock().unwrap();
+            for rs in req.resource_spans {
+                for ss in rs.scope_spans {
+                    spans.extend(ss.spans);
+                }
+            }
+            StatusCode::OK
+        }
+    }
+}
+
+/// Starts a receiver on a free loopback port, on a thread and runtime of its own (so a test
+/// blocked in `flush` does not block it); returns it and its `/v1/traces` URL.
+async fn receiver(mode: Mode) -> (Receiver, String) {
+    let r = Receiver {
+        spans: Arc::default(),
+        requests: Arc::default(),
+        mode,
+    };
+    let app = Router::new()
+        .route("/v1/traces", post(export))
+        .with_state(r.clone());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(listener, app).await
+        })
+    });
+    (r, format!("http://{addr}/v1/traces"))
+}
+
+fn attr<'a>(s: &'a Span, key: &str) -> Option<&'a Value> {
+    s.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| v.value.as_ref())
+}
+
+fn attr_str<'a>(s: &'a Span, key: &str) -> Option<&'a str> {
+    match attr(s, key) {
+        Some(Value::StringValue(v)) => Some(v),
+        _ => None,
+    }
+}
+
+fn attr_int(s: &Span, key: &str) -> Option<i64> {
+    match attr(s, key) {
+        Some(Value::IntValue(v)) => Some(*v),
+        _ => None,
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+// ---- two services in one process ----
+
+#[tracing::instrument]
+async fn load_profile(client_layer: towerscope::trace::ClientTraceLayer, b: SocketAddr) -> u16 {
+    let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<Bytes>>();
+    let client = tower::Layer::layer(&client_layer, hyper);
+    let req = http::Request::get(format!("http://{b}/profile/7?token=s3cret"))
+        .body(Empty::new())
+        .unwrap();
+    client.oneshot(req).await.unwrap().status().as_u16()
+}
+
+async fn serve(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+    });
+    addr
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn one_trace_across_two_services() {
+    let (rx, url) = receiver(Mode::Accept).await;
+    let tracing = TraceConfig::from_env("it")
+        .service_name("it")
+        .endpoint(url)
+        .export_delay(Duration::from_millis(50))
+        .install();
+    assert!(tracing.is_exporting());
+    // Application spans go through `tracing`'s OpenTelemetry layer; every task runs on this
+    // thread, so the thread's default subscriber sees them all.
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(tracing.otel_layer()));
+
+    // B: a profile route and a failing one.
+    let b = Router::new()
+        .route("/profile/{id}", get(|| async { "profile" }))
+        .route("/boom", get(|| async { StatusCode::INTERNAL_SERVER_ERROR }))
+        .layer(ObserveLayer::with_observer(tracing.observer()));
+    let b_addr = serve(b).await;
+
+    // A: its handler calls B from inside an `#[instrument]` span.
+    let client_layer = tracing.client_layer();
+    let a = Router::new()
+        .route(
+            "/orders/{id}",
+            get(move |ids: TraceIds| {
+                let layer = client_layer.clone();
+                async move {
+                    let status = load_profile(layer, b_addr).await;
+                    format!("{status} {}", ids.trace_id)
+                }
+            }),
+        )
+        .layer(ObserveLayer::with_observer(tracing.observer()));
+    let a_addr = serve(a).await;
+
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<Bytes>>();
+    let req = http::Request::get(format!("http://{a_addr}/orders/1?q=1"))
+        .header("traceparent", format!("00-{caller_trace}-{caller_span}-01"))
+        .header("tracestate", "vendor=abc")
+        .header("user-agent", "it/1.0")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let res = hyper.request(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body = http_body_util::BodyExt::collect(res.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(
+        std::str::from_utf8(&body).unwrap(),
+        format!("200 {caller_trace}"),
+        "the handler reads the trace id"
+    );
+    // A 500 on B, and an invalid traceparent (the trace restarts, the request succeeds).
+    let req = http::Request::get(format!("http://{b_addr}/boom"))
+        .header(
+            "traceparent",
+            format!("00-{}-{caller_span}-01", caller_trace.to_uppercase()),
+        )
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    assert_eq!(hyper.request(req).await.unwrap().status(), 500);
+
+    assert!(tracing.flush());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let spans = loop {
+        let spans = rx.spans.lock().unwrap().clone();
+        if spans.len() >= 5 || Instant::now() > deadline {
+            break spans;
+        }
+        drop(spans);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let by_name: HashMap<&str, &Span> = spans.iter().map(|s| (s.name.as_str(), s)).collect();
+    let a_server = by_name["GET /orders/{id}"];
+    let app_span = by_name["load_profile"];
+    let a_client = by_name["GET"];
+    let b_server = by_name["GET /profile/{id}"];
+    let boom = by_name["GET /boom"];
+
+    // One trace, continuing the caller's; parents are right.
+    for s in [a_server, app_span, a_client, b_server] {
+        assert_eq!(hex(&s.trace_id), caller_trace, "{}", s.name);
+    }
+    assert_eq!(hex(&a_server.parent_span_id), caller_span);
+    assert_eq!(
+        app_span.parent_span_id, a_server.span_id,
+        "#[instrument] span under the server span"
+    );
+    assert_eq!(
+        a_client.parent_span_id, app_span.span_id,
+        "client span under the handler's span"
+    );
+    assert_eq!(
+        b_server.parent_span_id, a_client.span_id,
+        "B continues A's client span"
+    );
+    assert_ne!(
+        hex(&boom.trace_id),
+        caller_trace,
+        "an invalid traceparent restarts the trace"
+    );
+    assert!(boom.parent_span_id.is_empty());
+
+    // Kinds.
+    assert_eq!(a_server.kind, SpanKind::Server as i32);
+    assert_eq!(b_server.kind, SpanKind::Server as i32);
+    assert_eq!(a_client.kind, SpanKind::Client as i32);
+    assert_eq!(app_span.kind, SpanKind::Internal as i32);
+
+    // Attributes.
+    assert_eq!(attr_str(a_server, "http.request.method"), Some("GET"));
+    assert_eq!(attr_str(a_server, "http.route"), Some("/orders/{id}"));
+    assert_eq!(attr_str(a_server, "url.path"), Some("/orders/1"));
+    assert_eq!(attr_str(a_server, "url.query"), Some("q=1"));
+    assert_eq!(attr_str(a_server, "url.scheme"), Some("http"));
+    assert_eq!(attr_str(a_server, "user_agent.original"), Some("it/1.0"));
+    assert_eq!(attr_str(a_server, "client.address"), Some("127.0.0.1"));
+    assert_eq!(attr_str(a_server, "server.address"), Some("127.0.0.1"));
+    assert_eq!(
+        attr_int(a_server, "server.port"),
+        Some(i64::from(a_addr.port()))
+    );
+    assert_eq!(attr_str(a_server, "network.protocol.version"), Some("1.1"));
+    assert_eq!(attr_int(a_server, "http.response.status_code"), Some(200));
+    assert_eq!(
+        attr_str(b_server, "url.query").map(|q| q.contains("s3cret")),
+        Some(false)
+    );
+    assert_eq!(attr_str(a_client, "http.request.method"), Some("GET"));
+    assert_eq!(
+        attr_int(a_client, "server.port"),
+        Some(i64::from(b_addr.port()))
+    );
+    assert_eq!(attr_str(a_client, "server.address"), Some("127.0.0.1"));
+    let full = attr_str(a_client, "url.full").unwrap();
+    assert!(full.ends_with("/profile/7?token=REDACTED"), "{full}");
+    assert_eq!(attr_int(a_client, "http.response.status_code"), Some(200));
+    // The caller's tracestate travels with the trace.
+    assert_eq!(b_server.trace_state, "vendor=abc");
+
+    // Statuses: 5xx is an error on the server, with error.type; 2xx unset.
+    let status = |s: &Span| s.status.as_ref().map_or(0, |st| st.code);
+    assert_eq!(status(boom), OtelStatus::Error as i32);
+    assert_eq!(attr_str(boom, "error.type"), Some("500"));
+    assert_eq!(status(a_server), OtelStatus::Unset as i32);
+    // Durations are real.
+    assert!(a_server.end_time_unix_nano > a_server.start_time_unix_nano);
+    assert!(a_server.start_time_unix_nano <= a_client.start_time_unix_nano);
+    assert!(a_server.end_time_unix_nano >= b_server.end_time_unix_nano);
+    assert!(tracing.shutdown(Duration::from_secs(5)));
+}
+
+/// Client spans: 4xx is an error on the client side; the current request id travels on.
+#[tokio::test(flavor = "current_thread")]
+async fn client_spans_mark_4xx_as_errors() {
+    let (rx, url) = receiver(Mode::Accept).await;
+    let tracing: Tracing = TraceConfig::from_env("it")
+        .endpoint(url)
+        .export_delay(Duration::from_millis(20))
+        .install();
+    let seen = Arc::new(Mutex::new(None));
+    let seen2 = seen.clone();
+    let b = Router::new().route(
+        "/missing",
+        get(move |headers: http::HeaderMap| {
+            *seen2.lock().unwrap() = headers
+                .get("traceparent")
+                .map(|v| v.to_str().unwrap().to_owned());
+            async { StatusCode::NOT_FOUND }
+        }),
+    );
+    let b_addr = serve(b).await;
+    let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<Bytes>>();
+    let client = tower::Layer::layer(&tracing.client_layer(), hyper);
+    let req = http::Request::get(format!("http://{b_addr}/missing"))
+        .body(Empty::new())
+        .unwrap();
+    assert_eq!(client.oneshot(req).await.unwrap().status(), 404);
+    assert!(tracing.flush());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let span = loop {
+        if let Some(s) = rx.spans.lock().unwrap().first().cloned() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no span exported");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(span.kind, SpanKind::Client as i32);
+    assert_eq!(span.status.as_ref().unwrap().code, OtelStatus::Error as i32);
+    assert_eq!(attr_str(&span, "error.type"), Some("404"));
+    let sent = seen.lock().unwrap().clone().expect("traceparent sent");
+    assert_eq!(
+        sent,
+        format!("00-{}-{}-01", hex(&span.trace_id), hex(&span.span_id))
+    );
+    tracing.shutdown(Duration::from_secs(5));
+}
+
+// ---- collectors that misbehave ----
+
+/// The example server with tracing exporting to `endpoint`, a small queue and short timeouts.
+fn traced_server(endpoint: &str) -> (crate::support::Proc, SocketAddr) {
+    start_server_env(
+        "full",
+        &["--drain-delay", "0"],
+        &[
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "64"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "1000"),
+        ],
+    )
+}
+
+fn dropped(addr: SocketAddr, reason: &str) -> f64 {
+    let (_, text) = http(addr, "GET", "/metrics");
+    sample(&text, "trace_spans_dropped_total", &[("reason", reason)]).unwrap_or(0.0)
+}
+
+#[test]
+fn collectors_down_hanging_or_failing_do_not_touch_the_service() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (hang, hang_url) = rt.block_on(receiver(Mode::Hang));
+    let (unavailable, unavailable_url) = rt.block_on(receiver(Mode::Unavailable));
+    let down_url = format!("http://127.0.0.1:{}/v1/traces", crate::support::free_port());
+    for (what, url, reason) in [
+        ("down", down_url.as_str(), "export_failed"),
+        ("503", unavailable_url.as_str(), "export_failed"),
+        ("hanging", hang_url.as_str(), "queue_full"),
+    ] {
+        let (mut server, addr) = traced_server(url);
+        let started = Instant::now();
+        for _ in 0..400 {
+            assert_eq!(http(addr, "GET", "/echo/1").0, 200, "{what}");
+        }
+        // The service answered 400 requests while the collector misbehaved; the spans it could
+        // not deliver are counted (export attempts time out after 1 s, retries included).
+        let counted = crate::support::eventually(Duration::from_secs(30), || {
+            (dropped(addr, reason) > 0.0).then_some(())
+        });
+        assert!(counted.is_some(), "{what}: no {reason} drops counted");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{what}: took {:?}",
+            started.elapsed()
+        );
+        // Graceful shutdown flushes within its deadline even so.
+        let pid = server.0.id().to_string();
+        let stopped = Instant::now();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        let status =
+            crate::support::eventually(Duration::from_secs(20), || server.0.try_wait().unwrap());
+        assert!(status.is_some(), "{what}: still running 20 s after SIGTERM");
+        assert!(stopped.elapsed() < Duration::from_secs(15), "{what}");
+    }
+    assert!(
+        *unavailable.requests.lock().unwrap() > 0,
+        "the 503 receiver was called"
+    );
+    assert!(
+        *hang.requests.lock().unwrap() > 0,
+        "the hanging receiver was called"
+    );
+    drop(rt);
+}
+
+// ---- log correlation ----
+
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Lines {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Lines {
+    type Writer = Lines;
+    fn make_writer(&'a self) -> Lines {
+        self.clone()
+    }
+}
+
+#[tracing::instrument]
+async fn child_work() {
+    tracing::info!("in child");
+}
+
+/// Every record written inside a traced request carries the current span's ids, as exported.
+#[tokio::test(flavor = "current_thread")]
+async fn log_records_carry_the_exported_ids() {
+    let (rx, url) = receiver(Mode::Accept).await;
+    let tracing = TraceConfig::from_env("it")
+        .endpoint(url)
+        .export_delay(Duration::from_millis(20))
+        .install();
+    let lines = Lines::default();
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::registry()
+            .with(tracing.otel_layer())
+            .with(towerscope::log::JsonLayer::new("it", lines.clone())),
+    );
+    let app = Router::new()
+        .route(
+            "/work",
+            get(|| async {
+                tracing::info!("in handler");
+                child_work().await;
+                "done"
+            }),
+        )
+        .layer(ObserveLayer::with_observer((
+            tracing.observer(),
+            towerscope::log::RequestLog::builder().build(),
+        )));
+    let addr = serve(app).await;
+    let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<Bytes>>();
+    let req = http::Request::get(format!("http://{addr}/work"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    assert_eq!(hyper.request(req).await.unwrap().status(), 200);
+    assert!(tracing.flush());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let spans = loop {
+        let spans = rx.spans.lock().unwrap().clone();
+        if spans.len() >= 2 || Instant::now() > deadline {
+            break spans;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let server = spans
+        .iter()
+        .find(|s| s.name == "GET /work")
+        .expect("server span");
+    let child = spans
+        .iter()
+        .find(|s| s.name == "child_work")
+        .expect("child span");
+    let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let by_message = |m: &str| {
+        records
+            .iter()
+            .find(|r| r["message"] == m)
+            .unwrap_or_else(|| panic!("no {m:?} record in {text}"))
+    };
+    for (message, span) in [
+        ("in handler", server),
+        ("in child", child),
+        ("request finished", server),
+    ] {
+        let r = by_message(message);
+        assert_eq!(r["trace_id"], hex(&span.trace_id), "{message}: {r}");
+        assert_eq!(r["span_id"], hex(&span.span_id), "{message}: {r}");
+    }
+    tracing.shutdown(Duration::from_secs(5));
+}
