@@ -13,7 +13,8 @@ use super::{describe, register_histogram};
 
 /// A named operation: `{name}_duration_seconds{outcome="success|error|cancelled"}` plus the
 /// constant labels, and a span `operation` (INFO, `otel.name` = the name, kind INTERNAL) that
-/// records `otel.status_code="error"` and an ERROR event with `exception.message` on failure.
+/// records `otel.status_code="error"` and an ERROR event `exception` with `exception.message`
+/// on failure (an OpenTelemetry exception event when spans are exported).
 ///
 /// Handles are resolved when it is built: build it once (after installing the recorder) and
 /// keep it.
@@ -162,7 +163,7 @@ impl State {
                     target: "towerscope::ops",
                     operation = self.op.name,
                     "exception.message" = %e,
-                    "operation failed"
+                    "exception"
                 );
             }
         }

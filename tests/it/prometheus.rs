@@ -20,6 +20,8 @@ fn traffic(addr: std::net::SocketAddr) {
     assert_eq!(http_json(addr, "POST", "/users", Some(user)).0, 409);
     assert_eq!(http(addr, "GET", "/users/1").0, 200);
     assert_eq!(http(addr, "GET", "/users/999").0, 404);
+    // A traced downstream call in `full`: the client histogram.
+    assert_eq!(http(addr, "GET", "/chain?hops=1").0, 200);
     assert_eq!(http(addr, "GET", "/simulate?fail=1").0, 500);
     assert_eq!(http(addr, "GET", "/simulate?ms=5").0, 200);
     assert_eq!(http(addr, "GET", "/does/not/exist").0, 404);
@@ -43,6 +45,12 @@ fn promtool_accepts_every_stack() {
             text.contains("db_client_operation_duration_seconds_bucket"),
             "{text}"
         );
+        if stack == "full" {
+            assert!(
+                text.contains("http_client_request_duration_seconds_bucket{http_request_method=\"GET\",server_address=\"127.0.0.1\""),
+                "{text}"
+            );
+        }
         promtool_check(&text, &format!("stack {stack}"));
     }
 }

@@ -522,3 +522,156 @@ async fn log_records_carry_the_exported_ids() {
     }
     tracing.shutdown(Duration::from_secs(5));
 }
+
+/// Custom instrumentation (`ops::Operation`, the seed's instrumentAsync/instrumentSync): an
+/// INTERNAL span with an exception event and Error status on failure, OK-or-unset otherwise.
+#[tokio::test(flavor = "current_thread")]
+async fn operations_export_internal_spans_with_exceptions() {
+    let (rx, url) = receiver(Mode::Accept).await;
+    let tracing = TraceConfig::from_env("it")
+        .endpoint(url)
+        .export_delay(Duration::from_millis(20))
+        .install();
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(tracing.otel_layer()));
+    let charge = towerscope::ops::Operation::new("charge");
+    let failed: Result<(), &str> = charge.run(async { Err("card declined") }).await;
+    assert!(failed.is_err());
+    let fine = towerscope::ops::Operation::new("refund").run_sync(|| Ok::<_, String>(1));
+    assert_eq!(fine, Ok(1));
+    assert!(tracing.flush());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let spans = loop {
+        let spans = rx.spans.lock().unwrap().clone();
+        if spans.len() >= 2 || Instant::now() > deadline {
+            break spans;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let charge = spans
+        .iter()
+        .find(|s| s.name == "charge")
+        .expect("charge span");
+    let refund = spans
+        .iter()
+        .find(|s| s.name == "refund")
+        .expect("refund span");
+    assert_eq!(charge.kind, SpanKind::Internal as i32);
+    assert_eq!(
+        charge.status.as_ref().unwrap().code,
+        OtelStatus::Error as i32
+    );
+    let exception = charge
+        .events
+        .iter()
+        .find(|e| e.name == "exception")
+        .expect("an exception event");
+    let message = exception
+        .attributes
+        .iter()
+        .find(|kv| kv.key == "exception.message")
+        .and_then(|kv| kv.value.as_ref()?.value.as_ref());
+    assert_eq!(message, Some(&Value::StringValue("card declined".into())));
+    assert_ne!(
+        refund.status.as_ref().map_or(0, |s| s.code),
+        OtelStatus::Error as i32
+    );
+    tracing.shutdown(Duration::from_secs(5));
+}
+
+/// The embedded default: no endpoint, nothing exported, yet ids are created, propagated,
+/// returned (`traceresponse`, opt-in) and readable by handlers.
+#[tokio::test(flavor = "current_thread")]
+async fn without_an_endpoint_ids_exist_and_nothing_is_exported() {
+    let tracing = TraceConfig::from_env("it").traceresponse(true).install();
+    assert!(!tracing.is_exporting(), "no endpoint: no exporter");
+    let app = Router::new()
+        .route(
+            "/",
+            get(|ids: TraceIds| async move { ids.trace_id.to_string() }),
+        )
+        .layer(ObserveLayer::with_observer(tracing.observer()));
+    let addr = serve(app).await;
+    let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<Bytes>>();
+    for parent in [
+        None,
+        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"),
+    ] {
+        let mut req = http::Request::get(format!("http://{addr}/"));
+        if let Some(p) = parent {
+            req = req.header("traceparent", p);
+        }
+        let res = hyper
+            .request(req.body(Empty::<Bytes>::new()).unwrap())
+            .await
+            .unwrap();
+        let back = res.headers()["traceresponse"].to_str().unwrap().to_owned();
+        let body = http_body_util::BodyExt::collect(res.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let trace_id = std::str::from_utf8(&body).unwrap().to_owned();
+        let parsed = towerscope::trace::TraceParent::parse(&back).expect("a valid traceresponse");
+        assert_eq!(parsed.trace_id.to_string(), trace_id);
+        match parent {
+            // A caller's unsampled decision is followed (parentbased_always_on).
+            Some(p) => {
+                assert_eq!(trace_id, &p[3..35]);
+                assert!(!parsed.flags.sampled());
+            }
+            None => assert!(parsed.flags.sampled()),
+        }
+    }
+    assert!(tracing.shutdown(Duration::from_secs(1)));
+}
+
+/// The reqwest-middleware middleware: a CLIENT span, propagation.
+#[cfg(feature = "reqwest")]
+#[tokio::test(flavor = "current_thread")]
+async fn reqwest_middleware_propagates() {
+    let (rx, url) = receiver(Mode::Accept).await;
+    let tracing = TraceConfig::from_env("it")
+        .endpoint(url)
+        .export_delay(Duration::from_millis(20))
+        .install();
+    let b = Router::new()
+        .route("/hello", get(|| async { "hi" }))
+        .layer(ObserveLayer::with_observer(tracing.observer()));
+    let b_addr = serve(b).await;
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(tracing.reqwest_middleware())
+        .build();
+    let res = client
+        .get(format!("http://{b_addr}/hello"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), "hi");
+    assert!(tracing.flush());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let spans = loop {
+        let spans = rx.spans.lock().unwrap().clone();
+        if spans.len() >= 2 || Instant::now() > deadline {
+            break spans;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let client_span = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Client as i32)
+        .expect("client span");
+    let server_span = spans
+        .iter()
+        .find(|s| s.name == "GET /hello")
+        .expect("server span");
+    assert_eq!(client_span.name, "GET");
+    assert_eq!(server_span.parent_span_id, client_span.span_id);
+    assert_eq!(server_span.trace_id, client_span.trace_id);
+    assert_eq!(
+        attr_int(client_span, "http.response.status_code"),
+        Some(200)
+    );
+    tracing.shutdown(Duration::from_secs(5));
+}
