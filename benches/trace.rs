@@ -1,11 +1,65 @@
-//! Propagation on the request path: extracting a typical caller's context (traceparent,
-//! tracestate, baggage) and injecting it into a downstream request's headers.
+//! Tracing on the request path: the server span layer on a plain Tower service (unsampled
+//! caller, sampled without export), against the bare service; and the wire formats alone:
+//! extracting a typical caller's context and injecting it into a downstream request.
+
+use std::convert::Infallible;
+
+mod support;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use http::HeaderMap;
-use towerscope::trace::{Propagators, SpanId, TraceFlags};
+use http::{HeaderMap, Request, Response};
+use support::*;
+use tower::{Layer, Service};
+use towerscope::lifecycle::ObserveLayer;
+use towerscope::trace::{Exporter, Propagators, Sampler, SpanId, TraceConfig, TraceFlags};
 
-fn bench(c: &mut Criterion) {
+fn plain() -> impl Service<Request<String>, Response = Response<String>, Error = Infallible> + Clone
+{
+    tower::service_fn(|_: Request<String>| async { Ok(Response::new(String::from("ok"))) })
+}
+
+fn one<S, B>(svc: &mut S, traceparent: Option<&'static str>)
+where
+    S: Service<Request<String>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body + Unpin,
+{
+    let mut req = Request::get("/users/7");
+    if let Some(tp) = traceparent {
+        req = req.header("traceparent", tp);
+    }
+    let res = block_on(svc.call(req.body(String::new()).unwrap())).unwrap();
+    drain(res.into_body());
+}
+
+fn server_span(c: &mut Criterion) {
+    const UNSAMPLED: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+    let mut g = c.benchmark_group("server_span");
+    let mut bare = plain();
+    g.bench_function("bare", |b| b.iter(|| one(&mut bare, Some(UNSAMPLED))));
+    // What every request pays with tracing on: the lifecycle core alone.
+    let mut core = ObserveLayer::with_observer(())
+        .route_fn(|_, _| Some("/users/{id}"))
+        .layer(plain());
+    g.bench_function("core_only", |b| b.iter(|| one(&mut core, Some(UNSAMPLED))));
+    let tracing = TraceConfig::from_env("bench")
+        .exporter(Exporter::None)
+        .sampler(Sampler::ParentBasedAlwaysOn)
+        .install();
+    let mut traced = tracing
+        .layer()
+        .route_fn(|_, _| Some("/users/{id}"))
+        .layer(plain());
+    g.bench_function("unsampled_caller", |b| {
+        b.iter(|| one(&mut traced, Some(UNSAMPLED)))
+    });
+    g.bench_function("sampled_root_not_exported", |b| {
+        b.iter(|| one(&mut traced, None))
+    });
+    g.finish();
+}
+
+fn wire(c: &mut Criterion) {
     let mut headers = HeaderMap::new();
     headers.insert("host", "example.org".parse().unwrap());
     headers.insert("user-agent", "bench/1.0".parse().unwrap());
@@ -54,5 +108,5 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+criterion_group!(benches, server_span, wire);
 criterion_main!(benches);

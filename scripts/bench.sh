@@ -3,9 +3,11 @@
 # 32 connections, 1 thread) pinned to core 1, stacks alternated within one run so every ratio
 # is against `--stack bare` measured under the same conditions.
 #
-#   scripts/bench.sh [--duration SECONDS] [--rounds N] [--path PATH] [--server-args "ARGS"] [STACK...]
+#   scripts/bench.sh [--duration SECONDS] [--rounds N] [--path PATH] [--server-args "ARGS"] [--otlp] [STACK...]
 #
 # Default stacks: bare red full. Prints a Markdown table: median requests/s, p99, ratio to bare.
+# --otlp: a live OTLP receiver (examples/otlp_sink, on the load core) gets the `full` stack's
+# spans (every request sampled and batch-exported); its totals are printed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +15,7 @@ duration=10
 rounds=3
 path=/echo/42
 server_args=""
+otlp=0
 stacks=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -20,6 +23,7 @@ while [ $# -gt 0 ]; do
     --rounds) rounds=$2; shift 2 ;;
     --path) path=$2; shift 2 ;;
     --server-args) server_args=$2; shift 2 ;;
+    --otlp) otlp=1; shift ;;
     -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
     *) stacks+=("$1"); shift ;;
   esac
@@ -37,12 +41,20 @@ command -v taskset >/dev/null || { echo "bench.sh: taskset (util-linux) is missi
 
 cargo build --release --example server >&2
 bin=target/release/examples/server
+[ "$otlp" = 0 ] || cargo build --release --example otlp_sink >&2
 cores=$(nproc)
 server_cpu=0
 load_cpu=$(( cores > 1 ? 1 : 0 ))
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"; kill $(jobs -p) 2>/dev/null || true' EXIT
+
+if [ "$otlp" = 1 ]; then
+  sink_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  taskset -c "$load_cpu" target/release/examples/otlp_sink --addr "127.0.0.1:$sink_port" >"$tmp/sink.log" 2>&1 &
+  sink_pid=$!
+  export OTEL_EXPORTER_OTLP_TRACES_ENDPOINT="http://127.0.0.1:$sink_port/v1/traces"
+fi
 
 run_one() { # stack round
   local stack=$1 round=$2 port out
@@ -69,6 +81,11 @@ for round in $(seq "$rounds"); do
     run_one "$stack" "$round"
   done
 done
+
+if [ "$otlp" = 1 ]; then
+  kill -TERM "$sink_pid"; wait "$sink_pid" 2>/dev/null || true
+  echo "otlp sink: $(tail -1 "$tmp/sink.log")" >&2
+fi
 
 python3 - "$tmp/results" "${stacks[@]}" <<'PY'
 import statistics, sys

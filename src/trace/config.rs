@@ -329,6 +329,7 @@ impl TraceConfig {
             inner: Arc::new(Inner {
                 provider,
                 tracer,
+                sampler: self.sampler,
                 enabled: !self.disabled,
                 exporting,
                 propagators: self.propagators,
@@ -361,6 +362,7 @@ fn otlp_exporter(
 pub(crate) struct Inner {
     provider: SdkTracerProvider,
     pub(crate) tracer: SdkTracer,
+    pub(crate) sampler: Sampler,
     pub(crate) enabled: bool,
     exporting: bool,
     pub(crate) propagators: Propagators,

@@ -13,7 +13,7 @@ use opentelemetry::trace::{
 use opentelemetry::{Context, KeyValue, Value};
 
 use super::baggage::Baggage;
-use super::config::{Inner, Tracing};
+use super::config::{Inner, Sampler, Tracing};
 use super::traceparent::{SpanId, TraceFlags, TraceId, TraceParent};
 use crate::lifecycle::{
     End, KnownMethod, ObserveLayer, Observer, Outcome, RequestMeta, ResponseHead,
@@ -127,17 +127,45 @@ fn otel_parent(p: &TraceParent, state: &super::tracestate::TraceState) -> SpanCo
     )
 }
 
-/// The context a server span gets its parent from: the caller's span and baggage.
-pub(crate) fn parent_context(inner: &Inner, headers: &http::HeaderMap) -> Context {
-    let got = inner.propagators.extract(headers);
-    let mut cx = Context::new();
-    if let Some(p) = &got.parent {
-        cx = cx.with_remote_span_context(otel_parent(p, &got.state));
+/// Random bytes, not all zero (an all-zero id is invalid).
+fn random_nonzero<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    loop {
+        for chunk in out.chunks_mut(8) {
+            let r = fastrand::u64(..).to_le_bytes();
+            chunk.copy_from_slice(&r[..chunk.len()]);
+        }
+        if out != [0; N] {
+            return out;
+        }
     }
-    if !got.baggage.is_empty() {
-        cx = cx.with_value(got.baggage);
+}
+
+/// The span of a request that is not sampled: ids only, nothing recorded.
+#[derive(Debug)]
+struct Unsampled(SpanContext);
+
+impl opentelemetry::trace::Span for Unsampled {
+    fn add_event_with_timestamp<T>(&mut self, _: T, _: std::time::SystemTime, _: Vec<KeyValue>)
+    where
+        T: Into<Cow<'static, str>>,
+    {
     }
-    cx
+    fn span_context(&self) -> &SpanContext {
+        &self.0
+    }
+    fn is_recording(&self) -> bool {
+        false
+    }
+    fn set_attribute(&mut self, _: KeyValue) {}
+    fn set_status(&mut self, _: Status) {}
+    fn update_name<T>(&mut self, _: T)
+    where
+        T: Into<Cow<'static, str>>,
+    {
+    }
+    fn add_link(&mut self, _: SpanContext, _: Vec<KeyValue>) {}
+    fn end_with_timestamp(&mut self, _: std::time::SystemTime) {}
 }
 
 impl Observer for Trace {
@@ -145,6 +173,9 @@ impl Observer for Trace {
     type Observation = TraceObservation;
 
     fn route(&self, template: Option<&str>) -> TraceRoute {
+        // Built once per route template and kept for the life of the process (the route table
+        // is bounded, so are these): the span builder takes a `'static` name, and a borrowed
+        // one costs no allocation per request.
         let names = std::array::from_fn(|i| {
             let m = KnownMethod::ALL[i];
             let method = if m == KnownMethod::Other {
@@ -152,10 +183,11 @@ impl Observer for Trace {
             } else {
                 m.as_str()
             };
-            Cow::Owned(match template {
-                Some(t) => format!("{method} {t}"),
-                None => method.to_owned(),
-            })
+            let name: &'static str = match template {
+                Some(t) => Box::leak(format!("{method} {t}").into_boxed_str()),
+                None => method,
+            };
+            Cow::Borrowed(name)
         });
         TraceRoute {
             names,
@@ -176,77 +208,54 @@ impl Observer for Trace {
                 traceresponse: None,
             };
         }
-        let parent = parent_context(inner, req.headers());
-        let mut attrs = Vec::with_capacity(12);
-        attrs.push(KeyValue::new("http.request.method", meta.method.as_str()));
-        if meta.method == KnownMethod::Other {
-            attrs.push(KeyValue::new(
-                "http.request.method_original",
-                req.method().as_str().to_owned(),
-            ));
+        let got = inner.propagators.extract(req.headers());
+        let caller = got.parent.map(|p| otel_parent(&p, &got.state));
+        let mut base = Context::new();
+        if !got.baggage.is_empty() {
+            base = base.with_value(got.baggage);
         }
-        attrs.push(KeyValue::new("url.path", req.uri().path().to_owned()));
-        attrs.push(KeyValue::new(
-            "url.scheme",
-            if req.uri().scheme_str() == Some("https") {
-                "https"
-            } else {
-                "http"
-            },
-        ));
-        if let Some(q) = req.uri().query() {
-            let sensitive: Vec<String> = SENSITIVE_PARAMS.iter().map(|s| (*s).to_owned()).collect();
-            attrs.push(KeyValue::new("url.query", redact_query(q, &sensitive)));
-        }
-        if let Some(r) = &route.route {
-            attrs.push(KeyValue::new("http.route", r.clone()));
-        }
-        if let Some((host, port)) = host_port(req) {
-            attrs.push(KeyValue::new("server.address", host));
-            if let Some(p) = port {
-                attrs.push(KeyValue::new("server.port", i64::from(p)));
+        // When the sampler's answer is known in advance (a parent-based sampler and an
+        // unsampled caller, or always-off), the span records nothing: it is only ids. They are
+        // made here, without the SDK's span machinery or any attribute.
+        let unsampled = match inner.sampler {
+            Sampler::AlwaysOff => true,
+            Sampler::ParentBasedAlwaysOn
+            | Sampler::ParentBasedAlwaysOff
+            | Sampler::ParentBasedTraceIdRatio(_) => {
+                caller.as_ref().is_some_and(|sc| !sc.is_sampled())
             }
-        }
-        #[cfg(feature = "axum")]
-        if let Some(axum::extract::ConnectInfo(addr)) = req
-            .extensions()
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        {
-            attrs.push(KeyValue::new("client.address", addr.ip().to_string()));
-        }
-        if let Some(ua) = req
-            .headers()
-            .get(http::header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-        {
-            attrs.push(KeyValue::new("user_agent.original", ua.to_owned()));
-        }
-        attrs.push(KeyValue::new(
-            "network.protocol.version",
-            match req.version() {
-                Version::HTTP_09 => "0.9",
-                Version::HTTP_10 => "1.0",
-                Version::HTTP_2 => "2",
-                Version::HTTP_3 => "3",
-                _ => "1.1",
-            },
-        ));
-        if !inner.baggage_keys.is_empty() {
-            if let Some(b) = parent.get::<Baggage>() {
-                for k in &inner.baggage_keys {
-                    if let Some(v) = b.get(k) {
-                        attrs.push(KeyValue::new(format!("baggage.{k}"), v.to_owned()));
-                    }
-                }
-            }
-        }
-        let span = inner
-            .tracer
-            .span_builder(route.names[meta.method.index()].clone())
-            .with_kind(SpanKind::Server)
-            .with_attributes(attrs)
-            .start_with_context(&inner.tracer, &parent);
-        let cx = parent.with_span(span);
+            _ => false,
+        };
+        let cx = if unsampled {
+            let (trace_id, state) = match &caller {
+                Some(sc) => (sc.trace_id(), sc.trace_state().clone()),
+                None => (
+                    OtelTraceId::from_bytes(random_nonzero::<16>()),
+                    OtelTraceState::default(),
+                ),
+            };
+            let sc = SpanContext::new(
+                trace_id,
+                opentelemetry::trace::SpanId::from_bytes(random_nonzero::<8>()),
+                OtelFlags::default(),
+                false,
+                state,
+            );
+            base.with_span(Unsampled(sc))
+        } else {
+            let parent = match caller {
+                Some(sc) => base.with_remote_span_context(sc),
+                None => base,
+            };
+            let attrs = attributes(inner, route, req, meta, &parent);
+            let span = inner
+                .tracer
+                .span_builder(route.names[meta.method.index()].clone())
+                .with_kind(SpanKind::Server)
+                .with_attributes(attrs)
+                .start_with_context(&inner.tracer, &parent);
+            parent.with_span(span)
+        };
         let ids = TraceIds::from_span_context(cx.span().span_context());
         let traceresponse = match ids {
             Some(ids) => {
@@ -281,6 +290,9 @@ impl Observer for Trace {
     fn end(_: &TraceRoute, obs: TraceObservation, end: &End) {
         let Some(cx) = obs.cx else { return };
         let span = cx.span();
+        if !span.is_recording() {
+            return;
+        }
         if let Some(status) = end.status {
             span.set_attribute(KeyValue::new(
                 "http.response.status_code",
@@ -298,6 +310,80 @@ impl Observer for Trace {
         }
         span.end();
     }
+}
+
+/// The semantic-convention attributes of a recorded server span.
+fn attributes<B>(
+    inner: &Inner,
+    route: &TraceRoute,
+    req: &Request<B>,
+    meta: &RequestMeta<'_>,
+    parent: &Context,
+) -> Vec<KeyValue> {
+    let mut attrs = Vec::with_capacity(12);
+    attrs.push(KeyValue::new("http.request.method", meta.method.as_str()));
+    if meta.method == KnownMethod::Other {
+        attrs.push(KeyValue::new(
+            "http.request.method_original",
+            req.method().as_str().to_owned(),
+        ));
+    }
+    attrs.push(KeyValue::new("url.path", req.uri().path().to_owned()));
+    attrs.push(KeyValue::new(
+        "url.scheme",
+        if req.uri().scheme_str() == Some("https") {
+            "https"
+        } else {
+            "http"
+        },
+    ));
+    if let Some(q) = req.uri().query() {
+        let sensitive: Vec<String> = SENSITIVE_PARAMS.iter().map(|s| (*s).to_owned()).collect();
+        attrs.push(KeyValue::new("url.query", redact_query(q, &sensitive)));
+    }
+    if let Some(r) = &route.route {
+        attrs.push(KeyValue::new("http.route", r.clone()));
+    }
+    if let Some((host, port)) = host_port(req) {
+        attrs.push(KeyValue::new("server.address", host));
+        if let Some(p) = port {
+            attrs.push(KeyValue::new("server.port", i64::from(p)));
+        }
+    }
+    #[cfg(feature = "axum")]
+    if let Some(axum::extract::ConnectInfo(addr)) = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+    {
+        attrs.push(KeyValue::new("client.address", addr.ip().to_string()));
+    }
+    if let Some(ua) = req
+        .headers()
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+    {
+        attrs.push(KeyValue::new("user_agent.original", ua.to_owned()));
+    }
+    attrs.push(KeyValue::new(
+        "network.protocol.version",
+        match req.version() {
+            Version::HTTP_09 => "0.9",
+            Version::HTTP_10 => "1.0",
+            Version::HTTP_2 => "2",
+            Version::HTTP_3 => "3",
+            _ => "1.1",
+        },
+    ));
+    if !inner.baggage_keys.is_empty() {
+        if let Some(b) = parent.get::<Baggage>() {
+            for k in &inner.baggage_keys {
+                if let Some(v) = b.get(k) {
+                    attrs.push(KeyValue::new(format!("baggage.{k}"), v.to_owned()));
+                }
+            }
+        }
+    }
+    attrs
 }
 
 /// `server.address` and `server.port` from the `Host` header (or the URI's authority).
