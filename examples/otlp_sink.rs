@@ -1,5 +1,7 @@
 //! A minimal OTLP/HTTP traces receiver for the load benchmark: answers `POST /v1/traces` with
-//! 200, decodes each request to count its spans, and prints the totals on SIGTERM or Ctrl-C.
+//! 200 and prints the totals on SIGTERM or Ctrl-C. It only counts requests and bytes unless
+//! `--decode` (then it decodes each request and counts its spans): on a two-core machine it
+//! shares a core with the load generator, so it must cost next to nothing.
 //!
 //! ```text
 //! cargo run --release --example otlp_sink -- --addr 127.0.0.1:4318
@@ -17,6 +19,8 @@ use prost::Message;
 
 #[derive(Default)]
 struct Counts {
+    decode: bool,
+    bytes: AtomicU64,
     requests: AtomicU64,
     spans: AtomicU64,
     invalid: AtomicU64,
@@ -24,6 +28,10 @@ struct Counts {
 
 async fn export(State(c): State<Arc<Counts>>, body: Bytes) -> axum::http::StatusCode {
     c.requests.fetch_add(1, Ordering::Relaxed);
+    c.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+    if !c.decode {
+        return axum::http::StatusCode::OK;
+    }
     match ExportTraceServiceRequest::decode(body) {
         Ok(req) => {
             let n: usize = req
@@ -46,13 +54,18 @@ async fn export(State(c): State<Arc<Counts>>, body: Bytes) -> axum::http::Status
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let mut addr = "127.0.0.1:4318".to_owned();
+    let mut decode = false;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--addr" => addr = args.next().ok_or("--addr needs a value")?,
+            "--decode" => decode = true,
             other => return Err(format!("unknown argument {other:?}").into()),
         }
     }
-    let counts = Arc::new(Counts::default());
+    let counts = Arc::new(Counts {
+        decode,
+        ..Counts::default()
+    });
     let app = Router::new()
         .route("/v1/traces", post(export))
         .with_state(counts.clone());
@@ -73,8 +86,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .await?;
     println!(
-        "{{\"message\":\"received\",\"requests\":{},\"spans\":{},\"invalid\":{}}}",
+        "{{\"message\":\"received\",\"requests\":{},\"bytes\":{},\"spans\":{},\"invalid\":{}}}",
         counts.requests.load(Ordering::Relaxed),
+        counts.bytes.load(Ordering::Relaxed),
         counts.spans.load(Ordering::Relaxed),
         counts.invalid.load(Ordering::Relaxed)
     );

@@ -3,15 +3,15 @@
 //!
 //! Written here rather than using the SDK's `BatchSpanProcessor` for one reason: the SDK counts
 //! dropped spans only internally (a log line at shutdown), and towerscope must count every drop
-//! in a metric. The shape is the same: `try_send` into a bounded channel on the request path,
-//! batches of at most `max_batch` spans exported at least every `delay`, a flush with a
-//! deadline at shutdown.
+//! in a metric. The shape is the same: a bounded buffer filled by the request path (one
+//! uncontended lock, no wake-up unless a batch is full), batches of at most `max_batch` spans
+//! exported at least every `delay`, a flush with a deadline at shutdown.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context as TaskContext, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
@@ -57,10 +57,24 @@ enum Control {
     Shutdown(mpsc::Sender<()>),
 }
 
+/// What the request path and the export thread share. The request path takes the lock only to
+/// push one span (uncontended: the export thread holds it just long enough to swap the
+/// buffer) and wakes the thread only when a batch is full, so a busy service does not pay a
+/// context switch per span.
+struct Queue {
+    spans: Vec<SpanData>,
+    control: Vec<Control>,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+}
+
 /// A span processor with a bounded queue and one export thread.
 pub(crate) struct QueueProcessor {
-    spans: SyncSender<SpanData>,
-    control: Mutex<mpsc::Sender<Control>>,
+    shared: Arc<Shared>,
+    settings: QueueSettings,
     counters: ExportCounters,
     shut: AtomicBool,
 }
@@ -87,33 +101,39 @@ impl QueueProcessor {
         counters: ExportCounters,
     ) -> Self {
         exporter.set_resource(resource);
-        let (spans, rx) = mpsc::sync_channel(settings.max_queue.max(1));
-        let (control, control_rx) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                spans: Vec::with_capacity(settings.max_batch),
+                control: Vec::new(),
+            }),
+            wake: Condvar::new(),
+        });
+        let thread_shared = shared.clone();
         let thread_counters = counters.clone();
         let spawned = std::thread::Builder::new()
             .name("towerscope-trace-export".into())
-            .spawn(move || export_loop(exporter, rx, control_rx, settings, thread_counters));
+            .spawn(move || export_loop(exporter, &thread_shared, settings, &thread_counters));
         if let Err(e) = spawned {
             // Without the thread every span is dropped (and counted): the service still runs.
             eprintln!("towerscope: cannot start the trace export thread: {e}");
         }
         Self {
-            spans,
-            control: Mutex::new(control),
+            shared,
+            settings,
             counters,
             shut: AtomicBool::new(false),
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.shared.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn control(&self, make: impl FnOnce(mpsc::Sender<()>) -> Control, timeout: Duration) -> bool {
         let (tx, rx) = mpsc::channel();
-        let sent = self
-            .control
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send(make(tx))
-            .is_ok();
-        sent && rx.recv_timeout(timeout).is_ok()
+        self.lock().control.push(make(tx));
+        self.shared.wake.notify_one();
+        rx.recv_timeout(timeout).is_ok()
     }
 }
 
@@ -121,14 +141,20 @@ impl SpanProcessor for QueueProcessor {
     fn on_start(&self, _: &mut Span, _: &Context) {}
 
     fn on_end(&self, span: SpanData) {
-        if !span.span_context.is_sampled() {
+        if !span.span_context.is_sampled() || self.shut.load(Ordering::Relaxed) {
             return;
         }
-        match self.spans.try_send(span) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.counters.queue_full.increment(1);
-            }
+        let mut q = self.lock();
+        if q.spans.len() >= self.settings.max_queue {
+            drop(q);
+            self.counters.queue_full.increment(1);
+            return;
+        }
+        q.spans.push(span);
+        let full = q.spans.len() == self.settings.max_batch;
+        drop(q);
+        if full {
+            self.shared.wake.notify_one();
         }
     }
 
@@ -156,76 +182,59 @@ impl SpanProcessor for QueueProcessor {
 
 fn export_loop<E: SpanExporter>(
     exporter: E,
-    rx: Receiver<SpanData>,
-    control: Receiver<Control>,
+    shared: &Shared,
     s: QueueSettings,
-    counters: ExportCounters,
+    counters: &ExportCounters,
 ) {
-    let mut batch = Vec::with_capacity(s.max_batch);
-    let mut deadline = Instant::now() + s.delay;
-    let export = |batch: &mut Vec<SpanData>| {
+    let export = |batch: Vec<SpanData>| {
         if batch.is_empty() {
             return;
         }
         let n = batch.len() as u64;
-        match block_on(exporter.export(std::mem::take(batch))) {
+        match block_on(exporter.export(batch)) {
             Ok(()) => counters.exported.increment(n),
             Err(_) => counters.export_failed.increment(n),
         }
     };
+    let mut deadline = Instant::now() + s.delay;
     loop {
-        // Control first: a flush or shutdown drains what is queued now.
-        match control.try_recv() {
-            Ok(Control::Flush(done)) => {
-                batch.extend(rx.try_iter());
-                for mut chunk in drain_chunks(&mut batch, s.max_batch) {
-                    export(&mut chunk);
-                }
-                let _ = done.send(());
+        let (mut spans, control) = {
+            let q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+            let wait = deadline.saturating_duration_since(Instant::now());
+            let (mut q, _) = shared
+                .wake
+                .wait_timeout_while(q, wait, |q| {
+                    q.spans.len() < s.max_batch && q.control.is_empty()
+                })
+                .unwrap_or_else(|e| e.into_inner());
+            let due = Instant::now() >= deadline
+                || q.spans.len() >= s.max_batch
+                || !q.control.is_empty();
+            if !due {
+                continue;
             }
-            Ok(Control::Shutdown(done)) => {
-                batch.extend(rx.try_iter());
-                for mut chunk in drain_chunks(&mut batch, s.max_batch) {
-                    export(&mut chunk);
-                }
-                let _ = exporter.shutdown();
-                let _ = done.send(());
-                return;
-            }
-            Err(mpsc::TryRecvError::Disconnected) => return,
-            Err(mpsc::TryRecvError::Empty) => {}
+            let spans = std::mem::replace(&mut q.spans, Vec::with_capacity(s.max_batch));
+            (spans, std::mem::take(&mut q.control))
+        };
+        deadline = Instant::now() + s.delay;
+        while spans.len() > s.max_batch {
+            let rest = spans.split_off(s.max_batch);
+            export(std::mem::replace(&mut spans, rest));
         }
-        let wait = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(wait.min(Duration::from_millis(100))) {
-            Ok(span) => {
-                batch.push(span);
-                if batch.len() >= s.max_batch {
-                    export(&mut batch);
-                    deadline = Instant::now() + s.delay;
+        export(spans);
+        for c in control {
+            match c {
+                Control::Flush(done) => {
+                    let _ = done.send(());
                 }
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                if Instant::now() >= deadline {
-                    export(&mut batch);
-                    deadline = Instant::now() + s.delay;
+                Control::Shutdown(done) => {
+                    let _ = exporter.shutdown();
+                    let _ = done.send(());
+                    return;
                 }
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                export(&mut batch);
-                return;
             }
         }
     }
-}
-
-fn drain_chunks(batch: &mut Vec<SpanData>, size: usize) -> Vec<Vec<SpanData>> {
-    let all = std::mem::take(batch);
-    let mut out = Vec::new();
-    let mut it = all.into_iter().peekable();
-    while it.peek().is_some() {
-        out.push(it.by_ref().take(size.max(1)).collect());
-    }
-    out
 }
 
 /// Drives an export future on the export thread (the blocking HTTP client resolves it there).
