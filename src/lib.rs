@@ -12,8 +12,8 @@
 //! - [`breaker`]: a circuit breaker layer with full telemetry and manual control.
 //! - `health` (feature `health`): checks, `/livez` `/readyz` `/startupz` `/health`, heartbeats,
 //!   graceful shutdown.
-//! - [`trace`]: trace propagation formats (W3C Trace Context, Baggage, B3); spans and export
-//!   are to come.
+//! - [`trace`]: W3C trace propagation, OpenTelemetry server and client spans, OTLP export, log
+//!   correlation (feature `otel`).
 //! - [`ops`]: any other call (caches, queues, business events) in the same shape.
 //! - [`db`]: database instrumentation: an instrumented sqlx pool (feature `sqlx`) and the SQL
 //!   analyser.

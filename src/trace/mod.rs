@@ -1,26 +1,87 @@
-//! Trace propagation. So far: the wire formats, parsed exactly as their specifications say —
-//! W3C Trace Context (`traceparent`, `tracestate`), W3C Baggage, and B3 single and multi header —
-//! chosen like `OTEL_PROPAGATORS` ([`Propagators`]). The server and client layers, spans and
-//! OTLP export build on these.
+//! Trace propagation and OpenTelemetry: one SERVER span per request, CLIENT spans for outgoing
+//! calls, OTLP export, and logs that carry the same ids (feature `otel`); the wire formats
+//! below it are always available.
 //!
-//! Invalid input never fails a request: an invalid `traceparent` (wrong length, uppercase, all
-//! zeros, version `ff`, two headers, …) yields no parent and the trace restarts; an invalid
-//! `tracestate` is dropped whole; malformed baggage members are dropped, and members beyond 64
-//! or 8192 bytes are dropped whole, never cut.
+//! ```no_run
+//! use axum::{routing::get, Router};
+//! use towerscope::lifecycle::ObserveLayer;
+//! use towerscope::log::{LogConfig, RequestLog};
+//! use towerscope::metrics::{Prometheus, Red};
+//! use towerscope::trace::{TraceConfig, TraceIds};
 //!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let prometheus = Prometheus::install()?;            // first: the exporter's counters go here
+//! let tracing = TraceConfig::from_env("checkout").install(); // OTEL_* variables
+//! let _logs = LogConfig::from_env("checkout").tracing(&tracing).init()?; // #[instrument] spans
+//! let app: Router = Router::new()
+//!     .route("/orders/{id}", get(|ids: TraceIds| async move { ids.trace_id.to_string() }))
+//!     .layer(ObserveLayer::with_observer((
+//!         Red::builder().build(),
+//!         tracing.observer(),           // before the request log: its records carry the ids
+//!         RequestLog::builder().build(),
+//!     )));
+//! // Outgoing calls: tracing.client_layer() on a Tower client, tracing.reqwest_middleware().
+//! // ... serve ...
+//! tracing.shutdown(std::time::Duration::from_secs(5)); // flush within a deadline
+//! # Ok(()) }
 //! ```
-//! use http::HeaderMap;
-//! use towerscope::trace::Propagators;
 //!
-//! let mut headers = HeaderMap::new();
-//! headers.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
-//! headers.insert("tracestate", "congo=t61rcWkgMzE".parse().unwrap());
-//! let got = Propagators::default().extract(&headers);
-//! let parent = got.parent.expect("valid");
-//! assert_eq!(parent.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
-//! assert!(parent.flags.sampled());
-//! assert_eq!(got.state.header().as_deref(), Some("congo=t61rcWkgMzE"));
-//! ```
+//! ## Propagation
+//!
+//! W3C Trace Context (`traceparent`, `tracestate`) and W3C Baggage by default; B3 single and
+//! multi header with `OTEL_PROPAGATORS` (or [`TraceConfig::propagators`]). Invalid input never
+//! fails a request: an invalid `traceparent` (wrong length, uppercase, all zeros, version `ff`,
+//! two headers, …) yields no parent and the trace restarts; an invalid `tracestate` is dropped
+//! whole; malformed baggage members are dropped, and members beyond 64 or 8192 bytes are
+//! dropped whole, never cut. Baggage never reaches telemetry unless allow-listed
+//! ([`TraceConfig::baggage_attribute`]).
+//!
+//! ## Server spans
+//!
+//! Named `{method} {route}` (`{method}` without a route, `HTTP` for unknown methods), kind
+//! SERVER, with `http.request.method`, `url.path`, `url.scheme`, `url.query` (sensitive values
+//! redacted), `http.route`, `http.response.status_code`, `server.address`, `server.port`,
+//! `client.address`, `user_agent.original`, `network.protocol.version`, `error.type`. 5xx sets
+//! the Error status; 4xx is left unset; a cancelled request is not an error. The span ends
+//! when the response body is finished, and is the current OpenTelemetry context while the
+//! handler runs, so `#[instrument]` spans (through [`Tracing::otel_layer`]) and client calls
+//! are its children. Handlers read the ids with the [`TraceIds`] extractor;
+//! [`TraceConfig::traceresponse`] returns them in a `traceresponse` header.
+//!
+//! An unsampled request (a parent-based sampler and an unsampled caller) gets ids only: no
+//! attribute is built and the SDK is not involved.
+//!
+//! ## Client spans
+//!
+//! [`Tracing::client_layer`] (any `Service<http::Request<B>>`) and, with the `reqwest` feature,
+//! [`Tracing::reqwest_middleware`]: a CLIENT span named `{method}` with `http.request.method`,
+//! `server.address`, `server.port`, `url.full` (credentials and sensitive query values
+//! redacted), `http.response.status_code`, `error.type` (4xx and 5xx are errors on the client
+//! side); `traceparent`, `tracestate`, `baggage` and the current request's `x-request-id`
+//! injected.
+//!
+//! ## Export
+//!
+//! OTLP over HTTP/protobuf with `opentelemetry-otlp`, configured by `OTEL_SERVICE_NAME`,
+//! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_EXPORTER_OTLP_ENDPOINT` / `..._TRACES_ENDPOINT`,
+//! `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_TRACES_SAMPLER` /
+//! `..._ARG` (default `parentbased_always_on`), `OTEL_TRACES_EXPORTER` (`otlp`, `console`,
+//! `none`), `OTEL_SDK_DISABLED`, `OTEL_PROPAGATORS`, `OTEL_BSP_*`, or the same from code. With no
+//! endpoint nothing is exported and no connection is attempted; ids are still created,
+//! propagated and logged. Spans wait in a bounded queue (2048) drained by one thread; a
+//! collector that is down, slow or failing costs the request path nothing.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `http_client_request_duration_seconds` | histogram | `http_request_method`, `server_address`, `server_port`, `http_response_status_code`, `error_type` |
+//! | `trace_spans_exported_total` | counter | |
+//! | `trace_spans_dropped_total` | counter | `reason="queue_full\|export_failed"` |
+//!
+//! ## Logs
+//!
+//! With the request log, every record written inside a traced request carries `trace_id` and
+//! `span_id` (W3C hex) of the innermost current span, the same ids as exported; the request's
+//! own record carries the server span's.
 
 pub mod baggage;
 #[cfg(feature = "otel")]
