@@ -20,7 +20,8 @@
 //! `/livez`, `/readyz`, `/startupz`, `/health` with a downstream HTTP check, a disk check, a
 //! runtime check, the breaker and a heartbeat from a background job; graceful shutdown on
 //! SIGTERM: readiness 503 at once, `--drain-delay` seconds (default 5), then in-flight requests
-//! finish).
+//! finish; tracing (OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set); load shedding beyond
+//! `--max-in-flight` requests (default 1024): 503 with `Retry-After`, probes exempt).
 //!
 //! Watch the breaker open and recover:
 //!
@@ -53,6 +54,7 @@ use towerscope::health::{
 use towerscope::lifecycle::ObserveLayer;
 use towerscope::log::{LogConfig, RequestLog};
 use towerscope::metrics::{Prometheus, Red, RedLayer};
+use towerscope::shed::LoadShedLayer;
 use towerscope::trace::{TraceConfig, TraceIds, Tracing};
 use towerscope::BoxError;
 
@@ -77,11 +79,13 @@ struct Args {
     downstream: Option<String>,
     breaker_wait: Duration,
     drain_delay: Duration,
+    max_in_flight: usize,
 }
 
 const USAGE: &str =
     "usage: server [--addr HOST:PORT] [--stack bare|red|red+log|full] [--workers N] \
-                     [--downstream URL] [--breaker-wait SECONDS] [--drain-delay SECONDS]";
+                     [--downstream URL] [--breaker-wait SECONDS] [--drain-delay SECONDS] \
+                     [--max-in-flight N]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -91,6 +95,7 @@ fn parse_args() -> Result<Args, String> {
         downstream: None,
         breaker_wait: Duration::from_secs(5),
         drain_delay: Duration::from_secs(5),
+        max_in_flight: 1024,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -123,6 +128,11 @@ fn parse_args() -> Result<Args, String> {
                     .parse()
                     .map_err(|e| format!("--drain-delay: {e}"))?;
                 args.drain_delay = Duration::from_secs_f64(secs.max(0.0));
+            }
+            "--max-in-flight" => {
+                args.max_in_flight = value()?
+                    .parse()
+                    .map_err(|e| format!("--max-in-flight: {e}"))?;
             }
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
@@ -428,6 +438,7 @@ fn app(
     prometheus: Option<&Prometheus>,
     health: Option<&Health>,
     tracing: Option<&Tracing>,
+    max_in_flight: usize,
     downstream_state: Downstream,
     users: Users,
 ) -> Router {
@@ -454,12 +465,17 @@ fn app(
     };
     match (prometheus.is_some(), logs) {
         (false, _) => routes,
-        // Server spans before the request log, so its records carry the span's ids.
-        (true, true) if tracing.is_some() => routes.layer(ObserveLayer::with_observer((
-            Red::builder().build(),
-            tracing.expect("checked").observer(),
-            RequestLog::builder().build(),
-        ))),
+        // Server spans before the request log, so its records carry the span's ids. Load
+        // shedding inside them: shed requests are seen (503) by RED, logs and traces.
+        (true, true) if tracing.is_some() => {
+            routes
+                .layer(LoadShedLayer::new(max_in_flight))
+                .layer(ObserveLayer::with_observer((
+                    Red::builder().build(),
+                    tracing.expect("checked").observer(),
+                    RequestLog::builder().build(),
+                )))
+        }
         (true, false) => routes.layer(RedLayer::new()),
         // One layer for both: the clock, route and body tracking are paid once.
         (true, true) => routes.layer(ObserveLayer::with_observer((
@@ -577,6 +593,7 @@ async fn serve(
         prometheus.as_ref(),
         health.as_ref(),
         tracing.as_ref(),
+        args.max_in_flight,
         downstream_state,
         users,
     );

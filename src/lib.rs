@@ -14,6 +14,7 @@
 //!   graceful shutdown.
 //! - [`trace`]: W3C trace propagation, OpenTelemetry server and client spans, OTLP export, log
 //!   correlation (feature `otel`).
+//! - [`shed`]: load shedding: a concurrency limit answering 503 with `Retry-After`.
 //! - [`ops`]: any other call (caches, queues, business events) in the same shape.
 //! - [`db`]: database instrumentation: an instrumented sqlx pool (feature `sqlx`) and the SQL
 //!   analyser.
@@ -46,6 +47,7 @@ pub mod log;
 pub mod metrics;
 pub mod ops;
 pub mod redact;
+pub mod shed;
 #[cfg(any(feature = "log", feature = "health"))]
 mod time;
 pub mod trace;

@@ -207,9 +207,8 @@ fn export_loop<E: SpanExporter>(
                     q.spans.len() < s.max_batch && q.control.is_empty()
                 })
                 .unwrap_or_else(|e| e.into_inner());
-            let due = Instant::now() >= deadline
-                || q.spans.len() >= s.max_batch
-                || !q.control.is_empty();
+            let due =
+                Instant::now() >= deadline || q.spans.len() >= s.max_batch || !q.control.is_empty();
             if !due {
                 continue;
             }

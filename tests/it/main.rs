@@ -9,4 +9,5 @@ mod lifecycle;
 mod ops;
 mod prometheus;
 mod red;
+mod shed;
 mod trace;
