@@ -21,7 +21,8 @@
 //! runtime check, the breaker and a heartbeat from a background job; graceful shutdown on
 //! SIGTERM: readiness 503 at once, `--drain-delay` seconds (default 5), then in-flight requests
 //! finish; tracing (OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set); load shedding beyond
-//! `--max-in-flight` requests (default 1024): 503 with `Retry-After`, probes exempt).
+//! `--max-in-flight` requests (default 1024): 503 with `Retry-After`, probes exempt; resource
+//! metrics of the process, its container, the temp dir's disk and the runtime).
 //!
 //! Watch the breaker open and recover:
 //!
@@ -54,6 +55,7 @@ use towerscope::health::{
 use towerscope::lifecycle::ObserveLayer;
 use towerscope::log::{LogConfig, RequestLog};
 use towerscope::metrics::{Prometheus, Red, RedLayer};
+use towerscope::resources::Resources;
 use towerscope::shed::LoadShedLayer;
 use towerscope::trace::{TraceConfig, TraceIds, Tracing};
 use towerscope::BoxError;
@@ -536,6 +538,14 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    // Resource (USE) metrics in `full`: process, container, the temp dir's disk, the runtime;
+    // collected every 5 s on a background thread.
+    let _resources = (args.stack == Stack::Full).then(|| {
+        Resources::builder()
+            .disk(std::env::temp_dir())
+            .runtime(runtime.handle().clone())
+            .start()
+    });
     let result = runtime.block_on(serve(args, prometheus, tracing.clone()));
     // Pending spans are flushed within a deadline, whatever the collector does.
     if let Some(t) = tracing {

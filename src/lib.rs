@@ -14,6 +14,7 @@
 //!   graceful shutdown.
 //! - [`trace`]: W3C trace propagation, OpenTelemetry server and client spans, OTLP export, log
 //!   correlation (feature `otel`).
+//! - `resources` (feature `resources`): process, container, disk and runtime metrics.
 //! - [`shed`]: load shedding: a concurrency limit answering 503 with `Retry-After`.
 //! - [`ops`]: any other call (caches, queues, business events) in the same shape.
 //! - [`db`]: database instrumentation: an instrumented sqlx pool (feature `sqlx`) and the SQL
@@ -47,6 +48,8 @@ pub mod log;
 pub mod metrics;
 pub mod ops;
 pub mod redact;
+#[cfg(feature = "resources")]
+pub mod resources;
 pub mod shed;
 #[cfg(any(feature = "log", feature = "health"))]
 mod time;

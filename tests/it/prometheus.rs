@@ -46,6 +46,13 @@ fn promtool_accepts_every_stack() {
             "{text}"
         );
         if stack == "full" {
+            for resource in [
+                "process_resident_memory_bytes",
+                "tokio_workers",
+                "disk_total_bytes",
+            ] {
+                assert!(text.contains(resource), "{resource}: {text}");
+            }
             assert!(
                 text.contains("http_client_request_duration_seconds_bucket{http_request_method=\"GET\",server_address=\"127.0.0.1\""),
                 "{text}"
