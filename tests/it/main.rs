@@ -4,6 +4,7 @@ mod support;
 
 mod breaker;
 mod db;
+mod deploy;
 mod health;
 mod lifecycle;
 mod ops;

@@ -5,7 +5,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::support::{
-    eventually, free_port, http, http_json, promtool_check, require_tool, start_server, Proc,
+    eventually, free_port, http, http_json, promtool_check, require_tool, start_server, urlencode,
+    Proc,
 };
 
 /// Sends a mix of traffic: routes, 404s, 500s, odd methods.
@@ -138,15 +139,4 @@ fn real_prometheus_scrapes_the_counts() {
     let up = query("up{job=\"towerscope\"}");
     assert_eq!(up, Some(1.0));
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
