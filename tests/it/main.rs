@@ -7,6 +7,7 @@ mod db;
 mod deploy;
 mod health;
 mod lifecycle;
+mod loadgen;
 mod ops;
 mod prometheus;
 mod red;
