@@ -473,7 +473,8 @@ fn app(
             routes
                 .layer(LoadShedLayer::new(max_in_flight))
                 .layer(ObserveLayer::with_observer((
-                    Red::builder().build(),
+                    // Body sizes: HTTP traffic in and out (bytes/s from the histograms' sums).
+                    Red::builder().body_sizes(true).build(),
                     tracing.expect("checked").observer(),
                     RequestLog::builder().build(),
                 )))
