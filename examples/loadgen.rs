@@ -235,30 +235,27 @@ async fn main() {
     l.sort_unstable();
     let total = stats.total();
     eprintln!();
-    println!(
-        "requests {total} in {elapsed:.1} s: {:.0} req/s; latency ms p50 {:.2} p90 {:.2} p99 {:.2} max {:.2}; \
-         2xx/3xx {} 4xx {} 5xx {} failed {}",
-        total as f64 / elapsed,
+    let rps = total as f64 / elapsed;
+    let (p50, p90, p99, max) = (
         percentile(&l, 0.5),
         percentile(&l, 0.9),
         percentile(&l, 0.99),
         percentile(&l, 1.0),
-        stats.ok.load(Ordering::Relaxed),
-        stats.client_errors.load(Ordering::Relaxed),
-        stats.server_errors.load(Ordering::Relaxed),
-        stats.failed.load(Ordering::Relaxed),
+    );
+    let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let (ok, c4, c5, failed) = (
+        count(&stats.ok),
+        count(&stats.client_errors),
+        count(&stats.server_errors),
+        count(&stats.failed),
     );
     println!(
-        "{{\"requests\":{total},\"seconds\":{elapsed:.3},\"rps\":{:.1},\"p50_ms\":{:.3},\"p90_ms\":{:.3},\
-         \"p99_ms\":{:.3},\"max_ms\":{:.3},\"ok\":{},\"client_errors\":{},\"server_errors\":{},\"failed\":{}}}",
-        total as f64 / elapsed,
-        percentile(&l, 0.5),
-        percentile(&l, 0.9),
-        percentile(&l, 0.99),
-        percentile(&l, 1.0),
-        stats.ok.load(Ordering::Relaxed),
-        stats.client_errors.load(Ordering::Relaxed),
-        stats.server_errors.load(Ordering::Relaxed),
-        stats.failed.load(Ordering::Relaxed),
+        "requests {total} in {elapsed:.1} s: {rps:.0} req/s; latency ms p50 {p50:.2} p90 {p90:.2} \
+         p99 {p99:.2} max {max:.2}; 2xx/3xx {ok} 4xx {c4} 5xx {c5} failed {failed}"
+    );
+    println!(
+        "{{\"requests\":{total},\"seconds\":{elapsed:.3},\"rps\":{rps:.1},\"p50_ms\":{p50:.3},\
+         \"p90_ms\":{p90:.3},\"p99_ms\":{p99:.3},\"max_ms\":{max:.3},\"ok\":{ok},\
+         \"client_errors\":{c4},\"server_errors\":{c5},\"failed\":{failed}}}"
     );
 }

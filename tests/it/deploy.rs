@@ -4,12 +4,10 @@
 //! scraping the example server, with results where traffic was sent.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{
-    eventually, free_port, http, http_json, require_tool, start_server, urlencode, Proc,
-};
+use crate::support::{eventually, http, http_json, require_tool, start_server, PrometheusServer};
 
 fn deploy(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -95,7 +93,6 @@ fn rule_exprs() -> Vec<(String, String)> {
 #[test]
 #[ignore = "needs prometheus (Debian package): run scripts/test.sh"]
 fn a_real_prometheus_accepts_every_dashboard_and_rule_expression() {
-    let prometheus = require_tool("prometheus");
     let (_server, addr) = start_server("full");
     // Traffic on every route family: pages, users (database), failures, downstream calls.
     for i in 0..30 {
@@ -110,8 +107,6 @@ fn a_real_prometheus_accepts_every_dashboard_and_rule_expression() {
         assert_eq!(http(addr, "GET", "/downstream").0, 200);
     }
 
-    let dir = std::env::temp_dir().join(format!("towerscope-deploy-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
     // The shipped configuration, pointed at this server and scraping every second.
     let config = std::fs::read_to_string(deploy("prometheus/prometheus.yml"))
         .unwrap()
@@ -121,37 +116,8 @@ fn a_real_prometheus_accepts_every_dashboard_and_rule_expression() {
             "  - rules.yml",
             &format!("  - {}", deploy("prometheus/rules.yml").display()),
         );
-    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
-    let port = free_port();
-    let web = format!("127.0.0.1:{port}");
-    let child = Command::new(prometheus)
-        .arg(format!(
-            "--config.file={}",
-            dir.join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address={web}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start prometheus");
-    let _prom = Proc(child);
-    let web_addr = web.parse().unwrap();
-    let query = |q: &str| -> Option<serde_json::Value> {
-        std::net::TcpStream::connect(web_addr).ok()?;
-        let (status, body) = http(
-            web_addr,
-            "GET",
-            &format!("/api/v1/query?query={}", urlencode(q)),
-        );
-        let v: serde_json::Value = serde_json::from_str(body.trim()).ok()?;
-        assert_eq!(status, 200, "{q}: {body}");
-        assert_eq!(v["status"], "success", "{q}: {body}");
-        Some(v)
-    };
+    let prom = PrometheusServer::start(&config);
+    let query = |q: &str| prom.query(q);
     // Wait until rates have two scrapes to work with.
     eventually(Duration::from_secs(60), || {
         let v = query("count_over_time(up{job=\"towerscope-example\"}[1m])")?;
@@ -176,5 +142,4 @@ fn a_real_prometheus_accepts_every_dashboard_and_rule_expression() {
         }
     }
     assert!(empty.is_empty(), "empty results:\n{}", empty.join("\n"));
-    let _ = std::fs::remove_dir_all(&dir);
 }

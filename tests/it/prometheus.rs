@@ -1,13 +1,9 @@
 //! The real tools: `promtool check metrics` over the example server's output, and a real
 //! Prometheus server scraping it.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::support::{
-    eventually, free_port, http, http_json, promtool_check, require_tool, start_server, urlencode,
-    Proc,
-};
+use crate::support::{eventually, http, http_json, promtool_check, start_server, PrometheusServer};
 
 /// Sends a mix of traffic: routes, 404s, 500s, odd methods.
 fn traffic(addr: std::net::SocketAddr) {
@@ -66,7 +62,6 @@ fn promtool_accepts_every_stack() {
 #[test]
 #[ignore = "needs prometheus (Debian package): run scripts/test.sh"]
 fn real_prometheus_scrapes_the_counts() {
-    let prometheus = require_tool("prometheus");
     let (_server, addr) = start_server("red");
     let users = 37;
     for i in 0..users {
@@ -77,46 +72,11 @@ fn real_prometheus_scrapes_the_counts() {
         assert_eq!(http(addr, "GET", "/simulate?fail=1").0, 500);
     }
 
-    let dir = std::env::temp_dir().join(format!("towerscope-prom-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: towerscope\n    \
-             static_configs:\n      - targets: ['{addr}']\n"
-        ),
-    )
-    .unwrap();
-    let port = free_port();
-    let web = format!("127.0.0.1:{port}");
-    let child = Command::new(prometheus)
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address={web}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start prometheus");
-    let _prom = Proc(child);
-    let web_addr = web.parse().unwrap();
-
-    let query = |q: &str| -> Option<f64> {
-        let path = format!("/api/v1/query?query={}", urlencode(q));
-        let stream = std::net::TcpStream::connect(web_addr).ok()?;
-        drop(stream);
-        let (status, body) = http(web_addr, "GET", &path);
-        if status != 200 {
-            return None;
-        }
-        let v: serde_json::Value = serde_json::from_str(body.trim()).ok()?;
-        assert_eq!(v["status"], "success", "{body}");
-        let value = v["data"]["result"].get(0)?["value"][1].as_str()?;
-        value.parse().ok()
-    };
+    let prom = PrometheusServer::start(&format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: towerscope\n    \
+         static_configs:\n      - targets: ['{addr}']\n"
+    ));
+    let query = |q: &str| prom.value(q);
     let got = eventually(Duration::from_secs(60), || {
         query(
             "sum(http_server_request_duration_seconds_count{http_route=\"/echo/{id}\",\
@@ -138,5 +98,4 @@ fn real_prometheus_scrapes_the_counts() {
     assert_eq!(errors, Some(f64::from(failures)));
     let up = query("up{job=\"towerscope\"}");
     assert_eq!(up, Some(1.0));
-    let _ = std::fs::remove_dir_all(&dir);
 }

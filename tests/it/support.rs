@@ -488,3 +488,76 @@ pub fn urlencode(s: &str) -> String {
         })
         .collect()
 }
+
+// ---- a real Prometheus server ----
+
+/// A real Prometheus with the given configuration, in a temp dir, on a free loopback port;
+/// stopped and removed on drop.
+pub struct PrometheusServer {
+    _proc: Proc,
+    pub addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl PrometheusServer {
+    pub fn start(config: &str) -> Self {
+        let prometheus = require_tool("prometheus");
+        let dir = std::env::temp_dir().join(format!(
+            "towerscope-prom-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let child = Command::new(prometheus)
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus");
+        Self {
+            _proc: Proc(child),
+            addr,
+            dir,
+        }
+    }
+
+    /// The answer to an instant query: `None` until Prometheus listens; once it answers, the
+    /// query must succeed.
+    pub fn query(&self, q: &str) -> Option<serde_json::Value> {
+        TcpStream::connect(self.addr).ok()?;
+        let (status, body) = http(
+            self.addr,
+            "GET",
+            &format!("/api/v1/query?query={}", urlencode(q)),
+        );
+        let v: serde_json::Value = serde_json::from_str(body.trim()).ok()?;
+        assert_eq!(status, 200, "{q}: {body}");
+        assert_eq!(v["status"], "success", "{q}: {body}");
+        Some(v)
+    }
+
+    /// The first sample's value of an instant query.
+    pub fn value(&self, q: &str) -> Option<f64> {
+        let v = self.query(q)?;
+        v["data"]["result"].get(0)?["value"][1]
+            .as_str()?
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for PrometheusServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -42,6 +42,20 @@ struct Receiver {
     mode: Mode,
 }
 
+impl Receiver {
+    /// The spans received once there are at least `n` (or whatever came within 20 s).
+    async fn wait_for(&self, n: usize) -> Vec<Span> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let spans = self.spans.lock().unwrap().clone();
+            if spans.len() >= n || Instant::now() > deadline {
+                return spans;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 async fn export(State(r): State<Receiver>, body: Bytes) -> StatusCode {
     *r.requests.lock().unwrap() += 1;
     match r.mode {
@@ -211,15 +225,7 @@ async fn one_trace_across_two_services() {
     assert_eq!(hyper.request(req).await.unwrap().status(), 500);
 
     assert!(tracing.flush());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let spans = loop {
-        let spans = rx.spans.lock().unwrap().clone();
-        if spans.len() >= 5 || Instant::now() > deadline {
-            break spans;
-        }
-        drop(spans);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let spans = rx.wait_for(5).await;
     let by_name: HashMap<&str, &Span> = spans.iter().map(|s| (s.name.as_str(), s)).collect();
     let a_server = by_name["GET /orders/{id}"];
     let app_span = by_name["load_profile"];
@@ -328,14 +334,7 @@ async fn client_spans_mark_4xx_as_errors() {
         .unwrap();
     assert_eq!(client.oneshot(req).await.unwrap().status(), 404);
     assert!(tracing.flush());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let span = loop {
-        if let Some(s) = rx.spans.lock().unwrap().first().cloned() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "no span exported");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let span = rx.wait_for(1).await.remove(0);
     assert_eq!(span.kind, SpanKind::Client as i32);
     assert_eq!(span.status.as_ref().unwrap().code, OtelStatus::Error as i32);
     assert_eq!(attr_str(&span, "error.type"), Some("404"));
@@ -484,14 +483,7 @@ async fn log_records_carry_the_exported_ids() {
         .unwrap();
     assert_eq!(hyper.request(req).await.unwrap().status(), 200);
     assert!(tracing.flush());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let spans = loop {
-        let spans = rx.spans.lock().unwrap().clone();
-        if spans.len() >= 2 || Instant::now() > deadline {
-            break spans;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let spans = rx.wait_for(2).await;
     let server = spans
         .iter()
         .find(|s| s.name == "GET /work")
@@ -540,14 +532,7 @@ async fn operations_export_internal_spans_with_exceptions() {
     let fine = towerscope::ops::Operation::new("refund").run_sync(|| Ok::<_, String>(1));
     assert_eq!(fine, Ok(1));
     assert!(tracing.flush());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let spans = loop {
-        let spans = rx.spans.lock().unwrap().clone();
-        if spans.len() >= 2 || Instant::now() > deadline {
-            break spans;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let spans = rx.wait_for(2).await;
     let charge = spans
         .iter()
         .find(|s| s.name == "charge")
@@ -650,14 +635,7 @@ async fn reqwest_middleware_propagates() {
     assert_eq!(res.status(), 200);
     assert_eq!(res.text().await.unwrap(), "hi");
     assert!(tracing.flush());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let spans = loop {
-        let spans = rx.spans.lock().unwrap().clone();
-        if spans.len() >= 2 || Instant::now() > deadline {
-            break spans;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let spans = rx.wait_for(2).await;
     let client_span = spans
         .iter()
         .find(|s| s.kind == SpanKind::Client as i32)
