@@ -50,7 +50,10 @@ fn dashboard_exprs() -> Vec<(String, String)> {
     for panel in dash["panels"].as_array().expect("panels") {
         for t in panel["targets"].as_array().into_iter().flatten() {
             let expr = t["expr"].as_str().expect("expr");
-            let expr = expr.replace("$__rate_interval", "1m").replace("$job", ".+");
+            let expr = expr
+                .replace("$__rate_interval", "1m")
+                .replace("$job", ".+")
+                .replace("$route", ".+");
             out.push((panel["title"].as_str().unwrap().to_owned(), expr));
         }
     }
