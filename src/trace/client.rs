@@ -22,7 +22,7 @@ use super::config::{Inner, Tracing};
 use super::traceparent::{SpanId, TraceFlags, TraceId};
 use super::tracestate::TraceState;
 use crate::lifecycle::KnownMethod;
-use crate::redact::{redact_query, SENSITIVE_PARAMS};
+use crate::redact::redact_query;
 
 /// `http_client_request_duration_seconds`
 pub const CLIENT_REQUEST_DURATION: &str = "http_client_request_duration_seconds";
@@ -113,7 +113,7 @@ fn default_port(uri: &Uri) -> u16 {
 }
 
 /// `url.full` without credentials and with sensitive query values redacted.
-fn url_full(uri: &Uri) -> String {
+fn url_full(uri: &Uri, sensitive: &[String]) -> String {
     let mut out = String::new();
     if let Some(s) = uri.scheme_str() {
         out.push_str(s);
@@ -128,9 +128,8 @@ fn url_full(uri: &Uri) -> String {
     }
     out.push_str(uri.path());
     if let Some(q) = uri.query() {
-        let sensitive: Vec<String> = SENSITIVE_PARAMS.iter().map(|s| (*s).to_owned()).collect();
         out.push('?');
-        out.push_str(&redact_query(q, &sensitive));
+        out.push_str(&redact_query(q, sensitive));
     }
     out
 }
@@ -153,7 +152,7 @@ impl ClientCall {
                 KeyValue::new("http.request.method", known.as_str()),
                 KeyValue::new("server.address", host.to_string()),
                 KeyValue::new("server.port", i64::from(port)),
-                KeyValue::new("url.full", url_full(uri)),
+                KeyValue::new("url.full", url_full(uri, &inner.sensitive)),
             ];
             if known == KnownMethod::Other {
                 attrs.push(KeyValue::new(

@@ -103,6 +103,7 @@ pub struct TraceConfig {
     queue: QueueSettings,
     traceresponse: bool,
     baggage_keys: Vec<String>,
+    sensitive: Vec<String>,
     warnings: Vec<String>,
 }
 
@@ -174,6 +175,10 @@ impl TraceConfig {
             },
             traceresponse: false,
             baggage_keys: Vec::new(),
+            sensitive: crate::redact::SENSITIVE_PARAMS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
             warnings,
         }
     }
@@ -266,6 +271,13 @@ impl TraceConfig {
         self
     }
 
+    /// Another query parameter whose value is redacted in `url.query` and `url.full` (the
+    /// defaults are [`SENSITIVE_PARAMS`](crate::redact::SENSITIVE_PARAMS)).
+    pub fn sensitive_param(mut self, name: impl Into<String>) -> Self {
+        self.sensitive.push(name.into());
+        self
+    }
+
     /// What could not be understood in the environment.
     pub fn warnings(&self) -> &[String] {
         &self.warnings
@@ -335,6 +347,7 @@ impl TraceConfig {
                 propagators: self.propagators,
                 traceresponse: self.traceresponse,
                 baggage_keys: self.baggage_keys,
+                sensitive: self.sensitive,
             }),
         }
     }
@@ -368,6 +381,8 @@ pub(crate) struct Inner {
     pub(crate) propagators: Propagators,
     pub(crate) traceresponse: bool,
     pub(crate) baggage_keys: Vec<String>,
+    /// Query parameters whose values are redacted in `url.query` and `url.full`.
+    pub(crate) sensitive: Vec<String>,
 }
 
 /// The installed tracing pipeline: hands out the server layer, client layers and the

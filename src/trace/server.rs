@@ -18,7 +18,7 @@ use super::traceparent::{SpanId, TraceFlags, TraceId, TraceParent};
 use crate::lifecycle::{
     End, KnownMethod, ObserveLayer, Observer, Outcome, RequestMeta, ResponseHead,
 };
-use crate::redact::{redact_query, SENSITIVE_PARAMS};
+use crate::redact::redact_query;
 
 /// The ids of the current request's server span, in the request's extensions (handlers read
 /// them with the extractor; the request log copies them into its context).
@@ -338,8 +338,10 @@ fn attributes<B>(
         },
     ));
     if let Some(q) = req.uri().query() {
-        let sensitive: Vec<String> = SENSITIVE_PARAMS.iter().map(|s| (*s).to_owned()).collect();
-        attrs.push(KeyValue::new("url.query", redact_query(q, &sensitive)));
+        attrs.push(KeyValue::new(
+            "url.query",
+            redact_query(q, &inner.sensitive),
+        ));
     }
     if let Some(r) = &route.route {
         attrs.push(KeyValue::new("http.route", r.clone()));
