@@ -14,9 +14,11 @@ fn a_failure_phase_opens_the_breaker_and_the_summary_counts_it() {
             "--concurrency",
             "4",
             "--duration",
-            "4",
+            "3",
+            // Failing throughout: the breaker sees the failing downstream calls (15% of the
+            // mix) and the succeeding `/chain` hops (10%): 60% failures, above its 50%.
             "--fail-phase",
-            "0.5:3",
+            "0:3",
         ])
         .output()
         .expect("run the load generator");

@@ -3,16 +3,20 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{http, sample, start_server_with};
+use crate::support::{eventually, http, sample, start_server_with};
 
 #[test]
 fn a_saturated_server_sheds_and_still_answers_its_probes() {
     let (_server, addr) = start_server_with("full", &["--max-in-flight", "2"]);
-    // Two slow requests take both slots.
+    // Two slow requests take both slots (wait until both are admitted).
     let slow: Vec<_> = (0..2)
-        .map(|_| std::thread::spawn(move || http(addr, "GET", "/simulate?ms=1500")))
+        .map(|_| std::thread::spawn(move || http(addr, "GET", "/simulate?ms=3000")))
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    eventually(Duration::from_secs(2), || {
+        let (_, text) = http(addr, "GET", "/metrics");
+        (sample(&text, "http_server_concurrency_utilization_ratio", &[]) == Some(1.0)).then_some(())
+    })
+    .expect("both slow requests admitted");
     let started = Instant::now();
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     use std::io::{Read, Write};
@@ -26,7 +30,7 @@ fn a_saturated_server_sheds_and_still_answers_its_probes() {
     assert!(raw.starts_with("HTTP/1.1 503"), "{raw}");
     assert!(raw.to_ascii_lowercase().contains("retry-after: 1"), "{raw}");
     assert!(
-        started.elapsed() < Duration::from_millis(1000),
+        started.elapsed() < Duration::from_millis(2000),
         "shed at once, not after the slow requests"
     );
     // The probes and the scrape are exempt.
