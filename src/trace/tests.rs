@@ -336,3 +336,33 @@ fn otel_propagators_values() {
         [Format::TraceContext, Format::Baggage]
     );
 }
+
+#[cfg(feature = "otel")]
+#[test]
+fn sampler_names_and_arguments() {
+    use super::Sampler;
+    assert_eq!(Sampler::parse("always_on", None), Some(Sampler::AlwaysOn));
+    assert_eq!(Sampler::parse("always_off", None), Some(Sampler::AlwaysOff));
+    assert_eq!(
+        Sampler::parse("traceidratio", Some("0.25")),
+        Some(Sampler::TraceIdRatio(0.25))
+    );
+    assert_eq!(
+        Sampler::parse("parentbased_traceidratio", Some(" 0.5 ")),
+        Some(Sampler::ParentBasedTraceIdRatio(0.5))
+    );
+    // An argument out of range or unreadable falls back to 1.0, as the specification says.
+    assert_eq!(
+        Sampler::parse("traceidratio", Some("7")),
+        Some(Sampler::TraceIdRatio(1.0))
+    );
+    assert_eq!(
+        Sampler::parse("traceidratio", None),
+        Some(Sampler::TraceIdRatio(1.0))
+    );
+    assert_eq!(
+        Sampler::parse("parentbased_always_on", None),
+        Some(Sampler::ParentBasedAlwaysOn)
+    );
+    assert_eq!(Sampler::parse("jaeger_remote", None), None);
+}

@@ -653,3 +653,37 @@ async fn reqwest_middleware_propagates() {
     );
     tracing.shutdown(Duration::from_secs(5));
 }
+
+/// `OTEL_SDK_DISABLED` (or `disabled(true)`): no spans and no ids; requests are untouched.
+#[tokio::test(flavor = "current_thread")]
+async fn a_disabled_sdk_creates_nothing() {
+    let tracing = TraceConfig::from_env("it")
+        .disabled(true)
+        .traceresponse(true)
+        .install();
+    assert!(!tracing.is_exporting());
+    let app = Router::new()
+        .route(
+            "/",
+            get(|ids: TraceIds| async move { ids.trace_id.to_string() }),
+        )
+        .layer(ObserveLayer::with_observer(tracing.observer()));
+    let addr = serve(app).await;
+    let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<Bytes>>();
+    let req = http::Request::get(format!("http://{addr}/"))
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let res = hyper.request(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers().get("traceresponse").is_none());
+    let body = http_body_util::BodyExt::collect(res.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&body[..], "0".repeat(32).as_bytes(), "no ids when disabled");
+}
