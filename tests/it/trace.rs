@@ -687,3 +687,95 @@ async fn a_disabled_sdk_creates_nothing() {
         .to_bytes();
     assert_eq!(&body[..], "0".repeat(32).as_bytes(), "no ids when disabled");
 }
+
+/// Interoperability with a real peer: the OpenTelemetry SDK's own W3C propagators read what
+/// towerscope writes, and towerscope reads what they write, ids, flags, tracestate and
+/// baggage alike.
+#[test]
+fn the_opentelemetry_sdk_propagators_agree_with_ours() {
+    use opentelemetry::propagation::TextMapPropagator;
+    use opentelemetry::trace::{
+        SpanContext, TraceContextExt, TraceFlags as OFlags, TraceId as OTraceId,
+        TraceState as OState,
+    };
+    use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+    use towerscope::trace::{Baggage, Propagators, SpanId, TraceFlags, TraceId, TraceState};
+
+    let mut rng = fastrand::Rng::with_seed(7);
+    for i in 0..200 {
+        let trace = TraceId(std::array::from_fn(|_| rng.u8(..)));
+        let span = SpanId(std::array::from_fn(|_| rng.u8(..)));
+        if trace.0 == [0; 16] || span.0 == [0; 8] {
+            continue;
+        }
+        let sampled = i % 2 == 0;
+        let members: Vec<(String, String)> = (0..i % 4)
+            .map(|m| (format!("v{m}"), format!("x{}", rng.u32(..))))
+            .collect();
+        let state_text = members
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let state = TraceState::parse([state_text.as_str()]).unwrap();
+        let baggage = Baggage::parse([format!("user=u{i},plan=pro").as_str()]);
+
+        // Ours -> the SDK.
+        let mut headers = http::HeaderMap::new();
+        Propagators::default().inject(
+            trace,
+            span,
+            TraceFlags(u8::from(sampled)),
+            &state,
+            &baggage,
+            &mut headers,
+        );
+        let carrier: HashMap<String, String> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap().to_owned()))
+            .collect();
+        let cx = TraceContextPropagator::new().extract(&carrier);
+        let sc = cx.span().span_context().clone();
+        assert!(sc.is_valid(), "{carrier:?}");
+        assert_eq!(sc.trace_id().to_bytes(), trace.0);
+        assert_eq!(sc.span_id().to_bytes(), span.0);
+        assert_eq!(sc.is_sampled(), sampled);
+        assert_eq!(sc.trace_state().header(), state_text);
+        let bcx = BaggagePropagator::new().extract(&carrier);
+        use opentelemetry::baggage::BaggageExt;
+        assert_eq!(
+            bcx.baggage().get("user").map(|v| v.to_string()),
+            Some(format!("u{i}"))
+        );
+
+        // The SDK -> ours.
+        let sdk_state =
+            OState::from_key_value(members.iter().map(|(k, v)| (k.as_str(), v.as_str()))).unwrap();
+        let sdk_cx = opentelemetry::Context::new().with_remote_span_context(SpanContext::new(
+            OTraceId::from_bytes(trace.0),
+            opentelemetry::trace::SpanId::from_bytes(span.0),
+            if sampled {
+                OFlags::SAMPLED
+            } else {
+                OFlags::default()
+            },
+            true,
+            sdk_state,
+        ));
+        let mut carrier: HashMap<String, String> = HashMap::new();
+        TraceContextPropagator::new().inject_context(&sdk_cx, &mut carrier);
+        let mut headers = http::HeaderMap::new();
+        for (k, v) in &carrier {
+            headers.insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        let got = Propagators::default().extract(&headers);
+        let parent = got.parent.expect("a valid traceparent from the SDK");
+        assert_eq!(parent.trace_id, trace);
+        assert_eq!(parent.parent_id, span);
+        assert_eq!(parent.flags.sampled(), sampled);
+        assert_eq!(got.state.header().unwrap_or_default(), state_text);
+    }
+}
