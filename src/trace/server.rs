@@ -141,33 +141,6 @@ fn random_nonzero<const N: usize>() -> [u8; N] {
     }
 }
 
-/// The span of a request that is not sampled: ids only, nothing recorded.
-#[derive(Debug)]
-struct Unsampled(SpanContext);
-
-impl opentelemetry::trace::Span for Unsampled {
-    fn add_event_with_timestamp<T>(&mut self, _: T, _: std::time::SystemTime, _: Vec<KeyValue>)
-    where
-        T: Into<Cow<'static, str>>,
-    {
-    }
-    fn span_context(&self) -> &SpanContext {
-        &self.0
-    }
-    fn is_recording(&self) -> bool {
-        false
-    }
-    fn set_attribute(&mut self, _: KeyValue) {}
-    fn set_status(&mut self, _: Status) {}
-    fn update_name<T>(&mut self, _: T)
-    where
-        T: Into<Cow<'static, str>>,
-    {
-    }
-    fn add_link(&mut self, _: SpanContext, _: Vec<KeyValue>) {}
-    fn end_with_timestamp(&mut self, _: std::time::SystemTime) {}
-}
-
 impl Observer for Trace {
     type Route = TraceRoute;
     type Observation = TraceObservation;
@@ -241,7 +214,9 @@ impl Observer for Trace {
                 false,
                 state,
             );
-            base.with_span(Unsampled(sc))
+            // A span context without a span object: no allocation for a span that records
+            // nothing (`with_remote_span_context` keeps `is_remote` as given: local here).
+            base.with_remote_span_context(sc)
         } else {
             let parent = match caller {
                 Some(sc) => base.with_remote_span_context(sc),

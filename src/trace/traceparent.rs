@@ -138,8 +138,14 @@ impl TraceParent {
         if v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
             return None;
         }
-        let trace_id = TraceId::from_hex(std::str::from_utf8(&v[3..35]).ok()?)?;
-        let parent_id = SpanId::from_hex(std::str::from_utf8(&v[36..52]).ok()?)?;
+        let mut trace_id = [0u8; 16];
+        lower_hex(&v[3..35], &mut trace_id)?;
+        let mut parent_id = [0u8; 8];
+        lower_hex(&v[36..52], &mut parent_id)?;
+        if trace_id == [0; 16] || parent_id == [0; 8] {
+            return None;
+        }
+        let (trace_id, parent_id) = (TraceId(trace_id), SpanId(parent_id));
         let mut flags = [0u8; 1];
         lower_hex(&v[53..55], &mut flags)?;
         Some(Self {
