@@ -7,7 +7,17 @@ use crate::support::{eventually, http, sample, start_server_with};
 
 #[test]
 fn a_saturated_server_sheds_and_still_answers_its_probes() {
-    let (_server, addr) = start_server_with("full", &["--max-in-flight", "2"]);
+    // The downstream health check would call this server's own `/simulate` (and could be shed):
+    // point it elsewhere, so only this test's requests compete for the two slots.
+    let (_server, addr) = start_server_with(
+        "full",
+        &[
+            "--max-in-flight",
+            "2",
+            "--downstream",
+            "http://127.0.0.1:9/simulate",
+        ],
+    );
     // Two slow requests take both slots (wait until both are admitted).
     let slow: Vec<_> = (0..2)
         .map(|_| std::thread::spawn(move || http(addr, "GET", "/simulate?ms=3000")))
