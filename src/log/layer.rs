@@ -241,22 +241,30 @@ impl Observer for RequestLog {
         if route.excluded {
             return LogObservation { id, record: None };
         }
+        // The server span's ids, when the trace observer ran first (W3C hex form, formatted on
+        // the stack): on every record of the request, and the key of trace-consistent
+        // sampling.
+        #[cfg(feature = "otel")]
+        let hexes = req
+            .extensions()
+            .get::<crate::trace::TraceIds>()
+            .map(|ids| (ids.trace_id.hex(), ids.span_id.hex()));
+        #[cfg(feature = "otel")]
+        let (trace_id, span_id) = (
+            hexes.as_ref().map(|h| h.0.as_str()),
+            hexes.as_ref().map(|h| h.1.as_str()),
+        );
+        #[cfg(not(feature = "otel"))]
+        let (trace_id, span_id): (Option<&str>, Option<&str>) = (None, None);
         let span = tracing::span!(
             target: REQUEST_TARGET,
             Level::INFO,
             REQUEST_SPAN,
             request_id = id.as_str(),
             route = route.route.as_deref(),
-            trace_id = tracing::field::Empty,
-            span_id = tracing::field::Empty,
+            trace_id,
+            span_id,
         );
-        // The server span's ids, when the trace observer ran first (W3C hex form): on every
-        // record of the request, and the key of trace-consistent sampling.
-        #[cfg(feature = "otel")]
-        if let Some(ids) = req.extensions().get::<crate::trace::TraceIds>() {
-            span.record("trace_id", tracing::field::display(ids.trace_id));
-            span.record("span_id", tracing::field::display(ids.span_id));
-        }
         let headers = cfg
             .log_headers
             .then(|| render_headers(req.headers(), &cfg.redact_headers));

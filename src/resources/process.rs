@@ -32,31 +32,46 @@ impl ProcessStats {
         let f: Vec<&str> = rest.split_ascii_whitespace().collect();
         // Field n of proc(5) is f[n - 3] here.
         let num = |n: usize| f.get(n - 3).and_then(|v| v.parse::<u64>().ok());
-        let ticks = rustix::param::clock_ticks_per_second().max(1);
         let cpu_ticks = num(14)? + num(15)?;
-        let page = rustix::param::page_size() as u64;
+        // Sizes and threads from `status`, in kB: no page size needed. (Asking the C library or
+        // the auxiliary vector for the page size and clock ticks is avoided on purpose: the
+        // latter crashes under valgrind.)
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let field = |name: &str| {
+            status.lines().find_map(|l| {
+                l.strip_prefix(name)?
+                    .trim()
+                    .trim_end_matches(" kB")
+                    .parse::<u64>()
+                    .ok()
+            })
+        };
         let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
             s.lines()
                 .find_map(|l| l.strip_prefix("btime "))
                 .and_then(|v| v.trim().parse::<u64>().ok())
         });
-        let started = num(22)? as f64 / ticks as f64;
+        let started = num(22)? as f64 / USER_HZ as f64;
         let start_time = boot.map_or(0.0, |b| b as f64 + started);
         let open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
         let max_fds = rustix::process::getrlimit(rustix::process::Resource::Nofile)
             .current
             .unwrap_or(u64::MAX);
         Some(Self {
-            cpu: Duration::from_nanos(cpu_ticks.saturating_mul(1_000_000_000 / ticks)),
-            resident_bytes: num(24)?.saturating_mul(page),
-            virtual_bytes: num(23)?,
-            threads: num(20)?,
+            cpu: Duration::from_nanos(cpu_ticks.saturating_mul(1_000_000_000 / USER_HZ)),
+            resident_bytes: field("VmRSS:")?.saturating_mul(1024),
+            virtual_bytes: field("VmSize:")?.saturating_mul(1024),
+            threads: field("Threads:")?,
             start_time,
             open_fds,
             max_fds,
         })
     }
 }
+
+/// The unit of the times in `/proc` (`USER_HZ`): fixed at 100 by the kernel's user-space ABI
+/// on every architecture Rust targets.
+const USER_HZ: u64 = 100;
 
 pub(super) struct ProcessCollector {
     cpu_total: Counter,

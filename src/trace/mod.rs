@@ -98,7 +98,7 @@ pub mod tracestate;
 
 pub use baggage::Baggage;
 pub use propagation::{Extracted, Format, Propagators, B3, BAGGAGE, TRACEPARENT, TRACESTATE};
-pub use traceparent::{SpanId, TraceFlags, TraceId, TraceParent, TRACEPARENT_LEN};
+pub use traceparent::{Hex, SpanId, TraceFlags, TraceId, TraceParent, TRACEPARENT_LEN};
 pub use tracestate::TraceState;
 
 #[cfg(feature = "reqwest")]

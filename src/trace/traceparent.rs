@@ -43,7 +43,39 @@ impl fmt::Debug for SpanId {
     }
 }
 
+/// Lowercase hex digits on the stack (ids as text without allocating).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Hex<const N: usize>([u8; N]);
+
+impl<const N: usize> Hex<N> {
+    fn of(bytes: &[u8]) -> Self {
+        let mut out = [b'0'; N];
+        for (i, b) in bytes.iter().take(N / 2).enumerate() {
+            out[2 * i] = HEX[usize::from(b >> 4)];
+            out[2 * i + 1] = HEX[usize::from(b & 0xf)];
+        }
+        Self(out)
+    }
+
+    /// The digits.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII hex digits are ever written.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl<const N: usize> fmt::Debug for Hex<N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl TraceId {
+    /// The 32 hex digits, on the stack.
+    pub fn hex(&self) -> Hex<32> {
+        Hex::of(&self.0)
+    }
+
     /// Parses 32 lowercase hex digits; all zeros is invalid.
     pub fn from_hex(s: &str) -> Option<Self> {
         let mut out = [0u8; 16];
@@ -53,6 +85,11 @@ impl TraceId {
 }
 
 impl SpanId {
+    /// The 16 hex digits, on the stack.
+    pub fn hex(&self) -> Hex<16> {
+        Hex::of(&self.0)
+    }
+
     /// Parses 16 lowercase hex digits; all zeros is invalid.
     pub fn from_hex(s: &str) -> Option<Self> {
         let mut out = [0u8; 8];
