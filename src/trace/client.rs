@@ -21,7 +21,7 @@ use super::baggage::Baggage;
 use super::config::{Inner, Tracing};
 use super::traceparent::{SpanId, TraceFlags, TraceId};
 use super::tracestate::TraceState;
-use crate::lifecycle::KnownMethod;
+use crate::lifecycle::{ErrorType, KnownMethod};
 use crate::redact::redact_query;
 
 /// `http_client_request_duration_seconds`
@@ -327,6 +327,7 @@ impl<S> std::fmt::Debug for ClientTrace<S> {
 impl<S, B, ResB> Service<Request<B>> for ClientTrace<S>
 where
     S: Service<Request<B>, Response = Response<ResB>>,
+    S::Error: 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -358,6 +359,7 @@ pin_project! {
 impl<F, ResB, E> Future for ClientFuture<F>
 where
     F: Future<Output = Result<Response<ResB>, E>>,
+    E: 'static,
 {
     type Output = F::Output;
 
@@ -366,17 +368,19 @@ where
         let out = std::task::ready!(this.inner.poll(cx));
         match &out {
             Ok(res) => this.call.finish(Ok(res.status())),
-            Err(_) => this.call.finish(Err(error_kind::<E>())),
+            Err(e) => this.call.finish(Err(error_kind(e))),
         }
         Poll::Ready(out)
     }
 }
 
-/// A short, fixed `error.type` for a client error type: its type name's last segment.
-fn error_kind<E>() -> &'static str {
-    let name = std::any::type_name::<E>();
-    let base = name.split('<').next().unwrap_or(name);
-    base.rsplit("::").next().unwrap_or("_OTHER")
+/// The client error's `error.type`: the crate's one classification of inner-service errors
+/// (`timeout`, `io`, `hyper`, … or `_OTHER`), as the server side uses.
+fn error_kind<E: 'static>(e: &E) -> &'static str {
+    match ErrorType::of_error(e) {
+        ErrorType::Kind(k) => k,
+        ErrorType::Status(_) => "_OTHER",
+    }
 }
 
 #[cfg(feature = "reqwest")]

@@ -779,3 +779,38 @@ fn the_opentelemetry_sdk_propagators_agree_with_ours() {
         assert_eq!(got.state.header().unwrap_or_default(), state_text);
     }
 }
+
+/// Client errors get the crate's one `error.type` classification (the server side's), not a
+/// type name.
+#[test]
+fn client_errors_are_classified_like_server_errors() {
+    let tracing = TraceConfig::from_env("it")
+        .exporter(towerscope::trace::Exporter::None)
+        .install();
+    let (recorder, prometheus) = towerscope::metrics::Prometheus::builder().build();
+    let failing = tower::service_fn(|_req: http::Request<()>| async {
+        Err::<http::Response<()>, _>(std::io::Error::from(std::io::ErrorKind::TimedOut))
+    });
+    let client = tower::Layer::layer(&tracing.client_layer(), failing);
+    metrics::with_local_recorder(&recorder, || {
+        let req = http::Request::get("http://example.test:8080/x")
+            .body(())
+            .unwrap();
+        assert!(crate::support::block_on(client.oneshot(req)).is_err());
+    });
+    assert_eq!(
+        sample(
+            &prometheus.render(),
+            "http_client_request_duration_seconds_count",
+            &[
+                ("http_request_method", "GET"),
+                ("server_address", "example.test"),
+                ("server_port", "8080"),
+                ("error_type", "timeout"),
+            ]
+        ),
+        Some(1.0),
+        "{}",
+        prometheus.render()
+    );
+}
