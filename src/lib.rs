@@ -40,6 +40,8 @@
 
 pub mod breaker;
 pub mod db;
+#[cfg(any(feature = "health", feature = "resources"))]
+mod fs_space;
 #[cfg(feature = "health")]
 pub mod health;
 pub mod lifecycle;

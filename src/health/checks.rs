@@ -61,12 +61,12 @@ pub fn disk_check(path: impl Into<PathBuf>, min_free_ratio: f64) -> impl super::
     move || {
         let path = path.clone();
         async move {
-            match free_ratio(&path) {
-                Ok((free, total)) => {
-                    let ratio = if total == 0 {
+            match crate::fs_space::FsSpace::of(&path) {
+                Ok(space) => {
+                    let ratio = if space.total == 0 {
                         0.0
                     } else {
-                        free as f64 / total as f64
+                        space.available as f64 / space.total as f64
                     };
                     let r = if ratio < min_free_ratio {
                         CheckResult::down(format!(
@@ -84,12 +84,6 @@ pub fn disk_check(path: impl Into<PathBuf>, min_free_ratio: f64) -> impl super::
             }
         }
     }
-}
-
-/// Free and total bytes of the file system holding `path`.
-pub(crate) fn free_ratio(path: &std::path::Path) -> std::io::Result<(u64, u64)> {
-    let s = rustix::fs::statvfs(path)?;
-    Ok((s.f_bavail * s.f_frsize, s.f_blocks * s.f_frsize))
 }
 
 /// A database pool: acquires a connection and pings it. Up with the latency (ms) and the pool's

@@ -262,11 +262,11 @@ impl Collector {
             c.collect();
         }
         for d in &self.disks {
-            if let Some((used, total)) = disk_usage(&d.path) {
-                d.used.set(used as f64);
-                d.total.set(total as f64);
-                if total > 0 {
-                    d.ratio.set(used as f64 / total as f64);
+            if let Ok(space) = crate::fs_space::FsSpace::of(&d.path) {
+                d.used.set(space.used() as f64);
+                d.total.set(space.total as f64);
+                if space.total > 0 {
+                    d.ratio.set(space.used() as f64 / space.total as f64);
                 }
             }
         }
@@ -294,14 +294,6 @@ fn total_busy(handle: &tokio::runtime::Handle) -> Duration {
     (0..m.num_workers())
         .map(|w| m.worker_total_busy_duration(w))
         .sum()
-}
-
-/// (used, total) bytes of the filesystem holding `path`.
-fn disk_usage(path: &std::path::Path) -> Option<(u64, u64)> {
-    let s = rustix::fs::statvfs(path).ok()?;
-    let total = s.f_blocks.saturating_mul(s.f_frsize);
-    let free = s.f_bfree.saturating_mul(s.f_frsize);
-    Some((total.saturating_sub(free), total))
 }
 
 #[cfg(test)]
