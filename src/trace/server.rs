@@ -322,7 +322,7 @@ fn attributes<B>(
         attrs.push(KeyValue::new("http.route", r.clone()));
     }
     if let Some((host, port)) = host_port(req) {
-        attrs.push(KeyValue::new("server.address", host));
+        attrs.push(KeyValue::new("server.address", host.to_owned()));
         if let Some(p) = port {
             attrs.push(KeyValue::new("server.port", i64::from(p)));
         }
@@ -364,16 +364,42 @@ fn attributes<B>(
 }
 
 /// `server.address` and `server.port` from the `Host` header (or the URI's authority).
-fn host_port<B>(req: &Request<B>) -> Option<(String, Option<u16>)> {
+fn host_port<B>(req: &Request<B>) -> Option<(&str, Option<u16>)> {
     let authority = match req.uri().authority() {
-        Some(a) => a.as_str().to_owned(),
-        None => req
-            .headers()
-            .get(http::header::HOST)?
-            .to_str()
-            .ok()?
-            .to_owned(),
+        Some(a) => a.as_str(),
+        None => req.headers().get(http::header::HOST)?.to_str().ok()?,
     };
-    let parsed: http::uri::Authority = authority.parse().ok()?;
-    Some((parsed.host().to_owned(), parsed.port_u16()))
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    // `[v6]:port`, `host:port` or `host`; read in place, no copy of the header.
+    if let Some(rest) = hostport.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        return Some((host, after.strip_prefix(':').and_then(|p| p.parse().ok())));
+    }
+    Some(match hostport.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port.parse().ok()?)),
+        None => (hostport, None),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_port;
+
+    #[test]
+    fn server_address_and_port_from_the_host() {
+        let host = |h: &str| {
+            let req = http::Request::get("/").header("host", h).body(()).unwrap();
+            host_port(&req).map(|(a, p)| (a.to_owned(), p))
+        };
+        assert_eq!(host("example.org"), Some(("example.org".into(), None)));
+        assert_eq!(
+            host("example.org:8080"),
+            Some(("example.org".into(), Some(8080)))
+        );
+        assert_eq!(host("[::1]:3000"), Some(("::1".into(), Some(3000))));
+        assert_eq!(host("[::1]"), Some(("::1".into(), None)));
+        assert_eq!(host("example.org:notaport"), None);
+        let req = http::Request::get("http://api.test:81/x").body(()).unwrap();
+        assert_eq!(host_port(&req), Some(("api.test", Some(81))));
+    }
 }

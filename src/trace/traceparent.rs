@@ -12,19 +12,9 @@ pub struct SpanId(pub [u8; 8]);
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
-    let mut buf = [0u8; 32];
-    for (i, b) in bytes.iter().enumerate() {
-        buf[2 * i] = HEX[usize::from(b >> 4)];
-        buf[2 * i + 1] = HEX[usize::from(b & 0xf)];
-    }
-    // Lowercase hex digits are ASCII.
-    f.write_str(std::str::from_utf8(&buf[..2 * bytes.len()]).map_err(|_| fmt::Error)?)
-}
-
 impl fmt::Display for TraceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_hex(f, &self.0)
+        f.write_str(self.hex().as_str())
     }
 }
 impl fmt::Debug for TraceId {
@@ -34,7 +24,7 @@ impl fmt::Debug for TraceId {
 }
 impl fmt::Display for SpanId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_hex(f, &self.0)
+        f.write_str(self.hex().as_str())
     }
 }
 impl fmt::Debug for SpanId {
