@@ -126,6 +126,24 @@ fn attr_int(s: &Span, key: &str) -> Option<i64> {
     }
 }
 
+/// The span named `name`; fails the test when there is none.
+fn named<'a>(spans: &'a [Span], name: &str) -> &'a Span {
+    spans.iter().find(|s| s.name == name).unwrap_or_else(|| {
+        panic!(
+            "no span {name:?} among {:?}",
+            spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+        )
+    })
+}
+
+/// A plain HTTP/1 client.
+fn client() -> hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Empty<Bytes>,
+> {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -134,8 +152,7 @@ fn hex(b: &[u8]) -> String {
 
 #[tracing::instrument]
 async fn load_profile(client_layer: towerscope::trace::ClientTraceLayer, b: SocketAddr) -> u16 {
-    let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Empty<Bytes>>();
+    let hyper = client();
     let client = tower::Layer::layer(&client_layer, hyper);
     let req = http::Request::get(format!("http://{b}/profile/7?token=s3cret"))
         .body(Empty::new())
@@ -195,8 +212,7 @@ async fn one_trace_across_two_services() {
 
     let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span = "00f067aa0ba902b7";
-    let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Empty<Bytes>>();
+    let hyper = client();
     let req = http::Request::get(format!("http://{a_addr}/orders/1?q=1"))
         .header("traceparent", format!("00-{caller_trace}-{caller_span}-01"))
         .header("tracestate", "vendor=abc")
@@ -326,8 +342,7 @@ async fn client_spans_mark_4xx_as_errors() {
         }),
     );
     let b_addr = serve(b).await;
-    let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Empty<Bytes>>();
+    let hyper = client();
     let client = tower::Layer::layer(&tracing.client_layer(), hyper);
     let req = http::Request::get(format!("http://{b_addr}/missing"))
         .body(Empty::new())
@@ -476,22 +491,15 @@ async fn log_records_carry_the_exported_ids() {
             towerscope::log::RequestLog::builder().build(),
         )));
     let addr = serve(app).await;
-    let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Empty<Bytes>>();
+    let hyper = client();
     let req = http::Request::get(format!("http://{addr}/work"))
         .body(Empty::<Bytes>::new())
         .unwrap();
     assert_eq!(hyper.request(req).await.unwrap().status(), 200);
     assert!(tracing.flush());
     let spans = rx.wait_for(2).await;
-    let server = spans
-        .iter()
-        .find(|s| s.name == "GET /work")
-        .expect("server span");
-    let child = spans
-        .iter()
-        .find(|s| s.name == "child_work")
-        .expect("child span");
+    let server = named(&spans, "GET /work");
+    let child = named(&spans, "child_work");
     let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
     let records: Vec<serde_json::Value> = text
         .lines()
@@ -533,14 +541,8 @@ async fn operations_export_internal_spans_with_exceptions() {
     assert_eq!(fine, Ok(1));
     assert!(tracing.flush());
     let spans = rx.wait_for(2).await;
-    let charge = spans
-        .iter()
-        .find(|s| s.name == "charge")
-        .expect("charge span");
-    let refund = spans
-        .iter()
-        .find(|s| s.name == "refund")
-        .expect("refund span");
+    let charge = named(&spans, "charge");
+    let refund = named(&spans, "refund");
     assert_eq!(charge.kind, SpanKind::Internal as i32);
     assert_eq!(
         charge.status.as_ref().unwrap().code,
@@ -577,8 +579,7 @@ async fn without_an_endpoint_ids_exist_and_nothing_is_exported() {
         )
         .layer(ObserveLayer::with_observer(tracing.observer()));
     let addr = serve(app).await;
-    let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Empty<Bytes>>();
+    let hyper = client();
     for parent in [
         None,
         Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"),
@@ -640,10 +641,7 @@ async fn reqwest_middleware_propagates() {
         .iter()
         .find(|s| s.kind == SpanKind::Client as i32)
         .expect("client span");
-    let server_span = spans
-        .iter()
-        .find(|s| s.name == "GET /hello")
-        .expect("server span");
+    let server_span = named(&spans, "GET /hello");
     assert_eq!(client_span.name, "GET");
     assert_eq!(server_span.parent_span_id, client_span.span_id);
     assert_eq!(server_span.trace_id, client_span.trace_id);
@@ -669,8 +667,7 @@ async fn a_disabled_sdk_creates_nothing() {
         )
         .layer(ObserveLayer::with_observer(tracing.observer()));
     let addr = serve(app).await;
-    let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Empty<Bytes>>();
+    let hyper = client();
     let req = http::Request::get(format!("http://{addr}/"))
         .header(
             "traceparent",
