@@ -50,6 +50,20 @@ mod route;
 mod service;
 
 pub use method::KnownMethod;
+
+/// The route templates of the health probes and `/metrics`: left out of the request log and of
+/// tracing by default (scrapes and probes every few seconds are noise, and must stay cheap).
+pub const PROBE_ROUTES: &[&str] = &[
+    "/livez",
+    "/livez/{name}",
+    "/readyz",
+    "/readyz/{name}",
+    "/startupz",
+    "/startupz/{name}",
+    "/health",
+    "/health/{name}",
+    "/metrics",
+];
 pub use observer::{Observer, RequestMeta, ResponseHead};
 pub use outcome::{End, ErrorType, Outcome};
 pub use route::{AddrHasher, RouteEntry, MAX_ROUTES};

@@ -30,18 +30,9 @@ impl Default for RequestLogLayer {
     }
 }
 
-/// Routes left out of the request log by default: the probes and `/metrics`.
-pub const DEFAULT_EXCLUDED: &[&str] = &[
-    "/livez",
-    "/livez/{name}",
-    "/readyz",
-    "/readyz/{name}",
-    "/startupz",
-    "/startupz/{name}",
-    "/health",
-    "/health/{name}",
-    "/metrics",
-];
+/// Routes left out of the request log by default: the probes and `/metrics`
+/// ([`PROBE_ROUTES`](crate::lifecycle::PROBE_ROUTES), shared with the server spans).
+pub const DEFAULT_EXCLUDED: &[&str] = crate::lifecycle::PROBE_ROUTES;
 
 /// The request log observer.
 #[derive(Clone, Debug)]

@@ -104,6 +104,7 @@ pub struct TraceConfig {
     traceresponse: bool,
     baggage_keys: Vec<String>,
     sensitive: Vec<String>,
+    excluded: Vec<String>,
     warnings: Vec<String>,
 }
 
@@ -176,6 +177,10 @@ impl TraceConfig {
             traceresponse: false,
             baggage_keys: Vec::new(),
             sensitive: crate::redact::SENSITIVE_PARAMS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            excluded: crate::lifecycle::PROBE_ROUTES
                 .iter()
                 .map(|s| (*s).to_owned())
                 .collect(),
@@ -278,6 +283,19 @@ impl TraceConfig {
         self
     }
 
+    /// A route template that gets no server span (by default the probes and `/metrics`,
+    /// [`PROBE_ROUTES`](crate::lifecycle::PROBE_ROUTES)).
+    pub fn exclude_route(mut self, template: impl Into<String>) -> Self {
+        self.excluded.push(template.into());
+        self
+    }
+
+    /// Traces every route, the probes and `/metrics` included.
+    pub fn trace_all_routes(mut self) -> Self {
+        self.excluded.clear();
+        self
+    }
+
     /// What could not be understood in the environment.
     pub fn warnings(&self) -> &[String] {
         &self.warnings
@@ -348,6 +366,7 @@ impl TraceConfig {
                 traceresponse: self.traceresponse,
                 baggage_keys: self.baggage_keys,
                 sensitive: self.sensitive,
+                excluded: self.excluded,
             }),
         }
     }
@@ -383,6 +402,8 @@ pub(crate) struct Inner {
     pub(crate) baggage_keys: Vec<String>,
     /// Query parameters whose values are redacted in `url.query` and `url.full`.
     pub(crate) sensitive: Vec<String>,
+    /// Route templates without server spans.
+    pub(crate) excluded: Vec<String>,
 }
 
 /// The installed tracing pipeline: hands out the server layer, client layers and the

@@ -102,6 +102,7 @@ impl Tracing {
 
 /// Per route: the span names by method and the route attribute, built once.
 pub struct TraceRoute {
+    excluded: bool,
     names: [Cow<'static, str>; KnownMethod::ALL.len()],
     route: Option<Value>,
 }
@@ -163,6 +164,7 @@ impl Observer for Trace {
             Cow::Borrowed(name)
         });
         TraceRoute {
+            excluded: template.is_some_and(|t| self.inner.excluded.iter().any(|e| e == t)),
             names,
             route: template.map(|t| Value::from(t.to_owned())),
         }
@@ -175,7 +177,7 @@ impl Observer for Trace {
         meta: &RequestMeta<'_>,
     ) -> TraceObservation {
         let inner = &*self.inner;
-        if !inner.enabled {
+        if !inner.enabled || route.excluded {
             return TraceObservation {
                 cx: None,
                 traceresponse: None,

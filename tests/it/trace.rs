@@ -811,3 +811,37 @@ fn client_errors_are_classified_like_server_errors() {
         prometheus.render()
     );
 }
+
+/// The probes and `/metrics` get no server span by default (they run every few seconds);
+/// other routes do.
+#[tokio::test(flavor = "current_thread")]
+async fn probes_are_not_traced_by_default() {
+    let tracing = TraceConfig::from_env("it").traceresponse(true).install();
+    let app = Router::new()
+        .route(
+            "/readyz",
+            get(|ids: TraceIds| async move { ids.trace_id.to_string() }),
+        )
+        .route(
+            "/work",
+            get(|ids: TraceIds| async move { ids.trace_id.to_string() }),
+        )
+        .layer(ObserveLayer::with_observer(tracing.observer()));
+    let addr = serve(app).await;
+    for (path, traced) in [("/readyz", false), ("/work", true)] {
+        let req = http::Request::get(format!("http://{addr}{path}"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let res = client().request(req).await.unwrap();
+        assert_eq!(
+            res.headers().contains_key("traceresponse"),
+            traced,
+            "{path}"
+        );
+        let body = http_body_util::BodyExt::collect(res.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(body[..] != *"0".repeat(32).as_bytes(), traced, "{path}");
+    }
+}
