@@ -45,7 +45,8 @@
 //! the Error status; 4xx is left unset; a cancelled request is not an error. The span ends
 //! when the response body is finished, and is the current OpenTelemetry context while the
 //! handler runs, so `#[instrument]` spans (through [`Tracing::otel_layer`]) and client calls
-//! are its children. Handlers read the ids with the [`TraceIds`] extractor;
+//! are its children. The probes and `/metrics` are not traced by default
+//! ([`TraceConfig::exclude_route`]). Handlers read the ids with the [`TraceIds`] extractor;
 //! [`TraceConfig::traceresponse`] returns them in a `traceresponse` header.
 //!
 //! An unsampled request (a parent-based sampler and an unsampled caller) gets ids only: no
