@@ -255,6 +255,10 @@ impl Default for Sampling {
 }
 
 /// At most `max` records per call site per `window`, ERROR included.
+///
+/// The request log's own records (target `towerscope::request`, one per request) are not
+/// rate limited: their volume is the request rate, and an access log that keeps 100 requests
+/// a minute is no access log. Levels, route exclusion and sampling bound them instead.
 #[derive(Debug, Clone, Copy)]
 pub struct RateLimit {
     /// Records per window and call site.
@@ -447,6 +451,9 @@ where
         let Some(limiter) = &self.limiter else {
             return true;
         };
+        if meta.target() == REQUEST_TARGET {
+            return true;
+        }
         let key = meta.callsite().0 as *const _ as *const () as usize;
         let now = Instant::now();
         let mut summary = None;

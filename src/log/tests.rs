@@ -384,6 +384,28 @@ fn sampling_from_a_trace_id_matches_the_ratio_sampler() {
     ));
 }
 
+/// The per-call-site limit (default 100 per minute) is for log floods, not for the access
+/// log: every request keeps its record, while a handler line at one call site is limited.
+#[tokio::test(flavor = "current_thread")]
+async fn request_records_are_not_rate_limited() {
+    let capture = Capture::default();
+    let _g = tracing::subscriber::set_default(subscriber(
+        &capture,
+        JsonLayer::new("shop", capture.clone()).rate_limit(Some(RateLimit::default())),
+    ));
+    let app = app(RequestLogLayer::new());
+    for _ in 0..150 {
+        send(&app, get_req("/ok")).await;
+    }
+    assert_eq!(capture.requests().len(), 150, "one record per request");
+    let handler_lines = capture
+        .lines()
+        .into_iter()
+        .filter(|l| l["message"] == "inside handler")
+        .count();
+    assert_eq!(handler_lines, 100, "the handler's call site is limited");
+}
+
 #[test]
 fn rate_limit_suppresses_exactly_and_summarises() {
     let capture = Capture::default();
