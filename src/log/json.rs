@@ -35,16 +35,46 @@ const ESCAPE: [bool; 256] = {
     t
 };
 
+/// Whether an 8-byte word holds a byte the escaper must look at: below 0x20, `"`, `\`, DEL,
+/// or 0xe2 (the lead byte of U+2028 / U+2029). Exact as a yes/no answer (the classic
+/// `haszero` / `hasless` word tricks), so clean words are skipped eight bytes at a time.
+#[inline]
+fn dirty(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    #[inline]
+    fn zero_byte(v: u64) -> u64 {
+        v.wrapping_sub(ONES) & !v
+    }
+    let control = w.wrapping_sub(ONES * 0x20) & !w;
+    let hits = control
+        | zero_byte(w ^ (ONES * u64::from(b'"')))
+        | zero_byte(w ^ (ONES * u64::from(b'\\')))
+        | zero_byte(w ^ (ONES * 0x7f))
+        | zero_byte(w ^ (ONES * 0xe2));
+    hits & HIGHS != 0
+}
+
 /// Writes `s` as a JSON string (with quotes): `"` and `\` escaped, control characters as
 /// `\n`, `\t`, … or `\u00XX`, U+2028 and U+2029 as `\u2028`, `\u2029`, so any input gives one
-/// valid JSON value on one line. Runs of plain bytes are copied whole.
+/// valid JSON value on one line. Runs of plain bytes are copied whole, and found a word at a
+/// time.
 pub fn write_json_str(out: &mut String, s: &str) {
-    out.push('"');
     let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push('"');
     let mut start = 0;
     let mut i = 0;
     while i < bytes.len() {
-        let b = bytes[i];
+        while let Some(word) = bytes.get(i..i + 8) {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(word);
+            if dirty(u64::from_le_bytes(w)) {
+                break;
+            }
+            i += 8;
+        }
+        let Some(&b) = bytes.get(i) else { break };
         if !ESCAPE[b as usize] {
             i += 1;
             continue;

@@ -543,6 +543,28 @@ mod props {
     proptest! {
         #![proptest_config(ProptestConfig { cases: 200, .. ProptestConfig::default() })]
 
+        /// The word-at-a-time escaper against serde_json's reading: the same string back, on
+        /// one line, with U+2028/U+2029 and DEL escaped; strings are drawn dense in the bytes
+        /// it must find (controls, quotes, backslashes, DEL, the U+2028 lead byte) at every
+        /// offset of a word.
+        #[test]
+        fn the_escaper_round_trips_any_string(
+            s in proptest::collection::vec(
+                prop_oneof![
+                    Just('"'), Just('\\'), Just('\n'), Just('\u{1}'), Just('\u{7f}'),
+                    Just('\u{2028}'), Just('\u{2029}'), Just('\u{2030}'), Just('a'), Just('é'),
+                    any::<char>(),
+                ],
+                0..40,
+            ).prop_map(|cs| cs.into_iter().collect::<String>()),
+        ) {
+            let mut out = String::new();
+            write_json_str(&mut out, &s);
+            let back: String = serde_json::from_str(&out).map_err(|e| TestCaseError::fail(format!("{e}: {out:?}")))?;
+            prop_assert_eq!(&back, &s);
+            prop_assert!(!out.chars().any(|c| c < ' ' || c == '\u{7f}' || c == '\u{2028}' || c == '\u{2029}'), "{:?}", out);
+        }
+
         #[test]
         fn any_header_bytes_and_field_values_give_one_json_object_per_line(
             ua in proptest::collection::vec(any::<u8>(), 0..64),
