@@ -2,7 +2,9 @@
 //! the request is served, extended by handlers with [`add_context`].
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::fmt::Display;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tracing_subscriber::registry::LookupSpan;
 
@@ -14,18 +16,22 @@ pub const REQUEST_TARGET: &str = "towerscope::request";
 pub const REQUEST_SPAN: &str = "request";
 
 /// The context of one request, stored in its span's extensions by the JSON layer. It lives and
-/// dies with the span, so it never leaks into another request. Values are kept as JSON text,
-/// escaped once, since they are copied into every line of the request.
+/// dies with the span, so it never leaks into another request. It is kept as the JSON text
+/// it adds to a line (`,"key":value` per member, escaped once), since it is copied into every
+/// line of the request: one buffer, one copy per line when no key repeats one of the line's.
 #[derive(Debug)]
 pub(crate) struct RequestContext {
-    fields: Vec<(Cow<'static, str>, String)>,
+    json: String,
+    /// Each member's key and where its `,"key":value` text is in `json`.
+    members: Vec<(Cow<'static, str>, std::ops::Range<usize>)>,
     pub(crate) sampled: bool,
 }
 
 impl Default for RequestContext {
     fn default() -> Self {
         Self {
-            fields: Vec::with_capacity(4),
+            json: String::with_capacity(192),
+            members: Vec::with_capacity(4),
             sampled: true,
         }
     }
@@ -34,9 +40,7 @@ impl Default for RequestContext {
 /// The request span's own fields (request id, route, trace ids) become the context.
 impl tracing::field::Visit for RequestContext {
     fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        let mut json = String::with_capacity(value.len() + 2);
-        write_json_str(&mut json, value);
-        self.set(field.name(), json);
+        self.set_with(field.name().into(), |json| write_json_str(json, value));
     }
 
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
@@ -45,33 +49,97 @@ impl tracing::field::Visit for RequestContext {
 }
 
 impl RequestContext {
-    /// Sets a field (a JSON value), replacing an earlier value of the same key.
-    pub(crate) fn set(&mut self, key: impl Into<Cow<'static, str>>, json: String) {
-        let key = key.into();
-        match self.fields.iter_mut().find(|(k, _)| *k == key) {
-            Some(slot) => slot.1 = json,
-            None => self.fields.push((key, json)),
+    /// Sets a field to a JSON value, replacing an earlier value of the same key.
+    pub(crate) fn set(&mut self, key: impl Into<Cow<'static, str>>, json: &str) {
+        self.set_with(key.into(), |out| out.push_str(json));
+    }
+
+    /// Appends a member whose key is not there yet (the request log building the context
+    /// directly); `value` writes its JSON value.
+    pub(crate) fn append(&mut self, key: &'static str, value: impl FnOnce(&mut String)) {
+        let start = self.json.len();
+        self.json.push_str(",\"");
+        self.json.push_str(key);
+        self.json.push_str("\":");
+        value(&mut self.json);
+        self.members
+            .push((Cow::Borrowed(key), start..self.json.len()));
+    }
+
+    fn set_with(&mut self, key: Cow<'static, str>, value: impl FnOnce(&mut String)) {
+        if let Some(at) = self.members.iter().position(|(k, _)| *k == key) {
+            let (_, range) = self.members.remove(at);
+            let len = range.len();
+            self.json.replace_range(range.clone(), "");
+            for (_, r) in &mut self.members[at..] {
+                *r = r.start - len..r.end - len;
+            }
         }
+        let start = self.json.len();
+        self.json.push(',');
+        write_json_str(&mut self.json, &key);
+        self.json.push(':');
+        value(&mut self.json);
+        self.members.push((key, start..self.json.len()));
     }
 
-    pub(crate) fn fields(&self) -> impl Iterator<Item = (&str, &String)> {
-        self.fields.iter().map(|(k, v)| (k.as_ref(), v))
-    }
-
-    fn raw(&self, key: &str) -> Option<&str> {
-        self.fields
+    /// The members: key and `,"key":value` text.
+    pub(crate) fn members(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.members
             .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.trim_matches('"'))
+            .map(|(k, r)| (k.as_ref(), &self.json[r.clone()]))
+    }
+
+    /// Every member's text at once.
+    pub(crate) fn json(&self) -> &str {
+        &self.json
+    }
+
+    /// A string member's value, unquoted (ids are plain text, never escaped).
+    fn raw(&self, key: &str) -> Option<&str> {
+        let (_, text) = self.members().find(|(k, _)| *k == key)?;
+        let value = &text[text.find(':')? + 1..];
+        Some(value.trim_matches('"'))
     }
 
     /// What sampling decides on: the trace id when there is one, else the request id.
-    pub(crate) fn sampling_key(&self) -> Option<(String, bool)> {
+    pub(crate) fn sampling_key(&self) -> Option<(&str, bool)> {
         if let Some(t) = self.raw("trace_id") {
-            return Some((t.to_owned(), true));
+            return Some((t, true));
         }
-        self.raw("request_id").map(|r| (r.to_owned(), false))
+        self.raw("request_id").map(|r| (r, false))
     }
+}
+
+/// What the request log hands to the JSON layer on the same thread, within one `tracing`
+/// call: the request span's context built directly from typed values (no field visiting, no
+/// escaping of what is known to be plain), and the request record's fields already written as
+/// JSON. Only while a JSON layer exists; any other subscriber reads the span's and the event's
+/// fields as usual, and the JSON layer falls back to them when nothing was handed over.
+#[derive(Default)]
+pub(crate) struct Handoff {
+    /// The context of the request span about to be created.
+    pub(crate) context: Option<RequestContext>,
+    /// The request record's fields, `,"key":value` each, while `record_ready`.
+    pub(crate) record: String,
+    /// The keys written in `record`.
+    pub(crate) record_keys: Vec<&'static str>,
+    pub(crate) record_ready: bool,
+}
+
+thread_local! {
+    pub(crate) static HANDOFF: RefCell<Handoff> = RefCell::new(Handoff::default());
+}
+
+static JSON_LAYER: AtomicBool = AtomicBool::new(false);
+
+/// Whether a JSON layer was made in this process (the hand-over is worth preparing).
+pub(crate) fn json_layer_exists() -> bool {
+    JSON_LAYER.load(Ordering::Relaxed)
+}
+
+pub(crate) fn json_layer_made() {
+    JSON_LAYER.store(true, Ordering::Relaxed);
 }
 
 /// Adds `key = value` to the current request's context: it appears on every later record of
@@ -96,7 +164,7 @@ pub fn add_context(key: impl Into<Cow<'static, str>>, value: impl Display) -> bo
             for s in span.scope() {
                 let mut ext = s.extensions_mut();
                 if let Some(rc) = ext.get_mut::<RequestContext>() {
-                    rc.set(key, json);
+                    rc.set(key, &json);
                     return Some(());
                 }
             }

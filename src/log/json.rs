@@ -17,7 +17,7 @@ use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
-use super::context::{RequestContext, REQUEST_SPAN, REQUEST_TARGET};
+use super::context::{RequestContext, HANDOFF, REQUEST_SPAN, REQUEST_TARGET};
 
 /// Bytes that cannot appear raw in a JSON string (and DEL, escaped for readability).
 const ESCAPE: [bool; 256] = {
@@ -117,6 +117,10 @@ pub fn write_json_str(out: &mut String, s: &str) {
 
 /// RFC 3339, UTC, microseconds: `2026-11-25T09:46:40.123456Z` (with quotes).
 pub fn write_timestamp(out: &mut String, t: SystemTime) {
+    out.push_str(std::str::from_utf8(&timestamp(t)).unwrap_or("\"\""));
+}
+
+fn timestamp(t: SystemTime) -> [u8; 29] {
     let (year, month, day, hh, mm, ss, micros) = crate::time::utc(t);
     let mut b = *b"\"0000-00-00T00:00:00.000000Z\"";
     let mut put = |at: usize, width: usize, mut v: u64| {
@@ -132,7 +136,32 @@ pub fn write_timestamp(out: &mut String, t: SystemTime) {
     put(15, 2, u64::from(mm));
     put(18, 2, u64::from(ss));
     put(21, 6, u64::from(micros));
-    out.push_str(std::str::from_utf8(&b).unwrap_or("\"\""));
+    b
+}
+
+/// The last timestamp a thread wrote: the calendar part is reused while its second lasts,
+/// only the microseconds are rewritten.
+#[derive(Default)]
+struct Stamp {
+    second: Option<u64>,
+    text: [u8; 29],
+}
+
+impl Stamp {
+    fn write(&mut self, out: &mut String, t: SystemTime) {
+        let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        if self.second != Some(since.as_secs()) {
+            self.text = timestamp(t);
+            self.second = Some(since.as_secs());
+        } else {
+            let mut micros = since.subsec_micros();
+            for at in (21..27).rev() {
+                self.text[at] = b'0' + (micros % 10) as u8;
+                micros /= 10;
+            }
+        }
+        out.push_str(std::str::from_utf8(&self.text).unwrap_or("\"\""));
+    }
 }
 
 /// Collects a span's fields as `(name, JSON value)`.
@@ -176,15 +205,38 @@ impl Visit for JsonFields {
     }
 }
 
-fn write_f64(out: &mut String, value: f64) {
-    if value.is_finite() {
-        out.push_str(ryu::Buffer::new().format_finite(value));
-    } else {
+pub(crate) fn write_f64(out: &mut String, value: f64) {
+    if !value.is_finite() {
         let _ = write!(out, "\"{value}\"");
+        return;
     }
+    // Durations in milliseconds rounded to the microsecond, the common case: at most three
+    // decimals, written as integers. The text reads back as exactly `value`.
+    if (0.001..1e9).contains(&value) {
+        let thousandths = (value * 1000.0).round();
+        if thousandths / 1000.0 == value {
+            let t = thousandths as u64;
+            let mut int = itoa::Buffer::new();
+            out.push_str(int.format(t / 1000));
+            let frac = t % 1000;
+            let digits = [frac / 100, frac / 10 % 10, frac % 10];
+            let keep = match frac {
+                0 => 1,
+                f if f % 100 == 0 => 1,
+                f if f % 10 == 0 => 2,
+                _ => 3,
+            };
+            out.push('.');
+            for d in &digits[..keep] {
+                out.push(char::from(b'0' + *d as u8));
+            }
+            return;
+        }
+    }
+    out.push_str(ryu::Buffer::new().format_finite(value));
 }
 
-fn write_int(out: &mut String, value: impl itoa::Integer) {
+pub(crate) fn write_int(out: &mut String, value: impl itoa::Integer) {
     out.push_str(itoa::Buffer::new().format(value));
 }
 
@@ -200,23 +252,68 @@ fn level_str(level: Level) -> &'static str {
 
 /// Writes an event's fields straight into the line: no allocation per field. Keys already
 /// written are skipped, so the object never has a duplicate key.
-struct LineVisitor<'a> {
+struct LineVisitor<'a, 'k> {
     line: &'a mut String,
     scratch: &'a mut String,
-    seen: [&'static str; 32],
-    n: usize,
+    seen: Seen<'k>,
     has_message: bool,
 }
 
-impl LineVisitor<'_> {
-    fn key(&mut self, field: &Field) -> bool {
-        let name = field.name();
-        if self.seen[..self.n].contains(&name) {
+/// The keys a line has so far, so that no key is written twice. A 64-bit filter answers
+/// "surely not seen" for nearly every key without comparing strings; the list is a
+/// per-thread buffer.
+struct Seen<'a> {
+    keys: &'a mut Vec<&'static str>,
+    filter: u64,
+}
+
+impl<'a> Seen<'a> {
+    const FIRST: [&'static str; 4] = ["timestamp", "level", "target", "service"];
+
+    fn new(keys: &'a mut Vec<&'static str>) -> Self {
+        keys.clear();
+        let mut seen = Self { keys, filter: 0 };
+        for k in Self::FIRST {
+            seen.add(k);
+        }
+        seen
+    }
+
+    fn bit(key: &str) -> u64 {
+        let b = key.as_bytes();
+        let h = match b {
+            [] => 0,
+            [first, .., last] => b.len() ^ (usize::from(*first) << 2) ^ usize::from(*last),
+            [only] => 1 ^ (usize::from(*only) << 2),
+        };
+        1 << (h & 63)
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        self.filter & Self::bit(key) != 0 && self.keys.contains(&key)
+    }
+
+    /// Records a key known not to be there.
+    fn add(&mut self, key: &'static str) {
+        self.filter |= Self::bit(key);
+        self.keys.push(key);
+    }
+
+    /// Records a key; `false` if it was there already.
+    fn insert(&mut self, key: &'static str) -> bool {
+        if self.contains(key) {
             return false;
         }
-        if self.n < self.seen.len() {
-            self.seen[self.n] = name;
-            self.n += 1;
+        self.add(key);
+        true
+    }
+}
+
+impl LineVisitor<'_, '_> {
+    fn key(&mut self, field: &Field) -> bool {
+        let name = field.name();
+        if !self.seen.insert(name) {
+            return false;
         }
         if name == "message" {
             self.has_message = true;
@@ -228,7 +325,7 @@ impl LineVisitor<'_> {
     }
 }
 
-impl Visit for LineVisitor<'_> {
+impl Visit for LineVisitor<'_, '_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         if self.key(field) {
             write_json_str(self.line, value);
@@ -381,10 +478,22 @@ impl<W> std::fmt::Debug for JsonLayer<W> {
     }
 }
 
+/// Per-thread buffers, reused: the line being formatted, a scratch buffer for `Debug` values,
+/// and the last timestamp.
+struct Bufs {
+    line: String,
+    scratch: String,
+    stamp: Stamp,
+    keys: Vec<&'static str>,
+}
+
 thread_local! {
-    /// The line being formatted and a scratch buffer for `Debug` values, reused per thread.
-    static LINE: RefCell<(String, String)> =
-        RefCell::new((String::with_capacity(512), String::with_capacity(64)));
+    static LINE: RefCell<Bufs> = RefCell::new(Bufs {
+        line: String::with_capacity(512),
+        scratch: String::with_capacity(64),
+        stamp: Stamp::default(),
+        keys: Vec::with_capacity(32),
+    });
 }
 
 impl<W> JsonLayer<W>
@@ -394,6 +503,7 @@ where
     /// A layer writing to `make_writer`, with `service` on every record, no sampling and the
     /// default rate limit (100 per call site per 60 s).
     pub fn new(service: impl Into<String>, make_writer: W) -> Self {
+        super::context::json_layer_made();
         Self {
             make_writer,
             service: Arc::from(service.into()),
@@ -572,11 +682,17 @@ where
         if meta.name() != REQUEST_SPAN || meta.target() != REQUEST_TARGET {
             return;
         }
-        let mut rc = RequestContext::default();
-        attrs.record(&mut rc);
+        // Built by the request log just before, when it could; else from the span's fields.
+        let handed = HANDOFF.with(|h| h.try_borrow_mut().ok()?.context.take());
+        let rc = handed.unwrap_or_else(|| {
+            let mut rc = RequestContext::default();
+            attrs.record(&mut rc);
+            rc
+        });
+        let mut rc = rc;
         rc.sampled = self.sampling.probability >= 1.0
             || rc.sampling_key().is_none_or(|(k, trace)| {
-                sampled(&k, trace, self.sampling.probability, self.sampling.seed)
+                sampled(k, trace, self.sampling.probability, self.sampling.seed)
             });
         if let Some(span) = ctx.span(id) {
             span.extensions_mut().insert(rc);
@@ -590,7 +706,7 @@ where
             let mut fields = JsonFields::default();
             values.record(&mut fields);
             for (k, v) in fields.fields {
-                rc.set(k, v);
+                rc.set(k, &v);
             }
         }
     }
@@ -623,10 +739,15 @@ where
             let Ok(mut bufs) = cell.try_borrow_mut() else {
                 return;
             };
-            let (line, scratch) = &mut *bufs;
+            let Bufs {
+                line,
+                scratch,
+                stamp,
+                keys,
+            } = &mut *bufs;
             line.clear();
             line.push_str("{\"timestamp\":");
-            write_timestamp(line, SystemTime::now());
+            stamp.write(line, SystemTime::now());
             line.push_str(",\"level\":\"");
             line.push_str(level_str(level));
             line.push_str("\",\"target\":");
@@ -636,31 +757,50 @@ where
             let mut v = LineVisitor {
                 line,
                 scratch,
-                seen: [""; 32],
-                n: 4,
+                seen: Seen::new(keys),
                 has_message: false,
             };
-            v.seen[..4].copy_from_slice(&["timestamp", "level", "target", "service"]);
-            event.record(&mut v);
+            // The request record's fields, written by the request log from typed values, or
+            // any event's fields through the visitor.
+            let handed = meta.target() == REQUEST_TARGET
+                && HANDOFF.with(|h| {
+                    let Ok(h) = h.try_borrow() else {
+                        return false;
+                    };
+                    if !h.record_ready {
+                        return false;
+                    }
+                    v.line.push_str(&h.record);
+                    // The request log's keys are distinct and none is one of the first four.
+                    for k in &h.record_keys {
+                        v.seen.add(k);
+                    }
+                    v.has_message = true;
+                    true
+                });
+            if !handed {
+                event.record(&mut v);
+            }
             if !v.has_message {
                 v.line.push_str(",\"message\":\"\"");
             }
-            let (seen, n) = (v.seen, v.n);
+            let seen = v.seen;
             // The innermost span the code runs in (a handler's own span, or the server span),
             // when OpenTelemetry has one current: its ids win over the request's.
             let span_ids = current_span_ids(line);
             if let Some(span) = &request {
                 if let Some(rc) = span.extensions().get::<RequestContext>() {
-                    for (k, val) in rc.fields() {
-                        if span_ids && (k == "trace_id" || k == "span_id") {
-                            continue;
+                    let clash = |k: &str| {
+                        seen.contains(k) || (span_ids && (k == "trace_id" || k == "span_id"))
+                    };
+                    if rc.members().any(|(k, _)| clash(k)) {
+                        for (k, text) in rc.members() {
+                            if !clash(k) {
+                                line.push_str(text);
+                            }
                         }
-                        if !seen[..n].contains(&k) {
-                            line.push(',');
-                            write_json_str(line, k);
-                            line.push(':');
-                            line.push_str(val);
-                        }
+                    } else {
+                        line.push_str(rc.json());
                     }
                 }
             }
@@ -676,14 +816,13 @@ where
 /// Writes `trace_id` and `span_id` of the current OpenTelemetry span, if there is one.
 #[cfg(feature = "otel")]
 fn current_span_ids(line: &mut String) -> bool {
-    use std::fmt::Write as _;
     match crate::trace::TraceIds::current() {
         Some(ids) => {
-            let _ = write!(
-                line,
-                ",\"trace_id\":\"{}\",\"span_id\":\"{}\"",
-                ids.trace_id, ids.span_id
-            );
+            line.push_str(",\"trace_id\":\"");
+            line.push_str(ids.trace_id.hex().as_str());
+            line.push_str("\",\"span_id\":\"");
+            line.push_str(ids.span_id.hex().as_str());
+            line.push('"');
             true
         }
         None => false,
@@ -693,4 +832,38 @@ fn current_span_ids(line: &mut String) -> bool {
 #[cfg(not(feature = "otel"))]
 fn current_span_ids(_: &mut String) -> bool {
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_read_back_exactly_and_match_ryu() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut values = vec![
+            0.0, 0.001, 0.08, 1.0, 12.345, 999.999, 1e9, 0.0005, 1e-7, 3.5e12,
+        ];
+        values.extend((0..10_000).map(|_| (rng.u64(0..100_000_000) as f64 / 1000.0)));
+        values.extend((0..1_000).map(|_| rng.f64() * 1e6));
+        for v in values {
+            let mut out = String::new();
+            write_f64(&mut out, v);
+            assert_eq!(out.parse::<f64>().unwrap(), v, "{out}");
+            assert_eq!(out, ryu::Buffer::new().format_finite(v), "{v}");
+        }
+    }
+
+    #[test]
+    fn the_cached_timestamp_matches_a_fresh_one() {
+        let mut stamp = Stamp::default();
+        let base = SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(1_795_000_000_123_456);
+        for step in [0u64, 1, 999_999, 1_000_000, 86_400_000_000, 86_400_000_007] {
+            let t = base + std::time::Duration::from_micros(step);
+            let (mut cached, mut fresh) = (String::new(), String::new());
+            stamp.write(&mut cached, t);
+            write_timestamp(&mut fresh, t);
+            assert_eq!(cached, fresh);
+        }
+    }
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Uri};
 use tracing::{Level, Span};
 
-use super::context::{REQUEST_SPAN, REQUEST_TARGET};
+use super::context::{json_layer_exists, RequestContext, HANDOFF, REQUEST_SPAN, REQUEST_TARGET};
+use super::json::{write_f64, write_int, write_json_str};
 use super::request_id::RequestId;
 use crate::lifecycle::{
     content_length, End, KnownMethod, ObserveLayer, Observer, Outcome, RequestMeta, ResponseHead,
@@ -174,6 +175,8 @@ impl RequestLogBuilder {
 pub struct LogRoute {
     cfg: Arc<Config>,
     route: Option<Arc<str>>,
+    /// The route as a JSON value, escaped once.
+    route_json: Option<String>,
     excluded: bool,
 }
 
@@ -207,6 +210,11 @@ impl Observer for RequestLog {
             cfg: self.cfg.clone(),
             excluded: template.is_some_and(|t| self.cfg.exclude.iter().any(|e| e == t)),
             route: template.map(Arc::from),
+            route_json: template.map(|t| {
+                let mut json = String::new();
+                write_json_str(&mut json, t);
+                json
+            }),
         }
     }
 
@@ -247,6 +255,25 @@ impl Observer for RequestLog {
         );
         #[cfg(not(feature = "otel"))]
         let (trace_id, span_id): (Option<&str>, Option<&str>) = (None, None);
+        // The span's context, built here from typed values for the JSON layer (the same
+        // members its field visitor would make, in the same order).
+        let handoff = json_layer_exists();
+        if handoff {
+            let mut rc = RequestContext::default();
+            rc.append("request_id", |j| write_json_str(j, id.as_str()));
+            if let Some(route) = &route.route_json {
+                rc.append("route", |j| j.push_str(route));
+            }
+            if let (Some(t), Some(s)) = (trace_id, span_id) {
+                rc.append("trace_id", |j| write_json_str(j, t));
+                rc.append("span_id", |j| write_json_str(j, s));
+            }
+            HANDOFF.with(|h| {
+                if let Ok(mut h) = h.try_borrow_mut() {
+                    h.context = Some(rc);
+                }
+            });
+        }
         let span = tracing::span!(
             target: REQUEST_TARGET,
             Level::INFO,
@@ -256,6 +283,14 @@ impl Observer for RequestLog {
             trace_id,
             span_id,
         );
+        if handoff {
+            // Not taken when the span was filtered out.
+            HANDOFF.with(|h| {
+                if let Ok(mut h) = h.try_borrow_mut() {
+                    h.context = None;
+                }
+            });
+        }
         let headers = cfg
             .log_headers
             .then(|| render_headers(req.headers(), &cfg.redact_headers));
@@ -318,6 +353,54 @@ impl Observer for RequestLog {
         } else {
             "request finished"
         };
+        let client_ip = r.client_ip.map(IpText::of);
+        // The record's fields written once as JSON from the typed values, for the JSON layer
+        // (the same fields as the event below, in the same order).
+        let handoff = json_layer_exists()
+            && HANDOFF.with(|h| {
+                let Ok(mut h) = h.try_borrow_mut() else {
+                    return false;
+                };
+                let h = &mut *h;
+                h.record.clear();
+                h.record_keys.clear();
+                let mut w = RecordWriter {
+                    out: &mut h.record,
+                    keys: &mut h.record_keys,
+                };
+                w.key("method").str(r.method.as_str());
+                w.key("path").str(r.uri.path());
+                if let Some(q) = &query {
+                    w.key("query").str(q);
+                }
+                if let Some(s) = status {
+                    w.key("status").int(s);
+                }
+                w.key("duration_ms").float(duration_ms);
+                w.key("outcome").str(end.outcome.as_str());
+                if let Some(e) = error_type {
+                    w.key("error_type").str(e);
+                }
+                if let Some(ip) = &client_ip {
+                    w.key("client_ip").str(ip.as_str());
+                }
+                if let Some(ua) = &user_agent {
+                    w.key("user_agent").str(ua);
+                }
+                if let Some(b) = r.request_bytes {
+                    w.key("request_bytes").int(b);
+                }
+                w.key("response_bytes").int(end.response_bytes);
+                if let Some(hd) = &r.headers {
+                    w.key("headers").str(hd);
+                }
+                if slow {
+                    w.key("slow").out.push_str("true");
+                }
+                w.key("message").str(message);
+                h.record_ready = true;
+                true
+            });
         macro_rules! record {
             ($lvl:expr) => {
                 // The request span as explicit parent: its context without entering it.
@@ -332,13 +415,13 @@ impl Observer for RequestLog {
                     duration_ms,
                     outcome = end.outcome.as_str(),
                     error_type,
-                    client_ip = r.client_ip.map(tracing::field::display),
+                    client_ip = client_ip.as_ref().map(IpText::as_str),
                     user_agent = user_agent.as_deref(),
                     request_bytes = r.request_bytes,
                     response_bytes = end.response_bytes,
                     headers = r.headers.as_deref(),
                     slow = slow.then_some(true),
-                    "{message}"
+                    message,
                 )
             };
         }
@@ -349,6 +432,88 @@ impl Observer for RequestLog {
             Level::DEBUG => record!(Level::DEBUG),
             _ => record!(Level::TRACE),
         }
+        if handoff {
+            HANDOFF.with(|h| {
+                if let Ok(mut h) = h.try_borrow_mut() {
+                    h.record_ready = false;
+                }
+            });
+        }
+    }
+}
+
+/// Writes `,"key":value` members of the request record.
+struct RecordWriter<'a> {
+    out: &'a mut String,
+    keys: &'a mut Vec<&'static str>,
+}
+
+impl RecordWriter<'_> {
+    /// `key` is one of the record's field names: plain, never escaped.
+    fn key(&mut self, key: &'static str) -> &mut Self {
+        self.out.push_str(",\"");
+        self.out.push_str(key);
+        self.out.push_str("\":");
+        self.keys.push(key);
+        self
+    }
+    fn str(&mut self, v: &str) {
+        write_json_str(self.out, v);
+    }
+    fn int(&mut self, v: impl itoa::Integer) {
+        write_int(self.out, v);
+    }
+    fn float(&mut self, v: f64) {
+        write_f64(self.out, v);
+    }
+}
+
+/// An address as text on the stack, as `Display` writes it (IPv4 without the formatting
+/// machinery: this runs for every request).
+struct IpText {
+    buf: [u8; 45],
+    len: usize,
+}
+
+impl IpText {
+    fn of(ip: IpAddr) -> Self {
+        let mut t = Self {
+            buf: [0; 45],
+            len: 0,
+        };
+        match ip {
+            IpAddr::V4(v4) => {
+                for (i, o) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        t.push(b'.');
+                    }
+                    if o >= 100 {
+                        t.push(b'0' + o / 100);
+                    }
+                    if o >= 10 {
+                        t.push(b'0' + o / 10 % 10);
+                    }
+                    t.push(b'0' + o % 10);
+                }
+            }
+            IpAddr::V6(v6) => {
+                use std::io::Write as _;
+                let mut rest = &mut t.buf[..];
+                let _ = write!(rest, "{v6}");
+                let left = rest.len();
+                t.len = t.buf.len() - left;
+            }
+        }
+        t
+    }
+
+    fn push(&mut self, b: u8) {
+        self.buf[self.len] = b;
+        self.len += 1;
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
     }
 }
 
@@ -426,6 +591,18 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(client_ip(&req, false), None, "untrusted by default");
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.3.255",
+            "::1",
+            "2001:db8::ff00:42:8329",
+            "::ffff:192.0.2.128",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(IpText::of(ip).as_str(), ip.to_string());
+        }
         assert!(client_ip(&req, true).is_some());
     }
 }

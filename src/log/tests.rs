@@ -384,6 +384,101 @@ fn sampling_from_a_trace_id_matches_the_ratio_sampler() {
     ));
 }
 
+/// Collects the request record's fields as any other subscriber sees them.
+#[derive(Clone, Default)]
+struct EventFields(Arc<Mutex<Vec<serde_json::Map<String, Value>>>>);
+
+struct Fields<'a>(&'a mut serde_json::Map<String, Value>);
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_str(&mut self, f: &tracing::field::Field, v: &str) {
+        self.0.insert(f.name().into(), v.into());
+    }
+    fn record_u64(&mut self, f: &tracing::field::Field, v: u64) {
+        self.0.insert(f.name().into(), v.into());
+    }
+    fn record_i64(&mut self, f: &tracing::field::Field, v: i64) {
+        self.0.insert(f.name().into(), v.into());
+    }
+    fn record_f64(&mut self, f: &tracing::field::Field, v: f64) {
+        self.0.insert(f.name().into(), v.into());
+    }
+    fn record_bool(&mut self, f: &tracing::field::Field, v: bool) {
+        self.0.insert(f.name().into(), v.into());
+    }
+    fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+        self.0.insert(f.name().into(), format!("{v:?}").into());
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for EventFields {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if event.metadata().target() == REQUEST_TARGET {
+            let mut map = serde_json::Map::new();
+            event.record(&mut Fields(&mut map));
+            self.0.lock().unwrap().push(map);
+        }
+    }
+}
+
+/// The JSON layer writes the request record from what the request log hands it, not from the
+/// event's fields: both must say the same, field for field, whatever the
+/// options and outcome.
+#[tokio::test(flavor = "current_thread")]
+async fn the_written_record_has_exactly_the_events_fields() {
+    let capture = Capture::default();
+    let fields = EventFields::default();
+    let _g = tracing::subscriber::set_default(
+        tracing_subscriber::registry()
+            .with(tracing_subscriber::filter::LevelFilter::TRACE)
+            .with(JsonLayer::new("shop", capture.clone()).rate_limit(None))
+            .with(fields.clone()),
+    );
+    let app = app(RequestLog::builder()
+        .log_query(true)
+        .log_headers(true)
+        .slow_threshold(Some(Duration::ZERO))
+        .layer());
+    let req = Request::get("/ok?token=s3cret&page=2")
+        .header(
+            "user-agent",
+            http::HeaderValue::from_bytes(b"probe \"1.0\" \xe9").unwrap(),
+        )
+        .header("content-length", "0")
+        .header("x-forwarded-for", "203.0.113.9")
+        .body(Body::empty())
+        .unwrap();
+    send(&app, req).await;
+    send(&app, get_req("/fail")).await;
+    send(&app, get_req("/missing")).await;
+    send(&app, get_req("/nowhere")).await;
+    let records = capture.requests();
+    let events = fields.0.lock().unwrap().clone();
+    assert_eq!(records.len(), 4);
+    assert_eq!(events.len(), 4);
+    let context = [
+        "timestamp",
+        "level",
+        "target",
+        "service",
+        "request_id",
+        "route",
+    ];
+    for (record, event) in records.iter().zip(&events) {
+        let written: Vec<(&String, &Value)> = record
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| !context.contains(&k.as_str()))
+            .collect();
+        let seen: Vec<(&String, &Value)> = event.iter().collect();
+        assert_eq!(written, seen);
+    }
+    assert_eq!(records[0]["slow"], true);
+    assert_eq!(records[0]["query"], "token=REDACTED&page=2");
+    assert_eq!(records[1]["error_type"], "500");
+}
+
 /// The per-call-site limit (default 100 per minute) is for log floods, not for the access
 /// log: every request keeps its record, while a handler line at one call site is limited.
 #[tokio::test(flavor = "current_thread")]
