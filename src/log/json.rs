@@ -844,7 +844,7 @@ mod tests {
         let mut values = vec![
             0.0, 0.001, 0.08, 1.0, 12.345, 999.999, 1e9, 0.0005, 1e-7, 3.5e12,
         ];
-        values.extend((0..10_000).map(|_| (rng.u64(0..100_000_000) as f64 / 1000.0)));
+        values.extend((0..10_000).map(|_| rng.u64(0..100_000_000) as f64 / 1000.0));
         values.extend((0..1_000).map(|_| rng.f64() * 1e6));
         for v in values {
             let mut out = String::new();
