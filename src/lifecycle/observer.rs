@@ -6,12 +6,24 @@ use http::{HeaderMap, Request, StatusCode};
 use super::{End, KnownMethod, RouteEntry};
 
 /// What the core knows about a request when it starts.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RequestMeta<'a> {
     /// The normalised method.
     pub method: KnownMethod,
     /// The route template, `None` when no route matched.
     pub route: Option<&'a str>,
+    #[cfg(feature = "otel")]
+    pub(crate) trace_ids: std::cell::Cell<Option<crate::trace::TraceIds>>,
+}
+
+impl RequestMeta<'_> {
+    /// The request's trace ids, once an observer that makes them (the server span of
+    /// [`Trace`](crate::trace::Trace)) has started: the observers after it in a tuple read
+    /// them here (the request log puts them on its records).
+    #[cfg(feature = "otel")]
+    pub fn trace_ids(&self) -> Option<crate::trace::TraceIds> {
+        self.trace_ids.get()
+    }
 }
 
 /// The response head, when the inner service produced one.

@@ -151,6 +151,8 @@ where
         let meta = RequestMeta {
             method: KnownMethod::from_method(req.method()),
             route: route.template(),
+            #[cfg(feature = "otel")]
+            trace_ids: std::cell::Cell::new(None),
         };
         let obs = shared.observer.start(route.data(), &mut req, &meta);
         let head_only = req.method() == Method::HEAD;

@@ -244,9 +244,8 @@ impl Observer for RequestLog {
         // the stack): on every record of the request, and the key of trace-consistent
         // sampling.
         #[cfg(feature = "otel")]
-        let hexes = req
-            .extensions()
-            .get::<crate::trace::TraceIds>()
+        let hexes = meta
+            .trace_ids()
             .map(|ids| (ids.trace_id.hex(), ids.span_id.hex()));
         #[cfg(feature = "otel")]
         let (trace_id, span_id) = (

@@ -94,24 +94,22 @@ impl Propagators {
         for f in &self.0 {
             match f {
                 Format::Baggage => {
-                    out.baggage = Baggage::parse(
-                        headers
-                            .get_all(&BAGGAGE)
-                            .iter()
-                            .filter_map(|v| v.to_str().ok()),
-                    )
+                    let all = headers.get_all(&BAGGAGE);
+                    if all.iter().next().is_some() {
+                        out.baggage = Baggage::parse(all.iter().filter_map(|v| v.to_str().ok()));
+                    }
                 }
                 _ if out.parent.is_some() => {}
                 Format::TraceContext => {
                     if let Some(parent) = traceparent(headers) {
                         out.parent = Some(parent);
                         // Ignored unless the traceparent was valid; dropped whole if invalid.
-                        let values: Option<Vec<&str>> = headers
-                            .get_all(&TRACESTATE)
-                            .iter()
-                            .map(|v| v.to_str().ok())
-                            .collect();
-                        out.state = values.and_then(TraceState::parse).unwrap_or_default();
+                        let all = headers.get_all(&TRACESTATE);
+                        if all.iter().next().is_some() {
+                            let values: Option<Vec<&str>> =
+                                all.iter().map(|v| v.to_str().ok()).collect();
+                            out.state = values.and_then(TraceState::parse).unwrap_or_default();
+                        }
                     }
                 }
                 Format::B3 => out.parent = b3_single(headers),
@@ -190,7 +188,7 @@ fn traceparent(headers: &HeaderMap) -> Option<TraceParent> {
     if all.next().is_some() {
         return None;
     }
-    TraceParent::parse(first.to_str().ok()?)
+    TraceParent::parse_bytes(first.as_bytes())
 }
 
 /// A B3 trace id: 16 or 32 lowercase hex digits (64-bit ids are left-padded).

@@ -20,8 +20,9 @@ use crate::lifecycle::{
 };
 use crate::redact::redact_query;
 
-/// The ids of the current request's server span, in the request's extensions (handlers read
-/// them with the extractor; the request log copies them into its context).
+/// The ids of the current request's server span: handlers read them with the extractor (from
+/// the OpenTelemetry context the trace layer makes current while the handler runs; no
+/// per-request extension), later observers from [`RequestMeta::trace_ids`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TraceIds {
     /// The trace id.
@@ -55,18 +56,14 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for TraceIds {
     /// Never rejects: without a server span (no trace layer), the ids are the all-zero
     /// (invalid) ones.
     async fn from_request_parts(
-        parts: &mut http::request::Parts,
+        _: &mut http::request::Parts,
         _: &S,
     ) -> Result<Self, Self::Rejection> {
-        Ok(parts
-            .extensions
-            .get::<TraceIds>()
-            .copied()
-            .unwrap_or(TraceIds {
-                trace_id: TraceId::default(),
-                span_id: SpanId::default(),
-                sampled: false,
-            }))
+        Ok(TraceIds::current().unwrap_or(TraceIds {
+            trace_id: TraceId::default(),
+            span_id: SpanId::default(),
+            sampled: false,
+        }))
     }
 }
 
@@ -234,18 +231,16 @@ impl Observer for Trace {
             parent.with_span(span)
         };
         let ids = TraceIds::from_span_context(cx.span().span_context());
+        meta.trace_ids.set(ids);
         let traceresponse = match ids {
-            Some(ids) => {
-                req.extensions_mut().insert(ids);
-                inner
-                    .traceresponse
-                    .then(|| {
-                        let flags = TraceFlags(u8::from(ids.sampled));
-                        HeaderValue::try_from(TraceParent::header(ids.trace_id, ids.span_id, flags))
-                            .ok()
-                    })
-                    .flatten()
-            }
+            Some(ids) => inner
+                .traceresponse
+                .then(|| {
+                    let flags = TraceFlags(u8::from(ids.sampled));
+                    HeaderValue::try_from(TraceParent::header(ids.trace_id, ids.span_id, flags))
+                        .ok()
+                })
+                .flatten(),
             None => None,
         };
         TraceObservation {

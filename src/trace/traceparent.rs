@@ -88,23 +88,35 @@ impl SpanId {
     }
 }
 
-fn nibble(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
+/// The value of a lowercase hex digit; 0xff for any other byte.
+const NIBBLE: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
     }
-}
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
 
-/// Decodes exactly `2 * out.len()` lowercase hex digits.
+/// Decodes exactly `2 * out.len()` lowercase hex digits (a table lookup per digit, one check
+/// at the end).
 fn lower_hex(s: &[u8], out: &mut [u8]) -> Option<()> {
     if s.len() != 2 * out.len() {
         return None;
     }
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = (nibble(s[2 * i])? << 4) | nibble(s[2 * i + 1])?;
+    let mut bad = 0u8;
+    for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
+        let (hi, lo) = (NIBBLE[usize::from(pair[0])], NIBBLE[usize::from(pair[1])]);
+        bad |= hi | lo;
+        *o = (hi << 4) | (lo & 0xf);
     }
-    Some(())
+    (bad & 0xf0 == 0).then_some(())
 }
 
 /// Trace flags: bit 0 is `sampled`, bit 1 `random` (Level 2); other bits are kept as received
@@ -146,7 +158,16 @@ impl TraceParent {
     /// `00` exactly 55 characters; a higher version at least 55, with `-` after the flags when
     /// longer (its extra fields ignored).
     pub fn parse(value: &str) -> Option<Self> {
-        let v = value.trim_matches(|c| c == ' ' || c == '\t').as_bytes();
+        Self::parse_bytes(value.as_bytes())
+    }
+
+    /// [`parse`](Self::parse) on a header value's bytes (anything but the grammar's ASCII is
+    /// invalid anyway, so the bytes need no UTF-8 check first).
+    pub fn parse_bytes(value: &[u8]) -> Option<Self> {
+        let ows = |c: &u8| *c == b' ' || *c == b'\t';
+        let start = value.iter().position(|c| !ows(c)).unwrap_or(value.len());
+        let end = value.iter().rposition(|c| !ows(c)).map_or(start, |e| e + 1);
+        let v = &value[start..end];
         if v.len() < TRACEPARENT_LEN {
             return None;
         }
