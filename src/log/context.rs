@@ -116,7 +116,6 @@ impl RequestContext {
 /// escaping of what is known to be plain), and the request record's fields already written as
 /// JSON. Only while a JSON layer exists; any other subscriber reads the span's and the event's
 /// fields as usual, and the JSON layer falls back to them when nothing was handed over.
-#[derive(Default)]
 pub(crate) struct Handoff {
     /// The context of the request span about to be created.
     pub(crate) context: Option<RequestContext>,
@@ -125,6 +124,21 @@ pub(crate) struct Handoff {
     /// The keys written in `record`.
     pub(crate) record_keys: Vec<&'static str>,
     pub(crate) record_ready: bool,
+    /// The JSON layer's sampling decision for the request span just created (`false`: its
+    /// INFO and lower records are dropped, so the request log need not write them).
+    pub(crate) sampled: bool,
+}
+
+impl Default for Handoff {
+    fn default() -> Self {
+        Self {
+            context: None,
+            record: String::new(),
+            record_keys: Vec::new(),
+            record_ready: false,
+            sampled: true,
+        }
+    }
 }
 
 thread_local! {

@@ -694,6 +694,11 @@ where
             || rc.sampling_key().is_none_or(|(k, trace)| {
                 sampled(k, trace, self.sampling.probability, self.sampling.seed)
             });
+        HANDOFF.with(|h| {
+            if let Ok(mut h) = h.try_borrow_mut() {
+                h.sampled = rc.sampled;
+            }
+        });
         if let Some(span) = ctx.span(id) {
             span.extensions_mut().insert(rc);
         }

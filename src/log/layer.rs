@@ -192,6 +192,8 @@ pub struct LogObservation {
 
 #[derive(Debug)]
 struct RecordData {
+    /// `false` when the JSON layer sampled the request out.
+    sampled: bool,
     span: Span,
     method: KnownMethod,
     uri: Uri,
@@ -282,11 +284,14 @@ impl Observer for RequestLog {
             trace_id,
             span_id,
         );
+        // Whether the JSON layer keeps this request's INFO and lower records.
+        let mut sampled = true;
         if handoff {
-            // Not taken when the span was filtered out.
             HANDOFF.with(|h| {
                 if let Ok(mut h) = h.try_borrow_mut() {
+                    // Not taken when the span was filtered out.
                     h.context = None;
+                    sampled = std::mem::replace(&mut h.sampled, true);
                 }
             });
         }
@@ -294,6 +299,7 @@ impl Observer for RequestLog {
             .log_headers
             .then(|| render_headers(req.headers(), &cfg.redact_headers));
         let record = RecordData {
+            sampled,
             span,
             method: meta.method,
             uri: req.uri().clone(),
@@ -355,7 +361,9 @@ impl Observer for RequestLog {
         let client_ip = r.client_ip.map(IpText::of);
         // The record's fields written once as JSON from the typed values, for the JSON layer
         // (the same fields as the event below, in the same order).
+        // Not for a record the JSON layer drops (INFO and lower of a request sampled out).
         let handoff = json_layer_exists()
+            && (r.sampled || level <= Level::WARN)
             && HANDOFF.with(|h| {
                 let Ok(mut h) = h.try_borrow_mut() else {
                     return false;
