@@ -219,11 +219,47 @@ fn tracestate_grammar_and_limits() {
         (format!("a={}", "x".repeat(257)), false, "value of 257"),
         ("a=\u{7f}".into(), false, "control character"),
         ("novalue".into(), false, "no ="),
+        // The cases of the W3C test harness (test/test.py) for keys and vendors.
+        ("foo =1".into(), false, "space before ="),
+        ("FOO=1".into(), false, "uppercase"),
+        ("foo.bar=1".into(), false, ". in key"),
+        ("foo@=1,bar=2".into(), false, "empty system id"),
+        ("@foo=1,bar=2".into(), false, "empty tenant"),
+        ("foo@@bar=1,bar=2".into(), false, "two @"),
+        ("foo@bar@baz=1,bar=2".into(), false, "two @ apart"),
+        (
+            "foo=1 \t , \t bar=2, \t baz=3".into(),
+            true,
+            "OWS around members",
+        ),
     ];
     for (value, ok, why) in cases {
         let got = TraceState::parse([value.as_str()]);
         assert_eq!(got.is_some(), ok, "{why}: {value:?}");
     }
+    // Every allowed key and value character, kept exactly (the harness's
+    // test_tracestate_all_allowed_characters), with and without a vendor.
+    let key: String = ('a'..='z').chain('0'..='9').chain("_-*/".chars()).collect();
+    let value: String = (0x20u8..=0x2b)
+        .chain(0x2d..=0x3c)
+        .chain(0x3e..=0x7e)
+        .map(char::from)
+        .collect();
+    for key in [key.clone(), format!("{key}@a-z0-9_-*/")] {
+        let state = TraceState::parse([format!("{key}={value}").as_str()]).expect("valid");
+        assert_eq!(
+            state.members().collect::<Vec<_>>(),
+            [(key.as_str(), value.as_str())]
+        );
+    }
+    // Headers combine in order; an empty one adds nothing; a key repeated across headers
+    // makes the whole state invalid.
+    let state = TraceState::parse(["foo=1,bar=2", "", "rojo=1,congo=2", "baz=3"]).unwrap();
+    assert_eq!(
+        state.header().as_deref(),
+        Some("foo=1,bar=2,rojo=1,congo=2,baz=3")
+    );
+    assert!(TraceState::parse(["foo=1", "foo=1"]).is_none());
 }
 
 #[test]
