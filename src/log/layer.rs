@@ -315,9 +315,9 @@ impl Observer for RequestLog {
     }
 
     fn response(route: &LogRoute, obs: &mut LogObservation, head: &mut ResponseHead<'_>) {
-        if !head.headers.contains_key(&route.cfg.header) {
-            head.headers
-                .insert(route.cfg.header.clone(), obs.id.0.clone());
+        // One lookup: kept when the handler set its own.
+        if let http::header::Entry::Vacant(slot) = head.headers.entry(&route.cfg.header) {
+            slot.insert(obs.id.0.clone());
         }
     }
 
