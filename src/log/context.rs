@@ -23,7 +23,7 @@ pub const REQUEST_SPAN: &str = "request";
 pub(crate) struct RequestContext {
     json: String,
     /// Each member's key and where its `,"key":value` text is in `json`.
-    members: Vec<(Cow<'static, str>, std::ops::Range<usize>)>,
+    members: smallvec::SmallVec<[(Cow<'static, str>, std::ops::Range<usize>); 4]>,
     pub(crate) sampled: bool,
 }
 
@@ -31,7 +31,7 @@ impl Default for RequestContext {
     fn default() -> Self {
         Self {
             json: String::with_capacity(192),
-            members: Vec::with_capacity(4),
+            members: smallvec::SmallVec::new(),
             sampled: true,
         }
     }
