@@ -91,8 +91,10 @@ impl Propagators {
     /// never an error.
     pub fn extract(&self, headers: &HeaderMap) -> Extracted {
         let mut out = Extracted::default();
+        let present = Present::scan(headers);
         for f in &self.0 {
             match f {
+                Format::Baggage if !present.baggage => {}
                 Format::Baggage => {
                     let all = headers.get_all(&BAGGAGE);
                     if all.iter().next().is_some() {
@@ -100,14 +102,17 @@ impl Propagators {
                     }
                 }
                 _ if out.parent.is_some() => {}
+                Format::TraceContext if !present.traceparent => {}
                 Format::TraceContext => {
                     if let Some(parent) = traceparent(headers) {
                         out.parent = Some(parent);
                         // Ignored unless the traceparent was valid; dropped whole if invalid.
-                        let all = headers.get_all(&TRACESTATE);
-                        if all.iter().next().is_some() {
-                            let values: Option<Vec<&str>> =
-                                all.iter().map(|v| v.to_str().ok()).collect();
+                        if present.tracestate {
+                            let values: Option<Vec<&str>> = headers
+                                .get_all(&TRACESTATE)
+                                .iter()
+                                .map(|v| v.to_str().ok())
+                                .collect();
                             out.state = values.and_then(TraceState::parse).unwrap_or_default();
                         }
                     }
@@ -179,6 +184,44 @@ pub struct Extracted {
     pub state: TraceState,
     /// The caller's baggage.
     pub baggage: Baggage,
+}
+
+/// Which W3C headers a request may carry. With few headers (the usual case) one pass over
+/// their names, comparing lengths first, costs less than hashing three names to look them up;
+/// with many, every header counts as possibly present and the lookups decide.
+struct Present {
+    traceparent: bool,
+    tracestate: bool,
+    baggage: bool,
+}
+
+impl Present {
+    const SCAN_UP_TO: usize = 16;
+
+    fn scan(headers: &HeaderMap) -> Self {
+        if headers.keys_len() > Self::SCAN_UP_TO {
+            return Self {
+                traceparent: true,
+                tracestate: true,
+                baggage: true,
+            };
+        }
+        let mut p = Self {
+            traceparent: false,
+            tracestate: false,
+            baggage: false,
+        };
+        for name in headers.keys() {
+            let n = name.as_str();
+            match n.len() {
+                11 => p.traceparent |= n == TRACEPARENT.as_str(),
+                10 => p.tracestate |= n == TRACESTATE.as_str(),
+                7 => p.baggage |= n == BAGGAGE.as_str(),
+                _ => {}
+            }
+        }
+        p
+    }
 }
 
 /// Exactly one valid `traceparent` header.

@@ -174,6 +174,32 @@ fn header_level_rules() {
     ]));
     assert!(got.parent.is_some());
     assert!(got.state.is_empty());
+    // The same whether the headers are found by one scan of a few names or, among many, by
+    // lookups: with 0 and 30 other headers around them.
+    for others in [0usize, 30] {
+        let names: Vec<String> = (0..others).map(|i| format!("x-other-{i}")).collect();
+        let mut pairs: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
+        pairs.extend([
+            ("Traceparent", valid.as_str()),
+            ("tracestate", "a=1"),
+            ("TRACESTATE", "b=2"),
+            ("baggage", "k=v"),
+        ]);
+        let got = p.extract(&headers(&pairs));
+        assert!(got.parent.is_some(), "{others} others");
+        assert_eq!(
+            got.state.header().as_deref(),
+            Some("a=1,b=2"),
+            "{others} others"
+        );
+        assert_eq!(got.baggage.get("k"), Some("v"), "{others} others");
+        pairs.push(("traceparent", valid.as_str()));
+        assert_eq!(
+            p.extract(&headers(&pairs)).parent,
+            None,
+            "duplicate, {others} others"
+        );
+    }
 }
 
 #[test]

@@ -152,6 +152,24 @@ pub struct TraceParent {
 /// Length of a version-00 `traceparent`.
 pub const TRACEPARENT_LEN: usize = 55;
 
+/// Where each hex byte of a `traceparent` starts: version, 16 of trace id, 8 of parent id,
+/// flags.
+const PAIRS: [usize; 26] = {
+    let mut p = [0usize; 26];
+    let mut i = 0;
+    while i < 16 {
+        p[1 + i] = 3 + 2 * i;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 8 {
+        p[17 + i] = 36 + 2 * i;
+        i += 1;
+    }
+    p[25] = 53;
+    p
+};
+
 impl TraceParent {
     /// Parses a `traceparent` value by the W3C processing model: optional whitespace (space,
     /// tab) around it; lowercase hex only; version `ff` invalid; all-zero ids invalid; version
@@ -171,36 +189,44 @@ impl TraceParent {
         if v.len() < TRACEPARENT_LEN {
             return None;
         }
-        let mut version = [0u8; 1];
-        lower_hex(&v[0..2], &mut version)?;
-        let version = version[0];
-        if version == 0xff {
+        let head: &[u8; TRACEPARENT_LEN] = v[..TRACEPARENT_LEN].try_into().ok()?;
+        if head[2] != b'-' || head[35] != b'-' || head[52] != b'-' {
             return None;
         }
-        if version == 0 && v.len() != TRACEPARENT_LEN {
+        // The 26 bytes of version, trace id, parent id and flags, decoded in one pass (fixed
+        // offsets, a table lookup per digit, one validity check at the end).
+        let mut bytes = [0u8; 26];
+        let mut bad = 0u8;
+        for (out, &at) in bytes.iter_mut().zip(PAIRS.iter()) {
+            let (hi, lo) = (
+                NIBBLE[usize::from(head[at])],
+                NIBBLE[usize::from(head[at + 1])],
+            );
+            bad |= hi | lo;
+            *out = (hi << 4) | (lo & 0xf);
+        }
+        if bad & 0xf0 != 0 {
             return None;
         }
-        if v.len() > TRACEPARENT_LEN && v[TRACEPARENT_LEN] != b'-' {
-            return None;
-        }
-        if v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
+        let version = bytes[0];
+        if version == 0xff
+            || (version == 0 && v.len() != TRACEPARENT_LEN)
+            || (v.len() > TRACEPARENT_LEN && v[TRACEPARENT_LEN] != b'-')
+        {
             return None;
         }
         let mut trace_id = [0u8; 16];
-        lower_hex(&v[3..35], &mut trace_id)?;
+        trace_id.copy_from_slice(&bytes[1..17]);
         let mut parent_id = [0u8; 8];
-        lower_hex(&v[36..52], &mut parent_id)?;
+        parent_id.copy_from_slice(&bytes[17..25]);
         if trace_id == [0; 16] || parent_id == [0; 8] {
             return None;
         }
-        let (trace_id, parent_id) = (TraceId(trace_id), SpanId(parent_id));
-        let mut flags = [0u8; 1];
-        lower_hex(&v[53..55], &mut flags)?;
         Some(Self {
             version,
-            trace_id,
-            parent_id,
-            flags: TraceFlags(flags[0]),
+            trace_id: TraceId(trace_id),
+            parent_id: SpanId(parent_id),
+            flags: TraceFlags(bytes[25]),
         })
     }
 
