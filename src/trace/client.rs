@@ -251,7 +251,9 @@ fn inject(inner: &Inner, cx: &Context, headers: &mut HeaderMap) {
     }
     let state = sc.trace_state().header();
     let state = if state.is_empty() {
-        TraceState::default()
+        cx.get::<super::server::KeptTraceState>()
+            .map(|k| k.0.clone())
+            .unwrap_or_default()
     } else {
         TraceState::parse([state.as_str()]).unwrap_or_default()
     };

@@ -110,20 +110,29 @@ pub struct TraceObservation {
     traceresponse: Option<HeaderValue>,
 }
 
-fn otel_parent(p: &TraceParent, state: &super::tracestate::TraceState) -> SpanContext {
-    let state = if state.is_empty() {
-        OtelTraceState::default()
+fn otel_parent(p: &TraceParent, state: &super::tracestate::TraceState) -> (SpanContext, bool) {
+    let (state, converted) = if state.is_empty() {
+        (OtelTraceState::default(), true)
     } else {
-        OtelTraceState::from_key_value(state.members()).unwrap_or_default()
+        match OtelTraceState::from_key_value(state.members()) {
+            Ok(s) => (s, true),
+            Err(_) => (OtelTraceState::default(), false),
+        }
     };
-    SpanContext::new(
+    let sc = SpanContext::new(
         OtelTraceId::from_bytes(p.trace_id.0),
         opentelemetry::trace::SpanId::from_bytes(p.parent_id.0),
         OtelFlags::new(p.flags.0 & TraceFlags::SAMPLED),
         true,
         state,
-    )
+    );
+    (sc, converted)
 }
+
+/// The caller's `tracestate` when OpenTelemetry's `TraceState` could not hold it; the client
+/// layers send it on for spans whose own state is empty.
+#[derive(Debug)]
+pub(crate) struct KeptTraceState(pub(crate) super::tracestate::TraceState);
 
 /// Random bytes, not all zero (an all-zero id is invalid).
 fn random_nonzero<const N: usize>() -> [u8; N] {
@@ -181,8 +190,20 @@ impl Observer for Trace {
             };
         }
         let got = inner.propagators.extract(req.headers());
-        let caller = got.parent.map(|p| otel_parent(&p, &got.state));
         let mut base = Context::new();
+        let caller = match got.parent {
+            Some(p) => {
+                let (sc, converted) = otel_parent(&p, &got.state);
+                if !converted {
+                    // A valid tracestate that OpenTelemetry's own type refuses (it rejects
+                    // some keys the W3C grammar allows, e.g. a 241-character tenant with a
+                    // 14-character system id): kept beside the span so it is still sent on.
+                    base = base.with_value(KeptTraceState(got.state));
+                }
+                Some(sc)
+            }
+            None => None,
+        };
         if !got.baggage.is_empty() {
             base = base.with_value(got.baggage);
         }

@@ -361,6 +361,71 @@ async fn client_spans_mark_4xx_as_errors() {
     tracing.shutdown(Duration::from_secs(5));
 }
 
+/// A `tracestate` the W3C grammar allows but OpenTelemetry's `TraceState` refuses (a tenant of
+/// 241 characters with a system id of 14; found by the W3C test harness,
+/// `test_tracestate_key_length_limit`) still reaches the next service whole, from a sampled
+/// and from an unsampled caller.
+#[tokio::test(flavor = "current_thread")]
+async fn tracestate_that_opentelemetry_refuses_is_still_sent_on() {
+    let tracing = TraceConfig::from_env("it")
+        .exporter(towerscope::trace::Exporter::None)
+        .install();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    let b = Router::new().route(
+        "/b",
+        get(move |headers: http::HeaderMap| {
+            seen2.lock().unwrap().push(
+                headers
+                    .get("tracestate")
+                    .map(|v| v.to_str().unwrap().to_owned()),
+            );
+            async { "b" }
+        }),
+    );
+    let b_addr = serve(b).await;
+    let calls = tower::Layer::layer(&tracing.client_layer(), client());
+    let a = Router::new()
+        .route(
+            "/a",
+            get(move || {
+                let calls = calls.clone();
+                async move {
+                    let req = http::Request::get(format!("http://{b_addr}/b"))
+                        .body(Empty::new())
+                        .unwrap();
+                    calls
+                        .oneshot(req)
+                        .await
+                        .unwrap()
+                        .status()
+                        .as_u16()
+                        .to_string()
+                }
+            }),
+        )
+        .layer(ObserveLayer::with_observer(tracing.observer()));
+    let a_addr = serve(a).await;
+    let state = format!("foo=1,{}@{}=2", "t".repeat(241), "v".repeat(14));
+    for flags in ["01", "00"] {
+        let req = http::Request::get(format!("http://{a_addr}/a"))
+            .header(
+                "traceparent",
+                format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}"),
+            )
+            .header("tracestate", state.as_str())
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let res = client().request(req).await.unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![Some(state.clone()), Some(state.clone())]
+    );
+    tracing.shutdown(Duration::from_secs(1));
+}
+
 // ---- collectors that misbehave ----
 
 /// The example server with tracing exporting to `endpoint`, a small queue and short timeouts.
