@@ -319,6 +319,32 @@ fn baggage_grammar_and_limits() {
     assert_eq!(keys, ["a", "c"]);
     assert!(b.header().unwrap().len() <= baggage::MAX_BYTES);
     assert!(b.get("b").is_none());
+    // The cases of the W3C baggage test suite (test/test_baggage.py): `=` inside a value, OWS
+    // around `=` and `;`, percent-encoded values, a member of exactly 8192 bytes, 512 small
+    // members within 8192 bytes (64 of them kept).
+    let b = Baggage::parse(["SomeKey=SomeValue=equals"]);
+    assert_eq!(b.get("SomeKey"), Some("SomeValue=equals"));
+    let b = Baggage::parse([
+        "SomeKey \t = \t SomeValue \t ; \t SomePropKey=SomePropValue \t , \t SomeKey2 \t = \t SomeValue2",
+    ]);
+    assert_eq!(b.get("SomeKey"), Some("SomeValue"));
+    assert_eq!(b.get("SomeKey2"), Some("SomeValue2"));
+    assert_eq!(b.members()[0].properties, "SomePropKey=SomePropValue");
+    let b = Baggage::parse(["SomeKey=%09%20%22%27%3B%3Dasdf%21%40%23%24%25%5E%26%2A%28%29"]);
+    assert_eq!(b.get("SomeKey"), Some("\t \"';=asdf!@#$%^&*()"));
+    let exact = format!("a={}", "0123456789".repeat(819));
+    assert_eq!(exact.len(), 8192);
+    let b = Baggage::parse([exact.as_str()]);
+    assert_eq!(
+        b.header().as_deref(),
+        Some(exact.as_str()),
+        "8192 bytes kept whole"
+    );
+    let small = (0..512)
+        .map(|i| format!("{i:03}=0123456789a"))
+        .collect::<Vec<_>>()
+        .join(",");
+    assert_eq!(Baggage::parse([small.as_str()]).members().len(), 64);
 }
 
 #[test]
