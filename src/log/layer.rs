@@ -408,6 +408,8 @@ impl Observer for RequestLog {
                 h.record_ready = true;
                 true
             });
+        // Withdrawn after the event, however it ends (a panicking subscriber included).
+        let _withdraw = handoff.then_some(WithdrawRecord);
         macro_rules! record {
             ($lvl:expr) => {
                 // The request span as explicit parent: its context without entering it.
@@ -439,13 +441,19 @@ impl Observer for RequestLog {
             Level::DEBUG => record!(Level::DEBUG),
             _ => record!(Level::TRACE),
         }
-        if handoff {
-            HANDOFF.with(|h| {
-                if let Ok(mut h) = h.try_borrow_mut() {
-                    h.record_ready = false;
-                }
-            });
-        }
+    }
+}
+
+/// Marks the handed-over record as used when dropped.
+struct WithdrawRecord;
+
+impl Drop for WithdrawRecord {
+    fn drop(&mut self) {
+        let _ = HANDOFF.try_with(|h| {
+            if let Ok(mut h) = h.try_borrow_mut() {
+                h.record_ready = false;
+            }
+        });
     }
 }
 
