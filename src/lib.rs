@@ -44,6 +44,8 @@ pub mod db;
 mod fs_space;
 #[cfg(feature = "health")]
 pub mod health;
+#[cfg(any(feature = "log", all(feature = "otel", feature = "axum")))]
+mod ip_text;
 pub mod lifecycle;
 #[cfg(feature = "log")]
 pub mod log;

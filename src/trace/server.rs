@@ -350,7 +350,8 @@ fn attributes<B>(
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
     {
-        attrs.push(KeyValue::new("client.address", addr.ip().to_string()));
+        let ip = crate::ip_text::IpText::of(addr.ip());
+        attrs.push(KeyValue::new("client.address", ip.as_str().to_owned()));
     }
     if let Some(ua) = req
         .headers()
