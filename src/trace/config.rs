@@ -47,7 +47,38 @@ impl Sampler {
         })
     }
 
-    fn sdk(self) -> SdkSampler {
+    /// The decision the SDK would make for a SERVER span with this caller (or none), without
+    /// making the span: `true` to sample. The ratio is the SDK's own computation.
+    pub(crate) fn decide(
+        self,
+        caller: Option<&opentelemetry::trace::SpanContext>,
+        trace_id: opentelemetry::trace::TraceId,
+    ) -> bool {
+        use opentelemetry::trace::SpanKind;
+        use opentelemetry_sdk::trace::{SamplingDecision, ShouldSample};
+        let ratio = |r: f64| {
+            SdkSampler::TraceIdRatioBased(r)
+                .should_sample(None, trace_id, "", &SpanKind::Server, &[], &[])
+                .decision
+                == SamplingDecision::RecordAndSample
+        };
+        match (self, caller) {
+            (Self::AlwaysOn, _) => true,
+            (Self::AlwaysOff, _) => false,
+            (Self::TraceIdRatio(r), _) => ratio(r),
+            (
+                Self::ParentBasedAlwaysOn
+                | Self::ParentBasedAlwaysOff
+                | Self::ParentBasedTraceIdRatio(_),
+                Some(parent),
+            ) => parent.is_sampled(),
+            (Self::ParentBasedAlwaysOn, None) => true,
+            (Self::ParentBasedAlwaysOff, None) => false,
+            (Self::ParentBasedTraceIdRatio(r), None) => ratio(r),
+        }
+    }
+
+    pub(crate) fn sdk(self) -> SdkSampler {
         match self {
             Self::AlwaysOn => SdkSampler::AlwaysOn,
             Self::AlwaysOff => SdkSampler::AlwaysOff,
@@ -396,7 +427,7 @@ pub(crate) struct Inner {
     pub(crate) tracer: SdkTracer,
     pub(crate) sampler: Sampler,
     pub(crate) enabled: bool,
-    exporting: bool,
+    pub(crate) exporting: bool,
     pub(crate) propagators: Propagators,
     pub(crate) traceresponse: bool,
     pub(crate) baggage_keys: Vec<String>,

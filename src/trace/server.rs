@@ -219,7 +219,10 @@ impl Observer for Trace {
             }
             _ => false,
         };
-        let cx = if unsampled {
+        // And when nothing is exported (no endpoint, `OTEL_TRACES_EXPORTER=none`), a recorded
+        // span would be built only to be dropped: the ids and the sampler's decision, which
+        // the next services follow, are all that leave the process.
+        let cx = if unsampled || !inner.exporting {
             let (trace_id, state) = match &caller {
                 Some(sc) => (sc.trace_id(), sc.trace_state().clone()),
                 None => (
@@ -227,10 +230,15 @@ impl Observer for Trace {
                     OtelTraceState::default(),
                 ),
             };
+            let sampled = !unsampled && inner.sampler.decide(caller.as_ref(), trace_id);
             let sc = SpanContext::new(
                 trace_id,
                 opentelemetry::trace::SpanId::from_bytes(random_nonzero::<8>()),
-                OtelFlags::default(),
+                if sampled {
+                    OtelFlags::SAMPLED
+                } else {
+                    OtelFlags::default()
+                },
                 false,
                 state,
             );

@@ -454,3 +454,59 @@ fn sampler_names_and_arguments() {
     );
     assert_eq!(Sampler::parse("jaeger_remote", None), None);
 }
+
+/// Without an exporter the server span is not built, and the sampler's decision is made
+/// without the SDK: it must be the SDK's own, for every sampler and caller.
+#[test]
+fn decisions_without_the_sdk_are_the_sdks() {
+    use opentelemetry::trace::{
+        SpanContext, SpanKind, TraceContextExt, TraceFlags as OtelFlags, TraceId as OtelTraceId,
+        TraceState as OtelTraceState,
+    };
+    use opentelemetry_sdk::trace::{SamplingDecision, ShouldSample};
+    let mut rng = fastrand::Rng::with_seed(11);
+    let samplers = [
+        Sampler::AlwaysOn,
+        Sampler::AlwaysOff,
+        Sampler::TraceIdRatio(0.3),
+        Sampler::ParentBasedAlwaysOn,
+        Sampler::ParentBasedAlwaysOff,
+        Sampler::ParentBasedTraceIdRatio(0.3),
+    ];
+    let mut sampled_roots = 0;
+    for _ in 0..500 {
+        let trace_id = OtelTraceId::from_bytes(rng.u128(1..).to_be_bytes());
+        for caller in [None, Some(true), Some(false)] {
+            let parent = caller.map(|sampled| {
+                SpanContext::new(
+                    trace_id,
+                    opentelemetry::trace::SpanId::from_bytes(rng.u64(1..).to_be_bytes()),
+                    if sampled {
+                        OtelFlags::SAMPLED
+                    } else {
+                        OtelFlags::default()
+                    },
+                    true,
+                    OtelTraceState::default(),
+                )
+            });
+            let cx = parent
+                .clone()
+                .map(|p| opentelemetry::Context::new().with_remote_span_context(p));
+            for s in samplers {
+                let sdk = s
+                    .sdk()
+                    .should_sample(cx.as_ref(), trace_id, "GET /", &SpanKind::Server, &[], &[])
+                    .decision
+                    == SamplingDecision::RecordAndSample;
+                let ours = s.decide(parent.as_ref(), trace_id);
+                assert_eq!(ours, sdk, "{s:?}, caller {caller:?}");
+                if caller.is_none() && s == Sampler::TraceIdRatio(0.3) && ours {
+                    sampled_roots += 1;
+                }
+            }
+        }
+    }
+    // The ratio really varies with the trace id (about 30% of 500).
+    assert!((100..200).contains(&sampled_roots), "{sampled_roots}");
+}
