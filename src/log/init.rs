@@ -143,7 +143,11 @@ impl LogConfig {
         let (writer, guard) = NonBlocking::new(writer, self.queue_bytes, self.lossy);
         #[cfg(feature = "otel")]
         let registry = {
-            let otel = self.tracing.as_ref().map(|t| t.otel_layer());
+            let otel = self
+                .tracing
+                .as_ref()
+                .filter(|t| t.is_exporting())
+                .map(|t| t.otel_layer());
             tracing_subscriber::registry().with(filter).with(otel)
         };
         #[cfg(not(feature = "otel"))]

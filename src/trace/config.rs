@@ -485,14 +485,16 @@ impl Tracing {
     /// The `tracing` layer that exports the application's own spans (`#[instrument]`,
     /// `info_span!`, the database and operation spans) as OpenTelemetry spans, children of the
     /// server span or of whatever span is current. The request log's span is left out (the
-    /// server span stands for the request). Add it to the subscriber, or pass this `Tracing`
-    /// to `LogConfig::tracing`.
+    /// server span stands for the request), and so is every span when nothing is exported.
+    /// Add it to the subscriber, or pass this `Tracing` to `LogConfig::tracing` (which leaves
+    /// it out when nothing is exported).
     pub fn otel_layer<S>(&self) -> impl tracing_subscriber::Layer<S>
     where
         S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
     {
         use tracing_subscriber::Layer as _;
-        let enabled = self.inner.enabled;
+        // Nothing exported: no span of the bridge would leave the process either.
+        let enabled = self.inner.enabled && self.inner.exporting;
         tracing_opentelemetry::layer()
             .with_tracer(self.inner.tracer.clone())
             .with_location(false)

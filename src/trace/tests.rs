@@ -510,3 +510,23 @@ fn decisions_without_the_sdk_are_the_sdks() {
     // The ratio really varies with the trace id (about 30% of 500).
     assert!((100..200).contains(&sampled_roots), "{sampled_roots}");
 }
+
+/// The `tracing` bridge makes OpenTelemetry spans only when something is exported.
+#[test]
+fn the_bridge_makes_spans_only_when_exporting() {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    use tracing_subscriber::layer::SubscriberExt;
+    for (exporter, bridged) in [(Exporter::None, false), (Exporter::Console, true)] {
+        let tracing = TraceConfig::from_env("bridge").exporter(exporter).install();
+        assert_eq!(tracing.is_exporting(), bridged);
+        let sub = tracing_subscriber::registry().with(tracing.otel_layer());
+        let valid = tracing::subscriber::with_default(sub, || {
+            let span = tracing::info_span!("work");
+            let _e = span.enter();
+            span.context().span().span_context().is_valid()
+        });
+        assert_eq!(valid, bridged, "{exporter:?}");
+        tracing.shutdown(std::time::Duration::from_secs(1));
+    }
+}
