@@ -457,6 +457,7 @@ fn sampler_names_and_arguments() {
 
 /// Without an exporter the server span is not built, and the sampler's decision is made
 /// without the SDK: it must be the SDK's own, for every sampler and caller.
+#[cfg(feature = "otel")]
 #[test]
 fn decisions_without_the_sdk_are_the_sdks() {
     use opentelemetry::trace::{
@@ -512,6 +513,7 @@ fn decisions_without_the_sdk_are_the_sdks() {
 }
 
 /// The `tracing` bridge makes OpenTelemetry spans only when something is exported.
+#[cfg(feature = "otel")]
 #[test]
 fn the_bridge_makes_spans_only_when_exporting() {
     use opentelemetry::trace::TraceContextExt;
