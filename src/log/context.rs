@@ -142,7 +142,16 @@ impl Default for Handoff {
 }
 
 thread_local! {
-    pub(crate) static HANDOFF: RefCell<Handoff> = RefCell::new(Handoff::default());
+    static HANDOFF: RefCell<Handoff> = RefCell::new(Handoff::default());
+}
+
+/// Runs `f` on this thread's hand-over slot: `None` when the slot is in use further up the
+/// stack or already gone (thread exit), and the caller does without it.
+pub(crate) fn handoff<R>(f: impl FnOnce(&mut Handoff) -> R) -> Option<R> {
+    HANDOFF
+        .try_with(|h| h.try_borrow_mut().ok().map(|mut h| f(&mut h)))
+        .ok()
+        .flatten()
 }
 
 static JSON_LAYER: AtomicBool = AtomicBool::new(false);

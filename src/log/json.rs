@@ -17,7 +17,7 @@ use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
-use super::context::{RequestContext, HANDOFF, REQUEST_SPAN, REQUEST_TARGET};
+use super::context::{handoff, RequestContext, REQUEST_SPAN, REQUEST_TARGET};
 
 /// Bytes that cannot appear raw in a JSON string (and DEL, escaped for readability).
 const ESCAPE: [bool; 256] = {
@@ -683,7 +683,7 @@ where
             return;
         }
         // Built by the request log just before, when it could; else from the span's fields.
-        let handed = HANDOFF.with(|h| h.try_borrow_mut().ok()?.context.take());
+        let handed = handoff(|h| h.context.take()).flatten();
         let rc = handed.unwrap_or_else(|| {
             let mut rc = RequestContext::default();
             attrs.record(&mut rc);
@@ -694,11 +694,7 @@ where
             || rc.sampling_key().is_none_or(|(k, trace)| {
                 sampled(k, trace, self.sampling.probability, self.sampling.seed)
             });
-        HANDOFF.with(|h| {
-            if let Ok(mut h) = h.try_borrow_mut() {
-                h.sampled = rc.sampled;
-            }
-        });
+        handoff(|h| h.sampled = rc.sampled);
         if let Some(span) = ctx.span(id) {
             span.extensions_mut().insert(rc);
         }
@@ -768,10 +764,7 @@ where
             // The request record's fields, written by the request log from typed values, or
             // any event's fields through the visitor.
             let handed = meta.target() == REQUEST_TARGET
-                && HANDOFF.with(|h| {
-                    let Ok(h) = h.try_borrow() else {
-                        return false;
-                    };
+                && handoff(|h| {
                     if !h.record_ready {
                         return false;
                     }
@@ -782,7 +775,7 @@ where
                     }
                     v.has_message = true;
                     true
-                });
+                }) == Some(true);
             if !handed {
                 event.record(&mut v);
             }

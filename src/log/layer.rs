@@ -7,7 +7,7 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Uri};
 use tracing::{Level, Span};
 
-use super::context::{json_layer_exists, RequestContext, HANDOFF, REQUEST_SPAN, REQUEST_TARGET};
+use super::context::{handoff, json_layer_exists, RequestContext, REQUEST_SPAN, REQUEST_TARGET};
 use super::json::{write_f64, write_int, write_json_str};
 use super::request_id::RequestId;
 use crate::ip_text::IpText;
@@ -259,8 +259,8 @@ impl Observer for RequestLog {
         let (trace_id, span_id): (Option<&str>, Option<&str>) = (None, None);
         // The span's context, built here from typed values for the JSON layer (the same
         // members its field visitor would make, in the same order).
-        let handoff = json_layer_exists();
-        if handoff {
+        let handing = json_layer_exists();
+        if handing {
             let mut rc = RequestContext::default();
             rc.append("request_id", |j| write_json_str(j, id.as_str()));
             if let Some(route) = &route.route_json {
@@ -276,11 +276,7 @@ impl Observer for RequestLog {
                 rc.append("trace_id", |j| quoted(j, t));
                 rc.append("span_id", |j| quoted(j, s));
             }
-            HANDOFF.with(|h| {
-                if let Ok(mut h) = h.try_borrow_mut() {
-                    h.context = Some(rc);
-                }
-            });
+            handoff(|h| h.context = Some(rc));
         }
         let span = tracing::span!(
             target: REQUEST_TARGET,
@@ -292,16 +288,13 @@ impl Observer for RequestLog {
             span_id,
         );
         // Whether the JSON layer keeps this request's INFO and lower records.
-        let mut sampled = true;
-        if handoff {
-            HANDOFF.with(|h| {
-                if let Ok(mut h) = h.try_borrow_mut() {
-                    // Not taken when the span was filtered out.
-                    h.context = None;
-                    sampled = std::mem::replace(&mut h.sampled, true);
-                }
-            });
-        }
+        let sampled = !handing
+            || handoff(|h| {
+                // Not taken when the span was filtered out.
+                h.context = None;
+                std::mem::replace(&mut h.sampled, true)
+            })
+            .unwrap_or(true);
         let headers = cfg
             .log_headers
             .then(|| render_headers(req.headers(), &cfg.redact_headers));
@@ -369,13 +362,9 @@ impl Observer for RequestLog {
         // The record's fields written once as JSON from the typed values, for the JSON layer
         // (the same fields as the event below, in the same order).
         // Not for a record the JSON layer drops (INFO and lower of a request sampled out).
-        let handoff = json_layer_exists()
+        let handing = json_layer_exists()
             && (r.sampled || level <= Level::WARN)
-            && HANDOFF.with(|h| {
-                let Ok(mut h) = h.try_borrow_mut() else {
-                    return false;
-                };
-                let h = &mut *h;
+            && handoff(|h| {
                 h.record.clear();
                 h.record_keys.clear();
                 let mut w = RecordWriter {
@@ -413,10 +402,10 @@ impl Observer for RequestLog {
                 }
                 w.key("message").str(message);
                 h.record_ready = true;
-                true
-            });
+            })
+            .is_some();
         // Withdrawn after the event, however it ends (a panicking subscriber included).
-        let _withdraw = handoff.then_some(WithdrawRecord);
+        let _withdraw = handing.then_some(WithdrawRecord);
         macro_rules! record {
             ($lvl:expr) => {
                 // The request span as explicit parent: its context without entering it.
@@ -456,11 +445,7 @@ struct WithdrawRecord;
 
 impl Drop for WithdrawRecord {
     fn drop(&mut self) {
-        let _ = HANDOFF.try_with(|h| {
-            if let Ok(mut h) = h.try_borrow_mut() {
-                h.record_ready = false;
-            }
-        });
+        handoff(|h| h.record_ready = false);
     }
 }
 
