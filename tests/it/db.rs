@@ -431,6 +431,50 @@ async fn sqlite_pool_timeout() {
     pool_timeout::<sqlx::Sqlite>(pool, &SQLITE).await;
 }
 
+/// Between queries the pool gauges follow the pool from their own thread: a connection taken
+/// from the pool directly (no query through towerscope) shows up as used, then as idle again.
+#[tokio::test]
+async fn pool_gauges_follow_the_pool_between_queries() {
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect("sqlite::memory:")
+        .await
+        .unwrap();
+    let (recorder, prometheus) = Prometheus::builder().build();
+    let db = Db::builder(pool)
+        .pool_name("watched")
+        .gauge_interval(Duration::from_millis(10))
+        .recorder(Arc::new(recorder))
+        .build();
+    let used = || {
+        sample(
+            &prometheus.render(),
+            "db_client_connections_usage",
+            &[("pool_name", "watched"), ("state", "used")],
+        )
+    };
+    assert_eq!(used(), Some(0.0));
+    let held = db.pool().acquire().await.unwrap();
+    let until = |want: f64| async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while used() != Some(want) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        used()
+    };
+    assert_eq!(
+        until(1.0).await,
+        Some(1.0),
+        "the refresh never saw the held connection"
+    );
+    drop(held);
+    assert_eq!(
+        until(0.0).await,
+        Some(0.0),
+        "the refresh never saw it returned"
+    );
+}
+
 #[cfg(feature = "postgres")]
 #[tokio::test]
 #[ignore = "needs PostgreSQL (Debian package postgresql): run scripts/test.sh"]
