@@ -47,11 +47,12 @@ impl Sampler {
         })
     }
 
-    /// The decision the SDK would make for a SERVER span with this caller (or none), without
-    /// making the span: `true` to sample. The ratio is the SDK's own computation.
+    /// The decision the SDK would make for a SERVER span whose caller sampled or not (or
+    /// without a caller), without making the span: `true` to sample. The ratio is the SDK's own
+    /// computation.
     pub(crate) fn decide(
         self,
-        caller: Option<&opentelemetry::trace::SpanContext>,
+        caller_sampled: Option<bool>,
         trace_id: opentelemetry::trace::TraceId,
     ) -> bool {
         use opentelemetry::trace::SpanKind;
@@ -62,7 +63,7 @@ impl Sampler {
                 .decision
                 == SamplingDecision::RecordAndSample
         };
-        match (self, caller) {
+        match (self, caller_sampled) {
             (Self::AlwaysOn, _) => true,
             (Self::AlwaysOff, _) => false,
             (Self::TraceIdRatio(r), _) => ratio(r),
@@ -70,8 +71,8 @@ impl Sampler {
                 Self::ParentBasedAlwaysOn
                 | Self::ParentBasedAlwaysOff
                 | Self::ParentBasedTraceIdRatio(_),
-                Some(parent),
-            ) => parent.is_sampled(),
+                Some(sampled),
+            ) => sampled,
             (Self::ParentBasedAlwaysOn, None) => true,
             (Self::ParentBasedAlwaysOff, None) => false,
             (Self::ParentBasedTraceIdRatio(r), None) => ratio(r),

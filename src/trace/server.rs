@@ -107,26 +107,18 @@ pub struct TraceRoute {
 /// Per request: the context holding the server span.
 pub struct TraceObservation {
     cx: Option<Context>,
+    /// The span is recorded (an SDK span, ended with the request's attributes).
+    recording: bool,
     traceresponse: Option<HeaderValue>,
 }
 
-fn otel_parent(p: &TraceParent, state: &super::tracestate::TraceState) -> (SpanContext, bool) {
-    let (state, converted) = if state.is_empty() {
-        (OtelTraceState::default(), true)
+/// The caller's `tracestate` as OpenTelemetry's type, `None` when that type refuses it.
+fn otel_state(state: &super::tracestate::TraceState) -> Option<OtelTraceState> {
+    if state.is_empty() {
+        Some(OtelTraceState::default())
     } else {
-        match OtelTraceState::from_key_value(state.members()) {
-            Ok(s) => (s, true),
-            Err(_) => (OtelTraceState::default(), false),
-        }
-    };
-    let sc = SpanContext::new(
-        OtelTraceId::from_bytes(p.trace_id.0),
-        opentelemetry::trace::SpanId::from_bytes(p.parent_id.0),
-        OtelFlags::new(p.flags.0 & TraceFlags::SAMPLED),
-        true,
-        state,
-    );
-    (sc, converted)
+        OtelTraceState::from_key_value(state.members()).ok()
+    }
 }
 
 /// The caller's `tracestate` when OpenTelemetry's `TraceState` could not hold it; the client
@@ -186,27 +178,26 @@ impl Observer for Trace {
         if !inner.enabled || route.excluded {
             return TraceObservation {
                 cx: None,
+                recording: false,
                 traceresponse: None,
             };
         }
         let got = inner.propagators.extract(req.headers());
         let mut base = Context::new();
-        let caller = match got.parent {
-            Some(p) => {
-                let (sc, converted) = otel_parent(&p, &got.state);
-                if !converted {
-                    // A valid tracestate that OpenTelemetry's own type refuses (it rejects
-                    // some keys the W3C grammar allows, e.g. a 241-character tenant with a
-                    // 14-character system id): kept beside the span so it is still sent on.
-                    base = base.with_value(KeptTraceState(got.state));
-                }
-                Some(sc)
+        let state = match otel_state(&got.state) {
+            Some(s) => s,
+            None => {
+                // A valid tracestate that OpenTelemetry's own type refuses (it rejects some
+                // keys the W3C grammar allows, e.g. a 241-character tenant with a 14-character
+                // system id): kept beside the span so it is still sent on.
+                base = base.with_value(KeptTraceState(got.state));
+                OtelTraceState::default()
             }
-            None => None,
         };
         if !got.baggage.is_empty() {
             base = base.with_value(got.baggage);
         }
+        let caller_sampled = got.parent.map(|p| p.flags.sampled());
         // When the sampler's answer is known in advance (a parent-based sampler and an
         // unsampled caller, or always-off), the span records nothing: it is only ids. They are
         // made here, without the SDK's span machinery or any attribute.
@@ -214,23 +205,19 @@ impl Observer for Trace {
             Sampler::AlwaysOff => true,
             Sampler::ParentBasedAlwaysOn
             | Sampler::ParentBasedAlwaysOff
-            | Sampler::ParentBasedTraceIdRatio(_) => {
-                caller.as_ref().is_some_and(|sc| !sc.is_sampled())
-            }
+            | Sampler::ParentBasedTraceIdRatio(_) => caller_sampled == Some(false),
             _ => false,
         };
         // And when nothing is exported (no endpoint, `OTEL_TRACES_EXPORTER=none`), a recorded
         // span would be built only to be dropped: the ids and the sampler's decision, which
         // the next services follow, are all that leave the process.
-        let cx = if unsampled || !inner.exporting {
-            let (trace_id, state) = match &caller {
-                Some(sc) => (sc.trace_id(), sc.trace_state().clone()),
-                None => (
-                    OtelTraceId::from_bytes(random_nonzero::<16>()),
-                    OtelTraceState::default(),
-                ),
+        let recording = !unsampled && inner.exporting;
+        let cx = if !recording {
+            let trace_id = match &got.parent {
+                Some(p) => OtelTraceId::from_bytes(p.trace_id.0),
+                None => OtelTraceId::from_bytes(random_nonzero::<16>()),
             };
-            let sampled = !unsampled && inner.sampler.decide(caller.as_ref(), trace_id);
+            let sampled = !unsampled && inner.sampler.decide(caller_sampled, trace_id);
             let sc = SpanContext::new(
                 trace_id,
                 opentelemetry::trace::SpanId::from_bytes(random_nonzero::<8>()),
@@ -246,8 +233,14 @@ impl Observer for Trace {
             // nothing (`with_remote_span_context` keeps `is_remote` as given: local here).
             base.with_remote_span_context(sc)
         } else {
-            let parent = match caller {
-                Some(sc) => base.with_remote_span_context(sc),
+            let parent = match &got.parent {
+                Some(p) => base.with_remote_span_context(SpanContext::new(
+                    OtelTraceId::from_bytes(p.trace_id.0),
+                    opentelemetry::trace::SpanId::from_bytes(p.parent_id.0),
+                    OtelFlags::new(p.flags.0 & TraceFlags::SAMPLED),
+                    true,
+                    state,
+                )),
                 None => base,
             };
             let attrs = attributes(inner, route, req, meta, &parent);
@@ -274,6 +267,7 @@ impl Observer for Trace {
         };
         TraceObservation {
             cx: Some(cx),
+            recording,
             traceresponse,
         }
     }
@@ -289,11 +283,10 @@ impl Observer for Trace {
     }
 
     fn end(_: &TraceRoute, obs: TraceObservation, end: &End) {
-        let Some(cx) = obs.cx else { return };
-        let span = cx.span();
-        if !span.is_recording() {
+        let Some(cx) = obs.cx.filter(|_| obs.recording) else {
             return;
-        }
+        };
+        let span = cx.span();
         if let Some(status) = end.status {
             span.set_attribute(KeyValue::new(
                 "http.response.status_code",

@@ -152,23 +152,39 @@ pub struct TraceParent {
 /// Length of a version-00 `traceparent`.
 pub const TRACEPARENT_LEN: usize = 55;
 
-/// Where each hex byte of a `traceparent` starts: version, 16 of trace id, 8 of parent id,
-/// flags.
-const PAIRS: [usize; 26] = {
-    let mut p = [0usize; 26];
-    let mut i = 0;
-    while i < 16 {
-        p[1 + i] = 3 + 2 * i;
-        i += 1;
+const LANES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// Per byte of `x`: 0x80 where the byte is at least `n`, else 0 (exact when every byte is
+/// below 0x80; callers refuse the others).
+const fn at_least(x: u64, n: u8) -> u64 {
+    x.wrapping_add((0x80 - n as u64) * LANES) & HIGH
+}
+
+/// Decodes 8 lowercase hex digits into 4 bytes, a word at a time (about a third of the work of
+/// a table lookup per digit); `None` if any byte is not `[0-9a-f]`.
+fn hex8(digits: &[u8; 8]) -> Option<[u8; 4]> {
+    let x = u64::from_le_bytes(*digits);
+    let digit = at_least(x, b'0') & !at_least(x, b'9' + 1);
+    let letter = at_least(x, b'a') & !at_least(x, b'f' + 1);
+    // Bytes of 0x80 and above would carry across lanes in `at_least`: refused first.
+    if x & HIGH != 0 || digit | letter != HIGH {
+        return None;
     }
-    let mut i = 0;
-    while i < 8 {
-        p[17 + i] = 36 + 2 * i;
-        i += 1;
-    }
-    p[25] = 53;
-    p
-};
+    // Each digit's value in its byte: the low nibble, plus 9 for a letter.
+    let nib = (x & (0x0f * LANES)) + (letter >> 7) * 9;
+    // Pairs of digits (first in the lower byte) into one byte per 16-bit lane, then together.
+    let pairs = ((nib << 4) | (nib >> 8)) & 0x00ff_00ff_00ff_00ff;
+    let quads = (pairs | (pairs >> 8)) & 0x0000_ffff_0000_ffff;
+    let packed = (quads | (quads >> 16)) as u32;
+    Some(packed.to_le_bytes())
+}
+
+/// The byte of two lowercase hex digits, `None` otherwise.
+fn hex2(hi: u8, lo: u8) -> Option<u8> {
+    let (hi, lo) = (NIBBLE[usize::from(hi)], NIBBLE[usize::from(lo)]);
+    ((hi | lo) & 0xf0 == 0).then_some((hi << 4) | lo)
+}
 
 impl TraceParent {
     /// Parses a `traceparent` value by the W3C processing model: optional whitespace (space,
@@ -193,32 +209,22 @@ impl TraceParent {
         if head[2] != b'-' || head[35] != b'-' || head[52] != b'-' {
             return None;
         }
-        // The 26 bytes of version, trace id, parent id and flags, decoded in one pass (fixed
-        // offsets, a table lookup per digit, one validity check at the end).
-        let mut bytes = [0u8; 26];
-        let mut bad = 0u8;
-        for (out, &at) in bytes.iter_mut().zip(PAIRS.iter()) {
-            let (hi, lo) = (
-                NIBBLE[usize::from(head[at])],
-                NIBBLE[usize::from(head[at + 1])],
-            );
-            bad |= hi | lo;
-            *out = (hi << 4) | (lo & 0xf);
+        let version = hex2(head[0], head[1])?;
+        let flags = hex2(head[53], head[54])?;
+        let mut trace_id = [0u8; 16];
+        let mut parent_id = [0u8; 8];
+        for (out, at) in trace_id.chunks_exact_mut(4).zip([3, 11, 19, 27]) {
+            out.copy_from_slice(&hex8(head[at..at + 8].try_into().ok()?)?);
         }
-        if bad & 0xf0 != 0 {
-            return None;
+        for (out, at) in parent_id.chunks_exact_mut(4).zip([36, 44]) {
+            out.copy_from_slice(&hex8(head[at..at + 8].try_into().ok()?)?);
         }
-        let version = bytes[0];
         if version == 0xff
             || (version == 0 && v.len() != TRACEPARENT_LEN)
             || (v.len() > TRACEPARENT_LEN && v[TRACEPARENT_LEN] != b'-')
         {
             return None;
         }
-        let mut trace_id = [0u8; 16];
-        trace_id.copy_from_slice(&bytes[1..17]);
-        let mut parent_id = [0u8; 8];
-        parent_id.copy_from_slice(&bytes[17..25]);
         if trace_id == [0; 16] || parent_id == [0; 8] {
             return None;
         }
@@ -226,7 +232,7 @@ impl TraceParent {
             version,
             trace_id: TraceId(trace_id),
             parent_id: SpanId(parent_id),
-            flags: TraceFlags(bytes[25]),
+            flags: TraceFlags(flags),
         })
     }
 
@@ -237,5 +243,45 @@ impl TraceParent {
             "00-{trace_id}-{span_id}-{:02x}",
             flags.0 & (TraceFlags::SAMPLED | TraceFlags::RANDOM)
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{hex8, NIBBLE};
+
+    /// The digit-by-digit decode `hex8` must agree with.
+    fn reference(digits: &[u8; 8]) -> Option<[u8; 4]> {
+        let mut out = [0u8; 4];
+        for (o, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+            let (hi, lo) = (NIBBLE[usize::from(pair[0])], NIBBLE[usize::from(pair[1])]);
+            if (hi | lo) & 0xf0 != 0 {
+                return None;
+            }
+            *o = (hi << 4) | lo;
+        }
+        Some(out)
+    }
+
+    #[test]
+    fn word_at_a_time_hex_agrees_with_the_table() {
+        // Every byte value in every position, among valid digits and among other odd bytes.
+        for fill in [*b"0123abcd", *b"f9e8d7c6", *b"ffffffff", *b"00000000"] {
+            for at in 0..8 {
+                for b in 0..=255u8 {
+                    let mut d = fill;
+                    d[at] = b;
+                    assert_eq!(hex8(&d), reference(&d), "{d:?}");
+                }
+            }
+        }
+        // Random strings drawn mostly from the hex alphabet and its neighbours.
+        let alphabet = b"0123456789abcdef/:`gAF\x80\xff";
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..200_000 {
+            let d: [u8; 8] = std::array::from_fn(|_| alphabet[rng.usize(..alphabet.len())]);
+            assert_eq!(hex8(&d), reference(&d), "{d:?}");
+        }
+        assert_eq!(hex8(b"4bf92f35"), Some([0x4b, 0xf9, 0x2f, 0x35]));
     }
 }
