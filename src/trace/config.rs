@@ -9,6 +9,7 @@ use opentelemetry_sdk::trace::{Sampler as SdkSampler, SdkTracer, SdkTracerProvid
 use opentelemetry_sdk::Resource;
 
 use super::export::{ConsoleExporter, ExportCounters, QueueProcessor, QueueSettings};
+use super::otlp::{OtlpExporter, OtlpSettings};
 use super::propagation::Propagators;
 
 /// Which spans are recorded (`OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`).
@@ -125,7 +126,6 @@ pub struct TraceConfig {
     service_name_from_code: bool,
     resource: Vec<(String, String)>,
     endpoint: Option<String>,
-    endpoint_in_env: bool,
     headers: Vec<(String, String)>,
     timeout: Option<Duration>,
     sampler: Sampler,
@@ -188,8 +188,6 @@ impl TraceConfig {
             service_name: env_service.unwrap_or_else(|| service.into()),
             resource: Vec::new(),
             endpoint: None,
-            endpoint_in_env: env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some()
-                || env("OTEL_EXPORTER_OTLP_ENDPOINT").is_some(),
             headers: Vec::new(),
             timeout: None,
             sampler,
@@ -363,23 +361,29 @@ impl TraceConfig {
                     ));
                     true
                 }
-                Exporter::Otlp if self.endpoint.is_none() && !self.endpoint_in_env => false,
-                Exporter::Otlp => match otlp_exporter(&self) {
-                    Ok(exporter) => {
-                        builder = builder.with_span_processor(QueueProcessor::new(
-                            exporter,
-                            &resource,
-                            settings,
-                            counters.clone(),
-                        ));
-                        true
-                    }
-                    Err(e) => {
-                        eprintln!(
-                            "towerscope: OTLP exporter not built, spans are not exported: {e}"
-                        );
-                        false
-                    }
+                Exporter::Otlp => match OtlpSettings::resolve(
+                    self.endpoint.as_deref(),
+                    &self.headers,
+                    self.timeout,
+                ) {
+                    None => false,
+                    Some(otlp) => match OtlpExporter::new(otlp) {
+                        Ok(exporter) => {
+                            builder = builder.with_span_processor(QueueProcessor::new(
+                                exporter,
+                                &resource,
+                                settings,
+                                counters.clone(),
+                            ));
+                            true
+                        }
+                        Err(e) => {
+                            eprintln!(
+                                "towerscope: OTLP exporter not built, spans are not exported: {e}"
+                            );
+                            false
+                        }
+                    },
                 },
             };
         let provider = builder.build();
@@ -402,25 +406,6 @@ impl TraceConfig {
             }),
         }
     }
-}
-
-fn otlp_exporter(
-    cfg: &TraceConfig,
-) -> Result<opentelemetry_otlp::SpanExporter, opentelemetry_otlp::ExporterBuildError> {
-    use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
-    let mut b = opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
-    if let Some(url) = &cfg.endpoint {
-        b = b.with_endpoint(url.clone());
-    }
-    if let Some(t) = cfg.timeout {
-        b = b.with_timeout(t);
-    }
-    if !cfg.headers.is_empty() {
-        b = b.with_headers(cfg.headers.iter().cloned().collect());
-    }
-    b.build()
 }
 
 pub(crate) struct Inner {

@@ -91,6 +91,8 @@ mod client;
 mod config;
 #[cfg(feature = "otel")]
 mod export;
+#[cfg(feature = "otel")]
+mod otlp;
 mod propagation;
 #[cfg(feature = "otel")]
 mod server;

@@ -39,6 +39,8 @@ enum Mode {
 struct Receiver {
     spans: Arc<Mutex<Vec<Span>>>,
     requests: Arc<Mutex<u32>>,
+    /// The headers of the last export request.
+    headers: Arc<Mutex<http::HeaderMap>>,
     mode: Mode,
 }
 
@@ -56,8 +58,9 @@ impl Receiver {
     }
 }
 
-async fn export(State(r): State<Receiver>, body: Bytes) -> StatusCode {
+async fn export(State(r): State<Receiver>, headers: http::HeaderMap, body: Bytes) -> StatusCode {
     *r.requests.lock().unwrap() += 1;
+    *r.headers.lock().unwrap() = headers;
     match r.mode {
         Mode::Hang => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -83,6 +86,7 @@ async fn receiver(mode: Mode) -> (Receiver, String) {
     let r = Receiver {
         spans: Arc::default(),
         requests: Arc::default(),
+        headers: Arc::default(),
         mode,
     };
     let app = Router::new()
@@ -179,6 +183,7 @@ async fn one_trace_across_two_services() {
     let tracing = TraceConfig::from_env("it")
         .service_name("it")
         .endpoint(url)
+        .header("x-tenant", "t1")
         .export_delay(Duration::from_millis(50))
         .install();
     assert!(tracing.is_exporting());
@@ -242,6 +247,12 @@ async fn one_trace_across_two_services() {
 
     assert!(tracing.flush());
     let spans = rx.wait_for(5).await;
+    // OTLP/HTTP protobuf, with the configured header.
+    {
+        let h = rx.headers.lock().unwrap();
+        assert_eq!(h["content-type"], "application/x-protobuf");
+        assert_eq!(h["x-tenant"], "t1");
+    }
     let by_name: HashMap<&str, &Span> = spans.iter().map(|s| (s.name.as_str(), s)).collect();
     let a_server = by_name["GET /orders/{id}"];
     let app_span = by_name["load_profile"];
