@@ -261,18 +261,18 @@ impl Observer for RequestLog {
         // members its field visitor would make, in the same order).
         let handing = json_layer_exists();
         if handing {
+            // A valid request id and hex digits: nothing to escape.
+            let quoted = |j: &mut String, text: &str| {
+                j.push('"');
+                j.push_str(text);
+                j.push('"');
+            };
             let mut rc = RequestContext::default();
-            rc.append("request_id", |j| write_json_str(j, id.as_str()));
+            rc.append("request_id", |j| quoted(j, id.as_str()));
             if let Some(route) = &route.route_json {
                 rc.append("route", |j| j.push_str(route));
             }
             if let (Some(t), Some(s)) = (trace_id, span_id) {
-                // Hex digits: nothing to escape.
-                let quoted = |j: &mut String, hex: &str| {
-                    j.push('"');
-                    j.push_str(hex);
-                    j.push('"');
-                };
                 rc.append("trace_id", |j| quoted(j, t));
                 rc.append("span_id", |j| quoted(j, s));
             }
