@@ -44,7 +44,7 @@ pub mod db;
 mod fs_space;
 #[cfg(feature = "health")]
 pub mod health;
-#[cfg(any(feature = "log", all(feature = "otel", feature = "axum")))]
+#[cfg(any(feature = "log", feature = "otel"))]
 mod ip_text;
 pub mod lifecycle;
 #[cfg(feature = "log")]

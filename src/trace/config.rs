@@ -8,7 +8,10 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::{Sampler as SdkSampler, SdkTracer, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
 
-use super::export::{ConsoleExporter, ExportCounters, QueueProcessor, QueueSettings};
+use super::export::{ConsoleExporter, ExportCounters, QueueHandle, QueueProcessor, QueueSettings};
+
+/// The name of towerscope's tracer (the instrumentation scope of its spans).
+const TRACER: &str = "towerscope";
 use super::otlp::{OtlpExporter, OtlpSettings};
 use super::propagation::Propagators;
 
@@ -351,45 +354,49 @@ impl TraceConfig {
         let mut builder = SdkTracerProvider::builder()
             .with_sampler(self.sampler.sdk())
             .with_resource(resource.clone());
-        let exporting = !self.disabled
-            && match self.exporter {
-                Exporter::None => false,
-                Exporter::Console => {
-                    builder = builder.with_span_processor(QueueProcessor::new(
-                        ConsoleExporter,
-                        &resource,
-                        settings,
-                        counters.clone(),
-                    ));
-                    true
-                }
-                Exporter::Otlp => match OtlpSettings::resolve(
-                    self.endpoint.as_deref(),
-                    &self.headers,
-                    self.timeout,
-                ) {
-                    None => false,
-                    Some(otlp) => match OtlpExporter::new(otlp) {
-                        Ok(exporter) => {
-                            builder = builder.with_span_processor(QueueProcessor::new(
-                                exporter,
-                                &resource,
-                                settings,
-                                counters.clone(),
-                            ));
-                            true
+        // Server spans are recorded by towerscope under the scope its tracer has.
+        let scope = opentelemetry::InstrumentationScope::builder(TRACER).build();
+        let processor = if self.disabled {
+            None
+        } else {
+            match self.exporter {
+                Exporter::None => None,
+                Exporter::Console => Some(QueueProcessor::new(
+                    ConsoleExporter {
+                        scope: scope.clone(),
+                    },
+                    settings,
+                    counters.clone(),
+                )),
+                Exporter::Otlp => {
+                    match OtlpSettings::resolve(
+                        self.endpoint.as_deref(),
+                        &self.headers,
+                        self.timeout,
+                    )
+                    .map(|otlp| OtlpExporter::new(otlp, &resource, scope.clone()))
+                    {
+                        None => None,
+                        Some(Ok(exporter)) => {
+                            Some(QueueProcessor::new(exporter, settings, counters.clone()))
                         }
-                        Err(e) => {
+                        Some(Err(e)) => {
                             eprintln!(
                                 "towerscope: OTLP exporter not built, spans are not exported: {e}"
                             );
-                            false
+                            None
                         }
-                    },
-                },
-            };
+                    }
+                }
+            }
+        };
+        let queue = processor.as_ref().map(QueueProcessor::handle);
+        let exporting = processor.is_some();
+        if let Some(p) = processor {
+            builder = builder.with_span_processor(p);
+        }
         let provider = builder.build();
-        let tracer = provider.tracer("towerscope");
+        let tracer = provider.tracer(TRACER);
         if !self.disabled {
             opentelemetry::global::set_tracer_provider(provider.clone());
         }
@@ -400,6 +407,7 @@ impl TraceConfig {
                 sampler: self.sampler,
                 enabled: !self.disabled,
                 exporting,
+                queue,
                 propagators: self.propagators,
                 traceresponse: self.traceresponse,
                 baggage_keys: self.baggage_keys,
@@ -416,6 +424,8 @@ pub(crate) struct Inner {
     pub(crate) sampler: Sampler,
     pub(crate) enabled: bool,
     pub(crate) exporting: bool,
+    /// Where recorded server spans go (when exporting).
+    pub(crate) queue: Option<Arc<QueueHandle>>,
     pub(crate) propagators: Propagators,
     pub(crate) traceresponse: bool,
     pub(crate) baggage_keys: Vec<String>,

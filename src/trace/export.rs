@@ -12,14 +12,15 @@ use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
-use std::task::{Context as TaskContext, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use metrics::Counter;
 use opentelemetry::Context;
+use opentelemetry::InstrumentationScope;
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
-use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
+
+use super::record::ServerRecord;
 
 /// `trace_spans_exported_total`
 pub const SPANS_EXPORTED: &str = "trace_spans_exported_total";
@@ -62,7 +63,7 @@ enum Control {
 /// buffer) and wakes the thread only when a batch is full, so a busy service does not pay a
 /// context switch per span.
 struct Queue {
-    spans: Vec<SpanData>,
+    spans: Vec<Item>,
     control: Vec<Control>,
 }
 
@@ -71,12 +72,76 @@ struct Shared {
     wake: Condvar,
 }
 
-/// A span processor with a bounded queue and one export thread.
-pub(crate) struct QueueProcessor {
-    shared: Arc<Shared>,
+/// A span waiting for export: one of the SDK's (client, internal, application spans) or a
+/// server span recorded by towerscope (boxed already: it lives in the span object until the
+/// end). SDK spans arrive by value; boxing them would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Item {
+    Sdk(SpanData),
+    Server(Box<ServerRecord>),
+}
+
+/// An exporter run by the export thread.
+pub(crate) trait Export: Send + 'static {
+    /// Sends one batch.
+    fn export(&mut self, batch: &[Item]) -> OTelSdkResult;
+}
+
+/// The queue's producer side: the span processor's, and the server spans'.
+pub(crate) struct QueueHandle {
+    shared: Shared,
     settings: QueueSettings,
     counters: ExportCounters,
     shut: AtomicBool,
+}
+
+impl std::fmt::Debug for QueueHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueHandle").finish_non_exhaustive()
+    }
+}
+
+impl QueueHandle {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.shared.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, item: Item) {
+        if self.shut.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut q = self.lock();
+        if q.spans.len() >= self.settings.max_queue {
+            drop(q);
+            self.counters.queue_full.increment(1);
+            return;
+        }
+        q.spans.push(item);
+        let full = q.spans.len() == self.settings.max_batch;
+        drop(q);
+        if full {
+            self.shared.wake.notify_one();
+        }
+    }
+
+    /// Queues a server span that ended (sampled ones only, like the SDK's spans).
+    pub(crate) fn push_server(&self, record: Box<ServerRecord>) {
+        if record.span_context.is_sampled() {
+            self.push(Item::Server(record));
+        }
+    }
+
+    fn control(&self, make: impl FnOnce(mpsc::Sender<()>) -> Control, timeout: Duration) -> bool {
+        let (tx, rx) = mpsc::channel();
+        self.lock().control.push(make(tx));
+        self.shared.wake.notify_one();
+        rx.recv_timeout(timeout).is_ok()
+    }
+}
+
+/// A span processor with a bounded queue and one export thread.
+pub(crate) struct QueueProcessor {
+    handle: Arc<QueueHandle>,
 }
 
 impl std::fmt::Debug for QueueProcessor {
@@ -94,46 +159,37 @@ pub(crate) struct QueueSettings {
 }
 
 impl QueueProcessor {
-    pub(crate) fn new<E: SpanExporter + 'static>(
-        mut exporter: E,
-        resource: &Resource,
+    pub(crate) fn new<E: Export>(
+        exporter: E,
         settings: QueueSettings,
         counters: ExportCounters,
     ) -> Self {
-        exporter.set_resource(resource);
-        let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue {
-                spans: Vec::with_capacity(settings.max_batch),
-                control: Vec::new(),
-            }),
-            wake: Condvar::new(),
+        let handle = Arc::new(QueueHandle {
+            shared: Shared {
+                queue: Mutex::new(Queue {
+                    spans: Vec::with_capacity(settings.max_batch),
+                    control: Vec::new(),
+                }),
+                wake: Condvar::new(),
+            },
+            settings,
+            counters,
+            shut: AtomicBool::new(false),
         });
-        let thread_shared = shared.clone();
-        let thread_counters = counters.clone();
+        let thread_handle = handle.clone();
         let spawned = std::thread::Builder::new()
             .name("towerscope-trace-export".into())
-            .spawn(move || export_loop(exporter, &thread_shared, settings, &thread_counters));
+            .spawn(move || export_loop(exporter, &thread_handle));
         if let Err(e) = spawned {
             // Without the thread every span is dropped (and counted): the service still runs.
             eprintln!("towerscope: cannot start the trace export thread: {e}");
         }
-        Self {
-            shared,
-            settings,
-            counters,
-            shut: AtomicBool::new(false),
-        }
+        Self { handle }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
-        self.shared.queue.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn control(&self, make: impl FnOnce(mpsc::Sender<()>) -> Control, timeout: Duration) -> bool {
-        let (tx, rx) = mpsc::channel();
-        self.lock().control.push(make(tx));
-        self.shared.wake.notify_one();
-        rx.recv_timeout(timeout).is_ok()
+    /// The producer side, for server spans.
+    pub(crate) fn handle(&self) -> Arc<QueueHandle> {
+        self.handle.clone()
     }
 }
 
@@ -141,25 +197,13 @@ impl SpanProcessor for QueueProcessor {
     fn on_start(&self, _: &mut Span, _: &Context) {}
 
     fn on_end(&self, span: SpanData) {
-        if !span.span_context.is_sampled() || self.shut.load(Ordering::Relaxed) {
-            return;
-        }
-        let mut q = self.lock();
-        if q.spans.len() >= self.settings.max_queue {
-            drop(q);
-            self.counters.queue_full.increment(1);
-            return;
-        }
-        q.spans.push(span);
-        let full = q.spans.len() == self.settings.max_batch;
-        drop(q);
-        if full {
-            self.shared.wake.notify_one();
+        if span.span_context.is_sampled() {
+            self.handle.push(Item::Sdk(span));
         }
     }
 
     fn force_flush(&self) -> OTelSdkResult {
-        if self.control(Control::Flush, Duration::from_secs(30)) {
+        if self.handle.control(Control::Flush, Duration::from_secs(30)) {
             Ok(())
         } else {
             Err(opentelemetry_sdk::error::OTelSdkError::Timeout(
@@ -169,10 +213,10 @@ impl SpanProcessor for QueueProcessor {
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        if self.shut.swap(true, Ordering::AcqRel) {
+        if self.handle.shut.swap(true, Ordering::AcqRel) {
             return Err(opentelemetry_sdk::error::OTelSdkError::AlreadyShutdown);
         }
-        if self.control(Control::Shutdown, timeout) {
+        if self.handle.control(Control::Shutdown, timeout) {
             Ok(())
         } else {
             Err(opentelemetry_sdk::error::OTelSdkError::Timeout(timeout))
@@ -180,18 +224,14 @@ impl SpanProcessor for QueueProcessor {
     }
 }
 
-fn export_loop<E: SpanExporter>(
-    exporter: E,
-    shared: &Shared,
-    s: QueueSettings,
-    counters: &ExportCounters,
-) {
-    let export = |batch: Vec<SpanData>| {
+fn export_loop<E: Export>(mut exporter: E, handle: &QueueHandle) {
+    let (shared, s, counters) = (&handle.shared, handle.settings, &handle.counters);
+    let mut export = |batch: Vec<Item>| {
         if batch.is_empty() {
             return;
         }
         let n = batch.len() as u64;
-        match block_on(exporter.export(batch)) {
+        match exporter.export(&batch) {
             Ok(()) => counters.exported.increment(n),
             Err(_) => counters.export_failed.increment(n),
         }
@@ -227,7 +267,6 @@ fn export_loop<E: SpanExporter>(
                     let _ = done.send(());
                 }
                 Control::Shutdown(done) => {
-                    let _ = exporter.shutdown();
                     let _ = done.send(());
                     return;
                 }
@@ -236,33 +275,25 @@ fn export_loop<E: SpanExporter>(
     }
 }
 
-/// Drives an export future on the export thread (the blocking HTTP client resolves it there).
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = TaskContext::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
-    loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::park();
-    }
+/// `OTEL_TRACES_EXPORTER=console`: one JSON line per span on stdout.
+#[derive(Debug)]
+pub(crate) struct ConsoleExporter {
+    /// The scope of towerscope's server spans.
+    pub(crate) scope: InstrumentationScope,
 }
 
-/// `OTEL_TRACES_EXPORTER=console`: one JSON line per span on stdout.
-#[derive(Debug, Default)]
-pub(crate) struct ConsoleExporter;
-
-impl SpanExporter for ConsoleExporter {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+impl Export for ConsoleExporter {
+    fn export(&mut self, batch: &[Item]) -> OTelSdkResult {
         let mut out = String::new();
-        for s in &batch {
+        for item in batch {
+            let server;
+            let s = match item {
+                Item::Sdk(s) => s,
+                Item::Server(r) => {
+                    server = r.to_span_data(&self.scope);
+                    &server
+                }
+            };
             let start = s
                 .start_time
                 .duration_since(std::time::UNIX_EPOCH)

@@ -98,6 +98,8 @@ mod export;
 mod otlp;
 mod propagation;
 #[cfg(feature = "otel")]
+mod record;
+#[cfg(feature = "otel")]
 mod server;
 mod traceparent;
 pub mod tracestate;

@@ -10,11 +10,14 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use opentelemetry::trace::{SpanId, SpanKind, Status};
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status};
 use opentelemetry::{Array, InstrumentationScope, KeyValue, Value};
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 use opentelemetry_sdk::Resource;
+
+use super::export::{Export, Item};
+use super::record::{AttrVal, ServerRecord};
 
 /// Protobuf wire types.
 const VARINT: u32 = 0;
@@ -176,27 +179,43 @@ fn kv_len(key: &str, value: &Value) -> usize {
 /// A repeated `KeyValue` field.
 fn put_kv(out: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
     if let Value::String(s) = value {
-        // The common attribute, a short key and a short string: every length fits a one-byte
-        // varint, so the field is written in one go.
-        let (k, v) = (key.as_bytes(), s.as_str().as_bytes());
-        let any = 2 + v.len();
-        let kv = if k.is_empty() { 0 } else { 2 + k.len() } + 2 + any;
-        if kv < 0x80 && field < 16 {
-            out.reserve(2 + kv);
-            out.extend_from_slice(&[((field << 3) | LEN) as u8, kv as u8]);
-            if !k.is_empty() {
-                out.extend_from_slice(&[0x0a, k.len() as u8]);
-                out.extend_from_slice(k);
-            }
-            out.extend_from_slice(&[0x12, any as u8, 0x0a, v.len() as u8]);
-            out.extend_from_slice(v);
-            return;
-        }
+        put_kv_str(out, field, key, s.as_str());
+        return;
     }
     put_len(out, field, kv_len(key, value));
     put_str(out, 1, key);
     put_len(out, 2, scalar_len(value));
     put_any(out, value);
+}
+
+/// A repeated `KeyValue` field with a string value.
+fn put_kv_str(out: &mut Vec<u8>, field: u32, key: &str, value: &str) {
+    let (k, v) = (key.as_bytes(), value.as_bytes());
+    let any = 2 + v.len();
+    let kv = if k.is_empty() { 0 } else { 2 + k.len() } + 2 + any;
+    if kv < 0x80 && field < 16 {
+        // The common attribute, a short key and a short string: every length fits a one-byte
+        // varint, so the field is written in one go.
+        out.reserve(2 + kv);
+        out.extend_from_slice(&[((field << 3) | LEN) as u8, kv as u8]);
+        if !k.is_empty() {
+            out.extend_from_slice(&[0x0a, k.len() as u8]);
+            out.extend_from_slice(k);
+        }
+        out.extend_from_slice(&[0x12, any as u8, 0x0a, v.len() as u8]);
+        out.extend_from_slice(v);
+        return;
+    }
+    let any = len_field_len(1, v.len());
+    let kv = if k.is_empty() {
+        0
+    } else {
+        len_field_len(1, k.len())
+    } + len_field_len(2, any);
+    put_len(out, field, kv);
+    put_str(out, 1, key);
+    put_len(out, 2, any);
+    put_bytes(out, 1, v);
 }
 
 fn put_attributes(out: &mut Vec<u8>, field: u32, attrs: &[KeyValue]) {
@@ -210,16 +229,83 @@ fn span_flags(remote: bool, trace_flags: u8) -> u32 {
 }
 
 /// The content of one `Span` message.
+/// The fields of a span, borrowed from the SDK's `SpanData` or from a server record.
+struct SpanView<'a> {
+    sc: &'a SpanContext,
+    parent: SpanId,
+    parent_remote: bool,
+    name: &'a str,
+    kind: &'a SpanKind,
+    start: SystemTime,
+    end: SystemTime,
+    dropped_attributes_count: u32,
+    events: &'a SpanEvents,
+    links: &'a SpanLinks,
+    status: &'a Status,
+}
+
+impl<'a> SpanView<'a> {
+    fn of(s: &'a SpanData) -> Self {
+        Self {
+            sc: &s.span_context,
+            parent: s.parent_span_id,
+            parent_remote: s.parent_span_is_remote,
+            name: &s.name,
+            kind: &s.span_kind,
+            start: s.start_time,
+            end: s.end_time,
+            dropped_attributes_count: s.dropped_attributes_count,
+            events: &s.events,
+            links: &s.links,
+            status: &s.status,
+        }
+    }
+
+    fn of_server(r: &'a ServerRecord) -> Self {
+        Self {
+            sc: &r.span_context,
+            parent: r.parent_span_id,
+            parent_remote: r.parent_span_is_remote,
+            name: &r.name,
+            kind: &SpanKind::Server,
+            start: r.start_time,
+            end: r.end_time,
+            dropped_attributes_count: r.dropped_attributes_count,
+            events: &r.events,
+            links: &r.links,
+            status: &r.status,
+        }
+    }
+}
+
 fn put_span(out: &mut Vec<u8>, s: &SpanData) {
-    let sc = &s.span_context;
+    put_span_view(out, &SpanView::of(s), |out| {
+        put_attributes(out, 9, &s.attributes)
+    });
+}
+
+/// A server record: its typed attributes written as they come, nothing built.
+fn put_server_span(out: &mut Vec<u8>, r: &ServerRecord) {
+    put_span_view(out, &SpanView::of_server(r), |out| {
+        r.for_each_attribute(|k, v| match v {
+            AttrVal::Str(v) => put_kv_str(out, 9, k, v),
+            AttrVal::I64(i) => put_kv(out, 9, k, &Value::I64(i)),
+            AttrVal::Value(v) => put_kv(out, 9, k, v),
+        });
+    });
+}
+
+/// The content of one `Span` message; `attributes` writes field 9.
+fn put_span_view(out: &mut Vec<u8>, s: &SpanView<'_>, attributes: impl FnOnce(&mut Vec<u8>)) {
+    let sc = s.sc;
     put_bytes(out, 1, &sc.trace_id().to_bytes());
     put_bytes(out, 2, &sc.span_id().to_bytes());
     put_str(out, 3, &sc.trace_state().header());
-    if s.parent_span_id != SpanId::INVALID {
-        put_bytes(out, 4, &s.parent_span_id.to_bytes());
+    if s.parent != SpanId::INVALID {
+        put_bytes(out, 4, &s.parent.to_bytes());
     }
-    put_str(out, 5, &s.name);
-    let kind = match s.span_kind {
+    put_str(out, 5, s.name);
+    let kind = match s.kind {
         SpanKind::Internal => 1,
         SpanKind::Server => 2,
         SpanKind::Client => 3,
@@ -227,9 +313,9 @@ fn put_span(out: &mut Vec<u8>, s: &SpanData) {
         SpanKind::Consumer => 5,
     };
     put_u32(out, 6, kind);
-    put_fixed64(out, 7, nanos(s.start_time));
-    put_fixed64(out, 8, nanos(s.end_time));
-    put_attributes(out, 9, &s.attributes);
+    put_fixed64(out, 7, nanos(s.start));
+    put_fixed64(out, 8, nanos(s.end));
+    attributes(out);
     put_u32(out, 10, s.dropped_attributes_count);
     for e in s.events.iter() {
         let attrs: usize = e
@@ -290,7 +376,7 @@ fn put_span(out: &mut Vec<u8>, s: &SpanData) {
     }
     put_u32(out, 14, s.links.dropped_count);
     // Always present, as `opentelemetry-proto` sends it (an empty message when unset).
-    let (code, message) = match &s.status {
+    let (code, message) = match s.status {
         Status::Unset => (0, ""),
         Status::Ok => (1, ""),
         Status::Error { description } => (2, description.as_ref()),
@@ -306,7 +392,7 @@ fn put_span(out: &mut Vec<u8>, s: &SpanData) {
     put_fixed32(
         out,
         16,
-        span_flags(s.parent_span_is_remote, sc.trace_flags().to_u8()),
+        span_flags(s.parent_remote, sc.trace_flags().to_u8()),
     );
 }
 
@@ -320,8 +406,9 @@ fn put_scope(out: &mut Vec<u8>, scope: &InstrumentationScope) {
 }
 
 /// Reused buffers: one export request is written with no allocation once they have grown.
-#[derive(Default)]
 pub(crate) struct Encoder {
+    /// The scope of towerscope's server spans.
+    server_scope: InstrumentationScope,
     /// The `Resource` message content, written once.
     resource: Vec<u8>,
     resource_schema: String,
@@ -335,6 +422,18 @@ pub(crate) struct Encoder {
 }
 
 impl Encoder {
+    pub(crate) fn new(server_scope: InstrumentationScope) -> Self {
+        Self {
+            server_scope,
+            resource: Vec::new(),
+            resource_schema: String::new(),
+            scopes: Vec::new(),
+            order: Vec::new(),
+            head: Vec::new(),
+            span: Vec::new(),
+        }
+    }
+
     pub(crate) fn set_resource(&mut self, resource: &Resource) {
         self.resource.clear();
         for (k, v) in resource.iter() {
@@ -344,7 +443,7 @@ impl Encoder {
     }
 
     /// Writes the `ExportTraceServiceRequest` for these spans into `out` (cleared first).
-    pub(crate) fn encode(&mut self, spans: &[SpanData], out: &mut Vec<u8>) {
+    pub(crate) fn encode(&mut self, spans: &[Item], out: &mut Vec<u8>) {
         // The few tracers a process has are kept from batch to batch (their buffers grown);
         // past 16 the list starts over, so it cannot grow without end.
         if self.scopes.len() > 16 {
@@ -354,21 +453,23 @@ impl Encoder {
             buf.clear();
         }
         self.order.clear();
-        for s in spans {
-            let at = match self
-                .scopes
-                .iter()
-                .position(|(scope, _)| *scope == s.instrumentation_scope)
-            {
+        for item in spans {
+            let scope = match item {
+                Item::Sdk(s) => &s.instrumentation_scope,
+                Item::Server(_) => &self.server_scope,
+            };
+            let at = match self.scopes.iter().position(|(have, _)| have == scope) {
                 Some(i) => i,
                 None => {
-                    self.scopes
-                        .push((s.instrumentation_scope.clone(), Vec::new()));
+                    self.scopes.push((scope.clone(), Vec::new()));
                     self.scopes.len() - 1
                 }
             };
             self.span.clear();
-            put_span(&mut self.span, s);
+            match item {
+                Item::Sdk(s) => put_span(&mut self.span, s),
+                Item::Server(r) => put_server_span(&mut self.span, r),
+            }
             let (scope, buf) = &mut self.scopes[at];
             if buf.is_empty() {
                 self.order.push(at);
@@ -495,7 +596,8 @@ pub(crate) struct OtlpExporter {
     settings: OtlpSettings,
     client: reqwest::blocking::Client,
     headers: reqwest::header::HeaderMap,
-    encoder: std::sync::Mutex<(Encoder, Vec<u8>)>,
+    encoder: Encoder,
+    body: Vec<u8>,
 }
 
 impl std::fmt::Debug for OtlpExporter {
@@ -507,7 +609,11 @@ impl std::fmt::Debug for OtlpExporter {
 }
 
 impl OtlpExporter {
-    pub(crate) fn new(settings: OtlpSettings) -> Result<Self, String> {
+    pub(crate) fn new(
+        settings: OtlpSettings,
+        resource: &Resource,
+        server_scope: InstrumentationScope,
+    ) -> Result<Self, String> {
         use reqwest::header::{HeaderName, HeaderValue};
         reqwest::Url::parse(&settings.endpoint)
             .map_err(|e| format!("OTLP endpoint {:?}: {e}", settings.endpoint))?;
@@ -533,26 +639,26 @@ impl OtlpExporter {
         .join()
         .map_err(|_| "OTLP HTTP client: its thread panicked".to_owned())?
         .map_err(|e| format!("OTLP HTTP client: {e}"))?;
+        let mut encoder = Encoder::new(server_scope);
+        encoder.set_resource(resource);
         Ok(Self {
             settings,
             client,
             headers,
-            encoder: std::sync::Mutex::new((Encoder::default(), Vec::new())),
+            encoder,
+            body: Vec::new(),
         })
     }
+}
 
-    fn send(&self, batch: &[SpanData]) -> OTelSdkResult {
-        let body = {
-            let mut enc = self.encoder.lock().unwrap_or_else(|e| e.into_inner());
-            let (encoder, buf) = &mut *enc;
-            encoder.encode(batch, buf);
-            buf.clone()
-        };
+impl Export for OtlpExporter {
+    fn export(&mut self, batch: &[Item]) -> OTelSdkResult {
+        self.encoder.encode(batch, &mut self.body);
         let res = self
             .client
             .post(&self.settings.endpoint)
             .headers(self.headers.clone())
-            .body(body)
+            .body(self.body.clone())
             .send()
             .map_err(|e| OTelSdkError::InternalFailure(format!("OTLP export: {e}")))?;
         let status = res.status();
@@ -566,16 +672,5 @@ impl OtlpExporter {
     }
 }
 
-impl SpanExporter for OtlpExporter {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        self.send(&batch)
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        let enc = self.encoder.get_mut().unwrap_or_else(|e| e.into_inner());
-        enc.0.set_resource(resource);
-    }
-}
-
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

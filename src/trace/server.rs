@@ -4,16 +4,18 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use http::{HeaderValue, Request, Version};
+use http::{HeaderValue, Request};
 use opentelemetry::trace::{
-    SpanContext, SpanKind, Status, TraceContextExt, TraceFlags as OtelFlags,
-    TraceId as OtelTraceId, TraceState as OtelTraceState, Tracer,
+    SpanContext, Status, TraceContextExt, TraceFlags as OtelFlags, TraceId as OtelTraceId,
+    TraceState as OtelTraceState,
 };
-use opentelemetry::{Context, KeyValue, Value};
+use opentelemetry::{Context, KeyValue, StringValue, Value};
 
 use super::baggage::Baggage;
-use super::config::{Inner, Sampler, Tracing};
+use super::config::{Inner, Tracing};
+use super::record::{HostSource, RequestAttrs, ServerRecord, ServerSpan};
 use super::traceparent::{SpanId, TraceFlags, TraceId, TraceParent};
 use crate::lifecycle::{
     End, KnownMethod, ObserveLayer, Observer, Outcome, RequestMeta, ResponseHead,
@@ -164,7 +166,8 @@ impl Observer for Trace {
         TraceRoute {
             excluded: template.is_some_and(|t| self.inner.excluded.iter().any(|e| e == t)),
             names,
-            route: template.map(|t| Value::from(t.to_owned())),
+            // Reference-counted: cloned into every recorded span without a copy.
+            route: template.map(|t| Value::String(StringValue::from(Arc::<str>::from(t)))),
         }
     }
 
@@ -198,59 +201,60 @@ impl Observer for Trace {
             base = base.with_value(got.baggage);
         }
         let caller_sampled = got.parent.map(|p| p.flags.sampled());
-        // When the sampler's answer is known in advance (a parent-based sampler and an
-        // unsampled caller, or always-off), the span records nothing: it is only ids. They are
-        // made here, without the SDK's span machinery or any attribute.
-        let unsampled = match inner.sampler {
-            Sampler::AlwaysOff => true,
-            Sampler::ParentBasedAlwaysOn
-            | Sampler::ParentBasedAlwaysOff
-            | Sampler::ParentBasedTraceIdRatio(_) => caller_sampled == Some(false),
-            _ => false,
+        let trace_id = match &got.parent {
+            Some(p) => OtelTraceId::from_bytes(p.trace_id.0),
+            None => OtelTraceId::from_bytes(random_nonzero::<16>()),
         };
-        // And when nothing is exported (no endpoint, `OTEL_TRACES_EXPORTER=none`), a recorded
-        // span would be built only to be dropped: the ids and the sampler's decision, which
-        // the next services follow, are all that leave the process.
-        let recording = !unsampled && inner.exporting;
-        let cx = if !recording {
-            let trace_id = match &got.parent {
-                Some(p) => OtelTraceId::from_bytes(p.trace_id.0),
-                None => OtelTraceId::from_bytes(random_nonzero::<16>()),
-            };
-            let sampled = !unsampled && inner.sampler.decide(caller_sampled, trace_id);
-            let sc = SpanContext::new(
-                trace_id,
-                opentelemetry::trace::SpanId::from_bytes(random_nonzero::<8>()),
-                if sampled {
-                    OtelFlags::SAMPLED
-                } else {
-                    OtelFlags::default()
-                },
-                false,
-                state,
-            );
+        // The sampler's decision, made as the SDK's sampler makes it (tested against it),
+        // without the SDK's span machinery: an unsampled span is only ids.
+        let sampled = inner.sampler.decide(caller_sampled, trace_id);
+        let sc = SpanContext::new(
+            trace_id,
+            opentelemetry::trace::SpanId::from_bytes(random_nonzero::<8>()),
+            if sampled {
+                OtelFlags::SAMPLED
+            } else {
+                OtelFlags::default()
+            },
+            false,
+            state,
+        );
+        // Recorded only when sampled and exported (with nothing exported, a recorded span
+        // would be built only to be dropped: the ids and the decision, which the next
+        // services follow, are all that leave the process).
+        let queue = inner.queue.as_ref().filter(|_| sampled);
+        let recording = queue.is_some();
+        let cx = match queue {
             // A span context without a span object: no allocation for a span that records
             // nothing (`with_remote_span_context` keeps `is_remote` as given: local here).
-            base.with_remote_span_context(sc)
-        } else {
-            let parent = match &got.parent {
-                Some(p) => base.with_remote_span_context(SpanContext::new(
-                    OtelTraceId::from_bytes(p.trace_id.0),
-                    opentelemetry::trace::SpanId::from_bytes(p.parent_id.0),
-                    OtelFlags::new(p.flags.0 & TraceFlags::SAMPLED),
-                    true,
-                    state,
-                )),
-                None => base,
-            };
-            let attrs = attributes(inner, route, req, meta, &parent);
-            let span = inner
-                .tracer
-                .span_builder(route.names[meta.method.index()].clone())
-                .with_kind(SpanKind::Server)
-                .with_attributes(attrs)
-                .start_with_context(&inner.tracer, &parent);
-            parent.with_span(span)
+            None => base.with_remote_span_context(sc),
+            Some(queue) => {
+                let (parent_span_id, parent_span_is_remote) = match &got.parent {
+                    Some(p) => (
+                        opentelemetry::trace::SpanId::from_bytes(p.parent_id.0),
+                        true,
+                    ),
+                    None => (opentelemetry::trace::SpanId::INVALID, false),
+                };
+                let record = ServerRecord {
+                    span_context: sc,
+                    parent_span_id,
+                    parent_span_is_remote,
+                    name: route.names[meta.method.index()].clone(),
+                    start_time: SystemTime::now(),
+                    end_time: UNIX_EPOCH,
+                    request: request_attrs(inner, route, req, meta, &base),
+                    extra: Vec::new(),
+                    dropped_attributes_count: 0,
+                    status_code: None,
+                    error_type: None,
+                    cancelled: None,
+                    events: Default::default(),
+                    links: Default::default(),
+                    status: Status::Unset,
+                };
+                base.with_span(ServerSpan::new(record, queue.clone()))
+            }
         };
         let ids = TraceIds::from_span_context(cx.span().span_context());
         meta.trace_ids.set(ids);
@@ -306,120 +310,66 @@ impl Observer for Trace {
     }
 }
 
-/// The semantic-convention attributes of a recorded server span.
-fn attributes<B>(
+/// The semantic-convention attributes of a recorded server span, typed: the path, host and
+/// user agent are reference-counted clones of the request's bytes, not copies.
+fn request_attrs<B>(
     inner: &Inner,
     route: &TraceRoute,
     req: &Request<B>,
     meta: &RequestMeta<'_>,
-    parent: &Context,
-) -> Vec<KeyValue> {
-    let mut attrs = Vec::with_capacity(12);
-    attrs.push(KeyValue::new("http.request.method", meta.method.as_str()));
-    if meta.method == KnownMethod::Other {
-        attrs.push(KeyValue::new(
-            "http.request.method_original",
-            req.method().as_str().to_owned(),
-        ));
-    }
-    attrs.push(KeyValue::new("url.path", req.uri().path().to_owned()));
-    attrs.push(KeyValue::new(
-        "url.scheme",
-        if req.uri().scheme_str() == Some("https") {
-            "https"
-        } else {
-            "http"
-        },
-    ));
-    if let Some(q) = req.uri().query() {
-        attrs.push(KeyValue::new(
-            "url.query",
-            redact_query(q, &inner.sensitive),
-        ));
-    }
-    if let Some(r) = &route.route {
-        attrs.push(KeyValue::new("http.route", r.clone()));
-    }
-    if let Some((host, port)) = host_port(req) {
-        attrs.push(KeyValue::new("server.address", host.to_owned()));
-        if let Some(p) = port {
-            attrs.push(KeyValue::new("server.port", i64::from(p)));
-        }
-    }
-    #[cfg(feature = "axum")]
-    if let Some(axum::extract::ConnectInfo(addr)) = req
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-    {
-        let ip = crate::ip_text::IpText::of(addr.ip());
-        attrs.push(KeyValue::new("client.address", ip.as_str().to_owned()));
-    }
-    if let Some(ua) = req
-        .headers()
-        .get(http::header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-    {
-        attrs.push(KeyValue::new("user_agent.original", ua.to_owned()));
-    }
-    attrs.push(KeyValue::new(
-        "network.protocol.version",
-        match req.version() {
-            Version::HTTP_09 => "0.9",
-            Version::HTTP_10 => "1.0",
-            Version::HTTP_2 => "2",
-            Version::HTTP_3 => "3",
-            _ => "1.1",
-        },
-    ));
-    if !inner.baggage_keys.is_empty() {
-        if let Some(b) = parent.get::<Baggage>() {
-            for k in &inner.baggage_keys {
-                if let Some(v) = b.get(k) {
-                    attrs.push(KeyValue::new(format!("baggage.{k}"), v.to_owned()));
-                }
-            }
-        }
-    }
-    attrs
-}
-
-/// `server.address` and `server.port` from the `Host` header (or the URI's authority).
-fn host_port<B>(req: &Request<B>) -> Option<(&str, Option<u16>)> {
-    let authority = match req.uri().authority() {
-        Some(a) => a.as_str(),
-        None => req.headers().get(http::header::HOST)?.to_str().ok()?,
+    base: &Context,
+) -> RequestAttrs {
+    let uri = req.uri();
+    let baggage = match base.get::<Baggage>() {
+        Some(b) if !inner.baggage_keys.is_empty() => inner
+            .baggage_keys
+            .iter()
+            .filter_map(|k| Some(KeyValue::new(format!("baggage.{k}"), b.get(k)?.to_owned())))
+            .collect(),
+        _ => Vec::new(),
     };
-    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    // `[v6]:port`, `host:port` or `host`; read in place, no copy of the header.
-    if let Some(rest) = hostport.strip_prefix('[') {
-        let (host, after) = rest.split_once(']')?;
-        return Some((host, after.strip_prefix(':').and_then(|p| p.parse().ok())));
+    RequestAttrs {
+        method: meta.method,
+        method_original: (meta.method == KnownMethod::Other).then(|| req.method().clone()),
+        path: uri.path_and_query().cloned(),
+        https: uri.scheme_str() == Some("https"),
+        query: uri.query().map(|q| redact_query(q, &inner.sensitive)),
+        route: route.route.clone(),
+        host: match uri.authority() {
+            Some(a) => Some(HostSource::Uri(a.clone())),
+            None => req
+                .headers()
+                .get(http::header::HOST)
+                .cloned()
+                .map(HostSource::Header),
+        },
+        #[cfg(feature = "axum")]
+        client: req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip()),
+        #[cfg(not(feature = "axum"))]
+        client: None,
+        user_agent: req.headers().get(http::header::USER_AGENT).cloned(),
+        version: req.version(),
+        baggage,
     }
-    Some(match hostport.rsplit_once(':') {
-        Some((host, port)) => (host, Some(port.parse().ok()?)),
-        None => (hostport, None),
-    })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::host_port;
+    use super::super::record::host_port;
 
     #[test]
     fn server_address_and_port_from_the_host() {
-        let host = |h: &str| {
-            let req = http::Request::get("/").header("host", h).body(()).unwrap();
-            host_port(&req).map(|(a, p)| (a.to_owned(), p))
-        };
-        assert_eq!(host("example.org"), Some(("example.org".into(), None)));
+        assert_eq!(host_port("example.org"), Some(("example.org", None)));
         assert_eq!(
-            host("example.org:8080"),
-            Some(("example.org".into(), Some(8080)))
+            host_port("example.org:8080"),
+            Some(("example.org", Some(8080)))
         );
-        assert_eq!(host("[::1]:3000"), Some(("::1".into(), Some(3000))));
-        assert_eq!(host("[::1]"), Some(("::1".into(), None)));
-        assert_eq!(host("example.org:notaport"), None);
-        let req = http::Request::get("http://api.test:81/x").body(()).unwrap();
-        assert_eq!(host_port(&req), Some(("api.test", Some(81))));
+        assert_eq!(host_port("[::1]:3000"), Some(("::1", Some(3000))));
+        assert_eq!(host_port("[::1]"), Some(("::1", None)));
+        assert_eq!(host_port("user@api.test:81"), Some(("api.test", Some(81))));
+        assert_eq!(host_port("example.org:notaport"), None);
     }
 }

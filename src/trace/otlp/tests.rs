@@ -13,6 +13,7 @@ use opentelemetry_sdk::Resource;
 use prost::Message;
 
 use super::{parse_headers, Encoder, OtlpSettings};
+use crate::trace::export::Item;
 
 /// What `opentelemetry-otlp` sends for these spans: `opentelemetry-proto`'s own conversion.
 fn reference(spans: &[SpanData], resource: &Resource) -> ExportTraceServiceRequest {
@@ -26,14 +27,19 @@ fn reference(spans: &[SpanData], resource: &Resource) -> ExportTraceServiceReque
 
 fn ours(enc: &mut Encoder, spans: &[SpanData]) -> ExportTraceServiceRequest {
     let mut out = Vec::new();
-    enc.encode(spans, &mut out);
+    enc.encode(&items(spans), &mut out);
     ExportTraceServiceRequest::decode(out.as_slice()).expect("our bytes decode")
 }
 
-struct Gen(fastrand::Rng);
+pub(crate) fn items(spans: &[SpanData]) -> Vec<Item> {
+    spans.iter().cloned().map(Item::Sdk).collect()
+}
+
+/// Random span parts for encoding tests.
+pub(crate) struct Gen(pub(crate) fastrand::Rng);
 
 impl Gen {
-    fn text(&mut self) -> String {
+    pub(crate) fn text(&mut self) -> String {
         let pick = ["", "a", "http.route", "/users/{id}", "ünïcødé ✓", "x\"\n\\"];
         let mut s = pick[self.0.usize(..pick.len())].to_owned();
         if self.0.u8(..8) == 0 {
@@ -42,7 +48,7 @@ impl Gen {
         s
     }
 
-    fn value(&mut self, depth: u8) -> Value {
+    pub(crate) fn value(&mut self, depth: u8) -> Value {
         match self.0.u8(..if depth == 0 { 5 } else { 4 }) {
             0 => Value::Bool(self.0.bool()),
             1 => Value::I64(match self.0.u8(..4) {
@@ -70,13 +76,13 @@ impl Gen {
         }
     }
 
-    fn attrs(&mut self) -> Vec<KeyValue> {
+    pub(crate) fn attrs(&mut self) -> Vec<KeyValue> {
         (0..self.0.usize(..6))
             .map(|_| KeyValue::new(self.text(), self.value(0)))
             .collect()
     }
 
-    fn context(&mut self, remote: bool) -> SpanContext {
+    pub(crate) fn context(&mut self, remote: bool) -> SpanContext {
         let state = match self.0.u8(..3) {
             0 => TraceState::default(),
             1 => TraceState::from_key_value([("rojo", "00f067aa0ba902b7")]).unwrap(),
@@ -91,7 +97,7 @@ impl Gen {
         )
     }
 
-    fn events(&mut self) -> SpanEvents {
+    pub(crate) fn events(&mut self) -> SpanEvents {
         let mut e = SpanEvents::default();
         e.events = (0..self.0.usize(..3))
             .map(|_| {
@@ -107,7 +113,7 @@ impl Gen {
         e
     }
 
-    fn links(&mut self) -> SpanLinks {
+    pub(crate) fn links(&mut self) -> SpanLinks {
         let mut l = SpanLinks::default();
         l.links = (0..self.0.usize(..3))
             .map(|_| {
@@ -121,7 +127,7 @@ impl Gen {
         l
     }
 
-    fn span(&mut self, scopes: &[InstrumentationScope]) -> SpanData {
+    pub(crate) fn span(&mut self, scopes: &[InstrumentationScope]) -> SpanData {
         let start = UNIX_EPOCH + Duration::from_nanos(self.0.u64(..1 << 62));
         let kinds = [
             SpanKind::Internal,
@@ -157,7 +163,7 @@ impl Gen {
     }
 }
 
-fn scopes() -> Vec<InstrumentationScope> {
+pub(crate) fn scopes() -> Vec<InstrumentationScope> {
     vec![
         InstrumentationScope::builder("towerscope").build(),
         InstrumentationScope::builder("tracing-opentelemetry")
@@ -189,7 +195,7 @@ fn the_request_is_the_one_opentelemetry_proto_builds() {
             )
             .build(),
     ] {
-        let mut enc = Encoder::default();
+        let mut enc = Encoder::new(scopes[0].clone());
         enc.set_resource(&resource);
         for round in 0..300 {
             let n = if round % 50 == 0 { 0 } else { g.0.usize(1..12) };
@@ -210,12 +216,12 @@ fn the_bytes_are_prosts() {
     let mut g = Gen(fastrand::Rng::with_seed(9));
     let scopes = scopes();
     let resource = Resource::builder().with_service_name("svc").build();
-    let mut enc = Encoder::default();
+    let mut enc = Encoder::new(scopes[0].clone());
     enc.set_resource(&resource);
     for _ in 0..200 {
         let spans: Vec<SpanData> = (0..g.0.usize(1..4)).map(|_| g.span(&scopes[..2])).collect();
         let mut out = Vec::new();
-        enc.encode(&spans, &mut out);
+        enc.encode(&items(&spans), &mut out);
         assert_eq!(out, reference(&spans, &resource).encode_to_vec());
     }
 }

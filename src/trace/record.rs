@@ -1,0 +1,327 @@
+//! The recorded SERVER span, kept by towerscope instead of the SDK's span.
+//!
+//! The SDK's span builds its attributes as `KeyValue`s up front (a `String` per path, host,
+//! address and user agent), takes a lock per change and becomes `SpanData` at the end. The
+//! server span's attributes are known in kind, so they are kept typed here, mostly as
+//! reference-counted clones of the request's own bytes (no copy), and written out only by the
+//! export thread. Through the OpenTelemetry `Span` API it behaves as the SDK's span does
+//! (attributes, events, links, status order, name, limits), so handlers can still annotate
+//! the current span.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::header::HeaderValue;
+use http::uri::{Authority, PathAndQuery};
+use http::{Method, Version};
+use opentelemetry::trace::{Event, Link, SpanContext, SpanId, SpanKind, Status};
+use opentelemetry::{InstrumentationScope, KeyValue, Value};
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+
+use super::export::QueueHandle;
+use crate::ip_text::IpText;
+use crate::lifecycle::KnownMethod;
+
+/// The SDK's default span limits, applied the same way.
+const MAX_ATTRIBUTES: usize = 128;
+const MAX_EVENTS: usize = 128;
+const MAX_LINKS: usize = 128;
+const MAX_ATTRIBUTES_PER_EVENT: usize = 128;
+const MAX_ATTRIBUTES_PER_LINK: usize = 128;
+
+/// Set by the server observer when the response ends; kept typed when set with these keys.
+pub(crate) const STATUS_CODE: &str = "http.response.status_code";
+pub(crate) const ERROR_TYPE: &str = "error.type";
+pub(crate) const CANCELLED: &str = "towerscope.cancelled";
+
+/// Where `server.address` and `server.port` come from.
+#[derive(Clone, Debug)]
+pub(crate) enum HostSource {
+    Uri(Authority),
+    Header(HeaderValue),
+}
+
+/// The request's semantic-convention attributes, typed.
+#[derive(Clone, Debug)]
+pub(crate) struct RequestAttrs {
+    pub(crate) method: KnownMethod,
+    pub(crate) method_original: Option<Method>,
+    pub(crate) path: Option<PathAndQuery>,
+    pub(crate) https: bool,
+    /// `url.query`, sensitive values already redacted.
+    pub(crate) query: Option<String>,
+    pub(crate) route: Option<Value>,
+    pub(crate) host: Option<HostSource>,
+    pub(crate) client: Option<IpAddr>,
+    pub(crate) user_agent: Option<HeaderValue>,
+    pub(crate) version: Version,
+    /// `baggage.{key}` for allow-listed baggage keys.
+    pub(crate) baggage: Vec<KeyValue>,
+}
+
+/// An attribute value, borrowed from the record.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum AttrVal<'a> {
+    Str(&'a str),
+    I64(i64),
+    Value(&'a Value),
+}
+
+impl AttrVal<'_> {
+    fn to_value(self) -> Value {
+        match self {
+            AttrVal::Str(s) => Value::from(s.to_owned()),
+            AttrVal::I64(i) => Value::I64(i),
+            AttrVal::Value(v) => v.clone(),
+        }
+    }
+}
+
+/// `server.address` and `server.port` of an authority (`host`, `host:port`, `[v6]:port`,
+/// with any userinfo skipped); `None` when the port is not a number.
+pub(crate) fn host_port(authority: &str) -> Option<(&str, Option<u16>)> {
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if let Some(rest) = hostport.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        return Some((host, after.strip_prefix(':').and_then(|p| p.parse().ok())));
+    }
+    Some(match hostport.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port.parse().ok()?)),
+        None => (hostport, None),
+    })
+}
+
+impl RequestAttrs {
+    /// Calls `f` for every attribute, in the order the span carries them.
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&str, AttrVal<'_>)) {
+        f("http.request.method", AttrVal::Str(self.method.as_str()));
+        if let Some(m) = &self.method_original {
+            f("http.request.method_original", AttrVal::Str(m.as_str()));
+        }
+        f(
+            "url.path",
+            AttrVal::Str(self.path.as_ref().map_or("/", PathAndQuery::path)),
+        );
+        f(
+            "url.scheme",
+            AttrVal::Str(if self.https { "https" } else { "http" }),
+        );
+        if let Some(q) = &self.query {
+            f("url.query", AttrVal::Str(q));
+        }
+        if let Some(r) = &self.route {
+            f("http.route", AttrVal::Value(r));
+        }
+        let authority = match &self.host {
+            Some(HostSource::Uri(a)) => Some(a.as_str()),
+            Some(HostSource::Header(h)) => h.to_str().ok(),
+            None => None,
+        };
+        if let Some((host, port)) = authority.and_then(host_port) {
+            f("server.address", AttrVal::Str(host));
+            if let Some(p) = port {
+                f("server.port", AttrVal::I64(i64::from(p)));
+            }
+        }
+        if let Some(ip) = self.client {
+            f("client.address", AttrVal::Str(IpText::of(ip).as_str()));
+        }
+        if let Some(ua) = self.user_agent.as_ref().and_then(|v| v.to_str().ok()) {
+            f("user_agent.original", AttrVal::Str(ua));
+        }
+        f(
+            "network.protocol.version",
+            AttrVal::Str(match self.version {
+                Version::HTTP_09 => "0.9",
+                Version::HTTP_10 => "1.0",
+                Version::HTTP_2 => "2",
+                Version::HTTP_3 => "3",
+                _ => "1.1",
+            }),
+        );
+        for kv in &self.baggage {
+            f(kv.key.as_str(), AttrVal::Value(&kv.value));
+        }
+    }
+}
+
+/// Everything the export thread needs to write one server span.
+#[derive(Clone, Debug)]
+pub(crate) struct ServerRecord {
+    pub(crate) span_context: SpanContext,
+    pub(crate) parent_span_id: SpanId,
+    pub(crate) parent_span_is_remote: bool,
+    pub(crate) name: Cow<'static, str>,
+    pub(crate) start_time: SystemTime,
+    pub(crate) end_time: SystemTime,
+    pub(crate) request: RequestAttrs,
+    /// Attributes set through the `Span` API, in order.
+    pub(crate) extra: Vec<KeyValue>,
+    pub(crate) dropped_attributes_count: u32,
+    pub(crate) status_code: Option<i64>,
+    pub(crate) error_type: Option<Value>,
+    pub(crate) cancelled: Option<bool>,
+    pub(crate) events: SpanEvents,
+    pub(crate) links: SpanLinks,
+    pub(crate) status: Status,
+}
+
+impl ServerRecord {
+    /// Calls `f` for every attribute: the request's, those set through the API, then the
+    /// response's.
+    pub(crate) fn for_each_attribute(&self, mut f: impl FnMut(&str, AttrVal<'_>)) {
+        self.request.for_each(&mut f);
+        for kv in &self.extra {
+            f(kv.key.as_str(), AttrVal::Value(&kv.value));
+        }
+        if let Some(code) = self.status_code {
+            f(STATUS_CODE, AttrVal::I64(code));
+        }
+        if let Some(e) = &self.error_type {
+            f(ERROR_TYPE, AttrVal::Value(e));
+        }
+        if let Some(c) = self.cancelled {
+            f(CANCELLED, AttrVal::Value(&Value::Bool(c)));
+        }
+    }
+
+    /// The same span as the SDK's `SpanData` (for the console exporter, and to check the
+    /// direct encoding against).
+    pub(crate) fn to_span_data(&self, scope: &InstrumentationScope) -> SpanData {
+        let mut attributes = Vec::new();
+        self.for_each_attribute(|k, v| attributes.push(KeyValue::new(k.to_owned(), v.to_value())));
+        SpanData {
+            span_context: self.span_context.clone(),
+            parent_span_id: self.parent_span_id,
+            parent_span_is_remote: self.parent_span_is_remote,
+            span_kind: SpanKind::Server,
+            name: self.name.clone(),
+            start_time: self.start_time,
+            end_time: self.end_time,
+            attributes,
+            dropped_attributes_count: self.dropped_attributes_count,
+            events: self.events.clone(),
+            links: self.links.clone(),
+            status: self.status.clone(),
+            instrumentation_scope: scope.clone(),
+        }
+    }
+
+    /// How many attributes the request and response hold (they count towards the limit).
+    fn typed_count(&self) -> usize {
+        let mut n = 0;
+        self.request.for_each(|_, _| n += 1);
+        n + 3
+    }
+}
+
+/// The server span as an OpenTelemetry span: what handlers reach with
+/// `Context::current().span()`.
+#[derive(Debug)]
+pub(crate) struct ServerSpan {
+    span_context: SpanContext,
+    record: Option<Box<ServerRecord>>,
+    queue: Arc<QueueHandle>,
+}
+
+impl ServerSpan {
+    pub(crate) fn new(record: ServerRecord, queue: Arc<QueueHandle>) -> Self {
+        Self {
+            span_context: record.span_context.clone(),
+            record: Some(Box::new(record)),
+            queue,
+        }
+    }
+}
+
+impl opentelemetry::trace::Span for ServerSpan {
+    fn add_event_with_timestamp<T>(
+        &mut self,
+        name: T,
+        timestamp: SystemTime,
+        mut attributes: Vec<KeyValue>,
+    ) where
+        T: Into<Cow<'static, str>>,
+    {
+        let Some(r) = &mut self.record else { return };
+        if r.events.events.len() < MAX_EVENTS {
+            let dropped = attributes.len().saturating_sub(MAX_ATTRIBUTES_PER_EVENT);
+            attributes.truncate(MAX_ATTRIBUTES_PER_EVENT);
+            r.events
+                .events
+                .push(Event::new(name, timestamp, attributes, dropped as u32));
+        } else {
+            r.events.dropped_count += 1;
+        }
+    }
+
+    fn span_context(&self) -> &SpanContext {
+        &self.span_context
+    }
+
+    fn is_recording(&self) -> bool {
+        self.record.is_some()
+    }
+
+    fn set_attribute(&mut self, attribute: KeyValue) {
+        let Some(r) = &mut self.record else { return };
+        match (attribute.key.as_str(), &attribute.value) {
+            (STATUS_CODE, Value::I64(code)) => r.status_code = Some(*code),
+            (ERROR_TYPE, _) => r.error_type = Some(attribute.value),
+            (CANCELLED, Value::Bool(c)) => r.cancelled = Some(*c),
+            _ if r.extra.len() + r.typed_count() < MAX_ATTRIBUTES => r.extra.push(attribute),
+            _ => r.dropped_attributes_count += 1,
+        }
+    }
+
+    fn set_status(&mut self, status: Status) {
+        let Some(r) = &mut self.record else { return };
+        // A total order, as the SDK's: Ok > Error > Unset.
+        if status > r.status {
+            r.status = status;
+        }
+    }
+
+    fn update_name<T>(&mut self, new_name: T)
+    where
+        T: Into<Cow<'static, str>>,
+    {
+        if let Some(r) = &mut self.record {
+            r.name = new_name.into();
+        }
+    }
+
+    fn add_link(&mut self, span_context: SpanContext, mut attributes: Vec<KeyValue>) {
+        let Some(r) = &mut self.record else { return };
+        if r.links.links.len() < MAX_LINKS {
+            let dropped = attributes.len().saturating_sub(MAX_ATTRIBUTES_PER_LINK);
+            attributes.truncate(MAX_ATTRIBUTES_PER_LINK);
+            r.links
+                .links
+                .push(Link::new(span_context, attributes, dropped as u32));
+        } else {
+            r.links.dropped_count += 1;
+        }
+    }
+
+    fn end_with_timestamp(&mut self, timestamp: SystemTime) {
+        if let Some(mut r) = self.record.take() {
+            r.end_time = timestamp;
+            self.queue.push_server(r);
+        }
+    }
+}
+
+impl Drop for ServerSpan {
+    /// A span never ended explicitly is ended when dropped, as the SDK's is.
+    fn drop(&mut self) {
+        if self.record.is_some() {
+            opentelemetry::trace::Span::end(self);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,222 @@
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use http::header::HeaderValue;
+use http::{Method, Version};
+use opentelemetry::trace::{Span as _, SpanContext, Status, TraceContextExt};
+use opentelemetry::{Context, KeyValue, Value};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::SpanProcessor;
+use opentelemetry_sdk::Resource;
+
+use super::{HostSource, RequestAttrs, ServerRecord, ServerSpan};
+use crate::lifecycle::KnownMethod;
+use crate::trace::export::{Export, ExportCounters, Item, QueueProcessor, QueueSettings};
+use crate::trace::otlp::tests::{scopes, Gen};
+use crate::trace::otlp::Encoder;
+
+fn request(g: &mut Gen) -> RequestAttrs {
+    let methods = [KnownMethod::Get, KnownMethod::Post, KnownMethod::Other];
+    let method = methods[g.0.usize(..methods.len())];
+    RequestAttrs {
+        method,
+        method_original: (method == KnownMethod::Other)
+            .then(|| Method::from_bytes(b"PURGE").unwrap()),
+        path: match g.0.u8(..3) {
+            0 => None,
+            1 => Some("/users/7".parse().unwrap()),
+            _ => Some("/search?q=x&token=secret".parse().unwrap()),
+        },
+        https: g.0.bool(),
+        query: g.0.bool().then(|| "q=x&token=REDACTED".to_owned()),
+        route: g
+            .0
+            .bool()
+            .then(|| Value::from(Arc::<str>::from("/users/{id}"))),
+        host: match g.0.u8(..5) {
+            0 => None,
+            1 => Some(HostSource::Uri("api.test:81".parse().unwrap())),
+            2 => Some(HostSource::Header(HeaderValue::from_static("example.org"))),
+            3 => Some(HostSource::Header(HeaderValue::from_static("[::1]:3000"))),
+            _ => Some(HostSource::Header(HeaderValue::from_static("bad:port"))),
+        },
+        client: match g.0.u8(..3) {
+            0 => None,
+            1 => Some(IpAddr::from([203, 0, 113, 9])),
+            _ => Some("2001:db8::1".parse().unwrap()),
+        },
+        user_agent: g
+            .0
+            .bool()
+            .then(|| HeaderValue::from_static("curl/8.0 \"quoted\"")),
+        version: [Version::HTTP_10, Version::HTTP_11, Version::HTTP_2][g.0.usize(..3)],
+        baggage: if g.0.bool() {
+            vec![KeyValue::new("baggage.tenant", "acme")]
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+fn record(g: &mut Gen) -> ServerRecord {
+    let start = UNIX_EPOCH + Duration::from_nanos(g.0.u64(..1 << 62));
+    let parent = g.0.bool();
+    ServerRecord {
+        span_context: g.context(false),
+        parent_span_id: if parent {
+            opentelemetry::trace::SpanId::from_bytes(g.0.u64(1..).to_be_bytes())
+        } else {
+            opentelemetry::trace::SpanId::INVALID
+        },
+        parent_span_is_remote: parent,
+        name: Cow::Owned(g.text()),
+        start_time: start,
+        end_time: start + Duration::from_nanos(g.0.u64(..1_000_000)),
+        request: request(g),
+        extra: g.attrs(),
+        dropped_attributes_count: g.0.u32(..2),
+        status_code: g.0.bool().then(|| g.0.i64(100..600)),
+        error_type: g.0.bool().then(|| Value::from("503")),
+        cancelled: g.0.bool().then_some(true),
+        events: g.events(),
+        links: g.links(),
+        status: match g.0.u8(..3) {
+            0 => Status::Unset,
+            1 => Status::Ok,
+            _ => Status::error(""),
+        },
+    }
+}
+
+/// A server record written directly is byte for byte the SDK span it stands for (whose
+/// encoding the OTLP tests hold to `opentelemetry-proto`'s), alone and in batches mixed with
+/// SDK spans of the same and other scopes.
+#[test]
+fn a_server_record_is_written_as_its_span_data() {
+    let mut g = Gen(fastrand::Rng::with_seed(21));
+    let scopes = scopes();
+    let resource = Resource::builder().with_service_name("svc").build();
+    let mut direct = Encoder::new(scopes[0].clone());
+    direct.set_resource(&resource);
+    let mut via_sdk = Encoder::new(scopes[0].clone());
+    via_sdk.set_resource(&resource);
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..300 {
+        let batch: Vec<Item> = (0..g.0.usize(1..6))
+            .map(|_| {
+                if g.0.bool() {
+                    Item::Server(Box::new(record(&mut g)))
+                } else {
+                    Item::Sdk(g.span(&scopes))
+                }
+            })
+            .collect();
+        let as_sdk: Vec<Item> = batch
+            .iter()
+            .map(|i| match i {
+                Item::Sdk(s) => Item::Sdk(s.clone()),
+                Item::Server(r) => Item::Sdk(r.to_span_data(&scopes[0])),
+            })
+            .collect();
+        direct.encode(&batch, &mut a);
+        via_sdk.encode(&as_sdk, &mut b);
+        assert_eq!(a, b);
+    }
+}
+
+/// Keeps what the export thread is given.
+struct Capture(Arc<Mutex<Vec<ServerRecord>>>);
+
+impl Export for Capture {
+    fn export(&mut self, batch: &[Item]) -> OTelSdkResult {
+        let mut got = self.0.lock().unwrap();
+        for i in batch {
+            if let Item::Server(r) = i {
+                got.push((**r).clone());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn pipeline() -> (QueueProcessor, Arc<Mutex<Vec<ServerRecord>>>) {
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let p = QueueProcessor::new(
+        Capture(got.clone()),
+        QueueSettings {
+            max_queue: 16,
+            max_batch: 16,
+            delay: Duration::from_millis(5),
+        },
+        ExportCounters::register(),
+    );
+    (p, got)
+}
+
+/// Through the OpenTelemetry `Span` API (what a handler reaches with
+/// `Context::current().span()`), the server span behaves as the SDK's: attributes kept in
+/// order (the response's typed), status only raised (Ok > Error > Unset), name updated,
+/// events and links kept; nothing changes once ended; a span dropped unended is ended.
+#[test]
+fn the_span_api_acts_on_the_record() {
+    let (p, got) = pipeline();
+    let mut g = Gen(fastrand::Rng::with_seed(3));
+    let mut r = record(&mut g);
+    r.span_context = SpanContext::new(
+        r.span_context.trace_id(),
+        r.span_context.span_id(),
+        opentelemetry::trace::TraceFlags::SAMPLED,
+        false,
+        Default::default(),
+    );
+    r.extra.clear();
+    r.events = Default::default();
+    r.links = Default::default();
+    r.status = Status::Unset;
+    r.status_code = None;
+    let cx = Context::new().with_span(ServerSpan::new(r.clone(), p.handle()));
+    let span = cx.span();
+    assert!(span.is_recording());
+    span.set_attribute(KeyValue::new("tenant", "acme"));
+    span.set_attribute(KeyValue::new("http.response.status_code", 503_i64));
+    span.set_status(Status::error("boom"));
+    span.set_status(Status::Unset);
+    span.update_name("renamed");
+    span.add_event("retry", vec![KeyValue::new("attempt", 2_i64)]);
+    span.add_link(r.span_context.clone(), vec![]);
+    span.end();
+    assert!(!span.is_recording());
+    span.set_attribute(KeyValue::new("late", true));
+    span.set_status(Status::Ok);
+    drop(cx);
+    // Never ended: ended when dropped.
+    let mut r2 = r.clone();
+    r2.name = Cow::Borrowed("dropped");
+    drop(Context::new().with_span(ServerSpan::new(r2, p.handle())));
+    // Unsampled: not exported.
+    let mut r3 = r.clone();
+    r3.span_context = SpanContext::new(
+        r.span_context.trace_id(),
+        r.span_context.span_id(),
+        opentelemetry::trace::TraceFlags::default(),
+        false,
+        Default::default(),
+    );
+    let mut s3 = ServerSpan::new(r3, p.handle());
+    s3.end();
+    p.force_flush().unwrap();
+    let got = got.lock().unwrap();
+    assert_eq!(got.len(), 2, "{got:?}");
+    let ended = &got[0];
+    assert_eq!(ended.name, "renamed");
+    assert_eq!(ended.extra, vec![KeyValue::new("tenant", "acme")]);
+    assert_eq!(ended.status_code, Some(503));
+    assert_eq!(ended.status, Status::error("boom"));
+    assert_eq!(ended.events.events.len(), 1);
+    assert_eq!(ended.events.events[0].name, "retry");
+    assert_eq!(ended.links.links.len(), 1);
+    assert!(ended.end_time >= ended.start_time || ended.start_time > UNIX_EPOCH);
+    assert_eq!(got[1].name, "dropped");
+}
