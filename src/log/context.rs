@@ -55,12 +55,16 @@ impl RequestContext {
     }
 
     /// Appends a member whose key is not there yet (the request log building the context
-    /// directly); `value` writes its JSON value.
-    pub(crate) fn append(&mut self, key: &'static str, value: impl FnOnce(&mut String)) {
+    /// directly); `prefix` is its `,"key":` text, `value` writes its JSON value.
+    pub(crate) fn append(
+        &mut self,
+        prefix: &'static str,
+        key: &'static str,
+        value: impl FnOnce(&mut String),
+    ) {
+        debug_assert_eq!(prefix.get(2..prefix.len() - 2), Some(key));
         let start = self.json.len();
-        self.json.push_str(",\"");
-        self.json.push_str(key);
-        self.json.push_str("\":");
+        self.json.push_str(prefix);
         value(&mut self.json);
         self.members
             .push((Cow::Borrowed(key), start..self.json.len()));

@@ -264,13 +264,14 @@ pub(crate) fn write_int(out: &mut String, value: impl itoa::Integer) {
     out.push_str(itoa::Buffer::new().format(value));
 }
 
-fn level_str(level: Level) -> &'static str {
+/// `,"level":"…","target":` in one piece.
+fn level_target(level: Level) -> &'static str {
     match level {
-        Level::ERROR => "ERROR",
-        Level::WARN => "WARN",
-        Level::INFO => "INFO",
-        Level::DEBUG => "DEBUG",
-        _ => "TRACE",
+        Level::ERROR => ",\"level\":\"ERROR\",\"target\":",
+        Level::WARN => ",\"level\":\"WARN\",\"target\":",
+        Level::INFO => ",\"level\":\"INFO\",\"target\":",
+        Level::DEBUG => ",\"level\":\"DEBUG\",\"target\":",
+        _ => ",\"level\":\"TRACE\",\"target\":",
     }
 }
 
@@ -487,6 +488,8 @@ impl Counters {
 pub struct JsonLayer<W> {
     make_writer: W,
     service: Arc<str>,
+    /// `,"service":"…"`, escaped once.
+    service_json: Arc<str>,
     sampling: Sampling,
     limiter: Option<Arc<Limiter>>,
     counters: Counters,
@@ -528,9 +531,13 @@ where
     /// default rate limit (100 per call site per 60 s).
     pub fn new(service: impl Into<String>, make_writer: W) -> Self {
         super::context::json_layer_made();
+        let service: String = service.into();
+        let mut service_json = String::from(",\"service\":");
+        write_json_str(&mut service_json, &service);
         Self {
             make_writer,
-            service: Arc::from(service.into()),
+            service: Arc::from(service),
+            service_json: Arc::from(service_json),
             sampling: Sampling::default(),
             limiter: Some(Arc::new(Limiter {
                 cfg: RateLimit::default(),
@@ -773,12 +780,9 @@ where
             line.clear();
             line.push_str("{\"timestamp\":");
             stamp.write(line, SystemTime::now());
-            line.push_str(",\"level\":\"");
-            line.push_str(level_str(level));
-            line.push_str("\",\"target\":");
+            line.push_str(level_target(level));
             write_json_str(line, meta.target());
-            line.push_str(",\"service\":");
-            write_json_str(line, &self.service);
+            line.push_str(&self.service_json);
             let mut v = LineVisitor {
                 line,
                 scratch,

@@ -16,6 +16,13 @@ use crate::lifecycle::{
 };
 use crate::redact::{is_sensitive, redact_query, SENSITIVE_PARAMS};
 
+/// `,"key":` for one of the record's field names (plain, never escaped), written in one copy.
+macro_rules! key {
+    ($w:expr, $k:literal) => {
+        $w.key(concat!(",\"", $k, "\":"), $k)
+    };
+}
+
 /// The request log as a Tower layer: [`ObserveLayer`] with the [`RequestLog`] observer.
 pub type RequestLogLayer = ObserveLayer<RequestLog>;
 
@@ -268,13 +275,21 @@ impl Observer for RequestLog {
                 j.push('"');
             };
             let mut rc = RequestContext::default();
-            rc.append("request_id", |j| quoted(j, id.as_str()));
+            rc.append(concat!(",\"", "request_id", "\":"), "request_id", |j| {
+                quoted(j, id.as_str())
+            });
             if let Some(route) = &route.route_json {
-                rc.append("route", |j| j.push_str(route));
+                rc.append(concat!(",\"", "route", "\":"), "route", |j| {
+                    j.push_str(route)
+                });
             }
             if let (Some(t), Some(s)) = (trace_id, span_id) {
-                rc.append("trace_id", |j| quoted(j, t));
-                rc.append("span_id", |j| quoted(j, s));
+                rc.append(concat!(",\"", "trace_id", "\":"), "trace_id", |j| {
+                    quoted(j, t)
+                });
+                rc.append(concat!(",\"", "span_id", "\":"), "span_id", |j| {
+                    quoted(j, s)
+                });
             }
             handoff(|h| h.context = Some(rc));
         }
@@ -371,36 +386,36 @@ impl Observer for RequestLog {
                     out: &mut h.record,
                     keys: &mut h.record_keys,
                 };
-                w.key("method").str(r.method.as_str());
-                w.key("path").str(r.uri.path());
+                key!(w, "method").str(r.method.as_str());
+                key!(w, "path").str(r.uri.path());
                 if let Some(q) = &query {
-                    w.key("query").str(q);
+                    key!(w, "query").str(q);
                 }
                 if let Some(s) = status {
-                    w.key("status").int(s);
+                    key!(w, "status").int(s);
                 }
-                w.key("duration_ms").float(duration_ms);
-                w.key("outcome").str(end.outcome.as_str());
+                key!(w, "duration_ms").float(duration_ms);
+                key!(w, "outcome").str(end.outcome.as_str());
                 if let Some(e) = error_type {
-                    w.key("error_type").str(e);
+                    key!(w, "error_type").str(e);
                 }
                 if let Some(ip) = &client_ip {
-                    w.key("client_ip").str(ip.as_str());
+                    key!(w, "client_ip").str(ip.as_str());
                 }
                 if let Some(ua) = &user_agent {
-                    w.key("user_agent").str(ua);
+                    key!(w, "user_agent").str(ua);
                 }
                 if let Some(b) = r.request_bytes {
-                    w.key("request_bytes").int(b);
+                    key!(w, "request_bytes").int(b);
                 }
-                w.key("response_bytes").int(end.response_bytes);
+                key!(w, "response_bytes").int(end.response_bytes);
                 if let Some(hd) = &r.headers {
-                    w.key("headers").str(hd);
+                    key!(w, "headers").str(hd);
                 }
                 if slow {
-                    w.key("slow").out.push_str("true");
+                    key!(w, "slow").out.push_str("true");
                 }
-                w.key("message").str(message);
+                key!(w, "message").str(message);
                 h.record_ready = true;
             })
             .is_some();
@@ -456,11 +471,9 @@ struct RecordWriter<'a> {
 }
 
 impl RecordWriter<'_> {
-    /// `key` is one of the record's field names: plain, never escaped.
-    fn key(&mut self, key: &'static str) -> &mut Self {
-        self.out.push_str(",\"");
-        self.out.push_str(key);
-        self.out.push_str("\":");
+    /// `prefix` is `,"key":` (see `key!`).
+    fn key(&mut self, prefix: &'static str, key: &'static str) -> &mut Self {
+        self.out.push_str(prefix);
         self.keys.push(key);
         self
     }
