@@ -93,6 +93,10 @@ pub(crate) struct QueueHandle {
     settings: QueueSettings,
     counters: ExportCounters,
     shut: AtomicBool,
+    /// Server records written out and cleared by the export thread, for the next requests:
+    /// the boxes themselves are reused (a request takes one without allocating).
+    #[allow(clippy::vec_box)]
+    spare: Mutex<Vec<Box<ServerRecord>>>,
 }
 
 impl std::fmt::Debug for QueueHandle {
@@ -122,6 +126,34 @@ impl QueueHandle {
         if full {
             self.shared.wake.notify_one();
         }
+    }
+
+    /// A cleared server record: a spare one when there is (its buffers already grown), else a
+    /// new one.
+    pub(crate) fn record(&self) -> Box<ServerRecord> {
+        let spare = self.spare.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        spare.unwrap_or_default()
+    }
+
+    /// Takes back written records (as many as a full queue holds at most).
+    fn recycle(&self, batch: Vec<Item>) {
+        let mut records: Vec<Box<ServerRecord>> = batch
+            .into_iter()
+            .filter_map(|i| match i {
+                Item::Server(mut r) => {
+                    r.clear();
+                    Some(r)
+                }
+                Item::Sdk(_) => None,
+            })
+            .collect();
+        if records.is_empty() {
+            return;
+        }
+        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        let room = self.settings.max_queue.saturating_sub(spare.len());
+        records.truncate(room);
+        spare.append(&mut records);
     }
 
     /// Queues a server span that ended (sampled ones only, like the SDK's spans).
@@ -175,6 +207,7 @@ impl QueueProcessor {
             settings,
             counters,
             shut: AtomicBool::new(false),
+            spare: Mutex::new(Vec::new()),
         });
         let thread_handle = handle.clone();
         let spawned = std::thread::Builder::new()
@@ -235,6 +268,7 @@ fn export_loop<E: Export>(mut exporter: E, handle: &QueueHandle) {
             Ok(()) => counters.exported.increment(n),
             Err(_) => counters.export_failed.increment(n),
         }
+        handle.recycle(batch);
     };
     let mut deadline = Instant::now() + s.delay;
     loop {

@@ -2,19 +2,18 @@
 //!
 //! The SDK's span builds its attributes as `KeyValue`s up front (a `String` per path, host,
 //! address and user agent), takes a lock per change and becomes `SpanData` at the end. The
-//! server span's attributes are known in kind, so they are kept typed here, mostly as
-//! reference-counted clones of the request's own bytes (no copy), and written out only by the
-//! export thread. Through the OpenTelemetry `Span` API it behaves as the SDK's span does
-//! (attributes, events, links, status order, name, limits), so handlers can still annotate
-//! the current span.
+//! server span's attributes are known in kind, so they are kept typed here, the request's
+//! text copied into buffers that are reused: the export thread hands each record back once
+//! written, so in steady state a recorded span allocates nothing for its attributes, and no
+//! memory crosses from one thread's allocator to the other's. Through the OpenTelemetry `Span`
+//! API it behaves as the SDK's span does (attributes, events, links, status order, name,
+//! limits), so handlers can still annotate the current span.
 
 use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use http::header::HeaderValue;
-use http::uri::{Authority, PathAndQuery};
 use http::{Method, Version};
 use opentelemetry::trace::{Event, Link, SpanContext, SpanId, SpanKind, Status};
 use opentelemetry::{InstrumentationScope, KeyValue, Value};
@@ -36,29 +35,83 @@ pub(crate) const STATUS_CODE: &str = "http.response.status_code";
 pub(crate) const ERROR_TYPE: &str = "error.type";
 pub(crate) const CANCELLED: &str = "towerscope.cancelled";
 
-/// Where `server.address` and `server.port` come from.
-#[derive(Clone, Debug)]
-pub(crate) enum HostSource {
-    Uri(Authority),
-    Header(HeaderValue),
-}
-
-/// The request's semantic-convention attributes, typed.
+/// The request's semantic-convention attributes, typed; the text in reused buffers.
 #[derive(Clone, Debug)]
 pub(crate) struct RequestAttrs {
     pub(crate) method: KnownMethod,
     pub(crate) method_original: Option<Method>,
-    pub(crate) path: Option<PathAndQuery>,
+    /// `url.path` (as `Uri::path` gives it).
+    pub(crate) path: String,
     pub(crate) https: bool,
     /// `url.query`, sensitive values already redacted.
     pub(crate) query: Option<String>,
     pub(crate) route: Option<Value>,
-    pub(crate) host: Option<HostSource>,
+    /// `server.address`, when the request names its host (then `server.port` when it has one).
+    pub(crate) host: Option<()>,
+    pub(crate) host_text: String,
+    pub(crate) port: Option<u16>,
     pub(crate) client: Option<IpAddr>,
-    pub(crate) user_agent: Option<HeaderValue>,
+    /// `user_agent.original`, when sent (as valid header text).
+    pub(crate) user_agent: Option<()>,
+    pub(crate) user_agent_text: String,
     pub(crate) version: Version,
     /// `baggage.{key}` for allow-listed baggage keys.
     pub(crate) baggage: Vec<KeyValue>,
+}
+
+impl Default for RequestAttrs {
+    fn default() -> Self {
+        Self {
+            method: KnownMethod::Get,
+            method_original: None,
+            path: String::new(),
+            https: false,
+            query: None,
+            route: None,
+            host: None,
+            host_text: String::new(),
+            port: None,
+            client: None,
+            user_agent: None,
+            user_agent_text: String::new(),
+            version: Version::HTTP_11,
+            baggage: Vec::new(),
+        }
+    }
+}
+
+impl RequestAttrs {
+    /// Sets the host from an authority (`host`, `host:port`, `[v6]:port`, userinfo skipped);
+    /// none when the port is not a number.
+    pub(crate) fn set_host(&mut self, authority: Option<&str>) {
+        self.host_text.clear();
+        self.port = None;
+        self.host = None;
+        if let Some((host, port)) = authority.and_then(host_port) {
+            self.host_text.push_str(host);
+            self.port = port;
+            self.host = Some(());
+        }
+    }
+
+    pub(crate) fn set_user_agent(&mut self, ua: Option<&str>) {
+        self.user_agent_text.clear();
+        self.user_agent = ua.map(|ua| self.user_agent_text.push_str(ua));
+    }
+
+    /// Forgets the request, keeping the buffers' capacity.
+    fn clear(&mut self) {
+        self.method_original = None;
+        self.path.clear();
+        self.query = None;
+        self.route = None;
+        self.host = None;
+        self.host_text.clear();
+        self.client = None;
+        self.user_agent = None;
+        self.user_agent_text.clear();
+        self.baggage.clear();
+    }
 }
 
 /// An attribute value, borrowed from the record.
@@ -100,10 +153,7 @@ impl RequestAttrs {
         if let Some(m) = &self.method_original {
             f("http.request.method_original", AttrVal::Str(m.as_str()));
         }
-        f(
-            "url.path",
-            AttrVal::Str(self.path.as_ref().map_or("/", PathAndQuery::path)),
-        );
+        f("url.path", AttrVal::Str(&self.path));
         f(
             "url.scheme",
             AttrVal::Str(if self.https { "https" } else { "http" }),
@@ -114,22 +164,17 @@ impl RequestAttrs {
         if let Some(r) = &self.route {
             f("http.route", AttrVal::Value(r));
         }
-        let authority = match &self.host {
-            Some(HostSource::Uri(a)) => Some(a.as_str()),
-            Some(HostSource::Header(h)) => h.to_str().ok(),
-            None => None,
-        };
-        if let Some((host, port)) = authority.and_then(host_port) {
-            f("server.address", AttrVal::Str(host));
-            if let Some(p) = port {
+        if self.host.is_some() {
+            f("server.address", AttrVal::Str(&self.host_text));
+            if let Some(p) = self.port {
                 f("server.port", AttrVal::I64(i64::from(p)));
             }
         }
         if let Some(ip) = self.client {
             f("client.address", AttrVal::Str(IpText::of(ip).as_str()));
         }
-        if let Some(ua) = self.user_agent.as_ref().and_then(|v| v.to_str().ok()) {
-            f("user_agent.original", AttrVal::Str(ua));
+        if self.user_agent.is_some() {
+            f("user_agent.original", AttrVal::Str(&self.user_agent_text));
         }
         f(
             "network.protocol.version",
@@ -168,7 +213,46 @@ pub(crate) struct ServerRecord {
     pub(crate) status: Status,
 }
 
+impl Default for ServerRecord {
+    fn default() -> Self {
+        Self {
+            span_context: SpanContext::NONE,
+            parent_span_id: SpanId::INVALID,
+            parent_span_is_remote: false,
+            name: Cow::Borrowed(""),
+            start_time: SystemTime::UNIX_EPOCH,
+            end_time: SystemTime::UNIX_EPOCH,
+            request: RequestAttrs::default(),
+            extra: Vec::new(),
+            dropped_attributes_count: 0,
+            status_code: None,
+            error_type: None,
+            cancelled: None,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: Status::Unset,
+        }
+    }
+}
+
 impl ServerRecord {
+    /// Forgets the span, keeping the buffers' capacity (for the next request).
+    pub(crate) fn clear(&mut self) {
+        self.span_context = SpanContext::NONE;
+        self.name = Cow::Borrowed("");
+        self.request.clear();
+        self.extra.clear();
+        self.dropped_attributes_count = 0;
+        self.status_code = None;
+        self.error_type = None;
+        self.cancelled = None;
+        self.events.events.clear();
+        self.events.dropped_count = 0;
+        self.links.links.clear();
+        self.links.dropped_count = 0;
+        self.status = Status::Unset;
+    }
+
     /// Calls `f` for every attribute: the request's, those set through the API, then the
     /// response's.
     pub(crate) fn for_each_attribute(&self, mut f: impl FnMut(&str, AttrVal<'_>)) {
@@ -227,10 +311,10 @@ pub(crate) struct ServerSpan {
 }
 
 impl ServerSpan {
-    pub(crate) fn new(record: ServerRecord, queue: Arc<QueueHandle>) -> Self {
+    pub(crate) fn new(record: Box<ServerRecord>, queue: Arc<QueueHandle>) -> Self {
         Self {
             span_context: record.span_context.clone(),
-            record: Some(Box::new(record)),
+            record: Some(record),
             queue,
         }
     }

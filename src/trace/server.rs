@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use http::{HeaderValue, Request};
 use opentelemetry::trace::{
@@ -15,7 +15,7 @@ use opentelemetry::{Context, KeyValue, StringValue, Value};
 
 use super::baggage::Baggage;
 use super::config::{Inner, Tracing};
-use super::record::{HostSource, RequestAttrs, ServerRecord, ServerSpan};
+use super::record::{RequestAttrs, ServerSpan};
 use super::traceparent::{SpanId, TraceFlags, TraceId, TraceParent};
 use crate::lifecycle::{
     End, KnownMethod, ObserveLayer, Observer, Outcome, RequestMeta, ResponseHead,
@@ -236,23 +236,13 @@ impl Observer for Trace {
                     ),
                     None => (opentelemetry::trace::SpanId::INVALID, false),
                 };
-                let record = ServerRecord {
-                    span_context: sc,
-                    parent_span_id,
-                    parent_span_is_remote,
-                    name: route.names[meta.method.index()].clone(),
-                    start_time: SystemTime::now(),
-                    end_time: UNIX_EPOCH,
-                    request: request_attrs(inner, route, req, meta, &base),
-                    extra: Vec::new(),
-                    dropped_attributes_count: 0,
-                    status_code: None,
-                    error_type: None,
-                    cancelled: None,
-                    events: Default::default(),
-                    links: Default::default(),
-                    status: Status::Unset,
-                };
+                let mut record = queue.record();
+                record.span_context = sc;
+                record.parent_span_id = parent_span_id;
+                record.parent_span_is_remote = parent_span_is_remote;
+                record.name = route.names[meta.method.index()].clone();
+                record.start_time = SystemTime::now();
+                fill_request(&mut record.request, inner, route, req, meta, &base);
                 base.with_span(ServerSpan::new(record, queue.clone()))
             }
         };
@@ -310,49 +300,50 @@ impl Observer for Trace {
     }
 }
 
-/// The semantic-convention attributes of a recorded server span, typed: the path, host and
-/// user agent are reference-counted clones of the request's bytes, not copies.
-fn request_attrs<B>(
+/// The semantic-convention attributes of a recorded server span, typed, the text copied into
+/// the record's reused buffers.
+fn fill_request<B>(
+    a: &mut RequestAttrs,
     inner: &Inner,
     route: &TraceRoute,
     req: &Request<B>,
     meta: &RequestMeta<'_>,
     base: &Context,
-) -> RequestAttrs {
+) {
     let uri = req.uri();
-    let baggage = match base.get::<Baggage>() {
-        Some(b) if !inner.baggage_keys.is_empty() => inner
-            .baggage_keys
-            .iter()
-            .filter_map(|k| Some(KeyValue::new(format!("baggage.{k}"), b.get(k)?.to_owned())))
-            .collect(),
-        _ => Vec::new(),
-    };
-    RequestAttrs {
-        method: meta.method,
-        method_original: (meta.method == KnownMethod::Other).then(|| req.method().clone()),
-        path: uri.path_and_query().cloned(),
-        https: uri.scheme_str() == Some("https"),
-        query: uri.query().map(|q| redact_query(q, &inner.sensitive)),
-        route: route.route.clone(),
-        host: match uri.authority() {
-            Some(a) => Some(HostSource::Uri(a.clone())),
-            None => req
-                .headers()
-                .get(http::header::HOST)
-                .cloned()
-                .map(HostSource::Header),
-        },
-        #[cfg(feature = "axum")]
-        client: req
+    a.method = meta.method;
+    a.method_original = (meta.method == KnownMethod::Other).then(|| req.method().clone());
+    a.path.push_str(uri.path());
+    a.https = uri.scheme_str() == Some("https");
+    a.query = uri.query().map(|q| redact_query(q, &inner.sensitive));
+    a.route = route.route.clone();
+    a.set_host(match uri.authority() {
+        Some(auth) => Some(auth.as_str()),
+        None => req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok()),
+    });
+    #[cfg(feature = "axum")]
+    {
+        a.client = req
             .extensions()
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0.ip()),
-        #[cfg(not(feature = "axum"))]
-        client: None,
-        user_agent: req.headers().get(http::header::USER_AGENT).cloned(),
-        version: req.version(),
-        baggage,
+            .map(|c| c.0.ip());
+    }
+    a.set_user_agent(
+        req.headers()
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok()),
+    );
+    a.version = req.version();
+    if let Some(b) = base.get::<Baggage>() {
+        for k in &inner.baggage_keys {
+            if let Some(v) = b.get(k) {
+                a.baggage
+                    .push(KeyValue::new(format!("baggage.{k}"), v.to_owned()));
+            }
+        }
     }
 }
 

@@ -3,7 +3,6 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
-use http::header::HeaderValue;
 use http::{Method, Version};
 use opentelemetry::trace::{Span as _, SpanContext, Status, TraceContextExt};
 use opentelemetry::{Context, KeyValue, Value};
@@ -11,7 +10,7 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::SpanProcessor;
 use opentelemetry_sdk::Resource;
 
-use super::{HostSource, RequestAttrs, ServerRecord, ServerSpan};
+use super::{RequestAttrs, ServerRecord, ServerSpan};
 use crate::lifecycle::KnownMethod;
 use crate::trace::export::{Export, ExportCounters, Item, QueueProcessor, QueueSettings};
 use crate::trace::otlp::tests::{scopes, Gen};
@@ -20,44 +19,41 @@ use crate::trace::otlp::Encoder;
 fn request(g: &mut Gen) -> RequestAttrs {
     let methods = [KnownMethod::Get, KnownMethod::Post, KnownMethod::Other];
     let method = methods[g.0.usize(..methods.len())];
-    RequestAttrs {
+    let mut a = RequestAttrs {
         method,
         method_original: (method == KnownMethod::Other)
             .then(|| Method::from_bytes(b"PURGE").unwrap()),
-        path: match g.0.u8(..3) {
-            0 => None,
-            1 => Some("/users/7".parse().unwrap()),
-            _ => Some("/search?q=x&token=secret".parse().unwrap()),
-        },
+        path: ["", "/users/7", "/search"][g.0.usize(..3)].to_owned(),
         https: g.0.bool(),
         query: g.0.bool().then(|| "q=x&token=REDACTED".to_owned()),
         route: g
             .0
             .bool()
             .then(|| Value::from(Arc::<str>::from("/users/{id}"))),
-        host: match g.0.u8(..5) {
-            0 => None,
-            1 => Some(HostSource::Uri("api.test:81".parse().unwrap())),
-            2 => Some(HostSource::Header(HeaderValue::from_static("example.org"))),
-            3 => Some(HostSource::Header(HeaderValue::from_static("[::1]:3000"))),
-            _ => Some(HostSource::Header(HeaderValue::from_static("bad:port"))),
-        },
         client: match g.0.u8(..3) {
             0 => None,
             1 => Some(IpAddr::from([203, 0, 113, 9])),
             _ => Some("2001:db8::1".parse().unwrap()),
         },
-        user_agent: g
-            .0
-            .bool()
-            .then(|| HeaderValue::from_static("curl/8.0 \"quoted\"")),
         version: [Version::HTTP_10, Version::HTTP_11, Version::HTTP_2][g.0.usize(..3)],
         baggage: if g.0.bool() {
             vec![KeyValue::new("baggage.tenant", "acme")]
         } else {
             Vec::new()
         },
-    }
+        ..RequestAttrs::default()
+    };
+    a.set_host(
+        [
+            None,
+            Some("api.test:81"),
+            Some("example.org"),
+            Some("[::1]:3000"),
+            Some("bad:port"),
+        ][g.0.usize(..5)],
+    );
+    a.set_user_agent(g.0.bool().then_some("curl/8.0 \"quoted\""));
+    a
 }
 
 fn record(g: &mut Gen) -> ServerRecord {
@@ -176,7 +172,7 @@ fn the_span_api_acts_on_the_record() {
     r.links = Default::default();
     r.status = Status::Unset;
     r.status_code = None;
-    let cx = Context::new().with_span(ServerSpan::new(r.clone(), p.handle()));
+    let cx = Context::new().with_span(ServerSpan::new(Box::new(r.clone()), p.handle()));
     let span = cx.span();
     assert!(span.is_recording());
     span.set_attribute(KeyValue::new("tenant", "acme"));
@@ -194,7 +190,7 @@ fn the_span_api_acts_on_the_record() {
     // Never ended: ended when dropped.
     let mut r2 = r.clone();
     r2.name = Cow::Borrowed("dropped");
-    drop(Context::new().with_span(ServerSpan::new(r2, p.handle())));
+    drop(Context::new().with_span(ServerSpan::new(Box::new(r2), p.handle())));
     // Unsampled: not exported.
     let mut r3 = r.clone();
     r3.span_context = SpanContext::new(
@@ -204,7 +200,7 @@ fn the_span_api_acts_on_the_record() {
         false,
         Default::default(),
     );
-    let mut s3 = ServerSpan::new(r3, p.handle());
+    let mut s3 = ServerSpan::new(Box::new(r3), p.handle());
     s3.end();
     p.force_flush().unwrap();
     let got = got.lock().unwrap();
@@ -219,4 +215,11 @@ fn the_span_api_acts_on_the_record() {
     assert_eq!(ended.links.links.len(), 1);
     assert!(ended.end_time >= ended.start_time || ended.start_time > UNIX_EPOCH);
     assert_eq!(got[1].name, "dropped");
+    // Written records come back cleared, their buffers kept for the next requests.
+    let reused = p.handle().record();
+    assert!(reused.request.path.capacity() > 0 || reused.request.user_agent_text.capacity() > 0);
+    assert!(reused.extra.is_empty() && reused.events.events.is_empty());
+    assert_eq!(reused.name, "");
+    assert!(reused.request.host.is_none() && reused.request.user_agent.is_none());
+    assert_eq!(reused.status_code, None);
 }
