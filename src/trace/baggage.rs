@@ -40,7 +40,9 @@ fn ows(s: &str) -> &str {
     s.trim_matches(|c| c == ' ' || c == '\t')
 }
 
-fn percent_decode(v: &str) -> Option<String> {
+/// Percent-decodes `v` (W3C Baggage values; also the OTLP exporter's header values); `None`
+/// for a malformed escape or bytes that are not UTF-8.
+pub(crate) fn percent_decode(v: &str) -> Option<String> {
     let b = v.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -16,6 +16,7 @@ use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 use opentelemetry_sdk::Resource;
 
+use super::baggage::percent_decode;
 use super::export::{Export, Item};
 use super::record::{AttrVal, ServerRecord};
 
@@ -583,10 +584,7 @@ pub(crate) fn parse_headers(s: &str) -> Vec<(String, String)> {
             if k.is_empty() {
                 return None;
             }
-            let v = percent_encoding::percent_decode_str(v.trim())
-                .decode_utf8()
-                .ok()?;
-            Some((k.to_owned(), v.into_owned()))
+            Some((k.to_owned(), percent_decode(v.trim())?))
         })
         .collect()
 }

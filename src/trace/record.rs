@@ -46,14 +46,15 @@ pub(crate) struct RequestAttrs {
     /// `url.query`, sensitive values already redacted.
     pub(crate) query: Option<String>,
     pub(crate) route: Option<Value>,
-    /// `server.address`, when the request names its host (then `server.port` when it has one).
-    pub(crate) host: Option<()>,
-    pub(crate) host_text: String,
+    /// Whether the request names its host: `server.address` (then `server.port` when it has
+    /// one).
+    pub(crate) has_host: bool,
+    pub(crate) host: String,
     pub(crate) port: Option<u16>,
     pub(crate) client: Option<IpAddr>,
-    /// `user_agent.original`, when sent (as valid header text).
-    pub(crate) user_agent: Option<()>,
-    pub(crate) user_agent_text: String,
+    /// Whether `user_agent.original` was sent (as valid header text).
+    pub(crate) has_user_agent: bool,
+    pub(crate) user_agent: String,
     pub(crate) version: Version,
     /// `baggage.{key}` for allow-listed baggage keys.
     pub(crate) baggage: Vec<KeyValue>,
@@ -68,12 +69,12 @@ impl Default for RequestAttrs {
             https: false,
             query: None,
             route: None,
-            host: None,
-            host_text: String::new(),
+            has_host: false,
+            host: String::new(),
             port: None,
             client: None,
-            user_agent: None,
-            user_agent_text: String::new(),
+            has_user_agent: false,
+            user_agent: String::new(),
             version: Version::HTTP_11,
             baggage: Vec::new(),
         }
@@ -84,19 +85,20 @@ impl RequestAttrs {
     /// Sets the host from an authority (`host`, `host:port`, `[v6]:port`, userinfo skipped);
     /// none when the port is not a number.
     pub(crate) fn set_host(&mut self, authority: Option<&str>) {
-        self.host_text.clear();
+        self.host.clear();
         self.port = None;
-        self.host = None;
+        self.has_host = false;
         if let Some((host, port)) = authority.and_then(host_port) {
-            self.host_text.push_str(host);
+            self.host.push_str(host);
             self.port = port;
-            self.host = Some(());
+            self.has_host = true;
         }
     }
 
     pub(crate) fn set_user_agent(&mut self, ua: Option<&str>) {
-        self.user_agent_text.clear();
-        self.user_agent = ua.map(|ua| self.user_agent_text.push_str(ua));
+        self.user_agent.clear();
+        self.has_user_agent = ua.is_some();
+        self.user_agent.push_str(ua.unwrap_or_default());
     }
 
     /// Forgets the request, keeping the buffers' capacity.
@@ -105,11 +107,11 @@ impl RequestAttrs {
         self.path.clear();
         self.query = None;
         self.route = None;
-        self.host = None;
-        self.host_text.clear();
+        self.has_host = false;
+        self.host.clear();
         self.client = None;
-        self.user_agent = None;
-        self.user_agent_text.clear();
+        self.has_user_agent = false;
+        self.user_agent.clear();
         self.baggage.clear();
     }
 }
@@ -164,8 +166,8 @@ impl RequestAttrs {
         if let Some(r) = &self.route {
             f("http.route", AttrVal::Value(r));
         }
-        if self.host.is_some() {
-            f("server.address", AttrVal::Str(&self.host_text));
+        if self.has_host {
+            f("server.address", AttrVal::Str(&self.host));
             if let Some(p) = self.port {
                 f("server.port", AttrVal::I64(i64::from(p)));
             }
@@ -173,8 +175,8 @@ impl RequestAttrs {
         if let Some(ip) = self.client {
             f("client.address", AttrVal::Str(IpText::of(ip).as_str()));
         }
-        if self.user_agent.is_some() {
-            f("user_agent.original", AttrVal::Str(&self.user_agent_text));
+        if self.has_user_agent {
+            f("user_agent.original", AttrVal::Str(&self.user_agent));
         }
         f(
             "network.protocol.version",

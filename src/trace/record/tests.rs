@@ -217,9 +217,9 @@ fn the_span_api_acts_on_the_record() {
     assert_eq!(got[1].name, "dropped");
     // Written records come back cleared, their buffers kept for the next requests.
     let reused = p.handle().record();
-    assert!(reused.request.path.capacity() > 0 || reused.request.user_agent_text.capacity() > 0);
+    assert!(reused.request.path.capacity() > 0 || reused.request.user_agent.capacity() > 0);
     assert!(reused.extra.is_empty() && reused.events.events.is_empty());
     assert_eq!(reused.name, "");
-    assert!(reused.request.host.is_none() && reused.request.user_agent.is_none());
+    assert!(!reused.request.has_host && !reused.request.has_user_agent);
     assert_eq!(reused.status_code, None);
 }
