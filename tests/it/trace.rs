@@ -108,6 +108,11 @@ async fn receiver(mode: Mode) -> (Receiver, String) {
     (r, format!("http://{addr}/v1/traces"))
 }
 
+/// A handler answering with the trace id it reads (all zeros without a server span).
+async fn trace_id_text(ids: TraceIds) -> String {
+    ids.trace_id.to_string()
+}
+
 fn attr<'a>(s: &'a Span, key: &str) -> Option<&'a Value> {
     s.attributes
         .iter()
@@ -649,10 +654,7 @@ async fn without_an_endpoint_ids_exist_and_nothing_is_exported() {
     let tracing = TraceConfig::from_env("it").traceresponse(true).install();
     assert!(!tracing.is_exporting(), "no endpoint: no exporter");
     let app = Router::new()
-        .route(
-            "/",
-            get(|ids: TraceIds| async move { ids.trace_id.to_string() }),
-        )
+        .route("/", get(trace_id_text))
         .layer(ObserveLayer::with_observer(tracing.observer()));
     let addr = serve(app).await;
     let hyper = client();
@@ -737,10 +739,7 @@ async fn a_disabled_sdk_creates_nothing() {
         .install();
     assert!(!tracing.is_exporting());
     let app = Router::new()
-        .route(
-            "/",
-            get(|ids: TraceIds| async move { ids.trace_id.to_string() }),
-        )
+        .route("/", get(trace_id_text))
         .layer(ObserveLayer::with_observer(tracing.observer()));
     let addr = serve(app).await;
     let hyper = client();
@@ -894,14 +893,8 @@ fn client_errors_are_classified_like_server_errors() {
 async fn probes_are_not_traced_by_default() {
     let tracing = TraceConfig::from_env("it").traceresponse(true).install();
     let app = Router::new()
-        .route(
-            "/readyz",
-            get(|ids: TraceIds| async move { ids.trace_id.to_string() }),
-        )
-        .route(
-            "/work",
-            get(|ids: TraceIds| async move { ids.trace_id.to_string() }),
-        )
+        .route("/readyz", get(trace_id_text))
+        .route("/work", get(trace_id_text))
         .layer(ObserveLayer::with_observer(tracing.observer()));
     let addr = serve(app).await;
     for (path, traced) in [("/readyz", false), ("/work", true)] {
