@@ -30,7 +30,7 @@ const MAX_LINKS: usize = 128;
 const MAX_ATTRIBUTES_PER_EVENT: usize = 128;
 const MAX_ATTRIBUTES_PER_LINK: usize = 128;
 
-/// Set by the server observer when the response ends; kept typed when set with these keys.
+/// Set by the server observer when the response ends (kept typed, whoever sets them).
 pub(crate) const STATUS_CODE: &str = "http.response.status_code";
 pub(crate) const ERROR_TYPE: &str = "error.type";
 pub(crate) const CANCELLED: &str = "towerscope.cancelled";

@@ -15,7 +15,7 @@ use opentelemetry::{Context, KeyValue, StringValue, Value};
 
 use super::baggage::Baggage;
 use super::config::{Inner, Tracing};
-use super::record::{RequestAttrs, ServerSpan};
+use super::record::{RequestAttrs, ServerSpan, CANCELLED, ERROR_TYPE, STATUS_CODE};
 use super::traceparent::{SpanId, TraceFlags, TraceId, TraceParent};
 use crate::lifecycle::{
     End, KnownMethod, ObserveLayer, Observer, Outcome, RequestMeta, ResponseHead,
@@ -109,7 +109,7 @@ pub struct TraceRoute {
 /// Per request: the context holding the server span.
 pub struct TraceObservation {
     cx: Option<Context>,
-    /// The span is recorded (an SDK span, ended with the request's attributes).
+    /// The span is recorded (towerscope's server span, exported when it ends).
     recording: bool,
     traceresponse: Option<HeaderValue>,
 }
@@ -282,18 +282,15 @@ impl Observer for Trace {
         };
         let span = cx.span();
         if let Some(status) = end.status {
-            span.set_attribute(KeyValue::new(
-                "http.response.status_code",
-                i64::from(status.as_u16()),
-            ));
+            span.set_attribute(KeyValue::new(STATUS_CODE, i64::from(status.as_u16())));
         }
         match end.outcome {
             Outcome::ServerError(e) => {
-                span.set_attribute(KeyValue::new("error.type", e.as_str().to_owned()));
+                span.set_attribute(KeyValue::new(ERROR_TYPE, e.as_str().to_owned()));
                 span.set_status(Status::error(""));
             }
             // Cancellation is not an error of the server; 4xx is left unset on the server.
-            Outcome::Cancelled => span.set_attribute(KeyValue::new("towerscope.cancelled", true)),
+            Outcome::Cancelled => span.set_attribute(KeyValue::new(CANCELLED, true)),
             Outcome::Success | Outcome::ClientError => {}
         }
         span.end();
