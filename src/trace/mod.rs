@@ -49,8 +49,12 @@
 //! ([`TraceConfig::exclude_route`]). Handlers read the ids with the [`TraceIds`] extractor;
 //! [`TraceConfig::traceresponse`] returns them in a `traceresponse` header.
 //!
-//! An unsampled request (a parent-based sampler and an unsampled caller) gets ids only: no
-//! attribute is built and the SDK is not involved.
+//! An unsampled request (a parent-based sampler and an unsampled caller), or any request when
+//! nothing is exported, gets ids only: no attribute is built and the SDK is not involved. A
+//! sampled, exported server span is towerscope's own recording span (the sampler's decision is
+//! the SDK's, tested): its attributes are kept typed and written to OTLP by the export thread.
+//! Through the OpenTelemetry API (`Context::current().span()`) a handler can still add
+//! attributes, events, links and a status to it, with the SDK's rules and limits.
 //!
 //! ## Client spans
 //!
