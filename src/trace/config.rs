@@ -161,7 +161,9 @@ impl TraceConfig {
     /// `OTEL_PROPAGATORS`, and the batch settings `OTEL_BSP_MAX_QUEUE_SIZE`,
     /// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, `OTEL_BSP_SCHEDULE_DELAY` (ms). The endpoint, headers
     /// and timeout are read when [`install`](Self::install) runs; set from code, they win.
-    /// Unknown values fall back to the defaults and are listed by [`TraceConfig::warnings`].
+    /// Unknown values fall back to the defaults and are listed by [`TraceConfig::warnings`]; so
+    /// is a protocol other than `http/protobuf` or a compression other than `none`
+    /// (`OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL`, `..._COMPRESSION`), which are not supported.
     pub fn from_env(service: impl Into<String>) -> Self {
         let mut warnings = Vec::new();
         let sampler = match env("OTEL_TRACES_SAMPLER") {
@@ -187,6 +189,7 @@ impl TraceConfig {
         for u in unknown {
             warnings.push(format!("OTEL_PROPAGATORS: unknown propagator {u}, skipped"));
         }
+        warnings.extend(unsupported_export_settings(env));
         let env_service = env("OTEL_SERVICE_NAME");
         Self {
             service_name_from_code: env_service.is_none(),
@@ -416,6 +419,29 @@ impl TraceConfig {
             }),
         }
     }
+}
+
+/// The exporter speaks OTLP over HTTP/protobuf, uncompressed: what the environment asks beyond
+/// that, as warnings.
+pub(crate) fn unsupported_export_settings(env: impl Fn(&str) -> Option<String>) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for var in [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ] {
+        if let Some(p) = env(var).filter(|p| p.trim() != "http/protobuf") {
+            warnings.push(format!("{var}={p}: unsupported, using http/protobuf"));
+        }
+    }
+    for var in [
+        "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+        "OTEL_EXPORTER_OTLP_COMPRESSION",
+    ] {
+        if let Some(c) = env(var).filter(|c| c.trim() != "none") {
+            warnings.push(format!("{var}={c}: unsupported, sending uncompressed"));
+        }
+    }
+    warnings
 }
 
 pub(crate) struct Inner {

@@ -245,3 +245,34 @@ fn endpoint_headers_and_timeout_from_code_and_environment() {
         ]
     );
 }
+
+/// What the exporter does not support is reported, not silently ignored.
+#[test]
+fn unsupported_protocols_and_compression_are_reported() {
+    use crate::trace::config::unsupported_export_settings;
+    let env = |pairs: &'static [(&'static str, &'static str)]| {
+        move |k: &str| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    };
+    assert!(unsupported_export_settings(env(&[])).is_empty());
+    assert!(unsupported_export_settings(env(&[
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "none"),
+    ]))
+    .is_empty());
+    let w = unsupported_export_settings(env(&[
+        ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+    ]));
+    assert_eq!(
+        w,
+        vec![
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=grpc: unsupported, using http/protobuf",
+            "OTEL_EXPORTER_OTLP_COMPRESSION=gzip: unsupported, sending uncompressed",
+        ]
+    );
+}
