@@ -30,6 +30,9 @@ const MAX_LINKS: usize = 128;
 const MAX_ATTRIBUTES_PER_EVENT: usize = 128;
 const MAX_ATTRIBUTES_PER_LINK: usize = 128;
 
+/// The most a spare record's text buffers keep between requests.
+const KEEP_BYTES: usize = 512;
+
 /// Set by the server observer when the response ends (kept typed, whoever sets them).
 pub(crate) const STATUS_CODE: &str = "http.response.status_code";
 pub(crate) const ERROR_TYPE: &str = "error.type";
@@ -101,17 +104,22 @@ impl RequestAttrs {
         self.user_agent.push_str(ua.unwrap_or_default());
     }
 
-    /// Forgets the request, keeping the buffers' capacity.
+    /// Forgets the request, keeping the buffers' capacity (up to a bound: a request with a
+    /// huge path or user agent does not leave every spare record that large).
     fn clear(&mut self) {
+        fn reuse(s: &mut String) {
+            s.clear();
+            s.shrink_to(KEEP_BYTES);
+        }
         self.method_original = None;
-        self.path.clear();
+        reuse(&mut self.path);
         self.query = None;
         self.route = None;
         self.has_host = false;
-        self.host.clear();
+        reuse(&mut self.host);
         self.client = None;
         self.has_user_agent = false;
-        self.user_agent.clear();
+        reuse(&mut self.user_agent);
         self.baggage.clear();
     }
 }
@@ -244,13 +252,16 @@ impl ServerRecord {
         self.name = Cow::Borrowed("");
         self.request.clear();
         self.extra.clear();
+        self.extra.shrink_to(8);
         self.dropped_attributes_count = 0;
         self.status_code = None;
         self.error_type = None;
         self.cancelled = None;
         self.events.events.clear();
+        self.events.events.shrink_to(2);
         self.events.dropped_count = 0;
         self.links.links.clear();
+        self.links.links.shrink_to(2);
         self.links.dropped_count = 0;
         self.status = Status::Unset;
     }

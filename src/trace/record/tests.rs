@@ -222,4 +222,13 @@ fn the_span_api_acts_on_the_record() {
     assert_eq!(reused.name, "");
     assert!(!reused.request.has_host && !reused.request.has_user_agent);
     assert_eq!(reused.status_code, None);
+    // A huge user agent does not stay in the spare buffers.
+    let mut big = RequestAttrs::default();
+    big.set_user_agent(Some(&"x".repeat(64 * 1024)));
+    big.clear();
+    assert!(
+        big.user_agent.capacity() <= 512,
+        "{}",
+        big.user_agent.capacity()
+    );
 }
