@@ -250,6 +250,7 @@ impl Observer for RequestLog {
         if route.excluded {
             return LogObservation { id, record: None };
         }
+        let id_text = id.as_str();
         // The server span's ids, when the trace observer ran first (W3C hex form, formatted on
         // the stack): on every record of the request, and the key of trace-consistent
         // sampling.
@@ -276,7 +277,7 @@ impl Observer for RequestLog {
             };
             let mut rc = RequestContext::default();
             rc.append(concat!(",\"", "request_id", "\":"), "request_id", |j| {
-                quoted(j, id.as_str())
+                quoted(j, id_text)
             });
             if let Some(route) = &route.route_json {
                 rc.append(concat!(",\"", "route", "\":"), "route", |j| {
@@ -297,7 +298,7 @@ impl Observer for RequestLog {
             target: REQUEST_TARGET,
             Level::INFO,
             REQUEST_SPAN,
-            request_id = id.as_str(),
+            request_id = id_text,
             route = route.route.as_deref(),
             trace_id,
             span_id,
@@ -373,7 +374,8 @@ impl Observer for RequestLog {
         } else {
             "request finished"
         };
-        let client_ip = r.client_ip.map(IpText::of);
+        let client_ip_text = r.client_ip.map(IpText::of);
+        let client_ip = client_ip_text.as_ref().map(IpText::as_str);
         // The record's fields written once as JSON from the typed values, for the JSON layer
         // (the same fields as the event below, in the same order).
         // Not for a record the JSON layer drops (INFO and lower of a request sampled out).
@@ -399,8 +401,8 @@ impl Observer for RequestLog {
                 if let Some(e) = error_type {
                     key!(w, "error_type").str(e);
                 }
-                if let Some(ip) = &client_ip {
-                    key!(w, "client_ip").str(ip.as_str());
+                if let Some(ip) = client_ip {
+                    key!(w, "client_ip").str(ip);
                 }
                 if let Some(ua) = &user_agent {
                     key!(w, "user_agent").str(ua);
@@ -435,7 +437,7 @@ impl Observer for RequestLog {
                     duration_ms,
                     outcome = end.outcome.as_str(),
                     error_type,
-                    client_ip = client_ip.as_ref().map(IpText::as_str),
+                    client_ip,
                     user_agent = user_agent.as_deref(),
                     request_bytes = r.request_bytes,
                     response_bytes = end.response_bytes,
