@@ -468,17 +468,19 @@ fn app(
     match (prometheus.is_some(), logs) {
         (false, _) => routes,
         // Server spans before the request log, so its records carry the span's ids. Load
-        // shedding inside them: shed requests are seen (503) by RED, logs and traces.
-        (true, true) if tracing.is_some() => {
-            routes
-                .layer(LoadShedLayer::new(max_in_flight))
+        // shedding inside them: shed requests are seen (503) by RED, logs and traces. Both in
+        // one `Router::layer` call: axum wraps (and per request clones and boxes) every route
+        // once per call.
+        (true, true) if tracing.is_some() => routes.layer(
+            tower::ServiceBuilder::new()
                 .layer(ObserveLayer::with_observer((
                     // Body sizes: HTTP traffic in and out (bytes/s from the histograms' sums).
                     Red::builder().body_sizes(true).build(),
                     tracing.expect("checked").observer(),
                     RequestLog::builder().build(),
                 )))
-        }
+                .layer(LoadShedLayer::new(max_in_flight)),
+        ),
         (true, false) => routes.layer(RedLayer::new()),
         // One layer for both: the clock, route and body tracking are paid once.
         (true, true) => routes.layer(ObserveLayer::with_observer((
