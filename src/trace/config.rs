@@ -143,7 +143,8 @@ pub struct TraceConfig {
     warnings: Vec<String>,
 }
 
-fn env(name: &str) -> Option<String> {
+/// An environment variable, when set and not blank.
+pub(crate) fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 

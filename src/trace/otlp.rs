@@ -17,6 +17,7 @@ use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 use opentelemetry_sdk::Resource;
 
 use super::baggage::percent_decode;
+use super::config::env;
 use super::export::{Export, Item};
 use super::record::{AttrVal, ServerRecord};
 
@@ -519,10 +520,6 @@ pub(crate) struct OtlpSettings {
     pub(crate) endpoint: String,
     pub(crate) headers: Vec<(String, String)>,
     pub(crate) timeout: Duration,
-}
-
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
 impl OtlpSettings {
