@@ -412,6 +412,7 @@ impl TraceConfig {
                 enabled: !self.disabled,
                 exporting,
                 queue,
+                span_limits: opentelemetry_sdk::trace::Config::default().span_limits,
                 propagators: self.propagators,
                 traceresponse: self.traceresponse,
                 baggage_keys: self.baggage_keys,
@@ -453,6 +454,8 @@ pub(crate) struct Inner {
     pub(crate) exporting: bool,
     /// Where recorded server spans go (when exporting).
     pub(crate) queue: Option<Arc<QueueHandle>>,
+    /// The SDK's span limits (`OTEL_SPAN_*_LIMIT`), for the server spans towerscope records.
+    pub(crate) span_limits: opentelemetry_sdk::trace::SpanLimits,
     pub(crate) propagators: Propagators,
     pub(crate) traceresponse: bool,
     pub(crate) baggage_keys: Vec<String>,

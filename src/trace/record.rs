@@ -17,18 +17,11 @@ use std::time::SystemTime;
 use http::{Method, Version};
 use opentelemetry::trace::{Event, Link, SpanContext, SpanId, SpanKind, Status};
 use opentelemetry::{InstrumentationScope, KeyValue, Value};
-use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLimits, SpanLinks};
 
 use super::export::QueueHandle;
 use crate::ip_text::IpText;
 use crate::lifecycle::KnownMethod;
-
-/// The SDK's default span limits, applied the same way.
-const MAX_ATTRIBUTES: usize = 128;
-const MAX_EVENTS: usize = 128;
-const MAX_LINKS: usize = 128;
-const MAX_ATTRIBUTES_PER_EVENT: usize = 128;
-const MAX_ATTRIBUTES_PER_LINK: usize = 128;
 
 /// The most a spare record's text buffers keep between requests.
 const KEEP_BYTES: usize = 512;
@@ -321,14 +314,21 @@ pub(crate) struct ServerSpan {
     span_context: SpanContext,
     record: Option<Box<ServerRecord>>,
     queue: Arc<QueueHandle>,
+    /// The SDK's limits (its defaults, or `OTEL_SPAN_*_LIMIT`), applied the same way.
+    limits: SpanLimits,
 }
 
 impl ServerSpan {
-    pub(crate) fn new(record: Box<ServerRecord>, queue: Arc<QueueHandle>) -> Self {
+    pub(crate) fn new(
+        record: Box<ServerRecord>,
+        queue: Arc<QueueHandle>,
+        limits: SpanLimits,
+    ) -> Self {
         Self {
             span_context: record.span_context.clone(),
             record: Some(record),
             queue,
+            limits,
         }
     }
 }
@@ -343,9 +343,10 @@ impl opentelemetry::trace::Span for ServerSpan {
         T: Into<Cow<'static, str>>,
     {
         let Some(r) = &mut self.record else { return };
-        if r.events.events.len() < MAX_EVENTS {
-            let dropped = attributes.len().saturating_sub(MAX_ATTRIBUTES_PER_EVENT);
-            attributes.truncate(MAX_ATTRIBUTES_PER_EVENT);
+        let per_event = self.limits.max_attributes_per_event as usize;
+        if r.events.events.len() < self.limits.max_events_per_span as usize {
+            let dropped = attributes.len().saturating_sub(per_event);
+            attributes.truncate(per_event);
             r.events
                 .events
                 .push(Event::new(name, timestamp, attributes, dropped as u32));
@@ -368,7 +369,9 @@ impl opentelemetry::trace::Span for ServerSpan {
             (STATUS_CODE, Value::I64(code)) => r.status_code = Some(*code),
             (ERROR_TYPE, _) => r.error_type = Some(attribute.value),
             (CANCELLED, Value::Bool(c)) => r.cancelled = Some(*c),
-            _ if r.extra.len() + r.typed_count() < MAX_ATTRIBUTES => r.extra.push(attribute),
+            _ if r.extra.len() + r.typed_count() < self.limits.max_attributes_per_span as usize => {
+                r.extra.push(attribute)
+            }
             _ => r.dropped_attributes_count += 1,
         }
     }
@@ -392,9 +395,10 @@ impl opentelemetry::trace::Span for ServerSpan {
 
     fn add_link(&mut self, span_context: SpanContext, mut attributes: Vec<KeyValue>) {
         let Some(r) = &mut self.record else { return };
-        if r.links.links.len() < MAX_LINKS {
-            let dropped = attributes.len().saturating_sub(MAX_ATTRIBUTES_PER_LINK);
-            attributes.truncate(MAX_ATTRIBUTES_PER_LINK);
+        let per_link = self.limits.max_attributes_per_link as usize;
+        if r.links.links.len() < self.limits.max_links_per_span as usize {
+            let dropped = attributes.len().saturating_sub(per_link);
+            attributes.truncate(per_link);
             r.links
                 .links
                 .push(Link::new(span_context, attributes, dropped as u32));

@@ -243,7 +243,7 @@ impl Observer for Trace {
                 record.name = route.names[meta.method.index()].clone();
                 record.start_time = SystemTime::now();
                 fill_request(&mut record.request, inner, route, req, meta, &base);
-                base.with_span(ServerSpan::new(record, queue.clone()))
+                base.with_span(ServerSpan::new(record, queue.clone(), inner.span_limits))
             }
         };
         let ids = TraceIds::from_span_context(cx.span().span_context());

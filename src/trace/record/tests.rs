@@ -7,7 +7,7 @@ use http::{Method, Version};
 use opentelemetry::trace::{Span as _, SpanContext, Status, TraceContextExt};
 use opentelemetry::{Context, KeyValue, Value};
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::SpanProcessor;
+use opentelemetry_sdk::trace::{SpanLimits, SpanProcessor};
 use opentelemetry_sdk::Resource;
 
 use super::{RequestAttrs, ServerRecord, ServerSpan};
@@ -172,15 +172,32 @@ fn the_span_api_acts_on_the_record() {
     r.links = Default::default();
     r.status = Status::Unset;
     r.status_code = None;
-    let cx = Context::new().with_span(ServerSpan::new(Box::new(r.clone()), p.handle()));
+    let started = std::time::SystemTime::now();
+    r.start_time = started;
+    // Limits as the SDK reads them (`OTEL_SPAN_*_LIMIT`), small: one attribute beyond the
+    // request's and the response's, one event, one link.
+    let limits = SpanLimits {
+        max_attributes_per_span: (r.typed_count() + 1) as u32,
+        max_events_per_span: 1,
+        max_links_per_span: 1,
+        max_attributes_per_event: 1,
+        max_attributes_per_link: 128,
+    };
+    let cx = Context::new().with_span(ServerSpan::new(Box::new(r.clone()), p.handle(), limits));
     let span = cx.span();
     assert!(span.is_recording());
     span.set_attribute(KeyValue::new("tenant", "acme"));
+    span.set_attribute(KeyValue::new("over", "the limit"));
     span.set_attribute(KeyValue::new("http.response.status_code", 503_i64));
     span.set_status(Status::error("boom"));
     span.set_status(Status::Unset);
     span.update_name("renamed");
-    span.add_event("retry", vec![KeyValue::new("attempt", 2_i64)]);
+    span.add_event(
+        "retry",
+        vec![KeyValue::new("attempt", 2_i64), KeyValue::new("cut", true)],
+    );
+    span.add_event("over the limit", vec![]);
+    span.add_link(r.span_context.clone(), vec![]);
     span.add_link(r.span_context.clone(), vec![]);
     span.end();
     assert!(!span.is_recording());
@@ -190,7 +207,11 @@ fn the_span_api_acts_on_the_record() {
     // Never ended: ended when dropped.
     let mut r2 = r.clone();
     r2.name = Cow::Borrowed("dropped");
-    drop(Context::new().with_span(ServerSpan::new(Box::new(r2), p.handle())));
+    drop(Context::new().with_span(ServerSpan::new(
+        Box::new(r2),
+        p.handle(),
+        SpanLimits::default(),
+    )));
     // Unsampled: not exported.
     let mut r3 = r.clone();
     r3.span_context = SpanContext::new(
@@ -200,7 +221,7 @@ fn the_span_api_acts_on_the_record() {
         false,
         Default::default(),
     );
-    let mut s3 = ServerSpan::new(Box::new(r3), p.handle());
+    let mut s3 = ServerSpan::new(Box::new(r3), p.handle(), SpanLimits::default());
     s3.end();
     p.force_flush().unwrap();
     let got = got.lock().unwrap();
@@ -208,12 +229,19 @@ fn the_span_api_acts_on_the_record() {
     let ended = &got[0];
     assert_eq!(ended.name, "renamed");
     assert_eq!(ended.extra, vec![KeyValue::new("tenant", "acme")]);
+    assert_eq!(ended.dropped_attributes_count, 1);
     assert_eq!(ended.status_code, Some(503));
     assert_eq!(ended.status, Status::error("boom"));
     assert_eq!(ended.events.events.len(), 1);
     assert_eq!(ended.events.events[0].name, "retry");
+    assert_eq!(ended.events.events[0].attributes.len(), 1);
+    assert_eq!(ended.events.events[0].dropped_attributes_count, 1);
+    assert_eq!(ended.events.dropped_count, 1);
     assert_eq!(ended.links.links.len(), 1);
-    assert!(ended.end_time >= ended.start_time || ended.start_time > UNIX_EPOCH);
+    assert_eq!(ended.links.dropped_count, 1);
+    // Ended by `end`, at the time it was called.
+    assert_eq!(ended.start_time, started);
+    assert!(ended.end_time >= started, "{:?}", ended.end_time);
     assert_eq!(got[1].name, "dropped");
     // Written records come back cleared, their buffers kept for the next requests.
     let reused = p.handle().record();
