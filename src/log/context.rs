@@ -55,11 +55,10 @@ impl RequestContext {
     }
 
     /// Appends a member whose key is not there yet (the request log building the context
-    /// directly); `prefix` is its `,"key":` text, `value` writes its JSON value.
+    /// directly): its `,"key":` text and key, and `value` writes its JSON value.
     pub(crate) fn append(
         &mut self,
-        prefix: &'static str,
-        key: &'static str,
+        (prefix, key): (&'static str, &'static str),
         value: impl FnOnce(&mut String),
     ) {
         debug_assert_eq!(prefix.get(2..prefix.len() - 2), Some(key));

@@ -16,10 +16,11 @@ use crate::lifecycle::{
 };
 use crate::redact::{is_sensitive, redact_query, SENSITIVE_PARAMS};
 
-/// `,"key":` for one of the record's field names (plain, never escaped), written in one copy.
-macro_rules! key {
-    ($w:expr, $k:literal) => {
-        $w.key(concat!(",\"", $k, "\":"), $k)
+/// A member named by a literal (plain, never escaped): its `,"key":` text, written in one
+/// copy, and its key. For the record's fields and the request context's members alike.
+macro_rules! member {
+    ($k:literal) => {
+        (concat!(",\"", $k, "\":"), $k)
     };
 }
 
@@ -276,21 +277,13 @@ impl Observer for RequestLog {
                 j.push('"');
             };
             let mut rc = RequestContext::default();
-            rc.append(concat!(",\"", "request_id", "\":"), "request_id", |j| {
-                quoted(j, id_text)
-            });
+            rc.append(member!("request_id"), |j| quoted(j, id_text));
             if let Some(route) = &route.route_json {
-                rc.append(concat!(",\"", "route", "\":"), "route", |j| {
-                    j.push_str(route)
-                });
+                rc.append(member!("route"), |j| j.push_str(route));
             }
             if let (Some(t), Some(s)) = (trace_id, span_id) {
-                rc.append(concat!(",\"", "trace_id", "\":"), "trace_id", |j| {
-                    quoted(j, t)
-                });
-                rc.append(concat!(",\"", "span_id", "\":"), "span_id", |j| {
-                    quoted(j, s)
-                });
+                rc.append(member!("trace_id"), |j| quoted(j, t));
+                rc.append(member!("span_id"), |j| quoted(j, s));
             }
             handoff(|h| h.context = Some(rc));
         }
@@ -388,36 +381,36 @@ impl Observer for RequestLog {
                     out: &mut h.record,
                     keys: &mut h.record_keys,
                 };
-                key!(w, "method").str(r.method.as_str());
-                key!(w, "path").str(r.uri.path());
+                w.key(member!("method")).str(r.method.as_str());
+                w.key(member!("path")).str(r.uri.path());
                 if let Some(q) = &query {
-                    key!(w, "query").str(q);
+                    w.key(member!("query")).str(q);
                 }
                 if let Some(s) = status {
-                    key!(w, "status").int(s);
+                    w.key(member!("status")).int(s);
                 }
-                key!(w, "duration_ms").float(duration_ms);
-                key!(w, "outcome").str(end.outcome.as_str());
+                w.key(member!("duration_ms")).float(duration_ms);
+                w.key(member!("outcome")).str(end.outcome.as_str());
                 if let Some(e) = error_type {
-                    key!(w, "error_type").str(e);
+                    w.key(member!("error_type")).str(e);
                 }
                 if let Some(ip) = client_ip {
-                    key!(w, "client_ip").str(ip);
+                    w.key(member!("client_ip")).str(ip);
                 }
                 if let Some(ua) = &user_agent {
-                    key!(w, "user_agent").str(ua);
+                    w.key(member!("user_agent")).str(ua);
                 }
                 if let Some(b) = r.request_bytes {
-                    key!(w, "request_bytes").int(b);
+                    w.key(member!("request_bytes")).int(b);
                 }
-                key!(w, "response_bytes").int(end.response_bytes);
+                w.key(member!("response_bytes")).int(end.response_bytes);
                 if let Some(hd) = &r.headers {
-                    key!(w, "headers").str(hd);
+                    w.key(member!("headers")).str(hd);
                 }
                 if slow {
-                    key!(w, "slow").out.push_str("true");
+                    w.key(member!("slow")).out.push_str("true");
                 }
-                key!(w, "message").str(message);
+                w.key(member!("message")).str(message);
                 h.record_ready = true;
             })
             .is_some();
@@ -473,8 +466,8 @@ struct RecordWriter<'a> {
 }
 
 impl RecordWriter<'_> {
-    /// `prefix` is `,"key":` (see `key!`).
-    fn key(&mut self, prefix: &'static str, key: &'static str) -> &mut Self {
+    /// A field (see `member!`).
+    fn key(&mut self, (prefix, key): (&'static str, &'static str)) -> &mut Self {
         self.out.push_str(prefix);
         self.keys.push(key);
         self
