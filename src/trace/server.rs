@@ -334,7 +334,10 @@ fn fill_request<B>(
             .and_then(|v| v.to_str().ok()),
     );
     a.version = req.version();
-    if let Some(b) = base.get::<Baggage>() {
+    if let Some(b) = base
+        .get::<Baggage>()
+        .filter(|_| !inner.baggage_keys.is_empty())
+    {
         for k in &inner.baggage_keys {
             if let Some(v) = b.get(k) {
                 a.baggage
