@@ -104,7 +104,7 @@ impl Propagators {
                 _ if out.parent.is_some() => {}
                 Format::TraceContext if !present.traceparent => {}
                 Format::TraceContext => {
-                    if let Some(parent) = traceparent(headers) {
+                    if let Some(parent) = present.traceparent(headers) {
                         out.parent = Some(parent);
                         // Ignored unless the traceparent was valid; dropped whole if invalid.
                         if present.tracestate {
@@ -187,34 +187,48 @@ pub struct Extracted {
 }
 
 /// Which W3C headers a request may carry. With few headers (the usual case) one pass over
-/// their names, comparing lengths first, costs less than hashing three names to look them up;
-/// with many, every header counts as possibly present and the lookups decide.
-struct Present {
+/// them, comparing name lengths first, costs less than hashing three names to look them up,
+/// and it finds the `traceparent` value on the way (with how many there are: two are
+/// invalid); with many, every header counts as possibly present and the lookups decide.
+struct Present<'a> {
     traceparent: bool,
     tracestate: bool,
     baggage: bool,
+    /// The only `traceparent` value, when the pass saw exactly one.
+    traceparent_value: Option<&'a HeaderValue>,
+    /// The pass saw every header (and so every `traceparent`).
+    scanned: bool,
 }
 
-impl Present {
+impl<'a> Present<'a> {
     const SCAN_UP_TO: usize = 16;
 
-    fn scan(headers: &HeaderMap) -> Self {
+    fn scan(headers: &'a HeaderMap) -> Self {
         if headers.keys_len() > Self::SCAN_UP_TO {
             return Self {
                 traceparent: true,
                 tracestate: true,
                 baggage: true,
+                traceparent_value: None,
+                scanned: false,
             };
         }
         let mut p = Self {
             traceparent: false,
             tracestate: false,
             baggage: false,
+            traceparent_value: None,
+            scanned: true,
         };
-        for name in headers.keys() {
+        // `iter` yields every value, repeated names included.
+        for (name, value) in headers {
             let n = name.as_str();
             match n.len() {
-                11 => p.traceparent |= n == TRACEPARENT.as_str(),
+                11 if n == TRACEPARENT.as_str() => {
+                    // A second one makes the first invalid too.
+                    p.traceparent_value = (!p.traceparent).then_some(value);
+                    p.traceparent = true;
+                }
                 10 => p.tracestate |= n == TRACESTATE.as_str(),
                 7 => p.baggage |= n == BAGGAGE.as_str(),
                 _ => {}
@@ -222,16 +236,19 @@ impl Present {
         }
         p
     }
-}
 
-/// Exactly one valid `traceparent` header.
-fn traceparent(headers: &HeaderMap) -> Option<TraceParent> {
-    let mut all = headers.get_all(&TRACEPARENT).iter();
-    let first = all.next()?;
-    if all.next().is_some() {
-        return None;
+    /// Exactly one valid `traceparent` header.
+    fn traceparent(&self, headers: &HeaderMap) -> Option<TraceParent> {
+        if self.scanned {
+            return TraceParent::parse_bytes(self.traceparent_value?.as_bytes());
+        }
+        let mut all = headers.get_all(&TRACEPARENT).iter();
+        let first = all.next()?;
+        if all.next().is_some() {
+            return None;
+        }
+        TraceParent::parse_bytes(first.as_bytes())
     }
-    TraceParent::parse_bytes(first.as_bytes())
 }
 
 /// A B3 trace id: 16 or 32 lowercase hex digits (64-bit ids are left-padded).
