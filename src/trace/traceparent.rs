@@ -284,4 +284,31 @@ mod tests {
         }
         assert_eq!(hex8(b"4bf92f35"), Some([0x4b, 0xf9, 0x2f, 0x35]));
     }
+
+    #[test]
+    fn every_digit_of_both_ids_is_checked_and_placed() {
+        use super::{SpanId, TraceId, TraceParent};
+        let valid = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let tp = TraceParent::parse(valid).unwrap();
+        assert_eq!(
+            tp.trace_id,
+            TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap()
+        );
+        assert_eq!(tp.parent_id, SpanId::from_hex("b7ad6b7169203331").unwrap());
+        // A bad digit anywhere in either id (any of the six words) makes it invalid; a good
+        // one changes exactly that digit of the id.
+        for at in (3..35).chain(36..52) {
+            for bad in [b'g', b'G', b'A', b'/', b':', b' ', 0x80u8] {
+                let mut v = valid.as_bytes().to_vec();
+                v[at] = bad;
+                assert_eq!(TraceParent::parse_bytes(&v), None, "{at} {bad}");
+            }
+            let mut v = valid.as_bytes().to_vec();
+            v[at] = if v[at] == b'f' { b'0' } else { b'f' };
+            let changed = TraceParent::parse_bytes(&v).unwrap();
+            let text = String::from_utf8(v).unwrap();
+            assert_eq!(changed.trace_id.to_string(), text[3..35], "{at}");
+            assert_eq!(changed.parent_id.to_string(), text[36..52], "{at}");
+        }
+    }
 }
