@@ -125,18 +125,27 @@ pub fn write_json_str(out: &mut String, s: &str) {
 
 /// Whether no byte of `bytes` needs an escape.
 fn clean(bytes: &[u8]) -> bool {
-    let mut words = bytes.chunks_exact(8);
-    for w in &mut words {
+    let word = |w: &[u8]| {
         let mut b = [0u8; 8];
         b.copy_from_slice(w);
-        if dirty(u64::from_le_bytes(b)) {
+        u64::from_le_bytes(b)
+    };
+    if bytes.len() < 8 {
+        // Padded with spaces, byte by byte (a copy of a variable length is a `memcpy` call).
+        let mut w = u64::from_le_bytes([b' '; 8]);
+        for (i, &b) in bytes.iter().enumerate() {
+            w = (w & !(0xff << (8 * i))) | (u64::from(b) << (8 * i));
+        }
+        return !dirty(w);
+    }
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        if dirty(word(w)) {
             return false;
         }
     }
-    let tail = words.remainder();
-    let mut b = [b' '; 8];
-    b[..tail.len()].copy_from_slice(tail);
-    !dirty(u64::from_le_bytes(b))
+    // The last eight bytes, overlapping the words already checked.
+    words.remainder().is_empty() || !dirty(word(&bytes[bytes.len() - 8..]))
 }
 
 /// RFC 3339, UTC, microseconds: `2026-11-25T09:46:40.123456Z` (with quotes).
@@ -239,25 +248,39 @@ pub(crate) fn write_f64(out: &mut String, value: f64) {
     if (0.001..1e9).contains(&value) {
         let thousandths = (value * 1000.0).round();
         if thousandths / 1000.0 == value {
-            let t = thousandths as u64;
-            let mut int = itoa::Buffer::new();
-            out.push_str(int.format(t / 1000));
-            let frac = t % 1000;
-            let digits = [frac / 100, frac / 10 % 10, frac % 10];
-            let keep = match frac {
-                0 => 1,
-                f if f % 100 == 0 => 1,
-                f if f % 10 == 0 => 2,
-                _ => 3,
-            };
-            out.push('.');
-            for d in &digits[..keep] {
-                out.push(char::from(b'0' + *d as u8));
-            }
+            write_thousandths(out, thousandths as u64);
             return;
         }
     }
     out.push_str(ryu::Buffer::new().format_finite(value));
+}
+
+/// `micros / 1000` milliseconds: the text [`write_f64`] gives for `micros as f64 / 1000.0`,
+/// without the float arithmetic.
+pub(crate) fn write_millis(out: &mut String, micros: u64) {
+    if (1..1_000_000_000_000).contains(&micros) {
+        write_thousandths(out, micros);
+    } else {
+        write_f64(out, micros as f64 / 1000.0);
+    }
+}
+
+/// `t / 1000` with one to three decimals (trailing zeros dropped, at least one kept).
+fn write_thousandths(out: &mut String, t: u64) {
+    let mut int = itoa::Buffer::new();
+    out.push_str(int.format(t / 1000));
+    let frac = t % 1000;
+    let digits = [frac / 100, frac / 10 % 10, frac % 10];
+    let keep = match frac {
+        0 => 1,
+        f if f % 100 == 0 => 1,
+        f if f % 10 == 0 => 2,
+        _ => 3,
+    };
+    out.push('.');
+    for d in &digits[..keep] {
+        out.push(char::from(b'0' + *d as u8));
+    }
 }
 
 pub(crate) fn write_int(out: &mut String, value: impl itoa::Integer) {
@@ -877,6 +900,36 @@ mod tests {
             write_f64(&mut out, v);
             assert_eq!(out.parse::<f64>().unwrap(), v, "{out}");
             assert_eq!(out, ryu::Buffer::new().format_finite(v), "{v}");
+        }
+    }
+
+    #[test]
+    fn millis_from_micros_are_written_as_the_float_would_be() {
+        let mut rng = fastrand::Rng::with_seed(11);
+        let mut values = vec![0u64, 1, 9, 10, 999, 1000, 1001, 1500, 999_999_999_999];
+        values.extend([1_000_000_000_000, 1_000_000_000_001, u64::MAX / 2]);
+        values.extend((0..20_000).map(|_| rng.u64(0..10_000_000)));
+        values.extend((0..2_000).map(|_| rng.u64(..)));
+        for us in values {
+            let (mut a, mut b) = (String::new(), String::new());
+            write_millis(&mut a, us);
+            write_f64(&mut b, us as f64 / 1000.0);
+            assert_eq!(a, b, "{us}");
+        }
+    }
+
+    #[test]
+    fn the_clean_check_agrees_with_the_table_at_every_length_and_offset() {
+        let plain = b"abcdefghijklmnopqrstuvwx";
+        for len in 0..=plain.len() {
+            assert!(clean(&plain[..len]), "{len}");
+            for at in 0..len {
+                for b in 0..=255u8 {
+                    let mut v = plain[..len].to_vec();
+                    v[at] = b;
+                    assert_eq!(clean(&v), !ESCAPE[b as usize], "{len} {at} {b}");
+                }
+            }
         }
     }
 

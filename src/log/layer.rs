@@ -8,11 +8,11 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Uri};
 use tracing::{Level, Span};
 
 use super::context::{handoff, json_layer_exists, RequestContext, REQUEST_SPAN, REQUEST_TARGET};
-use super::json::{write_f64, write_int, write_json_str};
+use super::json::{write_int, write_json_str, write_millis};
 use super::request_id::RequestId;
 use crate::ip_text::IpText;
 use crate::lifecycle::{
-    content_length, End, KnownMethod, ObserveLayer, Observer, Outcome, RequestMeta, ResponseHead,
+    End, KnownMethod, ObserveLayer, Observer, Outcome, RequestMeta, ResponseHead,
 };
 use crate::redact::{is_sensitive, redact_query, SENSITIVE_PARAMS};
 
@@ -236,7 +236,12 @@ impl Observer for RequestLog {
         meta: &RequestMeta<'_>,
     ) -> LogObservation {
         let cfg = &*self.cfg;
-        let incoming = req.headers().get(&cfg.header).and_then(RequestId::parse);
+        let heads = Heads::find(req.headers(), &cfg.header);
+        let incoming = heads.id.and_then(RequestId::parse);
+        let user_agent = heads.user_agent.cloned();
+        let request_bytes = heads
+            .content_length
+            .and_then(|v| v.to_str().ok()?.parse().ok());
         let id = match incoming {
             Some(id) => id,
             None => {
@@ -312,9 +317,9 @@ impl Observer for RequestLog {
             span,
             method: meta.method,
             uri: req.uri().clone(),
-            user_agent: req.headers().get(http::header::USER_AGENT).cloned(),
+            user_agent,
             client_ip: client_ip(req, cfg.trust_forwarded),
-            request_bytes: content_length(req),
+            request_bytes,
             headers,
         };
         LogObservation {
@@ -324,9 +329,13 @@ impl Observer for RequestLog {
     }
 
     fn response(route: &LogRoute, obs: &mut LogObservation, head: &mut ResponseHead<'_>) {
-        // One lookup: kept when the handler set its own.
+        // One lookup: kept when the handler set its own. The id is moved, not cloned: the
+        // record has its text already, and nothing reads it after the response head.
         if let http::header::Entry::Vacant(slot) = head.headers.entry(&route.cfg.header) {
-            slot.insert(obs.id.0.clone());
+            slot.insert(std::mem::replace(
+                &mut obs.id.0,
+                HeaderValue::from_static(""),
+            ));
         }
     }
 
@@ -361,7 +370,14 @@ impl Observer for RequestLog {
         let status = end.status.map(|s| s.as_u16());
         let error_type = end.outcome.error_type();
         let error_type = error_type.as_ref().map(|e| e.as_str());
-        let duration_ms = (end.duration.as_nanos() as f64 / 1000.0).round() / 1000.0;
+        // Rounded to the microsecond in integers (the same value as rounding the nanoseconds
+        // as a float, without a 128-bit conversion and a `round` call).
+        let micros = end
+            .duration
+            .as_secs()
+            .saturating_mul(1_000_000)
+            .saturating_add(u64::from((end.duration.subsec_nanos() + 500) / 1000));
+        let duration_ms = micros as f64 / 1000.0;
         let message = if end.outcome == Outcome::Cancelled {
             "request cancelled"
         } else {
@@ -389,7 +405,7 @@ impl Observer for RequestLog {
                 if let Some(s) = status {
                     w.key(member!("status")).int(s);
                 }
-                w.key(member!("duration_ms")).float(duration_ms);
+                w.key(member!("duration_ms")).millis(micros);
                 w.key(member!("outcome")).str(end.outcome.as_str());
                 if let Some(e) = error_type {
                     w.key(member!("error_type")).str(e);
@@ -450,6 +466,44 @@ impl Observer for RequestLog {
     }
 }
 
+/// The headers the request log reads: with few headers (the usual case) found in one pass
+/// over them, no name hashed; with many, by lookups. The first value of each, as `get` gives.
+struct Heads<'a> {
+    id: Option<&'a HeaderValue>,
+    user_agent: Option<&'a HeaderValue>,
+    content_length: Option<&'a HeaderValue>,
+}
+
+impl<'a> Heads<'a> {
+    const SCAN_UP_TO: usize = 16;
+
+    fn find(headers: &'a HeaderMap, id: &HeaderName) -> Self {
+        if headers.keys_len() > Self::SCAN_UP_TO {
+            return Self {
+                id: headers.get(id),
+                user_agent: headers.get(http::header::USER_AGENT),
+                content_length: headers.get(http::header::CONTENT_LENGTH),
+            };
+        }
+        let mut h = Self {
+            id: None,
+            user_agent: None,
+            content_length: None,
+        };
+        for (name, value) in headers {
+            if name == id {
+                h.id.get_or_insert(value);
+            }
+            if name == http::header::USER_AGENT {
+                h.user_agent.get_or_insert(value);
+            } else if name == http::header::CONTENT_LENGTH {
+                h.content_length.get_or_insert(value);
+            }
+        }
+        h
+    }
+}
+
 /// Marks the handed-over record as used when dropped.
 struct WithdrawRecord;
 
@@ -478,8 +532,8 @@ impl RecordWriter<'_> {
     fn int(&mut self, v: impl itoa::Integer) {
         write_int(self.out, v);
     }
-    fn float(&mut self, v: f64) {
-        write_f64(self.out, v);
+    fn millis(&mut self, micros: u64) {
+        write_millis(self.out, micros);
     }
 }
 
@@ -537,6 +591,37 @@ fn forwarded_for(headers: &HeaderMap) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_headers_found_in_one_pass_are_those_get_finds() {
+        let id = HeaderName::from_static("x-request-id");
+        for others in [0usize, 30] {
+            let mut h = HeaderMap::new();
+            for i in 0..others {
+                h.insert(
+                    HeaderName::try_from(format!("x-other-{i}")).unwrap(),
+                    HeaderValue::from_static("v"),
+                );
+            }
+            let none = Heads::find(&h, &id);
+            assert!(none.id.is_none() && none.user_agent.is_none());
+            assert!(none.content_length.is_none());
+            h.append("x-request-id", HeaderValue::from_static("first"));
+            h.append("x-request-id", HeaderValue::from_static("second"));
+            h.append("user-agent", HeaderValue::from_static("ua/1"));
+            h.append("user-agent", HeaderValue::from_static("ua/2"));
+            h.insert("content-length", HeaderValue::from_static("12"));
+            let found = Heads::find(&h, &id);
+            assert_eq!(found.id, h.get(&id), "{others}");
+            assert_eq!(found.id.unwrap(), "first");
+            assert_eq!(found.user_agent, h.get("user-agent"), "{others}");
+            assert_eq!(found.content_length.unwrap(), "12", "{others}");
+            // The id header may be any name, a standard one included.
+            let ua = Heads::find(&h, &http::header::USER_AGENT);
+            assert_eq!(ua.id.unwrap(), "ua/1");
+            assert_eq!(ua.user_agent.unwrap(), "ua/1");
+        }
+    }
 
     #[test]
     fn forwarded_headers() {

@@ -10,6 +10,19 @@ thread_local! {
     static RNG: RefCell<fastrand::Rng> = RefCell::new(fastrand::Rng::new());
 }
 
+/// `"000102…ff"`: the two lowercase hex digits of every byte.
+const HEX_PAIRS: [u8; 512] = {
+    let digits = b"0123456789abcdef";
+    let mut t = [0u8; 512];
+    let mut i = 0;
+    while i < 256 {
+        t[2 * i] = digits[i >> 4];
+        t[2 * i + 1] = digits[i & 0xf];
+        i += 1;
+    }
+    t
+};
+
 /// The last (milliseconds << 12 | counter) handed out.
 static LAST: AtomicU64 = AtomicU64::new(0);
 
@@ -48,23 +61,24 @@ impl RequestId {
         let rand = RNG.with(|r| r.borrow_mut().u64(..));
         let hi: u64 = (ms << 16) | 0x7000 | seq;
         let lo: u64 = (rand >> 2) | 0x8000_0000_0000_0000;
-        let mut out = [0u8; 36];
-        let hex = |v: u64, nibbles: usize, dst: &mut [u8]| {
-            for (i, d) in dst.iter_mut().enumerate().take(nibbles) {
-                let shift = 4 * (nibbles - 1 - i);
-                *d = b"0123456789abcdef"[((v >> shift) & 0xf) as usize];
+        // Two hex digits per byte from a table; dashes after the 4th, 6th, 8th and 10th byte.
+        let bytes = (u128::from(hi) << 64 | u128::from(lo)).to_be_bytes();
+        let mut out = [b'-'; 36];
+        let mut at = 0;
+        for (i, b) in bytes.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                at += 1;
             }
-        };
-        hex(hi >> 32, 8, &mut out[0..8]);
-        out[8] = b'-';
-        hex((hi >> 16) & 0xffff, 4, &mut out[9..13]);
-        out[13] = b'-';
-        hex(hi & 0xffff, 4, &mut out[14..18]);
-        out[18] = b'-';
-        hex(lo >> 48, 4, &mut out[19..23]);
-        out[23] = b'-';
-        hex(lo & 0xffff_ffff_ffff, 12, &mut out[24..36]);
-        Self(HeaderValue::from_bytes(&out).expect("hex digits and dashes"))
+            let pair = &HEX_PAIRS[2 * usize::from(*b)..][..2];
+            out[at..at + 2].copy_from_slice(pair);
+            at += 2;
+        }
+        // Reference-counted from the start: the id goes on the request and on the response,
+        // and the first clone of a copied (vector-backed) value would allocate again.
+        Self(
+            HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(out))
+                .expect("hex digits and dashes"),
+        )
     }
 
     /// The incoming id when it is valid: 1 to 128 bytes of `[A-Za-z0-9._~:/+=@-]`.
@@ -151,6 +165,11 @@ mod tests {
         assert!(a.as_str() < b.as_str(), "UUID v7 ids are time-ordered");
         // A real UUID v7: the uuid crate parses it as version 7, RFC variant, with our time.
         let u = uuid::Uuid::parse_str(a.as_str()).unwrap();
+        assert_eq!(
+            u.hyphenated().to_string(),
+            a.as_str(),
+            "the canonical text form"
+        );
         assert_eq!(u.get_version_num(), 7);
         assert_eq!(u.get_variant(), uuid::Variant::RFC4122);
         let (secs, _) = u.get_timestamp().unwrap().to_unix();
