@@ -126,6 +126,8 @@ pub(crate) struct Handoff {
     pub(crate) record: String,
     /// The keys written in `record`.
     pub(crate) record_keys: Vec<&'static str>,
+    /// Their bits in a line's key filter.
+    pub(crate) record_filter: u64,
     pub(crate) record_ready: bool,
     /// The JSON layer's sampling decision for the request span just created (`false`: its
     /// INFO and lower records are dropped, so the request log need not write them).
@@ -138,6 +140,7 @@ impl Default for Handoff {
             context: None,
             record: String::new(),
             record_keys: Vec::new(),
+            record_filter: 0,
             record_ready: false,
             sampled: true,
         }

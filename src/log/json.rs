@@ -173,27 +173,36 @@ fn timestamp(t: SystemTime) -> [u8; 29] {
 }
 
 /// The last timestamp a thread wrote: the calendar part is reused while its second lasts,
-/// only the microseconds are rewritten.
+/// only the microseconds are written anew.
 #[derive(Default)]
 struct Stamp {
     second: Option<u64>,
-    text: [u8; 29],
+    /// `"2026-11-25T09:46:40.`: the quoted text before the microseconds.
+    prefix: String,
 }
 
 impl Stamp {
     fn write(&mut self, out: &mut String, t: SystemTime) {
         let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
         if self.second != Some(since.as_secs()) {
-            self.text = timestamp(t);
+            let text = timestamp(t);
+            self.prefix.clear();
+            self.prefix
+                .push_str(std::str::from_utf8(&text[..21]).unwrap_or("\"\""));
             self.second = Some(since.as_secs());
-        } else {
-            let mut micros = since.subsec_micros();
-            for at in (21..27).rev() {
-                self.text[at] = b'0' + (micros % 10) as u8;
-                micros /= 10;
-            }
         }
-        out.push_str(std::str::from_utf8(&self.text).unwrap_or("\"\""));
+        out.push_str(&self.prefix);
+        // Six digits, `Z` and the closing quote, a byte at a time (no copy call, no UTF-8
+        // check).
+        let mut tail = *b"000000Z\"";
+        let mut micros = since.subsec_micros();
+        for d in tail[..6].iter_mut().rev() {
+            *d = b'0' + (micros % 10) as u8;
+            micros /= 10;
+        }
+        for b in tail {
+            out.push(char::from(b));
+        }
     }
 }
 
@@ -307,6 +316,18 @@ struct LineVisitor<'a, 'k> {
     has_message: bool,
 }
 
+/// A key's bit in a line's filter of keys (see `Seen`).
+#[inline(always)]
+pub(crate) const fn key_bit(key: &str) -> u64 {
+    let b = key.as_bytes();
+    let h = match b {
+        [] => 0,
+        [first, .., last] => b.len() ^ ((*first as usize) << 2) ^ (*last as usize),
+        [only] => 1 ^ ((*only as usize) << 2),
+    };
+    1 << (h & 63)
+}
+
 /// The keys a line has so far, so that no key is written twice. A 64-bit filter answers
 /// "surely not seen" for nearly every key without comparing strings; the list is a
 /// per-thread buffer.
@@ -328,13 +349,13 @@ impl<'a> Seen<'a> {
     }
 
     fn bit(key: &str) -> u64 {
-        let b = key.as_bytes();
-        let h = match b {
-            [] => 0,
-            [first, .., last] => b.len() ^ (usize::from(*first) << 2) ^ usize::from(*last),
-            [only] => 1 ^ (usize::from(*only) << 2),
-        };
-        1 << (h & 63)
+        key_bit(key)
+    }
+
+    /// Records keys known not to be there, distinct, whose bits are `filter`.
+    fn add_all(&mut self, keys: &[&'static str], filter: u64) {
+        self.filter |= filter;
+        self.keys.extend_from_slice(keys);
     }
 
     fn contains(&self, key: &str) -> bool {
@@ -820,10 +841,9 @@ where
                         return false;
                     }
                     v.line.push_str(&h.record);
-                    // The request log's keys are distinct and none is one of the first four.
-                    for k in &h.record_keys {
-                        v.seen.add(k);
-                    }
+                    // The request log's keys are distinct and none is one of the first four:
+                    // added at once, with their filter bits.
+                    v.seen.add_all(&h.record_keys, h.record_filter);
                     v.has_message = true;
                     true
                 }) == Some(true);

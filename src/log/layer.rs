@@ -8,7 +8,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Uri};
 use tracing::{Level, Span};
 
 use super::context::{handoff, json_layer_exists, RequestContext, REQUEST_SPAN, REQUEST_TARGET};
-use super::json::{write_int, write_json_str, write_millis};
+use super::json::{key_bit, write_int, write_json_str, write_millis};
 use super::request_id::RequestId;
 use crate::ip_text::IpText;
 use crate::lifecycle::{
@@ -393,9 +393,11 @@ impl Observer for RequestLog {
             && handoff(|h| {
                 h.record.clear();
                 h.record_keys.clear();
+                h.record_filter = 0;
                 let mut w = RecordWriter {
                     out: &mut h.record,
                     keys: &mut h.record_keys,
+                    filter: &mut h.record_filter,
                 };
                 w.key(member!("method")).str(r.method.as_str());
                 w.key(member!("path")).str(r.uri.path());
@@ -517,13 +519,16 @@ impl Drop for WithdrawRecord {
 struct RecordWriter<'a> {
     out: &'a mut String,
     keys: &'a mut Vec<&'static str>,
+    filter: &'a mut u64,
 }
 
 impl RecordWriter<'_> {
-    /// A field (see `member!`).
+    /// A field (see `member!`). Inlined, so each key's filter bit is a constant.
+    #[inline(always)]
     fn key(&mut self, (prefix, key): (&'static str, &'static str)) -> &mut Self {
         self.out.push_str(prefix);
         self.keys.push(key);
+        *self.filter |= key_bit(key);
         self
     }
     fn str(&mut self, v: &str) {
