@@ -43,6 +43,7 @@
 //! let layer = ObserveLayer::with_observer(Cancellations::default());
 //! ```
 
+mod clock;
 mod method;
 mod observer;
 mod outcome;

@@ -143,7 +143,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
-        let start = quanta::Instant::now();
+        let start = super::clock::Stamp::now();
         let shared = &*self.shared;
         let route = shared
             .table
