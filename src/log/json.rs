@@ -825,7 +825,13 @@ where
             line.push_str("{\"timestamp\":");
             stamp.write(line, SystemTime::now());
             line.push_str(level_target(level));
-            write_json_str(line, meta.target());
+            let request_record = meta.target() == REQUEST_TARGET;
+            if request_record {
+                // The request log's target, quoted once.
+                line.push_str(concat!("\"", "towerscope::request", "\""));
+            } else {
+                write_json_str(line, meta.target());
+            }
             line.push_str(&self.service_json);
             let mut v = LineVisitor {
                 line,
@@ -835,7 +841,7 @@ where
             };
             // The request record's fields, written by the request log from typed values, or
             // any event's fields through the visitor.
-            let handed = meta.target() == REQUEST_TARGET
+            let handed = request_record
                 && handoff(|h| {
                     if !h.record_ready {
                         return false;
@@ -906,6 +912,13 @@ fn current_span_ids(_: &mut String) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_quoted_request_target_is_the_target() {
+        let mut out = String::new();
+        write_json_str(&mut out, REQUEST_TARGET);
+        assert_eq!(out, concat!("\"", "towerscope::request", "\""));
+    }
 
     #[test]
     fn numbers_read_back_exactly_and_match_ryu() {

@@ -378,11 +378,7 @@ impl Observer for RequestLog {
             .saturating_mul(1_000_000)
             .saturating_add(u64::from((end.duration.subsec_nanos() + 500) / 1000));
         let duration_ms = micros as f64 / 1000.0;
-        let message = if end.outcome == Outcome::Cancelled {
-            "request cancelled"
-        } else {
-            "request finished"
-        };
+        let message = message(end.outcome);
         let client_ip_text = r.client_ip.map(IpText::of);
         let client_ip = client_ip_text.as_ref().map(IpText::as_str);
         // The record's fields written once as JSON from the typed values, for the JSON layer
@@ -399,7 +395,7 @@ impl Observer for RequestLog {
                     keys: &mut h.record_keys,
                     filter: &mut h.record_filter,
                 };
-                w.key(member!("method")).str(r.method.as_str());
+                w.member("method", method_member(r.method));
                 w.key(member!("path")).str(r.uri.path());
                 if let Some(q) = &query {
                     w.key(member!("query")).str(q);
@@ -408,12 +404,13 @@ impl Observer for RequestLog {
                     w.key(member!("status")).int(s);
                 }
                 w.key(member!("duration_ms")).millis(micros);
-                w.key(member!("outcome")).str(end.outcome.as_str());
+                w.member("outcome", outcome_member(end.outcome));
                 if let Some(e) = error_type {
                     w.key(member!("error_type")).str(e);
                 }
                 if let Some(ip) = client_ip {
-                    w.key(member!("client_ip")).str(ip);
+                    // Digits, dots, colons and hex letters: nothing to escape.
+                    w.key(member!("client_ip")).plain(ip);
                 }
                 if let Some(ua) = &user_agent {
                     w.key(member!("user_agent")).str(ua);
@@ -428,7 +425,7 @@ impl Observer for RequestLog {
                 if slow {
                     w.key(member!("slow")).out.push_str("true");
                 }
-                w.key(member!("message")).str(message);
+                w.member("message", message_member(end.outcome));
                 h.record_ready = true;
             })
             .is_some();
@@ -506,6 +503,57 @@ impl<'a> Heads<'a> {
     }
 }
 
+/// `,"key":"value"` for a value that needs no escape, built at compile time.
+macro_rules! plain_member {
+    ($k:literal, $v:literal) => {
+        concat!(",\"", $k, "\":\"", $v, "\"")
+    };
+}
+
+/// The record's `method` member: one constant per method (no escape check, one copy).
+fn method_member(m: KnownMethod) -> &'static str {
+    match m {
+        KnownMethod::Get => plain_member!("method", "GET"),
+        KnownMethod::Head => plain_member!("method", "HEAD"),
+        KnownMethod::Post => plain_member!("method", "POST"),
+        KnownMethod::Put => plain_member!("method", "PUT"),
+        KnownMethod::Delete => plain_member!("method", "DELETE"),
+        KnownMethod::Connect => plain_member!("method", "CONNECT"),
+        KnownMethod::Options => plain_member!("method", "OPTIONS"),
+        KnownMethod::Trace => plain_member!("method", "TRACE"),
+        KnownMethod::Patch => plain_member!("method", "PATCH"),
+        KnownMethod::Other => plain_member!("method", "_OTHER"),
+    }
+}
+
+/// The record's `outcome` member.
+fn outcome_member(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Success => plain_member!("outcome", "success"),
+        Outcome::ClientError => plain_member!("outcome", "client_error"),
+        Outcome::ServerError(_) => plain_member!("outcome", "server_error"),
+        Outcome::Cancelled => plain_member!("outcome", "cancelled"),
+    }
+}
+
+/// The record's message: `request cancelled` or `request finished`.
+fn message(o: Outcome) -> &'static str {
+    if o == Outcome::Cancelled {
+        "request cancelled"
+    } else {
+        "request finished"
+    }
+}
+
+/// The record's `message` member ([`message`]).
+fn message_member(o: Outcome) -> &'static str {
+    if o == Outcome::Cancelled {
+        plain_member!("message", "request cancelled")
+    } else {
+        plain_member!("message", "request finished")
+    }
+}
+
 /// Marks the handed-over record as used when dropped.
 struct WithdrawRecord;
 
@@ -533,6 +581,20 @@ impl RecordWriter<'_> {
     }
     fn str(&mut self, v: &str) {
         write_json_str(self.out, v);
+    }
+    /// A string known to need no escape.
+    fn plain(&mut self, v: &str) {
+        self.out.push('"');
+        self.out.push_str(v);
+        self.out.push('"');
+    }
+    /// A whole `,"key":value` member written beforehand (one of a few constant ones).
+    #[inline(always)]
+    fn member(&mut self, key: &'static str, text: &'static str) {
+        debug_assert!(text.starts_with(&format!(",\"{key}\":")));
+        self.out.push_str(text);
+        self.keys.push(key);
+        *self.filter |= key_bit(key);
     }
     fn int(&mut self, v: impl itoa::Integer) {
         write_int(self.out, v);
@@ -625,6 +687,29 @@ mod tests {
             let ua = Heads::find(&h, &http::header::USER_AGENT);
             assert_eq!(ua.id.unwrap(), "ua/1");
             assert_eq!(ua.user_agent.unwrap(), "ua/1");
+        }
+    }
+
+    #[test]
+    fn the_constant_members_are_what_the_writer_would_write() {
+        let written = |key: &str, v: &str| {
+            let mut out = format!(",\"{key}\":");
+            write_json_str(&mut out, v);
+            out
+        };
+        for m in KnownMethod::ALL {
+            assert_eq!(method_member(m), written("method", m.as_str()));
+        }
+        let status = http::StatusCode::INTERNAL_SERVER_ERROR;
+        let server_error = Outcome::ServerError(crate::lifecycle::ErrorType::Status(status));
+        for o in [
+            Outcome::Success,
+            Outcome::ClientError,
+            server_error,
+            Outcome::Cancelled,
+        ] {
+            assert_eq!(outcome_member(o), written("outcome", o.as_str()));
+            assert_eq!(message_member(o), written("message", message(o)));
         }
     }
 
