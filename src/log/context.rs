@@ -12,6 +12,8 @@ use super::json::write_json_str;
 
 /// Target of the request span and of the per-request record.
 pub const REQUEST_TARGET: &str = "towerscope::request";
+/// [`REQUEST_TARGET`] as a JSON string (the JSON layer writes it without escaping it per line).
+pub(crate) const REQUEST_TARGET_JSON: &str = "\"towerscope::request\"";
 /// Name of the request span.
 pub const REQUEST_SPAN: &str = "request";
 

@@ -17,7 +17,7 @@ use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
-use super::context::{handoff, RequestContext, REQUEST_SPAN, REQUEST_TARGET};
+use super::context::{handoff, RequestContext, REQUEST_SPAN, REQUEST_TARGET, REQUEST_TARGET_JSON};
 
 /// Bytes that cannot appear raw in a JSON string (and DEL, escaped for readability).
 const ESCAPE: [bool; 256] = {
@@ -832,8 +832,7 @@ where
             line.push_str(level_target(level));
             let request_record = meta.target() == REQUEST_TARGET;
             if request_record {
-                // The request log's target, quoted once.
-                line.push_str(concat!("\"", "towerscope::request", "\""));
+                line.push_str(REQUEST_TARGET_JSON);
             } else {
                 write_json_str(line, meta.target());
             }
@@ -922,7 +921,7 @@ mod tests {
     fn the_quoted_request_target_is_the_target() {
         let mut out = String::new();
         write_json_str(&mut out, REQUEST_TARGET);
-        assert_eq!(out, concat!("\"", "towerscope::request", "\""));
+        assert_eq!(out, REQUEST_TARGET_JSON);
     }
 
     #[test]
