@@ -9,7 +9,7 @@ use std::time::Duration;
 /// mock-clock slot and scales every reading; this reads the process's one clock directly, and
 /// scales once per duration.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Stamp(u64);
+pub(crate) struct Tick(u64);
 
 static CLOCK: std::sync::OnceLock<quanta::Clock> = std::sync::OnceLock::new();
 
@@ -17,14 +17,14 @@ fn clock() -> &'static quanta::Clock {
     CLOCK.get_or_init(quanta::Clock::new)
 }
 
-impl Stamp {
+impl Tick {
     /// Now.
     #[inline]
     pub(crate) fn now() -> Self {
         Self(clock().raw())
     }
 
-    /// The time since this stamp (zero if the clock reads earlier, e.g. across cores).
+    /// The time since this tick (zero if the clock reads earlier, e.g. across cores).
     #[inline]
     pub(crate) fn elapsed(self) -> Duration {
         let c = clock();

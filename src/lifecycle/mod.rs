@@ -68,4 +68,6 @@ pub const PROBE_ROUTES: &[&str] = &[
 pub use observer::{Observer, RequestMeta, ResponseHead};
 pub use outcome::{End, ErrorType, Outcome};
 pub use route::{AddrHasher, RouteEntry, MAX_ROUTES};
+#[cfg(feature = "log")]
+pub(crate) use service::content_length_value;
 pub use service::{content_length, Observe, ObserveLayer, ResponseBody, ResponseFuture};

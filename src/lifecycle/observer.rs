@@ -156,7 +156,7 @@ pub(crate) struct Entered<'a> {
 pub(crate) struct Tracker<O: Observer> {
     pub(crate) route: std::sync::Arc<RouteEntry<O::Route>>,
     pub(crate) obs: O::Observation,
-    pub(crate) start: super::clock::Stamp,
+    pub(crate) start: super::clock::Tick,
     pub(crate) status: Option<StatusCode>,
     pub(crate) response_bytes: u64,
 }

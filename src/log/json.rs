@@ -348,10 +348,6 @@ impl<'a> Seen<'a> {
         seen
     }
 
-    fn bit(key: &str) -> u64 {
-        key_bit(key)
-    }
-
     /// Records keys known not to be there, distinct, whose bits are `filter`.
     fn add_all(&mut self, keys: &[&'static str], filter: u64) {
         self.filter |= filter;
@@ -359,12 +355,12 @@ impl<'a> Seen<'a> {
     }
 
     fn contains(&self, key: &str) -> bool {
-        self.filter & Self::bit(key) != 0 && self.keys.contains(&key)
+        self.filter & key_bit(key) != 0 && self.keys.contains(&key)
     }
 
     /// Records a key known not to be there.
     fn add(&mut self, key: &'static str) {
-        self.filter |= Self::bit(key);
+        self.filter |= key_bit(key);
         self.keys.push(key);
     }
 

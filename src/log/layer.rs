@@ -12,7 +12,8 @@ use super::json::{key_bit, write_int, write_json_str, write_millis};
 use super::request_id::RequestId;
 use crate::ip_text::IpText;
 use crate::lifecycle::{
-    End, KnownMethod, ObserveLayer, Observer, Outcome, RequestMeta, ResponseHead,
+    content_length_value, End, KnownMethod, ObserveLayer, Observer, Outcome, RequestMeta,
+    ResponseHead,
 };
 use crate::redact::{is_sensitive, redact_query, SENSITIVE_PARAMS};
 
@@ -239,9 +240,7 @@ impl Observer for RequestLog {
         let heads = Heads::find(req.headers(), &cfg.header);
         let incoming = heads.id.and_then(RequestId::parse);
         let user_agent = heads.user_agent.cloned();
-        let request_bytes = heads
-            .content_length
-            .and_then(|v| v.to_str().ok()?.parse().ok());
+        let request_bytes = heads.content_length.and_then(content_length_value);
         let id = match incoming {
             Some(id) => id,
             None => {
@@ -378,7 +377,7 @@ impl Observer for RequestLog {
             .saturating_mul(1_000_000)
             .saturating_add(u64::from((end.duration.subsec_nanos() + 500) / 1000));
         let duration_ms = micros as f64 / 1000.0;
-        let message = message(end.outcome);
+        let (message, message_member) = message(end.outcome);
         let client_ip_text = r.client_ip.map(IpText::of);
         let client_ip = client_ip_text.as_ref().map(IpText::as_str);
         // The record's fields written once as JSON from the typed values, for the JSON layer
@@ -425,7 +424,7 @@ impl Observer for RequestLog {
                 if slow {
                     w.key(member!("slow")).out.push_str("true");
                 }
-                w.member("message", message_member(end.outcome));
+                w.member("message", message_member);
                 h.record_ready = true;
             })
             .is_some();
@@ -536,21 +535,18 @@ fn outcome_member(o: Outcome) -> &'static str {
     }
 }
 
-/// The record's message: `request cancelled` or `request finished`.
-fn message(o: Outcome) -> &'static str {
-    if o == Outcome::Cancelled {
-        "request cancelled"
-    } else {
-        "request finished"
+/// The record's message (`request cancelled` or `request finished`) and its `message`
+/// member.
+fn message(o: Outcome) -> (&'static str, &'static str) {
+    macro_rules! both {
+        ($v:literal) => {
+            ($v, plain_member!("message", $v))
+        };
     }
-}
-
-/// The record's `message` member ([`message`]).
-fn message_member(o: Outcome) -> &'static str {
     if o == Outcome::Cancelled {
-        plain_member!("message", "request cancelled")
+        both!("request cancelled")
     } else {
-        plain_member!("message", "request finished")
+        both!("request finished")
     }
 }
 
@@ -709,7 +705,8 @@ mod tests {
             Outcome::Cancelled,
         ] {
             assert_eq!(outcome_member(o), written("outcome", o.as_str()));
-            assert_eq!(message_member(o), written("message", message(o)));
+            let (text, member) = message(o);
+            assert_eq!(member, written("message", text));
         }
     }
 
