@@ -56,6 +56,17 @@ fn server_span(c: &mut Criterion) {
     g.bench_function("sampled_root_not_exported", |b| {
         b.iter(|| one(&mut traced, None))
     });
+    // The target's figure itself: what an unsampled request adds over bare, the two run in
+    // alternating batches (support::added).
+    g.bench_function("unsampled_caller_added", |b| {
+        b.iter_custom(|iters| {
+            added(
+                iters,
+                || one(&mut bare, Some(UNSAMPLED)),
+                || one(&mut traced, Some(UNSAMPLED)),
+            )
+        })
+    });
     g.finish();
 }
 

@@ -102,16 +102,18 @@ impl Tracing {
 /// Per route: the span names by method and the route attribute, built once.
 pub struct TraceRoute {
     excluded: bool,
+    /// `traceresponse` is sent (opt-in).
+    traceresponse: bool,
     names: [Cow<'static, str>; KnownMethod::ALL.len()],
     route: Option<Value>,
 }
 
-/// Per request: the context holding the server span.
+/// Per request: the context holding the server span. Small: it travels in the response
+/// future and body, which are moved several times.
 pub struct TraceObservation {
     cx: Option<Context>,
     /// The span is recorded (towerscope's server span, exported when it ends).
     recording: bool,
-    traceresponse: Option<HeaderValue>,
 }
 
 /// The caller's `tracestate` as OpenTelemetry's type, `None` when that type refuses it.
@@ -165,6 +167,7 @@ impl Observer for Trace {
         });
         TraceRoute {
             excluded: template.is_some_and(|t| self.inner.excluded.iter().any(|e| e == t)),
+            traceresponse: self.inner.traceresponse,
             names,
             // Reference-counted: cloned into every recorded span without a copy.
             route: template.map(|t| Value::String(StringValue::from(Arc::<str>::from(t)))),
@@ -182,7 +185,6 @@ impl Observer for Trace {
             return TraceObservation {
                 cx: None,
                 recording: false,
-                traceresponse: None,
             };
         }
         let got = inner.propagators.extract(req.headers());
@@ -246,29 +248,28 @@ impl Observer for Trace {
                 base.with_span(ServerSpan::new(record, queue.clone(), inner.span_limits))
             }
         };
-        let ids = TraceIds::from_span_context(cx.span().span_context());
-        meta.trace_ids.set(ids);
-        let traceresponse = match ids {
-            Some(ids) => inner
-                .traceresponse
-                .then(|| {
-                    let flags = TraceFlags(u8::from(ids.sampled));
-                    HeaderValue::try_from(TraceParent::header(ids.trace_id, ids.span_id, flags))
-                        .ok()
-                })
-                .flatten(),
-            None => None,
-        };
+        meta.trace_ids
+            .set(TraceIds::from_span_context(cx.span().span_context()));
         TraceObservation {
             cx: Some(cx),
             recording,
-            traceresponse,
         }
     }
 
-    fn response(_: &TraceRoute, obs: &mut TraceObservation, head: &mut ResponseHead<'_>) {
-        if let Some(v) = obs.traceresponse.take() {
-            head.headers.insert("traceresponse", v);
+    fn response(route: &TraceRoute, obs: &mut TraceObservation, head: &mut ResponseHead<'_>) {
+        if !route.traceresponse {
+            return;
+        }
+        let ids = obs
+            .cx
+            .as_ref()
+            .and_then(|cx| TraceIds::from_span_context(cx.span().span_context()));
+        if let Some(ids) = ids {
+            let flags = TraceFlags(u8::from(ids.sampled));
+            let value = TraceParent::header(ids.trace_id, ids.span_id, flags);
+            if let Ok(v) = HeaderValue::try_from(value) {
+                head.headers.insert("traceresponse", v);
+            }
         }
     }
 
