@@ -65,6 +65,7 @@ pub const PROBE_ROUTES: &[&str] = &[
     "/health/{name}",
     "/metrics",
 ];
+pub(crate) use clock::{unix_now, wall_now};
 pub use observer::{Observer, RequestMeta, ResponseHead};
 pub use outcome::{End, ErrorType, Outcome};
 pub use route::{AddrHasher, RouteEntry, MAX_ROUTES};

@@ -182,10 +182,10 @@ struct Stamp {
 }
 
 impl Stamp {
-    fn write(&mut self, out: &mut String, t: SystemTime) {
-        let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    /// Writes the time `since` the Unix epoch.
+    fn write(&mut self, out: &mut String, since: Duration) {
         if self.second != Some(since.as_secs()) {
-            let text = timestamp(t);
+            let text = timestamp(SystemTime::UNIX_EPOCH + since);
             self.prefix.clear();
             self.prefix
                 .push_str(std::str::from_utf8(&text[..21]).unwrap_or("\"\""));
@@ -824,7 +824,7 @@ where
             } = &mut *bufs;
             line.clear();
             line.push_str("{\"timestamp\":");
-            stamp.write(line, SystemTime::now());
+            stamp.write(line, crate::lifecycle::unix_now());
             line.push_str(level_target(level));
             let request_record = meta.target() == REQUEST_TARGET;
             if request_record {
@@ -973,7 +973,10 @@ mod tests {
         for step in [0u64, 1, 999_999, 1_000_000, 86_400_000_000, 86_400_000_007] {
             let t = base + std::time::Duration::from_micros(step);
             let (mut cached, mut fresh) = (String::new(), String::new());
-            stamp.write(&mut cached, t);
+            stamp.write(
+                &mut cached,
+                t.duration_since(SystemTime::UNIX_EPOCH).unwrap(),
+            );
             write_timestamp(&mut fresh, t);
             assert_eq!(cached, fresh);
         }

@@ -2,7 +2,6 @@
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
 
 use http::HeaderValue;
 
@@ -29,10 +28,7 @@ static LAST: AtomicU64 = AtomicU64::new(0);
 /// Unix milliseconds and a counter, strictly increasing: when the clock has not moved (or went
 /// back), the counter goes up, spilling into the next millisecond after 4096 ids.
 fn next_ms_seq() -> (u64, u64) {
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-        & 0xffff_ffff_ffff;
+    let now = crate::lifecycle::unix_now().as_millis() as u64 & 0xffff_ffff_ffff;
     let mut last = LAST.load(Ordering::Relaxed);
     loop {
         let next = (now << 12).max(last + 1);
@@ -173,8 +169,8 @@ mod tests {
         assert_eq!(u.get_version_num(), 7);
         assert_eq!(u.get_variant(), uuid::Variant::RFC4122);
         let (secs, _) = u.get_timestamp().unwrap().to_unix();
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
             .unwrap()
             .as_secs();
         assert!(now.abs_diff(secs) <= 1);

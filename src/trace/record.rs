@@ -407,6 +407,11 @@ impl opentelemetry::trace::Span for ServerSpan {
         }
     }
 
+    /// Ends now, by the lifecycle's wall clock (a TSC read, not a vDSO call).
+    fn end(&mut self) {
+        self.end_with_timestamp(crate::lifecycle::wall_now());
+    }
+
     fn end_with_timestamp(&mut self, timestamp: SystemTime) {
         if let Some(mut r) = self.record.take() {
             r.end_time = timestamp;

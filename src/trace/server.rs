@@ -4,7 +4,6 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use http::{HeaderValue, Request};
 use opentelemetry::trace::{
@@ -243,7 +242,7 @@ impl Observer for Trace {
                 record.parent_span_id = parent_span_id;
                 record.parent_span_is_remote = parent_span_is_remote;
                 record.name = route.names[meta.method.index()].clone();
-                record.start_time = SystemTime::now();
+                record.start_time = crate::lifecycle::wall_now();
                 fill_request(&mut record.request, inner, route, req, meta, &base);
                 base.with_span(ServerSpan::new(record, queue.clone(), inner.span_limits))
             }
