@@ -63,6 +63,9 @@ use towerscope::BoxError;
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Stack {
     Bare,
+    /// The bare routes behind `Router::layer` with a layer that does nothing: what any axum
+    /// layer costs before it does anything (a benchmark floor, not a towerscope stack).
+    Identity,
     Red,
     RedLog,
     Full,
@@ -85,7 +88,7 @@ struct Args {
 }
 
 const USAGE: &str =
-    "usage: server [--addr HOST:PORT] [--stack bare|red|red+log|full] [--workers N] \
+    "usage: server [--addr HOST:PORT] [--stack bare|identity|red|red+log|full] [--workers N] \
                      [--downstream URL] [--breaker-wait SECONDS] [--drain-delay SECONDS] \
                      [--max-in-flight N]";
 
@@ -107,11 +110,14 @@ fn parse_args() -> Result<Args, String> {
             "--stack" => {
                 args.stack = match value()?.as_str() {
                     "bare" => Stack::Bare,
+                    "identity" => Stack::Identity,
                     "red" => Stack::Red,
                     "red+log" => Stack::RedLog,
                     "full" => Stack::Full,
                     other => {
-                        return Err(format!("unknown stack {other:?}: bare, red, red+log, full"))
+                        return Err(format!(
+                            "unknown stack {other:?}: bare, identity, red, red+log, full"
+                        ))
                     }
                 }
             }
@@ -502,7 +508,7 @@ fn main() {
     // The recorder first: handles (the breaker's, the layers', the exporter's counters) are
     // resolved against it.
     let prometheus = match args.stack {
-        Stack::Bare => None,
+        Stack::Bare | Stack::Identity => None,
         _ => match Prometheus::install() {
             Ok(p) => Some(p),
             Err(e) => {
@@ -579,7 +585,7 @@ async fn serve(
     // The embedded database (SQLite in memory), checked by the readiness probe.
     let pool = embedded_db().await?;
     let users = match args.stack {
-        Stack::Bare => Users::Plain(pool.clone()),
+        Stack::Bare | Stack::Identity => Users::Plain(pool.clone()),
         _ => Users::Instrumented(Db::builder(pool.clone()).pool_name("users").build()),
     };
     with_executor!(users, |e| sqlx::query(CREATE_USERS).execute(e).await)?;
@@ -610,6 +616,10 @@ async fn serve(
         downstream_state,
         users,
     );
+    let app = match args.stack {
+        Stack::Identity => app.layer(tower::layer::util::Identity::new()),
+        _ => app,
+    };
     println!(
         "{{\"message\":\"listening\",\"addr\":\"{local}\",\"stack\":\"{:?}\",\"workers\":{}}}",
         args.stack, args.workers
