@@ -1,7 +1,8 @@
 //! The lifecycle's clock.
 
-use std::cell::Cell;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
+#[cfg(any(feature = "log", feature = "otel"))]
+use std::{cell::Cell, time::SystemTime};
 
 /// A point in time for measuring a duration: the clock's raw reading (the TSC's ticks where
 /// quanta can use it), scaled to nanoseconds only when a duration is taken.
@@ -34,6 +35,7 @@ impl Tick {
 }
 
 /// How long a thread's wall-clock anchor serves before it is read again.
+#[cfg(any(feature = "log", feature = "otel"))]
 const REANCHOR: Duration = Duration::from_millis(100);
 
 /// The wall clock, read through the lifecycle's clock. `SystemTime::now()` is a vDSO call (an
@@ -43,11 +45,14 @@ const REANCHOR: Duration = Duration::from_millis(100);
 /// `SystemTime::now()` and reads that again every 100 ms, so the time follows the system
 /// clock's adjustments within that: NTP slews at most 500 ppm (50 µs in 100 ms), usually a few
 /// ppm, under the microsecond the log's timestamps show.
+#[cfg(feature = "otel")]
 pub(crate) fn wall_now() -> SystemTime {
     SystemTime::UNIX_EPOCH + unix_now()
 }
 
-/// [`wall_now`] as the time since the Unix epoch (what timestamps are written from).
+/// The wall clock (see [`wall_now`]) as the time since the Unix epoch, what timestamps are
+/// written from.
+#[cfg(any(feature = "log", feature = "otel"))]
 pub(crate) fn unix_now() -> Duration {
     thread_local! {
         static ANCHOR: Cell<Option<(u64, Duration)>> = const { Cell::new(None) };
@@ -74,7 +79,7 @@ pub(crate) fn unix_now() -> Duration {
         .unwrap_or_else(|_| system())
 }
 
-#[cfg(test)]
+#[cfg(all(test, any(feature = "log", feature = "otel")))]
 mod tests {
     use super::*;
 
@@ -83,11 +88,16 @@ mod tests {
         // Across several anchors (over 100 ms apart), every reading within a millisecond of
         // the system clock's, and never behind the previous one by more than that.
         let start = std::time::Instant::now();
-        let mut last = wall_now();
+        let mut last = unix_now();
         while start.elapsed() < Duration::from_millis(350) {
-            let before = SystemTime::now();
-            let ours = wall_now();
-            let after = SystemTime::now();
+            let system = || {
+                SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap()
+            };
+            let before = system();
+            let ours = unix_now();
+            let after = system();
             let slack = Duration::from_millis(1);
             assert!(
                 ours + slack >= before && ours <= after + slack,

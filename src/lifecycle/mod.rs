@@ -65,7 +65,10 @@ pub const PROBE_ROUTES: &[&str] = &[
     "/health/{name}",
     "/metrics",
 ];
-pub(crate) use clock::{unix_now, wall_now};
+#[cfg(feature = "log")]
+pub(crate) use clock::unix_now;
+#[cfg(feature = "otel")]
+pub(crate) use clock::wall_now;
 pub use observer::{Observer, RequestMeta, ResponseHead};
 pub use outcome::{End, ErrorType, Outcome};
 pub use route::{AddrHasher, RouteEntry, MAX_ROUTES};
