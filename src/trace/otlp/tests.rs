@@ -32,7 +32,11 @@ fn ours(enc: &mut Encoder, spans: &[SpanData]) -> ExportTraceServiceRequest {
 }
 
 pub(crate) fn items(spans: &[SpanData]) -> Vec<Item> {
-    spans.iter().cloned().map(Item::Sdk).collect()
+    spans
+        .iter()
+        .cloned()
+        .map(|s| Item::Sdk(Box::new(s)))
+        .collect()
 }
 
 /// Random span parts for encoding tests.

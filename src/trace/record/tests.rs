@@ -105,7 +105,7 @@ fn a_server_record_is_written_as_its_span_data() {
                 if g.0.bool() {
                     Item::Server(Box::new(record(&mut g)))
                 } else {
-                    Item::Sdk(g.span(&scopes))
+                    Item::Sdk(Box::new(g.span(&scopes)))
                 }
             })
             .collect();
@@ -113,7 +113,7 @@ fn a_server_record_is_written_as_its_span_data() {
             .iter()
             .map(|i| match i {
                 Item::Sdk(s) => Item::Sdk(s.clone()),
-                Item::Server(r) => Item::Sdk(r.to_span_data(&scopes[0])),
+                Item::Server(r) => Item::Sdk(Box::new(r.to_span_data(&scopes[0]))),
             })
             .collect();
         direct.encode(&batch, &mut a);
