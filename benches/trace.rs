@@ -67,6 +67,17 @@ fn server_span(c: &mut Criterion) {
             )
         })
     });
+    // The trace observer's own part: the unsampled request over the lifecycle core alone
+    // (which every towerscope stack pays), paired the same way.
+    g.bench_function("unsampled_caller_over_core", |b| {
+        b.iter_custom(|iters| {
+            added(
+                iters,
+                || one(&mut core, Some(UNSAMPLED)),
+                || one(&mut traced, Some(UNSAMPLED)),
+            )
+        })
+    });
     g.finish();
 }
 
