@@ -442,6 +442,54 @@ async fn tracestate_that_opentelemetry_refuses_is_still_sent_on() {
     tracing.shutdown(Duration::from_secs(1));
 }
 
+/// The server span's context is current in every poll of the handler, not only the first:
+/// across awaits that suspend it, with nothing exported (the context handed to the poll
+/// rather than cloned) and from sampled and unsampled callers alike.
+#[tokio::test(flavor = "current_thread")]
+async fn the_context_is_current_across_awaits() {
+    let tracing = TraceConfig::from_env("it")
+        .exporter(towerscope::trace::Exporter::None)
+        .install();
+    let ids = || TraceIds::current().map(|i| format!("{}-{}", i.trace_id, i.span_id));
+    let app = Router::new()
+        .route(
+            "/wait",
+            get(move || async move {
+                let first = ids();
+                tokio::task::yield_now().await;
+                let second = ids();
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                let third = ids();
+                format!("{first:?} {second:?} {third:?}")
+            }),
+        )
+        .layer(ObserveLayer::with_observer(tracing.observer()));
+    let addr = serve(app).await;
+    for flags in ["01", "00"] {
+        let req = http::Request::get(format!("http://{addr}/wait"))
+            .header(
+                "traceparent",
+                format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}"),
+            )
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let res = client().request(req).await.unwrap();
+        let body = http_body_util::BodyExt::collect(res.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        let seen: Vec<&str> = text.split(' ').collect();
+        assert_eq!(seen.len(), 3, "{text}");
+        assert!(
+            seen[0].starts_with("Some(\"4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "{flags}: {text}"
+        );
+        assert!(seen.iter().all(|s| *s == seen[0]), "{flags}: {text}");
+    }
+    tracing.shutdown(Duration::from_secs(1));
+}
+
 // ---- collectors that misbehave ----
 
 /// The example server with tracing exporting to `endpoint`, a small queue and short timeouts.
