@@ -1,13 +1,12 @@
 //! Getting spans out without touching the request path: a bounded queue drained by one
 //! export thread (dropping and counting what does not fit), and a console exporter.
 //!
-//! Written here rather than using the SDK's `BatchSpanProcessor` for two reasons: the SDK counts
+//! Written here rather than using the SDK's `BatchSpanProcessor` for one reason: the SDK counts
 //! dropped spans only internally (a log line at shutdown), and towerscope must count every drop
-//! in a metric; and the SDK's queue is a channel, where a request that finds the queue full or
-//! the thread asleep pays for it. The shape is the same: a bounded queue filled by the request
-//! path (lock-free: crossbeam's `ArrayQueue`; no wake-up unless a batch is full), batches of at
-//! most `max_batch` spans exported at least every `delay`, a flush with a deadline at shutdown.
-//! The queue's slots (a pointer and a stamp each) are allocated up front.
+//! in a metric. The shape is the same: a bounded queue filled by the request path (lock-free:
+//! crossbeam's `ArrayQueue`; no wake-up unless a batch is full), batches of at most `max_batch`
+//! spans exported at least every `delay`, a flush with a deadline at shutdown. The queue's
+//! slots (a pointer and a stamp each) are allocated up front.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -294,7 +293,7 @@ fn export_loop<E: Export>(mut exporter: E, handle: &QueueHandle) {
             if batch.is_empty() {
                 break;
             }
-            left -= batch.len().min(left);
+            left -= batch.len();
             export(batch);
         }
         for c in control {
