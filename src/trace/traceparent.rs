@@ -31,8 +31,10 @@ impl fmt::Debug for SpanId {
     }
 }
 
-/// Lowercase hex digits on the stack (ids as text without allocating).
+/// Lowercase hex digits on the stack (ids as text without allocating). Aligned to a word so
+/// that the UTF-8 check of [`Hex::as_str`] takes its word-at-a-time path from the first byte.
 #[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(align(8))]
 pub struct Hex<const N: usize>([u8; N]);
 
 impl<const N: usize> Hex<N> {
