@@ -37,6 +37,11 @@ impl fmt::Debug for SpanId {
 #[repr(align(8))]
 pub struct Hex<const N: usize>([u8; N]);
 
+/// Eight bytes as sixteen lowercase hex digits (the request id's digits, too).
+pub(crate) fn hex_digits(bytes: [u8; 8]) -> [u8; 16] {
+    simd::encode8(&bytes)
+}
+
 impl<const N: usize> Hex<N> {
     /// The digits of `bytes` (`N / 2` of them), eight bytes at a time.
     fn of(bytes: &[u8]) -> Self {
