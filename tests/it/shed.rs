@@ -18,11 +18,12 @@ fn a_saturated_server_sheds_and_still_answers_its_probes() {
             "http://127.0.0.1:9/simulate",
         ],
     );
-    // Two slow requests take both slots (wait until both are admitted).
+    // Two slow requests take both slots (wait until both are admitted: up to 6 s, since the
+    // whole suite runs in parallel on two cores; they stay in flight for 8 s).
     let slow: Vec<_> = (0..2)
-        .map(|_| std::thread::spawn(move || http(addr, "GET", "/simulate?ms=3000")))
+        .map(|_| std::thread::spawn(move || http(addr, "GET", "/simulate?ms=8000")))
         .collect();
-    eventually(Duration::from_secs(2), || {
+    eventually(Duration::from_secs(6), || {
         let (_, text) = http(addr, "GET", "/metrics");
         (sample(&text, "http_server_concurrency_utilization_ratio", &[]) == Some(1.0)).then_some(())
     })
