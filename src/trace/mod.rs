@@ -110,6 +110,7 @@ pub mod tracestate;
 
 pub use baggage::Baggage;
 pub use propagation::{Extracted, Format, Propagators, B3, BAGGAGE, TRACEPARENT, TRACESTATE};
+#[cfg(feature = "log")]
 pub(crate) use traceparent::hex_digits;
 pub use traceparent::{Hex, SpanId, TraceFlags, TraceId, TraceParent, TRACEPARENT_LEN};
 pub use tracestate::TraceState;

@@ -38,6 +38,7 @@ impl fmt::Debug for SpanId {
 pub struct Hex<const N: usize>([u8; N]);
 
 /// Eight bytes as sixteen lowercase hex digits (the request id's digits, too).
+#[cfg(feature = "log")]
 pub(crate) fn hex_digits(bytes: [u8; 8]) -> [u8; 16] {
     simd::encode8(&bytes)
 }
