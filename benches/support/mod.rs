@@ -33,7 +33,7 @@ pub fn drain<B: http_body::Body + Unpin>(mut body: B) {
 
 /// How much longer `with` takes than `without`, for criterion's `iter_custom`: the two run in
 /// alternating batches of 256 requests, so the host's slow swings (clock frequency,
-/// neighbours) fall on both alike. The bare trace bench alone measured 291 to 392 ns in runs
+/// neighbours) fall on both alike. The bare trace bench alone measured 291 to 401 ns in runs
 /// minutes apart on this host; a bare-against-bare pairing measures 0 +/- 1 ns.
 #[allow(dead_code)] // not every bench compares
 pub fn added(iters: u64, mut without: impl FnMut(), mut with: impl FnMut()) -> std::time::Duration {
