@@ -44,6 +44,7 @@
 //! ```
 
 mod clock;
+pub(crate) mod headers;
 mod method;
 mod observer;
 mod outcome;

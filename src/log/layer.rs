@@ -464,8 +464,8 @@ impl Observer for RequestLog {
     }
 }
 
-/// The headers the request log reads: with few headers (the usual case) found in one pass
-/// over them, no name hashed; with many, by lookups. The first value of each, as `get` gives.
+/// The headers the request log reads (the first value of each, as `get` gives), found in one
+/// pass when there are few.
 struct Heads<'a> {
     id: Option<&'a HeaderValue>,
     user_agent: Option<&'a HeaderValue>,
@@ -473,32 +473,20 @@ struct Heads<'a> {
 }
 
 impl<'a> Heads<'a> {
-    const SCAN_UP_TO: usize = 16;
-
     fn find(headers: &'a HeaderMap, id: &HeaderName) -> Self {
-        if headers.keys_len() > Self::SCAN_UP_TO {
-            return Self {
+        let (ua, cl) = (&http::header::USER_AGENT, &http::header::CONTENT_LENGTH);
+        match crate::lifecycle::headers::scan(headers, [id, ua, cl]) {
+            Some([id, user_agent, content_length]) => Self {
+                id: id.first,
+                user_agent: user_agent.first,
+                content_length: content_length.first,
+            },
+            None => Self {
                 id: headers.get(id),
-                user_agent: headers.get(http::header::USER_AGENT),
-                content_length: headers.get(http::header::CONTENT_LENGTH),
-            };
+                user_agent: headers.get(ua),
+                content_length: headers.get(cl),
+            },
         }
-        let mut h = Self {
-            id: None,
-            user_agent: None,
-            content_length: None,
-        };
-        for (name, value) in headers {
-            if name == id {
-                h.id.get_or_insert(value);
-            }
-            if name == http::header::USER_AGENT {
-                h.user_agent.get_or_insert(value);
-            } else if name == http::header::CONTENT_LENGTH {
-                h.content_length.get_or_insert(value);
-            }
-        }
-        h
     }
 }
 

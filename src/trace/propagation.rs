@@ -186,10 +186,9 @@ pub struct Extracted {
     pub baggage: Baggage,
 }
 
-/// Which W3C headers a request may carry. With few headers (the usual case) one pass over
-/// them, comparing name lengths first, costs less than hashing three names to look them up,
-/// and it finds the `traceparent` value on the way (with how many there are: two are
-/// invalid); with many, every header counts as possibly present and the lookups decide.
+/// Which W3C headers a request may carry: with few headers, from one pass over them, which
+/// also finds the `traceparent` value (and whether there are two: then none is valid); with
+/// many, every header counts as possibly present and lookups decide.
 struct Present<'a> {
     traceparent: bool,
     tracestate: bool,
@@ -201,40 +200,23 @@ struct Present<'a> {
 }
 
 impl<'a> Present<'a> {
-    const SCAN_UP_TO: usize = 16;
-
     fn scan(headers: &'a HeaderMap) -> Self {
-        if headers.keys_len() > Self::SCAN_UP_TO {
-            return Self {
+        match crate::lifecycle::headers::scan(headers, [&TRACEPARENT, &TRACESTATE, &BAGGAGE]) {
+            Some([traceparent, tracestate, baggage]) => Self {
+                traceparent: traceparent.first.is_some(),
+                tracestate: tracestate.first.is_some(),
+                baggage: baggage.first.is_some(),
+                traceparent_value: traceparent.first.filter(|_| !traceparent.repeated),
+                scanned: true,
+            },
+            None => Self {
                 traceparent: true,
                 tracestate: true,
                 baggage: true,
                 traceparent_value: None,
                 scanned: false,
-            };
+            },
         }
-        let mut p = Self {
-            traceparent: false,
-            tracestate: false,
-            baggage: false,
-            traceparent_value: None,
-            scanned: true,
-        };
-        // `iter` yields every value, repeated names included.
-        for (name, value) in headers {
-            let n = name.as_str();
-            match n.len() {
-                11 if n == TRACEPARENT.as_str() => {
-                    // A second one makes the first invalid too.
-                    p.traceparent_value = (!p.traceparent).then_some(value);
-                    p.traceparent = true;
-                }
-                10 => p.tracestate |= n == TRACESTATE.as_str(),
-                7 => p.baggage |= n == BAGGAGE.as_str(),
-                _ => {}
-            }
-        }
-        p
     }
 
     /// Exactly one valid `traceparent` header.
