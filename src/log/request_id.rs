@@ -26,8 +26,8 @@ fn next_ms_seq() -> (u64, u64) {
     }
 }
 
-/// The request's id: set on the response header and available to handlers as an extractor.
-/// (Putting it on outgoing calls belongs to the client layers, which do not exist yet.)
+/// The request's id: set on the response header, available to handlers as an extractor, and
+/// put on outgoing calls by the trace feature's client layers (`x-request-id`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestId(pub(crate) HeaderValue);
 
