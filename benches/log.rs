@@ -62,13 +62,10 @@ fn bench(c: &mut Criterion) {
             g.bench_function(name, |b| b.iter(|| one(&mut svc)));
         });
     }
-    // The target's figure itself: what a logged request adds over bare, the two run in
-    // alternating batches (support::added).
+    // The target's figure itself: what a logged request adds over bare, paired.
     tracing::subscriber::with_default(json(1.0), || {
         let mut svc = layer().layer(plain());
-        g.bench_function("logged_added", |b| {
-            b.iter_custom(|iters| added(iters, || one(&mut bare), || one(&mut svc)))
-        });
+        bench_added(&mut g, "logged_added", || one(&mut bare), || one(&mut svc));
     });
     g.finish();
 

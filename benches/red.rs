@@ -56,17 +56,13 @@ fn bench(c: &mut Criterion) {
     let layer = red().layer().route_fn(|_, _| Some("/users/{id}"));
     let mut observed = layer.layer(plain());
     g.bench_function("red", |b| b.iter(|| one(&mut observed, "/users/7")));
-    // The target's figure itself: what the layer adds over bare, the two run in alternating
-    // batches (support::added).
-    g.bench_function("red_added", |b| {
-        b.iter_custom(|iters| {
-            added(
-                iters,
-                || one(&mut bare, "/users/7"),
-                || one(&mut observed, "/users/7"),
-            )
-        })
-    });
+    // The target's figure itself: what the layer adds over bare, paired.
+    bench_added(
+        &mut g,
+        "red_added",
+        || one(&mut bare, "/users/7"),
+        || one(&mut observed, "/users/7"),
+    );
     // The lifecycle core alone (clock, route, future and body wrappers), no observer.
     let core =
         towerscope::lifecycle::ObserveLayer::with_observer(()).route_fn(|_, _| Some("/users/{id}"));

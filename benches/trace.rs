@@ -56,28 +56,20 @@ fn server_span(c: &mut Criterion) {
     g.bench_function("sampled_root_not_exported", |b| {
         b.iter(|| one(&mut traced, None))
     });
-    // The target's figure itself: what an unsampled request adds over bare, the two run in
-    // alternating batches (support::added).
-    g.bench_function("unsampled_caller_added", |b| {
-        b.iter_custom(|iters| {
-            added(
-                iters,
-                || one(&mut bare, Some(UNSAMPLED)),
-                || one(&mut traced, Some(UNSAMPLED)),
-            )
-        })
-    });
-    // The trace observer's own part: the unsampled request over the lifecycle core alone
-    // (which every towerscope stack pays), paired the same way.
-    g.bench_function("unsampled_caller_over_core", |b| {
-        b.iter_custom(|iters| {
-            added(
-                iters,
-                || one(&mut core, Some(UNSAMPLED)),
-                || one(&mut traced, Some(UNSAMPLED)),
-            )
-        })
-    });
+    // The target's figure itself: what an unsampled request adds over bare, paired; and the
+    // trace observer's own part, over the lifecycle core every towerscope stack pays.
+    bench_added(
+        &mut g,
+        "unsampled_caller_added",
+        || one(&mut bare, Some(UNSAMPLED)),
+        || one(&mut traced, Some(UNSAMPLED)),
+    );
+    bench_added(
+        &mut g,
+        "unsampled_caller_over_core",
+        || one(&mut core, Some(UNSAMPLED)),
+        || one(&mut traced, Some(UNSAMPLED)),
+    );
     g.finish();
 }
 

@@ -31,29 +31,38 @@ pub fn drain<B: http_body::Body + Unpin>(mut body: B) {
     }
 }
 
-/// How much longer `with` takes than `without`, for criterion's `iter_custom`: the two run in
-/// alternating batches of 256 requests, so the host's slow swings (clock frequency,
+/// Benches how much longer `with` takes than `without`: the two run in alternating batches
+/// of 256 requests (criterion's `iter_custom`), so the host's slow swings (clock frequency,
 /// neighbours) fall on both alike. The bare trace bench alone measured 291 to 401 ns in runs
 /// minutes apart on this host; a bare-against-bare pairing measures 0 +/- 1 ns.
 #[allow(dead_code)] // not every bench compares
-pub fn added(iters: u64, mut without: impl FnMut(), mut with: impl FnMut()) -> std::time::Duration {
+pub fn bench_added(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    mut without: impl FnMut(),
+    mut with: impl FnMut(),
+) {
     use std::time::{Duration, Instant};
     const BATCH: u64 = 256;
-    let (mut base, mut total) = (Duration::ZERO, Duration::ZERO);
-    let mut left = iters;
-    while left > 0 {
-        let n = left.min(BATCH);
-        let t = Instant::now();
-        for _ in 0..n {
-            without();
-        }
-        base += t.elapsed();
-        let t = Instant::now();
-        for _ in 0..n {
-            with();
-        }
-        total += t.elapsed();
-        left -= n;
-    }
-    total.saturating_sub(base)
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let (mut base, mut total) = (Duration::ZERO, Duration::ZERO);
+            let mut left = iters;
+            while left > 0 {
+                let n = left.min(BATCH);
+                let t = Instant::now();
+                for _ in 0..n {
+                    without();
+                }
+                base += t.elapsed();
+                let t = Instant::now();
+                for _ in 0..n {
+                    with();
+                }
+                total += t.elapsed();
+                left -= n;
+            }
+            total.saturating_sub(base)
+        })
+    });
 }
