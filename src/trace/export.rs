@@ -271,15 +271,14 @@ fn export_loop<E: Export>(mut exporter: E, handle: &QueueHandle) {
         || std::mem::take(&mut *shared.control.lock().unwrap_or_else(|e| e.into_inner()));
     let mut deadline = Instant::now() + s.delay;
     loop {
-        let mut control = controls();
-        let batch_ready = || shared.spans.len() >= s.max_batch;
-        if control.is_empty() && !batch_ready() {
-            // Woken early by a full batch or a control request; spurious wake-ups only loop.
+        let control = controls();
+        let due =
+            !control.is_empty() || shared.spans.len() >= s.max_batch || Instant::now() >= deadline;
+        if !due {
+            // Until the deadline, or woken by a full batch or a control request (a spurious
+            // wake-up only looks again).
             std::thread::park_timeout(deadline.saturating_duration_since(Instant::now()));
-            control = controls();
-            if control.is_empty() && !batch_ready() && Instant::now() < deadline {
-                continue;
-            }
+            continue;
         }
         deadline = Instant::now() + s.delay;
         // What is queued now, in batches; spans that arrive meanwhile wait for the next round
