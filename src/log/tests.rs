@@ -185,6 +185,64 @@ async fn one_record_per_request_with_fields_and_levels() {
 }
 
 #[tokio::test(flavor = "current_thread")]
+async fn levels_per_outcome_under_a_filter() {
+    // Successes at DEBUG under an INFO filter: no record for them, the records after them
+    // carry only their own fields, failures keep their levels.
+    let capture = Capture::default();
+    let _g = tracing::subscriber::set_default(
+        tracing_subscriber::registry()
+            .with(tracing_subscriber::filter::LevelFilter::INFO)
+            .with(JsonLayer::new("shop", capture.clone())),
+    );
+    let layer = RequestLog::builder()
+        .levels(
+            tracing::Level::DEBUG,
+            tracing::Level::INFO,
+            tracing::Level::ERROR,
+            tracing::Level::WARN,
+        )
+        .layer();
+    let app = app(layer);
+    let ua = |uri: &str, agent: &str| {
+        Request::get(uri)
+            .header("user-agent", agent)
+            .body(Body::empty())
+            .unwrap()
+    };
+    send(&app, ua("/ok", "first/1")).await;
+    send(&app, ua("/missing", "second/2")).await;
+    send(&app, ua("/ok", "third/3")).await;
+    send(&app, ua("/fail", "fourth/4")).await;
+    let records = capture.requests();
+    let seen: Vec<_> = records
+        .iter()
+        .map(|r| {
+            (
+                r["level"].as_str().unwrap(),
+                r["path"].as_str().unwrap(),
+                r["status"].as_u64().unwrap(),
+                r["user_agent"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("INFO", "/missing", 404, "second/2"),
+            ("ERROR", "/fail", 500, "fourth/4"),
+        ],
+        "{records:#?}"
+    );
+    // The handler's own INFO lines of the unlogged successes still carry their context.
+    let inside = capture
+        .lines()
+        .into_iter()
+        .filter(|l| l["message"] == "inside handler")
+        .count();
+    assert_eq!(inside, 2);
+}
+
+#[tokio::test(flavor = "current_thread")]
 async fn context_reaches_later_lines_spawned_work_and_never_leaks() {
     let capture = Capture::default();
     let _g = tracing::subscriber::set_default(subscriber(
