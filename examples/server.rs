@@ -23,6 +23,8 @@
 //! finish; tracing (OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set); load shedding beyond
 //! `--max-in-flight` requests (default 1024): 503 with `Retry-After`, probes exempt; resource
 //! metrics of the process, its container, the temp dir's disk and the runtime).
+//! `--success-level debug` logs successful requests at DEBUG: under the default `RUST_LOG=info`
+//! only failures, slow and cancelled requests are logged, and successes cost no record.
 //!
 //! Watch the breaker open and recover:
 //!
@@ -85,12 +87,15 @@ struct Args {
     breaker_wait: Duration,
     drain_delay: Duration,
     max_in_flight: usize,
+    /// The request log's level for successful requests (INFO by default; DEBUG or TRACE keep
+    /// only failures under `RUST_LOG=info`).
+    success_level: tracing::Level,
 }
 
 const USAGE: &str =
     "usage: server [--addr HOST:PORT] [--stack bare|identity|red|red+log|full] [--workers N] \
                      [--downstream URL] [--breaker-wait SECONDS] [--drain-delay SECONDS] \
-                     [--max-in-flight N]";
+                     [--max-in-flight N] [--success-level LEVEL]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -101,6 +106,7 @@ fn parse_args() -> Result<Args, String> {
         breaker_wait: Duration::from_secs(5),
         drain_delay: Duration::from_secs(5),
         max_in_flight: 1024,
+        success_level: tracing::Level::INFO,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -141,6 +147,11 @@ fn parse_args() -> Result<Args, String> {
                 args.max_in_flight = value()?
                     .parse()
                     .map_err(|e| format!("--max-in-flight: {e}"))?;
+            }
+            "--success-level" => {
+                args.success_level = value()?
+                    .parse()
+                    .map_err(|e| format!("--success-level: {e}"))?;
             }
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
@@ -442,7 +453,8 @@ fn health(downstream_url: &str, breaker: &Breaker, db: sqlx::SqlitePool) -> Heal
 }
 
 fn app(
-    logs: bool,
+    // The request log's level for successes, with the log on.
+    logs: Option<tracing::Level>,
     prometheus: Option<&Prometheus>,
     health: Option<&Health>,
     tracing: Option<&Tracing>,
@@ -471,27 +483,28 @@ fn app(
         Some(p) => routes.merge(p.router()),
         None => routes,
     };
+    let log = |success| RequestLog::builder().success_level(success).build();
     match (prometheus.is_some(), logs) {
         (false, _) => routes,
         // Server spans before the request log, so its records carry the span's ids. Load
         // shedding inside them: shed requests are seen (503) by RED, logs and traces. Both in
         // one `Router::layer` call: axum wraps (and per request clones and boxes) every route
         // once per call.
-        (true, true) if tracing.is_some() => routes.layer(
+        (true, Some(success)) if tracing.is_some() => routes.layer(
             tower::ServiceBuilder::new()
                 .layer(ObserveLayer::with_observer((
                     // Body sizes: HTTP traffic in and out (bytes/s from the histograms' sums).
                     Red::builder().body_sizes(true).build(),
                     tracing.expect("checked").observer(),
-                    RequestLog::builder().build(),
+                    log(success),
                 )))
                 .layer(LoadShedLayer::new(max_in_flight)),
         ),
-        (true, false) => routes.layer(RedLayer::new()),
+        (true, None) => routes.layer(RedLayer::new()),
         // One layer for both: the clock, route and body tracking are paid once.
-        (true, true) => routes.layer(ObserveLayer::with_observer((
+        (true, Some(success)) => routes.layer(ObserveLayer::with_observer((
             Red::builder().build(),
-            RequestLog::builder().build(),
+            log(success),
         ))),
     }
 }
@@ -608,7 +621,7 @@ async fn serve(
         chain_url,
     };
     let app = app(
-        args.stack.logs(),
+        args.stack.logs().then_some(args.success_level),
         prometheus.as_ref(),
         health.as_ref(),
         tracing.as_ref(),

@@ -3,16 +3,18 @@
 # example server for each stack, counted by callgrind (repeatable whatever the machine's noise;
 # kernel time, the larger share of a request on loopback, is not counted).
 #
-#   scripts/bench-instructions.sh [--requests N] [--path PATH] [STACK...]
+#   scripts/bench-instructions.sh [--requests N] [--path PATH] [--server-args "ARGS"] [STACK...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 requests=3000
 path=/echo/42
+server_args=""
 stacks=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --requests) requests=$2; shift 2 ;;
     --path) path=$2; shift 2 ;;
+    --server-args) server_args=$2; shift 2 ;;
     *) stacks+=("$1"); shift ;;
   esac
 done
@@ -51,7 +53,7 @@ for stack in "${stacks[@]}"; do
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   out="$tmp/cg-$stack.out"
   valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
-    "$bin" --addr "127.0.0.1:$port" --stack "$stack" --workers 1 >"$tmp/log-$stack" 2>&1 &
+    "$bin" --addr "127.0.0.1:$port" --stack "$stack" --workers 1 $server_args >"$tmp/log-$stack" 2>&1 &
   pid=$!
   for _ in $(seq 200); do curl -fs "http://127.0.0.1:$port/" >/dev/null 2>&1 && break; sleep 0.1; done
   client "$port" 200                      # warm-up: route handles, buffers

@@ -117,6 +117,13 @@ impl RequestLogBuilder {
         self
     }
 
+    /// The level of successful requests only (INFO by default): DEBUG keeps only failures,
+    /// slow and cancelled requests under `RUST_LOG=info`, and such records cost no formatting.
+    pub fn success_level(mut self, level: Level) -> Self {
+        self.cfg.success = level;
+        self
+    }
+
     /// Requests slower than this are logged at WARN (at least) with `slow=true`; `None` turns
     /// it off.
     pub fn slow_threshold(mut self, threshold: Option<Duration>) -> Self {
