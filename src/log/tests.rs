@@ -202,17 +202,17 @@ async fn levels_per_outcome_under_a_filter() {
             tracing::Level::WARN,
         )
         .layer();
-    let app = app(layer);
+    let svc = app(layer);
     let ua = |uri: &str, agent: &str| {
         Request::get(uri)
             .header("user-agent", agent)
             .body(Body::empty())
             .unwrap()
     };
-    send(&app, ua("/ok", "first/1")).await;
-    send(&app, ua("/missing", "second/2")).await;
-    send(&app, ua("/ok", "third/3")).await;
-    send(&app, ua("/fail", "fourth/4")).await;
+    send(&svc, ua("/ok", "first/1")).await;
+    send(&svc, ua("/missing", "second/2")).await;
+    send(&svc, ua("/ok", "third/3")).await;
+    send(&svc, ua("/fail", "fourth/4")).await;
     let records = capture.requests();
     let seen: Vec<_> = records
         .iter()
@@ -240,6 +240,19 @@ async fn levels_per_outcome_under_a_filter() {
         .filter(|l| l["message"] == "inside handler")
         .count();
     assert_eq!(inside, 2);
+
+    // A slow success is logged at WARN whatever its level.
+    let slow = RequestLog::builder()
+        .success_level(tracing::Level::DEBUG)
+        .slow_threshold(Some(Duration::ZERO))
+        .layer();
+    send(&app(slow), ua("/ok", "fifth/5")).await;
+    let last = capture.requests().pop().unwrap();
+    assert_eq!(
+        (last["level"].as_str(), last["slow"].as_bool()),
+        (Some("WARN"), Some(true))
+    );
+    assert_eq!(last["user_agent"], "fifth/5");
 }
 
 #[tokio::test(flavor = "current_thread")]
