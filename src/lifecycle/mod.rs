@@ -3,7 +3,8 @@
 //!
 //! - **Route**: the matched route template (axum's `MatchedPath`, e.g. `/users/{id}`), never
 //!   the raw path; `None` for requests that matched no route. Plain Hyper/Tower services supply
-//!   templates with [`ObserveLayer::route_fn`].
+//!   templates as a list ([`ObserveLayer::routes`], matched as axum matches them) or with
+//!   [`ObserveLayer::route_fn`].
 //! - **Method**: [`KnownMethod`], the nine standard methods or `_OTHER`.
 //! - **Outcome**: [`Outcome`], one definition of success, client error, server error (with its
 //!   [`ErrorType`]) and cancellation.

@@ -16,6 +16,8 @@ pub(crate) enum RouteSource {
     MatchedPath,
     /// A user closure, for plain Hyper/Tower services.
     Fn(Arc<RouteFn>),
+    /// Route templates, matched against the path with axum's own matcher.
+    Templates(Arc<matchit::Router<Arc<str>>>),
 }
 
 /// The closure type of [`crate::lifecycle::ObserveLayer::route_fn`].
@@ -119,6 +121,11 @@ impl<R> RouteTable<R> {
             RouteSource::Fn(f) => match f(req.method(), req.uri()) {
                 Some(t) => self.lookup(t, || Pin::Static, make),
                 None => self.unmatched.clone(),
+            },
+            // The templates live in the source, which lives as long as this table.
+            RouteSource::Templates(router) => match router.at(req.uri().path()) {
+                Ok(m) => self.lookup(m.value, || Pin::Static, make),
+                Err(_) => self.unmatched.clone(),
             },
         }
     }

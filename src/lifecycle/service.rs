@@ -72,6 +72,38 @@ impl<O: Observer> ObserveLayer<O> {
         Self::with_source(shared.observer, RouteSource::Fn(Arc::new(f)))
     }
 
+    /// Takes route templates from a list instead, matched against the request's path the way
+    /// axum matches them (`/users/{id}`, `/files/{*path}`; with axum's own matcher, `matchit`):
+    /// for plain Hyper/Tower services, or an axum `Router` wrapped as a whole rather than
+    /// through `Router::layer`. A path no template matches is unmatched; the method plays no
+    /// part, as in axum's `MatchedPath`.
+    ///
+    /// # Panics
+    ///
+    /// When a template is invalid or conflicts with an earlier one (as axum's `Router::route`
+    /// does), or when the layer was cloned before.
+    ///
+    /// ```
+    /// use towerscope::metrics::RedLayer;
+    /// let layer = RedLayer::new().routes(["/", "/users/{id}", "/files/{*path}"]);
+    /// ```
+    pub fn routes<I>(self, templates: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let mut router = matchit::Router::new();
+        for t in templates {
+            let t = t.as_ref();
+            if let Err(e) = router.insert(t, Arc::<str>::from(t)) {
+                panic!("route template {t:?}: {e}");
+            }
+        }
+        let shared = Arc::try_unwrap(self.shared)
+            .unwrap_or_else(|_| panic!("routes must be set before the layer is cloned"));
+        Self::with_source(shared.observer, RouteSource::Templates(Arc::new(router)))
+    }
+
     /// The observer.
     pub fn observer(&self) -> &O {
         &self.shared.observer

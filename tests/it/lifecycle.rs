@@ -297,3 +297,99 @@ impl<T: Unpin> futures_core::Stream for IterStream<T> {
         Poll::Ready(self.0.next())
     }
 }
+
+/// Records the route template each request resolved to.
+#[derive(Clone, Default)]
+struct Routes(std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>);
+
+impl towerscope::lifecycle::Observer for Routes {
+    type Route = ();
+    type Observation = ();
+    fn route(&self, _: Option<&str>) {}
+    fn start<B>(&self, _: &(), _: &mut Request<B>, meta: &towerscope::lifecycle::RequestMeta<'_>) {
+        self.0.lock().unwrap().push(meta.route.map(String::from));
+    }
+    fn end(_: &(), _: (), _: &towerscope::lifecycle::End) {}
+}
+
+#[tokio::test]
+async fn route_templates_match_as_axum_matches_them() {
+    let templates = [
+        "/",
+        "/users/{id}",
+        "/users/{id}/orders/{order}",
+        "/users/me",
+        "/files/{*path}",
+        "/static/logo.png",
+        "/a/{x}/b",
+        "/v1/{tenant}/items",
+    ];
+    let paths = [
+        "/",
+        "/users/7",
+        "/users/me",
+        "/users/7/orders/9",
+        "/users/",
+        "/users",
+        "/users/7/",
+        "/files/a",
+        "/files/a/b/c",
+        "/files/",
+        "/static/logo.png",
+        "/static/other.png",
+        "/a/1/b",
+        "/a/1/c",
+        "/a//b",
+        "/v1/acme/items",
+        "/v1/acme/items/",
+        "/nowhere",
+        "//",
+        "/users/%2F",
+        "/USERS/7",
+    ];
+    // axum's answer: the `MatchedPath` of each path, or none.
+    let mut router = Router::new();
+    for t in templates {
+        router = router.route(
+            t,
+            get(|m: axum::extract::MatchedPath| async move { m.as_str().to_owned() }),
+        );
+    }
+    let mut expected = Vec::new();
+    for p in paths {
+        let res = router
+            .clone()
+            .oneshot(Request::get(p).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let matched = res.status() == StatusCode::OK;
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        expected.push(matched.then(|| String::from_utf8(body.to_vec()).unwrap()));
+    }
+    assert!(expected.iter().filter(|e| e.is_some()).count() >= 10);
+    assert!(expected.iter().filter(|e| e.is_none()).count() >= 5);
+
+    // The same templates as a list, on a plain service.
+    let seen = Routes::default();
+    let layer = towerscope::lifecycle::ObserveLayer::with_observer(seen.clone()).routes(templates);
+    let svc = layer.layer(service_fn(|_: Request<Body>| async {
+        Ok::<_, Infallible>(Response::new(Body::empty()))
+    }));
+    for p in paths {
+        let req = Request::get(p).body(Body::empty()).unwrap();
+        let res = svc.clone().oneshot(req).await.unwrap();
+        res.into_body().collect().await.unwrap();
+    }
+    let got = seen.0.lock().unwrap().clone();
+    for ((p, e), g) in paths.iter().zip(&expected).zip(&got) {
+        assert_eq!(g, e, "path {p}");
+    }
+    assert_eq!(got.len(), paths.len());
+}
+
+#[test]
+#[should_panic(expected = "route template")]
+fn conflicting_route_templates_are_refused() {
+    let _ = towerscope::lifecycle::ObserveLayer::with_observer(())
+        .routes(["/users/{id}", "/users/{name}"]);
+}

@@ -281,6 +281,10 @@ fn steady_state_adds_zero_allocations_per_request() {
     let observed = allocations_per_rounds(layer.layer(plain_service()), 1000);
     assert!(bare > 0, "the counting allocator is not active");
     assert_eq!(observed, bare, "the RED layer allocated in steady state");
+    // Routes from their templates: matching allocates nothing either.
+    let layer = ObserveLayer::with_observer(red()).routes(["/users/{id}", "/fail"]);
+    let observed = allocations_per_rounds(layer.layer(plain_service()), 1000);
+    assert_eq!(observed, bare, "matching route templates allocated");
 
     // With towerscope's Prometheus recorder too: its counters, gauges and histograms are
     // preallocated per series, so recording allocates nothing either.
