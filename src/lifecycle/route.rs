@@ -17,7 +17,7 @@ pub(crate) enum RouteSource {
     /// A user closure, for plain Hyper/Tower services.
     Fn(Arc<RouteFn>),
     /// Route templates, matched against the path with axum's own matcher.
-    Templates(Arc<matchit::Router<Arc<str>>>),
+    Templates(Arc<matchit::Router<Box<str>>>),
 }
 
 /// The closure type of [`crate::lifecycle::ObserveLayer::route_fn`].

@@ -67,9 +67,7 @@ impl<O: Observer> ObserveLayer<O> {
     where
         F: Fn(&Method, &Uri) -> Option<&'static str> + Send + Sync + 'static,
     {
-        let shared = Arc::try_unwrap(self.shared)
-            .unwrap_or_else(|_| panic!("route_fn must be set before the layer is cloned"));
-        Self::with_source(shared.observer, RouteSource::Fn(Arc::new(f)))
+        self.replace_source(RouteSource::Fn(Arc::new(f)), "route_fn")
     }
 
     /// Takes route templates from a list instead, matched against the request's path the way
@@ -95,13 +93,18 @@ impl<O: Observer> ObserveLayer<O> {
         let mut router = matchit::Router::new();
         for t in templates {
             let t = t.as_ref();
-            if let Err(e) = router.insert(t, Arc::<str>::from(t)) {
+            if let Err(e) = router.insert(t, Box::<str>::from(t)) {
                 panic!("route template {t:?}: {e}");
             }
         }
+        self.replace_source(RouteSource::Templates(Arc::new(router)), "routes")
+    }
+
+    /// The same observer with another route source (and a fresh route table for it).
+    fn replace_source(self, source: RouteSource, setter: &str) -> Self {
         let shared = Arc::try_unwrap(self.shared)
-            .unwrap_or_else(|_| panic!("routes must be set before the layer is cloned"));
-        Self::with_source(shared.observer, RouteSource::Templates(Arc::new(router)))
+            .unwrap_or_else(|_| panic!("{setter} must be set before the layer is cloned"));
+        Self::with_source(shared.observer, source)
     }
 
     /// The observer.
