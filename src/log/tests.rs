@@ -234,12 +234,21 @@ async fn levels_per_outcome_under_a_filter() {
         "{records:#?}"
     );
     // The handler's own INFO lines of the unlogged successes still carry their context.
-    let inside = capture
+    let inside: Vec<_> = capture
         .lines()
         .into_iter()
         .filter(|l| l["message"] == "inside handler")
-        .count();
-    assert_eq!(inside, 2);
+        .collect();
+    assert_eq!(inside.len(), 2);
+    for line in &inside {
+        assert_eq!(line["route"], "/ok", "{line}");
+        assert_eq!(
+            line["request_id"].as_str().map(str::len),
+            Some(36),
+            "{line}"
+        );
+    }
+    assert_ne!(inside[0]["request_id"], inside[1]["request_id"]);
 
     // A slow success is logged at WARN whatever its level.
     let slow = RequestLog::builder()

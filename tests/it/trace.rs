@@ -443,8 +443,8 @@ async fn tracestate_that_opentelemetry_refuses_is_still_sent_on() {
 }
 
 /// The server span's context is current in every poll of the handler, not only the first:
-/// across awaits that suspend it, with nothing exported (the context handed to the poll
-/// rather than cloned) and from sampled and unsampled callers alike.
+/// across awaits that suspend it, with nothing exported, from sampled and unsampled callers
+/// alike.
 #[tokio::test(flavor = "current_thread")]
 async fn the_context_is_current_across_awaits() {
     let tracing = TraceConfig::from_env("it")
