@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use http::{HeaderValue, Request};
+use http::{HeaderName, HeaderValue, Request};
 use opentelemetry::trace::{
     SpanContext, Status, TraceContextExt, TraceFlags as OtelFlags, TraceId as OtelTraceId,
     TraceState as OtelTraceState,
@@ -97,6 +97,9 @@ impl Tracing {
         ObserveLayer::with_observer(self.observer())
     }
 }
+
+/// The W3C Trace Context Level 2 response header.
+static TRACERESPONSE: HeaderName = HeaderName::from_static("traceresponse");
 
 /// Per route: the span names by method and the route attribute, built once.
 pub struct TraceRoute {
@@ -267,7 +270,7 @@ impl Observer for Trace {
             let flags = TraceFlags(u8::from(ids.sampled));
             let value = TraceParent::header(ids.trace_id, ids.span_id, flags);
             if let Ok(v) = HeaderValue::try_from(value) {
-                head.headers.insert("traceresponse", v);
+                head.headers.insert(&TRACERESPONSE, v);
             }
         }
     }

@@ -138,6 +138,11 @@ fn we_send_version_00_with_defined_flags_only() {
     let out = TraceParent::header(p.trace_id, p.parent_id, p.flags);
     assert_eq!(out, format!("00-{TRACE}-{SPAN}-03"));
     assert_eq!(TraceParent::parse(&out).unwrap().version, 0);
+    for (flags, digits) in [(0x00, "00"), (0x01, "01"), (0x02, "02"), (0xfd, "01")] {
+        let out = TraceParent::header(p.trace_id, p.parent_id, TraceFlags(flags));
+        assert_eq!(out, format!("00-{TRACE}-{SPAN}-{digits}"));
+        assert_eq!(out.len(), TRACEPARENT_LEN);
+    }
 }
 
 #[test]

@@ -311,10 +311,18 @@ impl TraceParent {
     /// The version-00 form for sending on: `00-{trace}-{span}-{flags}`, with only the defined
     /// flags (`sampled`, `random`).
     pub fn header(trace_id: TraceId, span_id: SpanId, flags: TraceFlags) -> String {
-        format!(
-            "00-{trace_id}-{span_id}-{:02x}",
-            flags.0 & (TraceFlags::SAMPLED | TraceFlags::RANDOM)
-        )
+        // Written piece by piece into one allocation of the exact length (no formatter).
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let f = flags.0 & (TraceFlags::SAMPLED | TraceFlags::RANDOM);
+        let mut out = String::with_capacity(TRACEPARENT_LEN);
+        out.push_str("00-");
+        out.push_str(trace_id.hex().as_str());
+        out.push('-');
+        out.push_str(span_id.hex().as_str());
+        out.push('-');
+        out.push(char::from(DIGITS[usize::from(f >> 4)]));
+        out.push(char::from(DIGITS[usize::from(f & 0xf)]));
+        out
     }
 }
 
