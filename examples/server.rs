@@ -25,6 +25,7 @@
 //! metrics of the process, its container, the temp dir's disk and the runtime).
 //! `--success-level debug` logs successful requests at DEBUG: under the default `RUST_LOG=info`
 //! only failures, slow and cancelled requests are logged, and successes cost no record.
+//! `--echo-work-ns N` makes `/echo/{id}` busy for N ns first (benchmark calibration).
 //!
 //! Watch the breaker open and recover:
 //!
@@ -35,6 +36,7 @@
 //! ```
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::{Path, Query, RawQuery, State};
@@ -90,12 +92,14 @@ struct Args {
     /// The request log's level for successful requests (INFO by default; DEBUG or TRACE keep
     /// only failures under `RUST_LOG=info`).
     success_level: tracing::Level,
+    /// Busy work per `/echo` request, in nanoseconds (benchmark calibration).
+    echo_work_ns: u64,
 }
 
 const USAGE: &str =
     "usage: server [--addr HOST:PORT] [--stack bare|identity|red|red+log|full] [--workers N] \
                      [--downstream URL] [--breaker-wait SECONDS] [--drain-delay SECONDS] \
-                     [--max-in-flight N] [--success-level LEVEL]";
+                     [--max-in-flight N] [--success-level LEVEL] [--echo-work-ns N]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -107,6 +111,7 @@ fn parse_args() -> Result<Args, String> {
         drain_delay: Duration::from_secs(5),
         max_in_flight: 1024,
         success_level: tracing::Level::INFO,
+        echo_work_ns: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -153,6 +158,11 @@ fn parse_args() -> Result<Args, String> {
                     .parse()
                     .map_err(|e| format!("--success-level: {e}"))?;
             }
+            "--echo-work-ns" => {
+                args.echo_work_ns = value()?
+                    .parse()
+                    .map_err(|e| format!("--echo-work-ns: {e}"))?;
+            }
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -166,8 +176,19 @@ struct Echo {
     name: String,
 }
 
-/// No I/O: the load benchmark's route.
+/// Nanoseconds of busy work `/echo/{id}` does before answering (`--echo-work-ns`; 0 by default).
+static ECHO_WORK_NS: AtomicU64 = AtomicU64::new(0);
+
+/// No I/O: the load benchmark's route. With `--echo-work-ns N` it first keeps the CPU busy for
+/// N ns: a known in-process cost, to see what such a cost does to throughput under load.
 async fn echo(Path(id): Path<u64>) -> Json<Echo> {
+    let work = ECHO_WORK_NS.load(Ordering::Relaxed);
+    if work > 0 {
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_nanos(work) {
+            std::hint::spin_loop();
+        }
+    }
     Json(Echo {
         id,
         name: format!("user-{id}"),
@@ -517,6 +538,7 @@ fn main() {
             std::process::exit(2);
         }
     };
+    ECHO_WORK_NS.store(args.echo_work_ns, Ordering::Relaxed);
     // JSON lines on stdout (pretty on a terminal or with TOWERSCOPE_LOG_FORMAT=pretty).
     // The recorder first: handles (the breaker's, the layers', the exporter's counters) are
     // resolved against it.

@@ -6,7 +6,10 @@
 #
 #   scripts/bench.sh [--duration SECONDS] [--rounds N] [--path PATH] [--server-args "ARGS"] [--otlp] [STACK...]
 #
-# Default stacks: bare red full. Prints a Markdown table: median requests/s, p99, ratio to bare.
+# Default stacks: bare red full. A STACK may carry its own server arguments after a colon, e.g.
+# "bare:--echo-work-ns 1000" (bare with 1 us of busy work per /echo request: what a known
+# in-process cost does to throughput here). Prints a Markdown table: median requests/s, p99,
+# ratio to bare.
 # --otlp: a live OTLP receiver (examples/otlp_sink, on the load core) gets the `full` stack's
 # spans (every request sampled and batch-exported); its totals are printed at the end.
 set -euo pipefail
@@ -25,7 +28,7 @@ while [ $# -gt 0 ]; do
     --path) path=$2; shift 2 ;;
     --server-args) server_args=$2; shift 2 ;;
     --otlp) otlp=1; shift ;;
-    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) stacks+=("$1"); shift ;;
   esac
 done
@@ -57,10 +60,13 @@ if [ "$otlp" = 1 ]; then
   export OTEL_EXPORTER_OTLP_TRACES_ENDPOINT="http://127.0.0.1:$sink_port/v1/traces"
 fi
 
-run_one() { # stack round
-  local stack=$1 round=$2 port out
+run_one() { # stack[:args] round
+  local stack=$1 round=$2 port out name own="" log
+  name=${stack%%:*}
+  [ "$name" = "$stack" ] || own=${stack#*:}
+  log="$tmp/server-$round-$(tr -c 'A-Za-z0-9+\n' _ <<<"$stack")"
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  taskset -c "$server_cpu" "$bin" --addr "127.0.0.1:$port" --stack "$stack" --workers 1 $server_args >"$tmp/server-$stack-$round.log" 2>&1 &
+  taskset -c "$server_cpu" "$bin" --addr "127.0.0.1:$port" --stack "$name" --workers 1 $server_args $own >"$log.log" 2>&1 &
   local pid=$!
   for _ in $(seq 100); do
     curl -s -o /dev/null "http://127.0.0.1:$port/" 2>/dev/null && break
@@ -72,13 +78,13 @@ run_one() { # stack round
   kill "$pid"; wait "$pid" 2>/dev/null || true
   # The logging stacks write ~40 MB/s to their log file: keep its head, drop the rest, and let
   # the page cache's writeback finish before the next stack is measured.
-  head -n 20 "$tmp/server-$stack-$round.log" >"$tmp/server-$stack-$round.head"
-  rm -f "$tmp/server-$stack-$round.log"
+  head -n 20 "$log.log" >"$log.head"
+  rm -f "$log.log"
   sync
   local rps p99
   rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
-  echo "$stack $round $rps $p99" >>"$tmp/results"
+  printf '%s\t%s\t%s\t%s\n' "$stack" "$round" "$rps" "$p99" >>"$tmp/results"
   echo "round $round  $stack: $rps req/s, p99 $p99" >&2
 }
 
@@ -101,7 +107,7 @@ fi
 
 python3 - "$tmp/results" "${stacks[@]}" <<'PY'
 import statistics, sys
-rows = [l.split() for l in open(sys.argv[1])]
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
 stacks = sys.argv[2:]
 def ms(v):
     for unit, f in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
