@@ -8,6 +8,7 @@
 //! whole bare request (17,000). Written directly, a span costs a small fraction of that. The
 //! bytes are the same message: a test decodes both with `opentelemetry-proto` and compares.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status};
@@ -407,20 +408,52 @@ fn put_scope(out: &mut Vec<u8>, scope: &InstrumentationScope) {
     }
 }
 
-/// Reused buffers: one export request is written with no allocation once they have grown.
+/// A length-delimited field written in place: its content is appended after room for a
+/// length of `guess` bytes, and moved only when the length's varint needs another size. No
+/// content is written twice, where computing every length first (as prost does) would walk the
+/// attributes twice and encoding into a side buffer would copy each span again per level.
+fn put_nested(out: &mut Vec<u8>, field: u32, guess: usize, content: impl FnOnce(&mut Vec<u8>)) {
+    put_key(out, field, LEN);
+    let at = out.len();
+    out.resize(at + guess, 0);
+    content(out);
+    let len = out.len() - at - guess;
+    let need = varint_len(len as u64);
+    if need < guess {
+        out.copy_within(at + guess.., at + need);
+        out.truncate(at + need + len);
+    } else if need > guess {
+        out.resize(at + need + len, 0);
+        out.copy_within(at + guess..at + guess + len, at + need);
+    }
+    let mut v = len as u64;
+    for b in &mut out[at..at + need] {
+        *b = (v as u8 & 0x7f) | 0x80;
+        v >>= 7;
+    }
+    out[at + need - 1] &= 0x7f;
+}
+
+/// Length guesses for [`put_nested`]: a span's varint takes 2 bytes (128 bytes to 16 KiB), a
+/// batch's 3 (16 KiB to 2 MiB).
+const SPAN_GUESS: usize = 2;
+const BATCH_GUESS: usize = 3;
+
+/// Writes export requests: one request is written in place, each byte once, and the only state
+/// kept between batches is the resource (written once) and the order of the batch's scopes.
 pub(crate) struct Encoder {
     /// The scope of towerscope's server spans.
     server_scope: InstrumentationScope,
     /// The `Resource` message content, written once.
     resource: Vec<u8>,
     resource_schema: String,
-    /// Per instrumentation scope (first-seen order): its `ScopeSpans` content so far.
-    scopes: Vec<(InstrumentationScope, Vec<u8>)>,
-    /// The scopes of this batch, in the order their first span came (the order
-    /// `opentelemetry-proto` groups them in).
+    /// Which scope each span of the batch has (an index into `scopes`, the server scope first).
+    of_span: Vec<usize>,
+    /// The batch's scopes other than the server scope, in the order their first span came (the
+    /// order `opentelemetry-proto` groups them in), kept from batch to batch.
+    scopes: Vec<InstrumentationScope>,
+    /// The batch's scopes in that order (indices: 0 the server scope, then `scopes[i - 1]`).
     order: Vec<usize>,
-    head: Vec<u8>,
-    span: Vec<u8>,
 }
 
 impl Encoder {
@@ -429,10 +462,9 @@ impl Encoder {
             server_scope,
             resource: Vec::new(),
             resource_schema: String::new(),
+            of_span: Vec::new(),
             scopes: Vec::new(),
             order: Vec::new(),
-            head: Vec::new(),
-            span: Vec::new(),
         }
     }
 
@@ -444,73 +476,69 @@ impl Encoder {
         self.resource_schema = resource.schema_url().unwrap_or_default().to_owned();
     }
 
+    fn scope(&self, index: usize) -> &InstrumentationScope {
+        match index {
+            0 => &self.server_scope,
+            i => &self.scopes[i - 1],
+        }
+    }
+
     /// Writes the `ExportTraceServiceRequest` for these spans into `out` (cleared first).
     pub(crate) fn encode(&mut self, spans: &[Item], out: &mut Vec<u8>) {
-        // The few tracers a process has are kept from batch to batch (their buffers grown);
-        // past 16 the list starts over, so it cannot grow without end.
+        // The few tracers a process has are kept from batch to batch; past 16 the list starts
+        // over, so it cannot grow without end.
         if self.scopes.len() > 16 {
             self.scopes.clear();
         }
-        for (_, buf) in &mut self.scopes {
-            buf.clear();
-        }
         self.order.clear();
+        self.of_span.clear();
         for item in spans {
-            let scope = match item {
-                Item::Sdk(s) => &s.instrumentation_scope,
-                Item::Server(_) => &self.server_scope,
-            };
-            let at = match self.scopes.iter().position(|(have, _)| have == scope) {
-                Some(i) => i,
-                None => {
-                    self.scopes.push((scope.clone(), Vec::new()));
-                    self.scopes.len() - 1
+            let at = match item {
+                // Server records are recognised without comparing scopes.
+                Item::Server(_) => 0,
+                Item::Sdk(s) => {
+                    let scope = &s.instrumentation_scope;
+                    let found = if *scope == self.server_scope {
+                        Some(0)
+                    } else {
+                        self.scopes
+                            .iter()
+                            .position(|have| have == scope)
+                            .map(|i| i + 1)
+                    };
+                    found.unwrap_or_else(|| {
+                        self.scopes.push(scope.clone());
+                        self.scopes.len()
+                    })
                 }
             };
-            self.span.clear();
-            match item {
-                Item::Sdk(s) => put_span(&mut self.span, s),
-                Item::Server(r) => put_server_span(&mut self.span, r),
-            }
-            let (scope, buf) = &mut self.scopes[at];
-            if buf.is_empty() {
+            if !self.order.contains(&at) {
                 self.order.push(at);
-                self.head.clear();
-                put_scope(&mut self.head, scope);
-                put_bytes(buf, 1, &self.head);
             }
-            put_bytes(buf, 2, &self.span);
+            self.of_span.push(at);
         }
         out.clear();
-        let scope_spans = |(scope, b): &(InstrumentationScope, Vec<u8>)| {
-            let schema = scope.schema_url().unwrap_or_default();
-            let schema = if schema.is_empty() {
-                0
-            } else {
-                len_field_len(3, schema.len())
-            };
-            b.len() + schema
-        };
-        let scope_fields: usize = self
-            .order
-            .iter()
-            .map(|&i| len_field_len(2, scope_spans(&self.scopes[i])))
-            .sum();
-        let schema = if self.resource_schema.is_empty() {
-            0
-        } else {
-            len_field_len(3, self.resource_schema.len())
-        };
-        let resource_spans = len_field_len(1, self.resource.len()) + scope_fields + schema;
-        put_len(out, 1, resource_spans);
-        put_bytes(out, 1, &self.resource);
-        for &i in &self.order {
-            let entry = &self.scopes[i];
-            put_len(out, 2, scope_spans(entry));
-            out.extend_from_slice(&entry.1);
-            put_str(out, 3, entry.0.schema_url().unwrap_or_default());
-        }
-        put_str(out, 3, &self.resource_schema);
+        put_nested(out, 1, BATCH_GUESS, |out| {
+            put_bytes(out, 1, &self.resource);
+            for &scope_at in &self.order {
+                let scope = self.scope(scope_at);
+                put_nested(out, 2, BATCH_GUESS, |out| {
+                    put_nested(out, 1, 1, |out| put_scope(out, scope));
+                    for (item, _) in spans
+                        .iter()
+                        .zip(&self.of_span)
+                        .filter(|(_, at)| **at == scope_at)
+                    {
+                        put_nested(out, 2, SPAN_GUESS, |out| match item {
+                            Item::Sdk(s) => put_span(out, s),
+                            Item::Server(r) => put_server_span(out, r),
+                        });
+                    }
+                    put_str(out, 3, scope.schema_url().unwrap_or_default());
+                });
+            }
+            put_str(out, 3, &self.resource_schema);
+        });
     }
 }
 
@@ -592,7 +620,30 @@ pub(crate) struct OtlpExporter {
     client: reqwest::blocking::Client,
     headers: reqwest::header::HeaderMap,
     encoder: Encoder,
-    body: Vec<u8>,
+    /// The request body's buffer, lent to the HTTP client for each export and given back when
+    /// the client drops it: no copy of the body and no allocation per batch.
+    body: Arc<Mutex<Vec<u8>>>,
+}
+
+/// The body buffer while the HTTP client holds it; back in its slot when dropped.
+struct LentBody {
+    buf: Vec<u8>,
+    home: Arc<Mutex<Vec<u8>>>,
+}
+
+impl AsRef<[u8]> for LentBody {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for LentBody {
+    fn drop(&mut self) {
+        let mut home = self.home.lock().unwrap_or_else(|e| e.into_inner());
+        if home.capacity() < self.buf.capacity() {
+            *home = std::mem::take(&mut self.buf);
+        }
+    }
 }
 
 impl std::fmt::Debug for OtlpExporter {
@@ -641,19 +692,26 @@ impl OtlpExporter {
             client,
             headers,
             encoder,
-            body: Vec::new(),
+            body: Arc::default(),
         })
     }
 }
 
 impl Export for OtlpExporter {
     fn export(&mut self, batch: &[Item]) -> OTelSdkResult {
-        self.encoder.encode(batch, &mut self.body);
+        // The buffer comes back from the last export (the client dropped it once the response
+        // came), or a new one when the client still holds it.
+        let mut buf = std::mem::take(&mut *self.body.lock().unwrap_or_else(|e| e.into_inner()));
+        self.encoder.encode(batch, &mut buf);
+        let body = bytes::Bytes::from_owner(LentBody {
+            buf,
+            home: self.body.clone(),
+        });
         let res = self
             .client
             .post(&self.settings.endpoint)
             .headers(self.headers.clone())
-            .body(self.body.clone())
+            .body(body)
             .send()
             .map_err(|e| OTelSdkError::InternalFailure(format!("OTLP export: {e}")))?;
         let status = res.status();

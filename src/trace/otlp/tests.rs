@@ -230,6 +230,42 @@ fn the_bytes_are_prosts() {
     }
 }
 
+/// Lengths whose varints take 1, 2, 3 and 4 bytes, at every level: spans under 128 bytes and
+/// past 16 KiB, a batch past 2 MiB (each length is written in place after a guessed room for
+/// its varint, and moved when the guess was wrong).
+#[test]
+fn every_length_size_is_written_minimally() {
+    let mut g = Gen(fastrand::Rng::with_seed(13));
+    let scopes = scopes();
+    let resource = Resource::builder().with_service_name("svc").build();
+    let mut enc = Encoder::new(scopes[0].clone());
+    enc.set_resource(&resource);
+    let sized = |g: &mut Gen, extra: usize| {
+        let mut s = g.span(&scopes[..2]);
+        s.attributes.clear();
+        s.events = SpanEvents::default();
+        s.links = SpanLinks::default();
+        if extra > 0 {
+            s.attributes.push(KeyValue::new("big", "x".repeat(extra)));
+        }
+        s
+    };
+    for extras in [
+        vec![0],
+        vec![0, 40, 16_300, 16_500],
+        vec![1 << 20, 1 << 20, 300],
+    ] {
+        let spans: Vec<SpanData> = extras.iter().map(|&e| sized(&mut g, e)).collect();
+        let mut out = Vec::new();
+        enc.encode(&items(&spans), &mut out);
+        assert_eq!(
+            out,
+            reference(&spans, &resource).encode_to_vec(),
+            "{extras:?}"
+        );
+    }
+}
+
 #[test]
 fn endpoint_headers_and_timeout_from_code_and_environment() {
     let s = OtlpSettings::resolve(
