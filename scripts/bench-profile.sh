@@ -6,21 +6,25 @@
 # Unlike callgrind (scripts/bench-instructions.sh), this sees the kernel and the cost of cold
 # caches; like every load figure here, it is noisy: compare within one run.
 #
-#   scripts/bench-profile.sh [--duration SECONDS] [--path PATH] [--top N] STACK_A STACK_B
+#   scripts/bench-profile.sh [--duration SECONDS] [--path PATH] [--top N] [--otlp] STACK_A STACK_B
 #
-# A STACK may carry its own server arguments after a colon, as in scripts/bench.sh.
+# A STACK may carry its own server arguments after a colon, as in scripts/bench.sh. --otlp, as
+# in scripts/bench.sh: a live OTLP receiver on the load core gets the spans, and the export
+# threads' time (other threads) is that of real exports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=8
 path=/echo/42
 top=25
+otlp=0
 stacks=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --duration) duration=$2; shift 2 ;;
     --path) path=$2; shift 2 ;;
     --top) top=$2; shift 2 ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    --otlp) otlp=1; shift ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) stacks+=("$1"); shift ;;
   esac
 done
@@ -35,6 +39,12 @@ cargo build --release --example server >&2
 bin=target/release/examples/server
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"; kill $(jobs -p) 2>/dev/null || true' EXIT
+if [ "$otlp" = 1 ]; then
+  cargo build --release --example otlp_sink >&2
+  sink_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  taskset -c 1 target/release/examples/otlp_sink --addr "127.0.0.1:$sink_port" >"$tmp/sink.log" 2>&1 &
+  export OTEL_EXPORTER_OTLP_TRACES_ENDPOINT="http://127.0.0.1:$sink_port/v1/traces"
+fi
 
 for i in 0 1; do
   spec=${stacks[$i]}
