@@ -317,12 +317,20 @@ fn fill_request<B>(
     a.https = uri.scheme_str() == Some("https");
     a.query = uri.query().map(|q| redact_query(q, &inner.sensitive));
     a.route = route.route.clone();
+    // One pass over the (few) headers for both, instead of two hashed lookups.
+    let (host, user_agent) = match crate::lifecycle::headers::scan(
+        req.headers(),
+        [&http::header::HOST, &http::header::USER_AGENT],
+    ) {
+        Some([host, user_agent]) => (host.first, user_agent.first),
+        None => (
+            req.headers().get(http::header::HOST),
+            req.headers().get(http::header::USER_AGENT),
+        ),
+    };
     a.set_host(match uri.authority() {
         Some(auth) => Some(auth.as_str()),
-        None => req
-            .headers()
-            .get(http::header::HOST)
-            .and_then(|v| v.to_str().ok()),
+        None => host.and_then(|v| v.to_str().ok()),
     });
     #[cfg(feature = "axum")]
     {
@@ -331,11 +339,7 @@ fn fill_request<B>(
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map(|c| c.0.ip());
     }
-    a.set_user_agent(
-        req.headers()
-            .get(http::header::USER_AGENT)
-            .and_then(|v| v.to_str().ok()),
-    );
+    a.set_user_agent(user_agent.and_then(|v| v.to_str().ok()));
     a.version = req.version();
     if let Some(b) = base
         .get::<Baggage>()
