@@ -79,6 +79,15 @@ pub trait Observer: Send + Sync + 'static {
         None
     }
 
+    /// The request log's per-request state, made current around every poll of the inner
+    /// future (its span entered, or its context put on the thread while it has no span). The
+    /// first observer of a tuple that has one provides it; only the request log has one.
+    #[cfg(feature = "log")]
+    fn scope(obs: &Self::Observation) -> Option<&crate::log::RequestScope> {
+        let _ = obs;
+        None
+    }
+
     /// The request's OpenTelemetry context (its server span), made current around every poll
     /// of the inner future, so that spans and client calls made by the handler are its
     /// children. The first observer of a tuple that has one provides it.
@@ -127,6 +136,11 @@ macro_rules! tuple_observer {
                 None $(.or_else(|| $t::span(&obs.$i)))+
             }
 
+            #[cfg(feature = "log")]
+            fn scope(obs: &Self::Observation) -> Option<&crate::log::RequestScope> {
+                None $(.or_else(|| $t::scope(&obs.$i)))+
+            }
+
             #[cfg(feature = "otel")]
             fn context(obs: &Self::Observation) -> Option<&opentelemetry::Context> {
                 None $(.or_else(|| $t::context(&obs.$i)))+
@@ -145,9 +159,11 @@ tuple_observer!(A 0, B 1, C 2);
 tuple_observer!(A 0, B 1, C 2, D 3);
 
 /// What [`Tracker::enter`] holds while the inner future is polled: dropped in reverse order
-/// (the span is exited, then the context detached).
+/// (the spans are exited, then the context detached).
 pub(crate) struct Entered<'a> {
     _span: Option<tracing::span::Entered<'a>>,
+    #[cfg(feature = "log")]
+    _scope: Option<crate::log::ScopeGuard<'a>>,
     #[cfg(feature = "otel")]
     _context: Option<opentelemetry::ContextGuard>,
 }
@@ -175,6 +191,8 @@ impl<O: Observer> Tracker<O> {
             #[cfg(feature = "otel")]
             _context: O::context(&self.obs).map(|cx| cx.clone().attach()),
             _span: O::span(&self.obs).map(tracing::Span::enter),
+            #[cfg(feature = "log")]
+            _scope: O::scope(&self.obs).and_then(crate::log::RequestScope::enter),
         }
     }
 

@@ -101,7 +101,7 @@ impl RequestContext {
     }
 
     /// A string member's value, unquoted (ids are plain text, never escaped).
-    fn raw(&self, key: &str) -> Option<&str> {
+    pub(crate) fn raw(&self, key: &str) -> Option<&str> {
         let (_, text) = self.members().find(|(k, _)| *k == key)?;
         let value = &text[text.find(':')? + 1..];
         Some(value.trim_matches('"'))
@@ -131,6 +131,11 @@ pub(crate) struct Handoff {
     /// Their bits in a line's key filter.
     pub(crate) record_filter: u64,
     pub(crate) record_ready: bool,
+    /// `record` ends with the request's context (a request without a span: the record has
+    /// no parent to take it from).
+    pub(crate) record_has_context: bool,
+    /// The sampling decision of a request without a span, for its record.
+    pub(crate) record_sampled: Option<bool>,
     /// The JSON layer's sampling decision for the request span just created (`false`: its
     /// INFO and lower records are dropped, so the request log need not write them).
     pub(crate) sampled: bool,
@@ -144,6 +149,8 @@ impl Default for Handoff {
             record_keys: Vec::new(),
             record_filter: 0,
             record_ready: false,
+            record_has_context: false,
+            record_sampled: None,
             sampled: true,
         }
     }
@@ -188,6 +195,12 @@ pub fn add_context(key: impl Into<Cow<'static, str>>, value: impl Display) -> bo
     let mut json = String::new();
     write_json_str(&mut json, &value.to_string());
     let key = key.into();
+    // A request still without its span: its context is on the thread.
+    let mut key = Some(key);
+    if super::scope::with_pending(|rc| rc.set(key.take().expect("once"), &json)).is_some() {
+        return true;
+    }
+    let key = key.expect("not taken");
     tracing::Span::current()
         .with_subscriber(|(id, dispatch)| {
             let registry = dispatch.downcast_ref::<tracing_subscriber::Registry>()?;
@@ -208,6 +221,9 @@ pub fn add_context(key: impl Into<Cow<'static, str>>, value: impl Display) -> bo
 /// The current request's id, inside a request served under the request log (for passing it
 /// on to downstream calls; the client layers do). `None` elsewhere.
 pub fn current_request_id() -> Option<String> {
+    if let Some(id) = super::scope::with_pending(|rc| rc.raw("request_id").map(str::to_owned)) {
+        return id;
+    }
     tracing::Span::current()
         .with_subscriber(|(id, dispatch)| {
             let registry = dispatch.downcast_ref::<tracing_subscriber::Registry>()?;

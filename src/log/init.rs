@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 use super::json::{JsonLayer, RateLimit, Sampling};
+use super::scope::Deferring;
 use super::writer::{NonBlocking, WriterGuard};
 
 /// Output format.
@@ -131,11 +131,24 @@ impl LogConfig {
         self,
         writer: T,
     ) -> Result<LogGuard, InitError> {
+        let (dispatch, guard) = self.dispatch_with_writer(writer)?;
+        tracing::dispatcher::set_global_default(dispatch).map_err(|e| InitError(e.to_string()))?;
+        Ok(guard)
+    }
+
+    /// The subscriber [`LogConfig::init_with_writer`] installs, not installed: for
+    /// `tracing::dispatcher::set_default` (tests) or `with_default`. Lines reach `writer` from
+    /// the non-blocking writer's thread; dropping the guard writes what is pending.
+    pub fn dispatch_with_writer<T: std::io::Write + Send + 'static>(
+        self,
+        writer: T,
+    ) -> Result<(tracing::Dispatch, LogGuard), InitError> {
         // A plain `RUST_LOG` (levels per target) needs only the static `Targets` filter, which
         // costs nothing per span; span and field directives need `EnvFilter`.
+        let plain = !self.filter.contains('[');
         let filter: Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync> =
             match self.filter.parse::<tracing_subscriber::filter::Targets>() {
-                Ok(targets) if !self.filter.contains('[') => Box::new(targets),
+                Ok(targets) if plain => Box::new(targets),
                 _ => Box::new(
                     EnvFilter::try_new(&self.filter).map_err(|e| InitError(e.to_string()))?,
                 ),
@@ -154,9 +167,10 @@ impl LogConfig {
         let registry = tracing_subscriber::registry().with(filter);
         let result = match self.format {
             Format::Json => {
+                let sampling = self.sampling;
                 let json = Arc::new(
                     JsonLayer::new(self.service, writer)
-                        .sampling(self.sampling)
+                        .sampling(sampling)
                         .rate_limit(self.rate_limit),
                 );
                 spawn_every(
@@ -164,14 +178,20 @@ impl LogConfig {
                     "towerscope-log-limit",
                     json.flusher(),
                 );
-                registry.with(SharedLayer(json)).try_init()
+                let subscriber = registry.with(SharedLayer(json));
+                if plain {
+                    // The request span only when something asks for it (`super::scope`).
+                    tracing::Dispatch::new(Deferring::new(subscriber, sampling))
+                } else {
+                    // Span directives may name the request span: made up front, as asked.
+                    tracing::Dispatch::new(subscriber)
+                }
             }
-            Format::Pretty => registry
-                .with(tracing_subscriber::fmt::layer().with_writer(writer))
-                .try_init(),
+            Format::Pretty => tracing::Dispatch::new(
+                registry.with(tracing_subscriber::fmt::layer().with_writer(writer)),
+            ),
         };
-        result.map_err(|e| InitError(e.to_string()))?;
-        Ok(LogGuard { _writer: guard })
+        Ok((result, LogGuard { _writer: guard }))
     }
 }
 

@@ -429,7 +429,7 @@ impl Visit for LineVisitor<'_, '_> {
 }
 
 /// How many records below WARN to keep, and how.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct Sampling {
     /// Probability of keeping a request's (or a lone record's) INFO, DEBUG and TRACE lines.
     pub probability: f64,
@@ -712,10 +712,24 @@ where
         allowed
     }
 
+    /// Its sampling settings.
+    #[cfg(test)]
+    pub(crate) fn sampling_settings(&self) -> Sampling {
+        self.sampling
+    }
+
     fn keep_unsampled(&self) -> bool {
         let p = self.sampling.probability;
         p >= 1.0 || (p > 0.0 && self.rng.lock().unwrap_or_else(|e| e.into_inner()).f64() < p)
     }
+}
+
+/// Whether the request with this context keeps its INFO and lower records.
+pub(crate) fn decide_sampling(rc: &RequestContext, s: &Sampling) -> bool {
+    s.probability >= 1.0
+        || rc
+            .sampling_key()
+            .is_none_or(|(k, trace)| sampled(k, trace, s.probability, s.seed))
 }
 
 /// Whether a request with this key (trace id hex, or request id) is sampled at probability p.
@@ -761,10 +775,7 @@ where
             rc
         });
         let mut rc = rc;
-        rc.sampled = self.sampling.probability >= 1.0
-            || rc.sampling_key().is_none_or(|(k, trace)| {
-                sampled(k, trace, self.sampling.probability, self.sampling.seed)
-            });
+        rc.sampled = decide_sampling(&rc, &self.sampling);
         handoff(|h| h.sampled = rc.sampled);
         if let Some(span) = ctx.span(id) {
             span.extensions_mut().insert(rc);
@@ -786,6 +797,7 @@ where
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let meta = event.metadata();
         let level = *meta.level();
+        let request_record = meta.target() == REQUEST_TARGET;
         // The request this record belongs to: the innermost span with a request context
         // (looked up once; the span stays borrowed while the line is written).
         // Its sampling decision comes with it (one look at the span's extensions).
@@ -795,10 +807,21 @@ where
                 Some((span, sampled))
             })
         });
-        let (request, sampled) = match found {
+        let (request, mut sampled) = match found {
             Some((span, sampled)) => (Some(span), Some(sampled)),
             None => (None, None),
         };
+        // A request without a span (see `scope`): its record brings the decision, and the
+        // records written while it is polled find its context on the thread.
+        let mut pending = false;
+        if request.is_none() {
+            if request_record {
+                sampled = handoff(|h| h.record_sampled.take()).flatten();
+            } else if event.is_contextual() {
+                sampled = super::scope::with_pending(|rc| rc.sampled);
+                pending = sampled.is_some();
+            }
+        }
         if level > Level::WARN {
             let keep = match sampled {
                 Some(sampled) => sampled,
@@ -812,6 +835,38 @@ where
         if !self.admit(meta) {
             return;
         }
+        match &request {
+            Some(span) => {
+                let ext = span.extensions();
+                self.write_line(event, level, request_record, ext.get::<RequestContext>());
+            }
+            None if pending => {
+                let written = super::scope::with_pending(|rc| {
+                    self.write_line(event, level, request_record, Some(rc))
+                });
+                if written.is_none() {
+                    self.write_line(event, level, request_record, None);
+                }
+            }
+            None => self.write_line(event, level, request_record, None),
+        }
+    }
+}
+
+impl<W> JsonLayer<W>
+where
+    W: for<'w> MakeWriter<'w> + 'static,
+{
+    /// Writes one line: the event's fields (or the request record handed over), then the
+    /// request's context `rc`, when it has one.
+    fn write_line(
+        &self,
+        event: &Event<'_>,
+        level: Level,
+        request_record: bool,
+        rc: Option<&RequestContext>,
+    ) {
+        let meta = event.metadata();
         LINE.with(|cell| {
             let Ok(mut bufs) = cell.try_borrow_mut() else {
                 return;
@@ -826,7 +881,6 @@ where
             line.push_str("{\"timestamp\":");
             stamp.write(line, crate::lifecycle::unix_now());
             line.push_str(level_target(level));
-            let request_record = meta.target() == REQUEST_TARGET;
             if request_record {
                 line.push_str(REQUEST_TARGET_JSON);
             } else {
@@ -840,7 +894,9 @@ where
                 has_message: false,
             };
             // The request record's fields, written by the request log from typed values, or
-            // any event's fields through the visitor.
+            // any event's fields through the visitor. A record of a request without a span
+            // also brings its context (then nothing else is written but the closing brace).
+            let mut complete = false;
             let handed = request_record
                 && handoff(|h| {
                     if !h.record_ready {
@@ -851,6 +907,7 @@ where
                     // added at once, with their filter bits.
                     v.seen.add_all(&h.record_keys, h.record_filter);
                     v.has_message = true;
+                    complete = h.record_has_context;
                     true
                 }) == Some(true);
             if !handed {
@@ -860,11 +917,11 @@ where
                 v.line.push_str(",\"message\":\"\"");
             }
             let seen = v.seen;
-            // The innermost span the code runs in (a handler's own span, or the server span),
-            // when OpenTelemetry has one current: its ids win over the request's.
-            let span_ids = current_span_ids(line);
-            if let Some(span) = &request {
-                if let Some(rc) = span.extensions().get::<RequestContext>() {
+            if !complete {
+                // The innermost span the code runs in (a handler's own span, or the server
+                // span), when OpenTelemetry has one current: its ids win over the request's.
+                let span_ids = current_span_ids(line);
+                if let Some(rc) = rc {
                     let clash = |k: &str| {
                         seen.contains(k) || (span_ids && (k == "trace_id" || k == "span_id"))
                     };

@@ -8,8 +8,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Uri};
 use tracing::{Level, Span};
 
 use super::context::{handoff, json_layer_exists, RequestContext, REQUEST_SPAN, REQUEST_TARGET};
-use super::json::{key_bit, write_int, write_json_str, write_millis};
+use super::json::{decide_sampling, key_bit, write_int, write_json_str, write_millis};
 use super::request_id::RequestId;
+use super::scope::{deferral, RequestScope};
 use crate::ip_text::IpText;
 use crate::lifecycle::{
     content_length_value, End, KnownMethod, ObserveLayer, Observer, Outcome, RequestMeta,
@@ -203,15 +204,19 @@ pub struct LogObservation {
     id: RequestId,
     /// Boxed: the observation travels inside the response future and body, which are moved
     /// several times; one small allocation costs less than copying this each time (measured
-    /// with callgrind: +850 instructions per request inline).
-    record: Option<Box<RecordData>>,
+    /// with callgrind: +850 instructions per request inline). Empty for excluded routes.
+    record: RequestScope,
 }
 
 #[derive(Debug)]
-struct RecordData {
+pub(crate) struct RecordData {
     /// `false` when the JSON layer sampled the request out.
     sampled: bool,
-    span: Span,
+    /// The request's span: made up front, or when first asked for under a subscriber that
+    /// defers it (see `scope`), or never.
+    pub(crate) span: Option<Span>,
+    /// The request's context while it has no span (then the span carries it).
+    pub(crate) context: Option<RequestContext>,
     method: KnownMethod,
     uri: Uri,
     user_agent: Option<HeaderValue>,
@@ -260,7 +265,10 @@ impl Observer for RequestLog {
         // Handlers read the id with the `RequestId` extractor, from the (now always valid)
         // header: no extension to insert, no allocation.
         if route.excluded {
-            return LogObservation { id, record: None };
+            return LogObservation {
+                id,
+                record: RequestScope::default(),
+            };
         }
         let id_text = id.as_str();
         // The server span's ids, when the trace observer ran first (W3C hex form, formatted on
@@ -280,6 +288,7 @@ impl Observer for RequestLog {
         // The span's context, built here from typed values for the JSON layer (the same
         // members its field visitor would make, in the same order).
         let handing = json_layer_exists();
+        let mut context = None;
         if handing {
             // A valid request id and hex digits: nothing to escape.
             let quoted = |j: &mut String, text: &str| {
@@ -296,31 +305,48 @@ impl Observer for RequestLog {
                 rc.append(member!("trace_id"), |j| quoted(j, t));
                 rc.append(member!("span_id"), |j| quoted(j, s));
             }
-            handoff(|h| h.context = Some(rc));
+            context = Some(rc);
         }
-        let span = tracing::span!(
-            target: REQUEST_TARGET,
-            Level::INFO,
-            REQUEST_SPAN,
-            request_id = id_text,
-            route = route.route.as_deref(),
-            trace_id,
-            span_id,
-        );
-        // Whether the JSON layer keeps this request's INFO and lower records.
-        let sampled = !handing
-            || handoff(|h| {
-                // Not taken when the span was filtered out.
-                h.context = None;
-                std::mem::replace(&mut h.sampled, true)
-            })
-            .unwrap_or(true);
+        // Under a subscriber that can make the span later, none now: the context goes with
+        // the record, current on the thread while the request is polled (see `scope`).
+        let deferred = context.as_ref().and(deferral());
+        let (span, context, sampled) = match (deferred, context) {
+            (Some(info), Some(mut rc)) => {
+                rc.sampled = decide_sampling(&rc, &info.sampling);
+                let sampled = rc.sampled;
+                (None, Some(rc), sampled)
+            }
+            (_, rc) => {
+                if let Some(rc) = rc {
+                    handoff(|h| h.context = Some(rc));
+                }
+                let span = tracing::span!(
+                    target: REQUEST_TARGET,
+                    Level::INFO,
+                    REQUEST_SPAN,
+                    request_id = id_text,
+                    route = route.route.as_deref(),
+                    trace_id,
+                    span_id,
+                );
+                // Whether the JSON layer keeps this request's INFO and lower records.
+                let sampled = !handing
+                    || handoff(|h| {
+                        // Not taken when the span was filtered out.
+                        h.context = None;
+                        std::mem::replace(&mut h.sampled, true)
+                    })
+                    .unwrap_or(true);
+                (Some(span), None, sampled)
+            }
+        };
         let headers = cfg
             .log_headers
             .then(|| render_headers(req.headers(), &cfg.redact_headers));
         let record = RecordData {
             sampled,
             span,
+            context,
             method: meta.method,
             uri: req.uri().clone(),
             user_agent,
@@ -330,7 +356,7 @@ impl Observer for RequestLog {
         };
         LogObservation {
             id,
-            record: Some(Box::new(record)),
+            record: RequestScope(std::cell::Cell::new(Some(Box::new(record)))),
         }
     }
 
@@ -345,12 +371,14 @@ impl Observer for RequestLog {
         }
     }
 
-    fn span(obs: &LogObservation) -> Option<&Span> {
-        obs.record.as_ref().map(|r| &r.span)
+    fn scope(obs: &LogObservation) -> Option<&RequestScope> {
+        Some(&obs.record)
     }
 
     fn end(route: &LogRoute, obs: LogObservation, end: &End) {
-        let Some(r) = obs.record else { return };
+        let Some(r) = obs.record.0.into_inner() else {
+            return;
+        };
         let cfg = &*route.cfg;
         let mut level = match end.outcome {
             Outcome::Success => cfg.success,
@@ -442,17 +470,34 @@ impl Observer for RequestLog {
                     w.key(member!("slow")).out.push_str("true");
                 }
                 w.member("message", message_member);
+                // Without a span, the record has no parent to take the context from: it
+                // comes here, after the record's fields (which win on a repeated key).
+                if let Some(rc) = &r.context {
+                    for (k, text) in rc.members() {
+                        let bit = key_bit(k);
+                        if *w.filter & bit != 0 && w.keys.contains(&k) {
+                            continue;
+                        }
+                        w.out.push_str(text);
+                    }
+                    h.record_has_context = true;
+                }
                 h.record_ready = true;
             })
             .is_some();
+        if r.span.is_none() {
+            handoff(|h| h.record_sampled = Some(r.sampled));
+        }
         // Withdrawn after the event, however it ends (a panicking subscriber included).
-        let _withdraw = handing.then_some(WithdrawRecord);
+        let _withdraw = (handing || r.span.is_none()).then_some(WithdrawRecord);
+        // The request span as explicit parent: its context without entering it. Without a
+        // span, no parent (the record carries the context itself).
+        let parent = r.span.as_ref().and_then(Span::id);
         macro_rules! record {
             ($lvl:expr) => {
-                // The request span as explicit parent: its context without entering it.
                 tracing::event!(
                     target: REQUEST_TARGET,
-                    parent: &r.span,
+                    parent: parent.clone(),
                     $lvl,
                     method = r.method.as_str(),
                     path = r.uri.path(),
@@ -560,7 +605,11 @@ struct WithdrawRecord;
 
 impl Drop for WithdrawRecord {
     fn drop(&mut self) {
-        handoff(|h| h.record_ready = false);
+        handoff(|h| {
+            h.record_ready = false;
+            h.record_has_context = false;
+            h.record_sampled = None;
+        });
     }
 }
 

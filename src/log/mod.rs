@@ -51,6 +51,7 @@ mod init;
 mod json;
 mod layer;
 mod request_id;
+mod scope;
 mod writer;
 
 pub use crate::redact::{redact_query, SENSITIVE_HEADERS, SENSITIVE_PARAMS};
@@ -61,6 +62,8 @@ pub use layer::{
     LogObservation, LogRoute, RequestLog, RequestLogBuilder, RequestLogLayer, DEFAULT_EXCLUDED,
 };
 pub use request_id::RequestId;
+pub use scope::RequestScope;
+pub(crate) use scope::ScopeGuard;
 pub use writer::{LineWriter, NonBlocking, WriterGuard, DROPPED};
 
 #[cfg(test)]

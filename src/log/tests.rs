@@ -62,7 +62,17 @@ impl Capture {
     }
 }
 
+/// The subscriber `LogConfig::init` installs: the request span made only when asked for.
 fn subscriber(
+    capture: &Capture,
+    layer: JsonLayer<Capture>,
+) -> impl tracing::Subscriber + Send + Sync {
+    let sampling = layer.sampling_settings();
+    super::scope::Deferring::new(eager_subscriber(capture, layer), sampling)
+}
+
+/// A hand-assembled subscriber: the request span made up front.
+fn eager_subscriber(
     capture: &Capture,
     layer: JsonLayer<Capture>,
 ) -> impl tracing::Subscriber + Send + Sync {
@@ -92,6 +102,13 @@ fn app(layer: RequestLogLayer) -> Router {
                     assert!(add_context("tenant", &t));
                     tokio::task::yield_now().await;
                     tracing::info!("after");
+                    assert!(current_request_id().is_some());
+                    // A span made in the request has the request's span as its parent: work
+                    // that carries it elsewhere has the request's context.
+                    let child = tracing::info_span!("work");
+                    tokio::spawn(async { tracing::info!("in child") }.instrument(child))
+                        .await
+                        .unwrap();
                     tokio::spawn(
                         async { tracing::info!("spawned") }.instrument(tracing::Span::current()),
                     )
@@ -266,11 +283,24 @@ async fn levels_per_outcome_under_a_filter() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn context_reaches_later_lines_spawned_work_and_never_leaks() {
+    context_in_every_line(true).await;
+}
+
+/// The same under a hand-assembled subscriber (the request span made up front).
+#[tokio::test(flavor = "current_thread")]
+async fn context_reaches_every_line_with_the_span_made_up_front() {
+    context_in_every_line(false).await;
+}
+
+async fn context_in_every_line(deferred: bool) {
     let capture = Capture::default();
-    let _g = tracing::subscriber::set_default(subscriber(
-        &capture,
-        JsonLayer::new("shop", capture.clone()),
-    ));
+    let layer = JsonLayer::new("shop", capture.clone());
+    let dispatch: tracing::Dispatch = if deferred {
+        subscriber(&capture, layer).into()
+    } else {
+        eager_subscriber(&capture, layer).into()
+    };
+    let _g = tracing::dispatcher::set_default(&dispatch);
     let app = app(RequestLogLayer::new());
     // Concurrent requests interleaved on one thread.
     let calls: Vec<_> = (0..50)
@@ -297,18 +327,18 @@ async fn context_reaches_later_lines_spawned_work_and_never_leaks() {
     for l in &lines {
         let id = l["request_id"]
             .as_str()
-            .expect("every line has a request id");
+            .unwrap_or_else(|| panic!("every line has a request id: {l}"));
         let tenant = &by_request[id];
         match l["message"].as_str().unwrap() {
             "before" => assert!(l.get("tenant").is_none(), "context before it was added"),
-            "after" | "spawned" | "request finished" => {
+            "after" | "in child" | "spawned" | "request finished" => {
                 assert_eq!(l["tenant"].as_str(), Some(tenant.as_str()), "leaked: {l}");
                 counted += 1;
             }
             other => panic!("unexpected line {other}"),
         }
     }
-    assert_eq!(counted, 150);
+    assert_eq!(counted, 200);
 }
 
 #[tokio::test(flavor = "current_thread")]

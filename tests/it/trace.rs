@@ -595,17 +595,42 @@ async fn child_work() {
 /// Every record written inside a traced request carries the current span's ids, as exported.
 #[tokio::test(flavor = "current_thread")]
 async fn log_records_carry_the_exported_ids() {
+    records_carry_the_exported_ids(|tracing, lines| {
+        let dispatch = tracing_subscriber::registry()
+            .with(tracing.otel_layer())
+            .with(towerscope::log::JsonLayer::new("it", lines));
+        (dispatch.into(), None)
+    })
+    .await;
+}
+
+/// The same under the subscriber `LogConfig` installs, which makes the request span only when
+/// something asks for it (here the handler's `#[instrument]` span).
+#[tokio::test(flavor = "current_thread")]
+async fn log_records_carry_the_exported_ids_under_log_config() {
+    records_carry_the_exported_ids(|tracing, lines| {
+        let (dispatch, guard) = towerscope::log::LogConfig::from_env("it")
+            .format(towerscope::log::Format::Json)
+            .filter("info")
+            .tracing(tracing)
+            .dispatch_with_writer(lines)
+            .unwrap();
+        (dispatch, Some(guard))
+    })
+    .await;
+}
+
+async fn records_carry_the_exported_ids(
+    subscriber: impl FnOnce(&Tracing, Lines) -> (tracing::Dispatch, Option<towerscope::log::LogGuard>),
+) {
     let (rx, url) = receiver(Mode::Accept).await;
     let tracing = TraceConfig::from_env("it")
         .endpoint(url)
         .export_delay(Duration::from_millis(20))
         .install();
     let lines = Lines::default();
-    let _guard = tracing::subscriber::set_default(
-        tracing_subscriber::registry()
-            .with(tracing.otel_layer())
-            .with(towerscope::log::JsonLayer::new("it", lines.clone())),
-    );
+    let (dispatch, log_guard) = subscriber(&tracing, lines.clone());
+    let _guard = tracing::dispatcher::set_default(&dispatch);
     let app = Router::new()
         .route(
             "/work",
@@ -629,6 +654,7 @@ async fn log_records_carry_the_exported_ids() {
     let spans = rx.wait_for(2).await;
     let server = named(&spans, "GET /work");
     let child = named(&spans, "child_work");
+    drop(log_guard); // writes what the non-blocking writer holds
     let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
     let records: Vec<serde_json::Value> = text
         .lines()
