@@ -11,7 +11,7 @@ use http::{Request, Response};
 use support::*;
 use tower::{Layer, Service};
 use towerscope::lifecycle::ObserveLayer;
-use towerscope::log::{JsonLayer, RequestLog, Sampling};
+use towerscope::log::{Format, JsonLayer, LogConfig, RequestLog, Sampling};
 use tracing_subscriber::layer::SubscriberExt;
 
 fn plain() -> impl Service<Request<()>, Response = Response<String>, Error = Infallible> + Clone {
@@ -62,11 +62,31 @@ fn bench(c: &mut Criterion) {
             g.bench_function(name, |b| b.iter(|| one(&mut svc)));
         });
     }
-    // The target's figure itself: what a logged request adds over bare, paired.
+    // The target's figure itself: what a logged request adds over bare, paired. Under a
+    // hand-assembled registry (the request span made up front), and under the subscriber
+    // `LogConfig` installs (the span made only when asked for; here never).
     tracing::subscriber::with_default(json(1.0), || {
         let mut svc = layer().layer(plain());
         bench_added(&mut g, "logged_added", || one(&mut bare), || one(&mut svc));
     });
+    {
+        let (dispatch, _log_guard) = LogConfig::from_env("bench")
+            .format(Format::Json)
+            .filter("info")
+            .rate_limit(None)
+            .dispatch_with_writer(std::io::sink())
+            .expect("a valid configuration");
+        tracing::dispatcher::with_default(&dispatch, || {
+            let mut svc = layer().layer(plain());
+            bench_added(
+                &mut g,
+                "logged_added_log_config",
+                || one(&mut bare),
+                || one(&mut svc),
+            );
+        });
+        // Dropped here: a dispatcher still alive makes every callsite ask again per call.
+    }
     g.finish();
 
     // One record alone: written, filtered out by level, sampled out.

@@ -11,8 +11,11 @@
 //!   past a threshold. Probe routes and `/metrics` are excluded by default.
 //! - Every record written while the request is served (handlers, spawned work that carries the
 //!   request's span) has `request_id`, `route` (and `trace_id`, `span_id`) at its top level;
-//!   [`add_context`] adds key/values to the rest of the request. Context lives in the request's
-//!   span: it never leaks into another request.
+//!   [`add_context`] adds key/values to the rest of the request. Context lives with the
+//!   request (on its thread while it is polled, then in its span): it never leaks into another
+//!   request. Under [`LogConfig`]'s JSON subscriber the request's `tracing` span is made only
+//!   when something asks for it (`Span::current()`, a span made in the request), which most
+//!   requests never do ([`RequestScope`]); under any other subscriber it is made up front.
 //! - [`RequestId`]: an incoming `x-request-id` is kept when valid (1-128 bytes of
 //!   `[A-Za-z0-9._~:/+=@-]`), else replaced by a UUID v7; set on the response; an extractor.
 //! - [`LogConfig`]: the subscriber in one call: JSON lines on stdout (`timestamp` RFC 3339 UTC

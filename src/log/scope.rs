@@ -74,12 +74,23 @@ impl RequestScope {
                 span.with_subscriber(|(id, dispatch)| dispatch.enter(id));
                 Held::Span(record)
             }
-            None => match ACTIVE.with(|a| a.try_borrow_mut().map(|mut a| a.replace(record))) {
-                Ok(prev) => Held::Active(prev),
-                // Only from inside the subscriber while it makes a span: polls do not nest
-                // there. Nothing to make current then.
-                Err(_) => return None,
-            },
+            None => {
+                let mut record = Some(record);
+                let swapped = ACTIVE.try_with(|a| {
+                    a.try_borrow_mut()
+                        .map(|mut a| std::mem::replace(&mut *a, record.take()))
+                        .ok()
+                });
+                match swapped {
+                    Ok(Some(prev)) => Held::Active(prev),
+                    // Only from inside the subscriber while it makes a span (polls do not
+                    // nest there), or as the thread exits: nothing made current.
+                    _ => {
+                        self.0.set(record);
+                        return None;
+                    }
+                }
+            }
         };
         Some(ScopeGuard { scope: self, state })
     }
@@ -93,7 +104,18 @@ impl Drop for ScopeGuard<'_> {
                 Some(record)
             }
             Held::Active(prev) => {
-                let record = ACTIVE.with(|a| std::mem::replace(&mut *a.borrow_mut(), prev));
+                // Borrowed only if a subscriber panicked while making the span (this runs
+                // while unwinding then): the record is lost, the request not logged, and
+                // nothing aborts.
+                let record = ACTIVE
+                    .try_with(|a| {
+                        a.try_borrow_mut()
+                            .map(|mut a| std::mem::replace(&mut *a, prev))
+                            .ok()
+                    })
+                    .ok()
+                    .flatten()
+                    .flatten();
                 // Made during this poll: entered then, left now.
                 if let Some(r) = &record {
                     exit(r);
