@@ -47,6 +47,17 @@ impl IpText {
         self.len += 1;
     }
 
+    /// Appends the text in quotes (ASCII: no UTF-8 check, no escape).
+    #[cfg(feature = "log")]
+    pub(crate) fn push_quoted(&self, out: &mut String) {
+        out.reserve(self.len + 2);
+        out.push('"');
+        for &b in &self.buf[..self.len] {
+            out.push(char::from(b));
+        }
+        out.push('"');
+    }
+
     pub(crate) fn as_str(&self) -> &str {
         std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
     }
@@ -69,6 +80,12 @@ mod tests {
         ] {
             let ip: IpAddr = ip.parse().unwrap();
             assert_eq!(IpText::of(ip).as_str(), ip.to_string());
+            #[cfg(feature = "log")]
+            {
+                let mut out = String::from("x");
+                IpText::of(ip).push_quoted(&mut out);
+                assert_eq!(out, format!("x\"{ip}\""));
+            }
         }
     }
 }

@@ -4,7 +4,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Uri};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use tracing::{Level, Span};
 
 use super::context::{handoff, json_layer_exists, RequestContext, REQUEST_SPAN, REQUEST_TARGET};
@@ -218,7 +219,8 @@ pub(crate) struct RecordData {
     /// The request's context while it has no span (then the span carries it).
     pub(crate) context: Option<RequestContext>,
     method: KnownMethod,
-    uri: Uri,
+    /// The path and query (the rest of the URI is not logged).
+    target: Option<PathAndQuery>,
     user_agent: Option<HeaderValue>,
     client_ip: Option<IpAddr>,
     request_bytes: Option<u64>,
@@ -285,10 +287,23 @@ impl Observer for RequestLog {
         );
         #[cfg(not(feature = "otel"))]
         let (trace_id, span_id): (Option<&str>, Option<&str>) = (None, None);
+        // The record, boxed first and filled in place (its context is most of its size).
+        let mut record = Box::new(RecordData {
+            sampled: true,
+            span: None,
+            context: None,
+            method: meta.method,
+            target: req.uri().path_and_query().cloned(),
+            user_agent,
+            client_ip: client_ip(req, cfg.trust_forwarded),
+            request_bytes,
+            headers: cfg
+                .log_headers
+                .then(|| render_headers(req.headers(), &cfg.redact_headers)),
+        });
         // The span's context, built here from typed values for the JSON layer (the same
         // members its field visitor would make, in the same order).
         let handing = json_layer_exists();
-        let mut context = None;
         if handing {
             // A valid request id and hex digits: nothing to escape.
             let quoted = |j: &mut String, text: &str| {
@@ -296,7 +311,7 @@ impl Observer for RequestLog {
                 j.push_str(text);
                 j.push('"');
             };
-            let mut rc = RequestContext::default();
+            let rc = record.context.insert(RequestContext::default());
             rc.append(member!("request_id"), |j| quoted(j, id_text));
             if let Some(route) = &route.route_json {
                 rc.append(member!("route"), |j| j.push_str(route));
@@ -305,58 +320,39 @@ impl Observer for RequestLog {
                 rc.append(member!("trace_id"), |j| quoted(j, t));
                 rc.append(member!("span_id"), |j| quoted(j, s));
             }
-            context = Some(rc);
+            // Under a subscriber that can make the span later, none now: the context stays
+            // with the record, current on the thread while the request is polled (`scope`).
+            if let Some(info) = deferral() {
+                rc.sampled = decide_sampling(rc, &info.sampling);
+                record.sampled = rc.sampled;
+                return LogObservation {
+                    id,
+                    record: RequestScope(std::cell::Cell::new(Some(record))),
+                };
+            }
+            let rc = record.context.take();
+            handoff(|h| h.context = rc);
         }
-        // Under a subscriber that can make the span later, none now: the context goes with
-        // the record, current on the thread while the request is polled (see `scope`).
-        let deferred = context.as_ref().and(deferral());
-        let (span, context, sampled) = match (deferred, context) {
-            (Some(info), Some(mut rc)) => {
-                rc.sampled = decide_sampling(&rc, &info.sampling);
-                let sampled = rc.sampled;
-                (None, Some(rc), sampled)
-            }
-            (_, rc) => {
-                if let Some(rc) = rc {
-                    handoff(|h| h.context = Some(rc));
-                }
-                let span = tracing::span!(
-                    target: REQUEST_TARGET,
-                    Level::INFO,
-                    REQUEST_SPAN,
-                    request_id = id_text,
-                    route = route.route.as_deref(),
-                    trace_id,
-                    span_id,
-                );
-                // Whether the JSON layer keeps this request's INFO and lower records.
-                let sampled = !handing
-                    || handoff(|h| {
-                        // Not taken when the span was filtered out.
-                        h.context = None;
-                        std::mem::replace(&mut h.sampled, true)
-                    })
-                    .unwrap_or(true);
-                (Some(span), None, sampled)
-            }
-        };
-        let headers = cfg
-            .log_headers
-            .then(|| render_headers(req.headers(), &cfg.redact_headers));
-        let record = RecordData {
-            sampled,
-            span,
-            context,
-            method: meta.method,
-            uri: req.uri().clone(),
-            user_agent,
-            client_ip: client_ip(req, cfg.trust_forwarded),
-            request_bytes,
-            headers,
-        };
+        record.span = Some(tracing::span!(
+            target: REQUEST_TARGET,
+            Level::INFO,
+            REQUEST_SPAN,
+            request_id = id_text,
+            route = route.route.as_deref(),
+            trace_id,
+            span_id,
+        ));
+        // Whether the JSON layer keeps this request's INFO and lower records.
+        record.sampled = !handing
+            || handoff(|h| {
+                // Not taken when the span was filtered out.
+                h.context = None;
+                std::mem::replace(&mut h.sampled, true)
+            })
+            .unwrap_or(true);
         LogObservation {
             id,
-            record: RequestScope(std::cell::Cell::new(Some(Box::new(record)))),
+            record: RequestScope(std::cell::Cell::new(Some(record))),
         }
     }
 
@@ -401,12 +397,16 @@ impl Observer for RequestLog {
             return;
         }
         let query = if cfg.log_query {
-            r.uri
-                .query()
+            r.target
+                .as_ref()
+                .and_then(PathAndQuery::query)
                 .map(|q| redact_query(q, &cfg.sensitive_params))
         } else {
             None
         };
+        // Empty for a request target without a path (`CONNECT`'s authority form), as
+        // `Uri::path` gives it.
+        let path = r.target.as_ref().map_or("", PathAndQuery::path);
         let user_agent = r
             .user_agent
             .as_ref()
@@ -423,8 +423,7 @@ impl Observer for RequestLog {
             .saturating_add(u64::from((end.duration.subsec_nanos() + 500) / 1000));
         let duration_ms = micros as f64 / 1000.0;
         let (message, message_member) = message(end.outcome);
-        let client_ip_text = r.client_ip.map(IpText::of);
-        let client_ip = client_ip_text.as_ref().map(IpText::as_str);
+        let client_ip = r.client_ip.map(IpText::of);
         // The record's fields written once as JSON from the typed values, for the JSON layer
         // (the same fields as the event below, in the same order).
         // Not for a record the JSON layer drops (INFO and lower of a request sampled out).
@@ -440,7 +439,7 @@ impl Observer for RequestLog {
                     filter: &mut h.record_filter,
                 };
                 w.member("method", method_member(r.method));
-                w.key(member!("path")).str(r.uri.path());
+                w.key(member!("path")).str(path);
                 if let Some(q) = &query {
                     w.key(member!("query")).str(q);
                 }
@@ -452,9 +451,9 @@ impl Observer for RequestLog {
                 if let Some(e) = error_type {
                     w.key(member!("error_type")).str(e);
                 }
-                if let Some(ip) = client_ip {
+                if let Some(ip) = &client_ip {
                     // Digits, dots, colons and hex letters: nothing to escape.
-                    w.key(member!("client_ip")).plain(ip);
+                    ip.push_quoted(w.key(member!("client_ip")).out);
                 }
                 if let Some(ua) = &user_agent {
                     w.key(member!("user_agent")).str(ua);
@@ -485,11 +484,32 @@ impl Observer for RequestLog {
                 h.record_ready = true;
             })
             .is_some();
-        if r.span.is_none() {
+        let deferred = r.span.is_none();
+        if deferred {
             handoff(|h| h.record_sampled = Some(r.sampled));
         }
         // Withdrawn after the event, however it ends (a panicking subscriber included).
-        let _withdraw = (handing || r.span.is_none()).then_some(WithdrawRecord);
+        let _withdraw = (handing || deferred).then_some(WithdrawRecord);
+        // A request without a span is logged under `LogConfig`'s JSON subscriber only (see
+        // `scope`): its JSON layer takes the record handed over (or drops it, sampled out),
+        // and the other layers there ignore this target. The event then carries the message
+        // alone: the fields are not made twice.
+        if deferred && (handing || (!r.sampled && level > Level::WARN)) {
+            macro_rules! lean {
+                ($lvl:expr) => {
+                    tracing::event!(target: REQUEST_TARGET, parent: None, $lvl, message)
+                };
+            }
+            match level {
+                Level::ERROR => lean!(Level::ERROR),
+                Level::WARN => lean!(Level::WARN),
+                Level::INFO => lean!(Level::INFO),
+                Level::DEBUG => lean!(Level::DEBUG),
+                _ => lean!(Level::TRACE),
+            }
+            return;
+        }
+        let client_ip = client_ip.as_ref().map(IpText::as_str);
         // The request span as explicit parent: its context without entering it. Without a
         // span, no parent (the record carries the context itself).
         let parent = r.span.as_ref().and_then(Span::id);
@@ -500,7 +520,7 @@ impl Observer for RequestLog {
                     parent: parent.clone(),
                     $lvl,
                     method = r.method.as_str(),
-                    path = r.uri.path(),
+                    path,
                     query = query.as_deref(),
                     status,
                     duration_ms,
@@ -631,12 +651,6 @@ impl RecordWriter<'_> {
     }
     fn str(&mut self, v: &str) {
         write_json_str(self.out, v);
-    }
-    /// A string known to need no escape.
-    fn plain(&mut self, v: &str) {
-        self.out.push('"');
-        self.out.push_str(v);
-        self.out.push('"');
     }
     /// A whole `,"key":value` member written beforehand (one of a few constant ones).
     #[inline(always)]
