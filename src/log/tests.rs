@@ -804,3 +804,70 @@ mod props {
         }
     }
 }
+
+/// Counts the request spans made.
+#[derive(Clone, Default)]
+struct RequestSpans(Arc<std::sync::atomic::AtomicUsize>);
+
+impl RequestSpans {
+    fn made(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RequestSpans {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        _: &tracing::span::Id,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if attrs.metadata().name() == REQUEST_SPAN {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// Under `LogConfig`'s subscriber a request that never asks for its span has none (what the
+/// deferral saves), and its lines still carry its context; one that asks gets exactly one. A
+/// hand-assembled subscriber makes it up front.
+#[tokio::test(flavor = "current_thread")]
+async fn a_request_gets_its_span_only_when_something_asks_for_it() {
+    let capture = Capture::default();
+    let spans = RequestSpans::default();
+    let layer = JsonLayer::new("s", capture.clone());
+    let sampling = layer.sampling_settings();
+    let deferring = super::scope::Deferring::new(
+        tracing_subscriber::registry()
+            .with(tracing_subscriber::filter::LevelFilter::TRACE)
+            .with(layer)
+            .with(spans.clone()),
+        sampling,
+    );
+    {
+        let _g = tracing::subscriber::set_default(deferring);
+        let app = app(RequestLogLayer::new());
+        send(&app, get_req("/ok")).await;
+        assert_eq!(spans.made(), 0, "a handler that only logs");
+        let lines = capture.lines();
+        let record = &capture.requests()[0];
+        let inside = lines
+            .iter()
+            .find(|l| l["message"] == "inside handler")
+            .expect("the handler's line");
+        assert!(record["request_id"].is_string());
+        assert_eq!(inside["request_id"], record["request_id"]);
+        assert_eq!(inside["route"], "/ok");
+        // Spawned work that carries the request's span, a child span: asked for, made once.
+        send(&app, get_req("/ctx/acme")).await;
+        assert_eq!(spans.made(), 1);
+    }
+    let eager = RequestSpans::default();
+    let _g = tracing::subscriber::set_default(
+        tracing_subscriber::registry()
+            .with(JsonLayer::new("s", capture.clone()))
+            .with(eager.clone()),
+    );
+    send(&app(RequestLogLayer::new()), get_req("/ok")).await;
+    assert_eq!(eager.made(), 1, "made up front");
+}
