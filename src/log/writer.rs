@@ -1,5 +1,5 @@
 //! The non-blocking writer: request threads append whole lines to a bounded buffer and return;
-//! a writer thread swaps the buffer out every few milliseconds and writes it in one call.
+//! a writer thread swaps the buffer out every 20 ms and writes it in one call.
 //!
 //! Written here rather than taken from tracing-appender for two reasons measured on the
 //! request path: tracing-appender allocates a `Vec` per line and sends it over a channel,
@@ -65,7 +65,11 @@ static METADATA: Metadata<'static> = Metadata::new(
     Some(module_path!()),
 );
 
-const PERIOD: Duration = Duration::from_millis(5);
+/// How often the writer thread takes the buffer. Measured under load (red+log, paired A/B
+/// runs, 12 rounds): 1 ms 0.925x the throughput of 5 ms, 20 ms 1.023x; the swaps, not the
+/// bytes, are what cost (each wakes this thread on a request thread's core and makes a write
+/// call). A line waits at most this long (and the guard writes what is pending on exit).
+const PERIOD: Duration = Duration::from_millis(20);
 
 impl NonBlocking {
     /// A writer to `sink` holding at most `capacity` bytes. `lossy`: when full, lines are
