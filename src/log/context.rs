@@ -32,7 +32,7 @@ pub(crate) struct RequestContext {
 impl Default for RequestContext {
     fn default() -> Self {
         Self {
-            json: spare_json(),
+            json: spare_string(),
             members: smallvec::SmallVec::new(),
             sampled: true,
         }
@@ -48,7 +48,8 @@ thread_local! {
 const SPARES: usize = 64;
 const SPARE_MAX: usize = 1024;
 
-fn spare_json() -> String {
+/// An empty buffer: a spare one when this thread has one.
+pub(crate) fn spare_string() -> String {
     SPARE
         .try_with(|s| s.try_borrow_mut().ok()?.pop())
         .ok()
@@ -56,20 +57,25 @@ fn spare_json() -> String {
         .unwrap_or_else(|| String::with_capacity(192))
 }
 
+/// Gives a buffer back to this thread's spares (emptied), unless there are enough or it is
+/// large.
+pub(crate) fn recycle(mut text: String) {
+    if text.capacity() == 0 || text.capacity() > SPARE_MAX {
+        return;
+    }
+    text.clear();
+    let _ = SPARE.try_with(|s| {
+        if let Ok(mut s) = s.try_borrow_mut() {
+            if s.len() < SPARES {
+                s.push(text);
+            }
+        }
+    });
+}
+
 impl Drop for RequestContext {
     fn drop(&mut self) {
-        let mut json = std::mem::take(&mut self.json);
-        if json.capacity() == 0 || json.capacity() > SPARE_MAX {
-            return;
-        }
-        json.clear();
-        let _ = SPARE.try_with(|s| {
-            if let Ok(mut s) = s.try_borrow_mut() {
-                if s.len() < SPARES {
-                    s.push(json);
-                }
-            }
-        });
+        recycle(std::mem::take(&mut self.json));
     }
 }
 

@@ -219,9 +219,7 @@ pub(crate) struct RecordData {
     /// The request's context while it has no span (then the span carries it).
     pub(crate) context: Option<RequestContext>,
     method: KnownMethod,
-    /// The path and query (the rest of the URI is not logged).
-    target: Option<PathAndQuery>,
-    user_agent: Option<HeaderValue>,
+    text: RequestText,
     client_ip: Option<IpAddr>,
     request_bytes: Option<u64>,
     headers: Option<String>,
@@ -253,6 +251,7 @@ impl Observer for RequestLog {
         let cfg = &*self.cfg;
         let heads = Heads::find(req.headers(), &cfg.header);
         let incoming = heads.id.and_then(RequestId::parse);
+        // Dropped at the end of this call, while its buffer is still in cache.
         let user_agent = heads.user_agent.cloned();
         let request_bytes = heads.content_length.and_then(content_length_value);
         let id = match incoming {
@@ -293,8 +292,11 @@ impl Observer for RequestLog {
             span: None,
             context: None,
             method: meta.method,
-            target: req.uri().path_and_query().cloned(),
-            user_agent,
+            text: RequestText::new(
+                req.uri().path_and_query(),
+                user_agent.as_ref(),
+                cfg.log_query,
+            ),
             client_ip: client_ip(req, cfg.trust_forwarded),
             request_bytes,
             headers: cfg
@@ -396,21 +398,12 @@ impl Observer for RequestLog {
         if !enabled {
             return;
         }
-        let query = if cfg.log_query {
-            r.target
-                .as_ref()
-                .and_then(PathAndQuery::query)
-                .map(|q| redact_query(q, &cfg.sensitive_params))
-        } else {
-            None
-        };
-        // Empty for a request target without a path (`CONNECT`'s authority form), as
-        // `Uri::path` gives it.
-        let path = r.target.as_ref().map_or("", PathAndQuery::path);
-        let user_agent = r
-            .user_agent
-            .as_ref()
-            .map(|v| String::from_utf8_lossy(v.as_bytes()));
+        let query = r
+            .text
+            .query()
+            .map(|q| redact_query(q, &cfg.sensitive_params));
+        let path = r.text.path();
+        let user_agent = r.text.user_agent();
         let status = end.status.map(|s| s.as_u16());
         let error_type = end.outcome.error_type();
         let error_type = error_type.as_ref().map(|e| e.as_str());
@@ -455,7 +448,7 @@ impl Observer for RequestLog {
                     // Digits, dots, colons and hex letters: nothing to escape.
                     ip.push_quoted(w.key(member!("client_ip")).out);
                 }
-                if let Some(ua) = &user_agent {
+                if let Some(ua) = user_agent {
                     w.key(member!("user_agent")).str(ua);
                 }
                 if let Some(b) = r.request_bytes {
@@ -527,7 +520,7 @@ impl Observer for RequestLog {
                     outcome = end.outcome.as_str(),
                     error_type,
                     client_ip,
-                    user_agent = user_agent.as_deref(),
+                    user_agent,
                     request_bytes = r.request_bytes,
                     response_bytes = end.response_bytes,
                     headers = r.headers.as_deref(),
@@ -543,6 +536,61 @@ impl Observer for RequestLog {
             Level::DEBUG => record!(Level::DEBUG),
             _ => record!(Level::TRACE),
         }
+    }
+}
+
+/// The request's path, query (when logged) and user agent, copied at its start into a buffer
+/// reused across requests: the record holds nothing of the request's own buffers. Under load
+/// the last reference to those, dropped when the request ends, was a cold cache line (perf:
+/// `shared_v_drop` 0.005 -> 0.092 us per request with the request log on).
+#[derive(Debug)]
+struct RequestText {
+    text: String,
+    path_end: usize,
+    query: Option<std::ops::Range<usize>>,
+    user_agent: Option<std::ops::Range<usize>>,
+}
+
+impl RequestText {
+    fn new(target: Option<&PathAndQuery>, user_agent: Option<&HeaderValue>, query: bool) -> Self {
+        let mut text = super::context::spare_string();
+        let mut put = |t: &str| {
+            let start = text.len();
+            text.push_str(t);
+            start..text.len()
+        };
+        // Empty for a request target without a path (`CONNECT`'s authority form), as
+        // `Uri::path` gives it.
+        let path_end = put(target.map_or("", PathAndQuery::path)).end;
+        let query = target
+            .and_then(PathAndQuery::query)
+            .filter(|_| query)
+            .map(&mut put);
+        let user_agent = user_agent.map(|v| put(&String::from_utf8_lossy(v.as_bytes())));
+        Self {
+            text,
+            path_end,
+            query,
+            user_agent,
+        }
+    }
+
+    fn path(&self) -> &str {
+        &self.text[..self.path_end]
+    }
+
+    fn query(&self) -> Option<&str> {
+        self.query.clone().map(|r| &self.text[r])
+    }
+
+    fn user_agent(&self) -> Option<&str> {
+        self.user_agent.clone().map(|r| &self.text[r])
+    }
+}
+
+impl Drop for RequestText {
+    fn drop(&mut self) {
+        super::context::recycle(std::mem::take(&mut self.text));
     }
 }
 
