@@ -8,10 +8,10 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use tracing::{Level, Span};
 
-use super::context::{handoff, json_layer_exists, RequestContext, REQUEST_SPAN, REQUEST_TARGET};
+use super::context::{handoff, json_layer_exists, RequestContext, REQUEST_TARGET};
 use super::json::{decide_sampling, key_bit, write_int, write_json_str, write_millis};
 use super::request_id::RequestId;
-use super::scope::{deferral, RequestScope};
+use super::scope::{deferral, register_callsite, request_span, RequestScope};
 use crate::ip_text::IpText;
 use crate::lifecycle::{
     content_length_value, End, KnownMethod, ObserveLayer, Observer, Outcome, RequestMeta,
@@ -24,6 +24,20 @@ use crate::redact::{is_sensitive, redact_query, SENSITIVE_PARAMS};
 macro_rules! member {
     ($k:literal) => {
         (concat!(",\"", $k, "\":"), $k)
+    };
+}
+
+/// Invokes the event macro `$event` with `$level`, known only at run time: `tracing`'s
+/// macros need a constant level (one callsite per level).
+macro_rules! at_level {
+    ($level:expr, $event:ident) => {
+        match $level {
+            Level::ERROR => $event!(Level::ERROR),
+            Level::WARN => $event!(Level::WARN),
+            Level::INFO => $event!(Level::INFO),
+            Level::DEBUG => $event!(Level::DEBUG),
+            _ => $event!(Level::TRACE),
+        }
     };
 }
 
@@ -332,26 +346,20 @@ impl Observer for RequestLog {
                     record: RequestScope(std::cell::Cell::new(Some(record))),
                 };
             }
-            let rc = record.context.take();
-            handoff(|h| h.context = rc);
         }
-        record.span = Some(tracing::span!(
-            target: REQUEST_TARGET,
-            Level::INFO,
-            REQUEST_SPAN,
-            request_id = id_text,
-            route = route.route.as_deref(),
-            trace_id,
-            span_id,
-        ));
+        // Up front: under any subscriber that cannot make it later. The callsite registered
+        // first (once), outside the dispatcher's lookup, so filters see it (span directives).
+        register_callsite();
+        let mut context = record.context.take();
+        let fields = [Some(id_text), route.route.as_deref(), trace_id, span_id];
+        let (span, _) =
+            tracing::dispatcher::get_default(|d| request_span(d, fields, context.take()));
+        // A span filtered out is still the request's (disabled) span: the request is not
+        // deferred, and its record goes out with its fields.
+        record.span = Some(span.unwrap_or_else(Span::none));
         // Whether the JSON layer keeps this request's INFO and lower records.
-        record.sampled = !handing
-            || handoff(|h| {
-                // Not taken when the span was filtered out.
-                h.context = None;
-                std::mem::replace(&mut h.sampled, true)
-            })
-            .unwrap_or(true);
+        record.sampled =
+            !handing || handoff(|h| std::mem::replace(&mut h.sampled, true)).unwrap_or(true);
         LogObservation {
             id,
             record: RequestScope(std::cell::Cell::new(Some(record))),
@@ -493,13 +501,7 @@ impl Observer for RequestLog {
                     tracing::event!(target: REQUEST_TARGET, parent: None, $lvl, message)
                 };
             }
-            match level {
-                Level::ERROR => lean!(Level::ERROR),
-                Level::WARN => lean!(Level::WARN),
-                Level::INFO => lean!(Level::INFO),
-                Level::DEBUG => lean!(Level::DEBUG),
-                _ => lean!(Level::TRACE),
-            }
+            at_level!(level, lean);
             return;
         }
         let client_ip = client_ip.as_ref().map(IpText::as_str);
@@ -529,13 +531,7 @@ impl Observer for RequestLog {
                 )
             };
         }
-        match level {
-            Level::ERROR => record!(Level::ERROR),
-            Level::WARN => record!(Level::WARN),
-            Level::INFO => record!(Level::INFO),
-            Level::DEBUG => record!(Level::DEBUG),
-            _ => record!(Level::TRACE),
-        }
+        at_level!(level, record);
     }
 }
 

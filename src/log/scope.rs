@@ -3,11 +3,12 @@
 //! Under [`LogConfig`](super::LogConfig)'s JSON subscriber, a request starts without a
 //! `tracing` span: its context (request id, route, trace ids, what handlers add) is made
 //! current on the thread around every poll of the request's future, and the JSON layer reads
-//! it from there for the handler's records. The span is made the first time code asks for it
-//! while the request is served: `Span::current()` (spawned work that carries the request's
-//! span, [`add_context`](super::add_context) outside the request's own polls) or a new span in
-//! the request (`#[instrument]`, database calls), which then has the request's span as its
-//! parent, exactly as when the span is made up front. A request that asks for neither, the
+//! it from there for the handler's records ([`add_context`](super::add_context) and
+//! [`current_request_id`](super::current_request_id) too). The span is made the first time
+//! code asks for it while the request is polled: `Span::current()` (spawned work that carries
+//! the request's span, `Span::current().record(..)`) or a new span in the request
+//! (`#[instrument]`, database calls), which then has the request's span as its parent, exactly
+//! as when the span is made up front. A request that asks for neither, the
 //! common case, pays for no span: about 1,900 instructions less per request (callgrind), the
 //! cost of creating, entering, leaving and closing one in `tracing-subscriber`'s registry.
 //!
@@ -161,18 +162,37 @@ fn materialize(dispatch: &Dispatch) {
         if record.span.is_some() {
             return;
         }
+        let Some(context) = record.context.take() else {
+            return;
+        };
+        // The span's own fields from the context, for subscribers other than the JSON layer
+        // (which takes the context itself). Ids and hex digits are never escaped; a route
+        // template rarely is.
+        let own = |k| context.raw(k).map(str::to_owned);
+        let fields = [
+            own("request_id"),
+            own("route"),
+            own("trace_id"),
+            own("span_id"),
+        ];
+        let (span, back) = request_span(
+            dispatch,
+            fields.each_ref().map(|f| f.as_deref()),
+            Some(context),
+        );
         // Filtered out: the request goes on without a span, its context where it was.
-        if let Some(span) = request_span(&mut record.context, dispatch) {
+        record.context = back;
+        if let Some(span) = span {
             span.with_subscriber(|(id, dispatch)| dispatch.enter(id));
             record.span = Some(span);
         }
     });
 }
 
-/// The callsite of the request spans made after their request started. Made with `Span::new_with`
-/// and this subscriber's own `Dispatch`, not the `span!` macro: the macro asks for the current
-/// dispatcher, and inside a subscriber call under a scoped dispatcher
-/// (`tracing::subscriber::set_default`) that is `Dispatch::none()`.
+/// The callsite of every request span. Spans are made with `Span::new_with` and a given
+/// `Dispatch`, not the `span!` macro: the macro asks for the current dispatcher, and inside a
+/// subscriber call under a scoped dispatcher (`tracing::subscriber::set_default`) that is
+/// `Dispatch::none()`.
 static CALLSITE: DefaultCallsite = DefaultCallsite::new(&META);
 static META: Metadata<'static> = Metadata::new(
     REQUEST_SPAN,
@@ -188,37 +208,34 @@ static META: Metadata<'static> = Metadata::new(
     Kind::SPAN,
 );
 
-/// The request's span, its context (taken from `slot`) handed to the JSON layer as when the
-/// span is made up front; `None`, the context left in `slot`, when the span is filtered out.
-fn request_span(slot: &mut Option<RequestContext>, dispatch: &Dispatch) -> Option<Span> {
-    // Asked of this subscriber directly: the callsite's cached interest may have been computed
+/// A request's span, made through `dispatch` with these `request_id`, `route`, `trace_id` and
+/// `span_id`: up front by the request log, or later by [`Deferring`]. `context`, when given, is
+/// handed to the JSON layer, which keeps it in the span; it comes back when nothing took it.
+/// No span when the request span is filtered out.
+pub(crate) fn request_span(
+    dispatch: &Dispatch,
+    fields: [Option<&str>; 4],
+    context: Option<RequestContext>,
+) -> (Option<Span>, Option<RequestContext>) {
+    // Asked of the subscriber directly: the callsite's cached interest may have been computed
     // under another dispatcher (or none, when first registered inside a subscriber call).
     if !dispatch.enabled(&META) {
-        return None;
+        return (None, context);
     }
-    let context = slot.take()?;
-    // The span's own fields, for subscribers other than the JSON layer (which takes the
-    // context itself). Ids and hex digits are never escaped; a route template rarely is.
-    let own = |k| context.raw(k).map(str::to_owned);
-    let fields = [
-        own("request_id"),
-        own("route"),
-        own("trace_id"),
-        own("span_id"),
-    ];
-    handoff(|h| h.context = Some(context));
-    let values = fields.each_ref().map(|f| f.as_deref());
-    let values = values
+    if context.is_some() {
+        handoff(|h| h.context = context);
+    }
+    let values = fields
         .each_ref()
-        .map(|v| v.as_ref().map(|v| v as &dyn tracing::Value));
+        .map(|f| f.as_ref().map(|v| v as &dyn tracing::Value));
     let span = Span::new_with(&META, &META.fields().value_set_all(&values), dispatch);
-    match handoff(|h| h.context.take()).flatten() {
-        Some(context) => {
-            *slot = Some(context);
-            None
-        }
-        None => Some(span),
-    }
+    (Some(span), handoff(|h| h.context.take()).flatten())
+}
+
+/// Registers the request spans' callsite, outside any subscriber call (spans are made inside
+/// them, where registering could not reach the current dispatcher).
+pub(crate) fn register_callsite() {
+    CALLSITE.register();
 }
 
 /// What [`Deferring`] answers to `downcast_ref`: the request log defers its span when the
@@ -245,8 +262,7 @@ pub(crate) struct Deferring<S> {
 
 impl<S> Deferring<S> {
     pub(crate) fn new(inner: S, sampling: Sampling) -> Self {
-        // Registered here, outside any subscriber call (the spans are made inside them).
-        CALLSITE.register();
+        register_callsite();
         Self {
             inner,
             info: DeferralInfo { sampling },

@@ -871,3 +871,30 @@ async fn a_request_gets_its_span_only_when_something_asks_for_it() {
     send(&app(RequestLogLayer::new()), get_req("/ok")).await;
     assert_eq!(eager.made(), 1, "made up front");
 }
+
+/// A `RUST_LOG` span directive naming the request span works through `LogConfig`: the span is
+/// made up front there, on the callsite the filter registered, and the handler's INFO line
+/// passes a WARN default because it runs inside it.
+#[tokio::test(flavor = "current_thread")]
+async fn a_span_directive_on_the_request_span_enables_the_handlers_lines() {
+    let capture = Capture::default();
+    let (dispatch, guard) = LogConfig::from_env("s")
+        .format(Format::Json)
+        .filter("warn,[request]=info")
+        .rate_limit(None)
+        .dispatch_with_writer(capture.make_writer())
+        .unwrap();
+    {
+        let _g = tracing::dispatcher::set_default(&dispatch);
+        send(&app(RequestLogLayer::new()), get_req("/ok")).await;
+        tracing::info!("outside any request");
+    }
+    drop(guard);
+    let lines = capture.lines();
+    let inside = lines
+        .iter()
+        .find(|l| l["message"] == "inside handler")
+        .unwrap_or_else(|| panic!("the handler's line, in {lines:?}"));
+    assert_eq!(inside["route"], "/ok");
+    assert!(lines.iter().all(|l| l["message"] != "outside any request"));
+}
