@@ -47,14 +47,14 @@ impl IpText {
         self.len += 1;
     }
 
-    /// Appends the text in quotes (ASCII: no UTF-8 check, no escape).
+    /// Appends the text in quotes (ASCII: no escape). One copy of the checked text: the
+    /// check of at most 45 ASCII bytes costs less than pushing them one `char` at a time
+    /// (callgrind).
     #[cfg(feature = "log")]
     pub(crate) fn push_quoted(&self, out: &mut String) {
         out.reserve(self.len + 2);
         out.push('"');
-        for &b in &self.buf[..self.len] {
-            out.push(char::from(b));
-        }
+        out.push_str(self.as_str());
         out.push('"');
     }
 
