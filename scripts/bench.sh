@@ -9,7 +9,8 @@
 # Default stacks: bare red full. A STACK may carry its own server arguments after a colon, e.g.
 # "bare:--echo-work-ns 1000" (bare with 1 us of busy work per /echo request: what a known
 # in-process cost does to throughput here). Prints a Markdown table: median requests/s, p99,
-# ratio to bare (of the medians, paired by round, and of the 90th percentiles).
+# ratio to bare (of the medians, paired by round, and of the 90th percentiles), and how busy
+# the load core was.
 # --otlp: a live OTLP receiver (examples/otlp_sink, on the load core) gets the `full` stack's
 # spans (every request sampled and batch-exported); its totals are printed at the end.
 set -euo pipefail
@@ -60,6 +61,11 @@ if [ "$otlp" = 1 ]; then
   export OTEL_EXPORTER_OTLP_TRACES_ENDPOINT="http://127.0.0.1:$sink_port/v1/traces"
 fi
 
+# A core's total and idle jiffies (idle + iowait), from /proc/stat.
+cpu_times() { # cpu
+  awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= 9; i++) t += $i; print t, $5 + $6 }' /proc/stat
+}
+
 run_one() { # stack[:args] round
   local stack=$1 round=$2 port out name own="" log
   name=${stack%%:*}
@@ -74,7 +80,12 @@ run_one() { # stack[:args] round
   done
   # Warm up (route handles, connections), then measure.
   taskset -c "$load_cpu" wrk -t1 -c32 -d2s "http://127.0.0.1:$port$path" >/dev/null
+  local before after busy
+  before=$(cpu_times "$load_cpu")
   out=$(taskset -c "$load_cpu" wrk -t1 -c32 -d"${duration}s" --latency "http://127.0.0.1:$port$path")
+  after=$(cpu_times "$load_cpu")
+  busy=$(awk -v a="$before" -v b="$after" 'BEGIN { split(a, x); split(b, y);
+    t = y[1] - x[1]; print (t > 0 ? int(100 * (1 - (y[2] - x[2]) / t) + 0.5) : "-") }')
   kill "$pid"; wait "$pid" 2>/dev/null || true
   # The logging stacks write ~40 MB/s to their log file: keep its head, drop the rest, and let
   # the page cache's writeback finish before the next stack is measured.
@@ -84,8 +95,8 @@ run_one() { # stack[:args] round
   local rps p99
   rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
-  printf '%s\t%s\t%s\t%s\n' "$stack" "$round" "$rps" "$p99" >>"$tmp/results"
-  echo "round $round  $stack: $rps req/s, p99 $p99" >&2
+  printf '%s\t%s\t%s\t%s\t%s\n' "$stack" "$round" "$rps" "$p99" "$busy" >>"$tmp/results"
+  echo "round $round  $stack: $rps req/s, p99 $p99, load core ${busy}% busy" >&2
 }
 
 # The stacks' order is reversed every other round: on this kind of host the second of two
@@ -138,12 +149,18 @@ bare_by_round = {x[1]: float(x[2]) for x in rows if x[0] == "bare"}
 # the top of each stack's runs is its least disturbed throughput. Over 30 rounds of two
 # near-identical binaries its bootstrap spread was half that of the medians (1.8% against
 # 3.7%; BENCHMARKS.md, session 11).
-print("| stack | requests/s (median) | p99 (ms) | ratio to bare | paired ratio, median (min-max) | ratio of the 90th percentiles |")
-print("|---|---:|---:|---:|---:|---:|")
+# The load core's busy time (wrk and the loopback work done on its side): near 100%, the
+# generator is at its limit too and that stack's throughput is partly wrk's (BENCHMARKS.md,
+# sessions 11 and 12).
+def busy(s):
+    b = [float(x[4]) for x in rows if x[0] == s and len(x) > 4 and x[4] != "-"]
+    return f"{statistics.median(b):.0f}%" if b else "-"
+print("| stack | requests/s (median) | p99 (ms) | ratio to bare | paired ratio, median (min-max) | ratio of the 90th percentiles | load core busy (median) |")
+print("|---|---:|---:|---:|---:|---:|---:|")
 for s in stacks:
     ratio = f"{med[s] / base:.2f}x" if base else "-"
     pairs = [float(x[2]) / bare_by_round[x[1]] for x in rows if x[0] == s and x[1] in bare_by_round]
     paired = f"{statistics.median(pairs):.2f}x ({min(pairs):.2f}-{max(pairs):.2f})" if pairs else "-"
     upper = f"{top[s] / top['bare']:.2f}x" if "bare" in top else "-"
-    print(f"| {s} | {med[s]:,.0f} | {p99[s]:.2f} | {ratio} | {paired} | {upper} |")
+    print(f"| {s} | {med[s]:,.0f} | {p99[s]:.2f} | {ratio} | {paired} | {upper} | {busy(s)} |")
 PY
