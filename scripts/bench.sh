@@ -29,7 +29,7 @@ while [ $# -gt 0 ]; do
     --path) path=$2; shift 2 ;;
     --server-args) server_args=$2; shift 2 ;;
     --otlp) otlp=1; shift ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) stacks+=("$1"); shift ;;
   esac
 done
