@@ -125,6 +125,11 @@ def ms(v):
         if v.endswith(unit):
             return float(v[: -len(unit)]) * f
     return float(v)
+# The ratio of the 90th percentiles: on this kind of host a run is only ever slowed down (the
+# same binary spreads over 56,000-101,000 requests/s, in a long tail below a steady top), so
+# the top of each stack's runs is its least disturbed throughput. Over 30 rounds of two
+# red+log binaries that measured alike, its bootstrap spread was half that of the medians
+# (1.8% against 3.7%; BENCHMARKS.md, sessions 11 and 12).
 def q90(xs):
     # The 90th percentile, interpolated between the two nearest ranks.
     xs = sorted(xs)
@@ -144,11 +149,6 @@ base = med.get("bare")
 # Paired ratios: each stack against the bare run of the same round, which shares the machine's
 # state at that moment; their median is steadier than the ratio of medians on a noisy host.
 bare_by_round = {x[1]: float(x[2]) for x in rows if x[0] == "bare"}
-# The ratio of the 90th percentiles: on this kind of host a run is only ever slowed down (the
-# same binary spreads over 56,000-101,000 requests/s, in a long tail below a steady top), so
-# the top of each stack's runs is its least disturbed throughput. Over 30 rounds of two
-# near-identical binaries its bootstrap spread was half that of the medians (1.8% against
-# 3.7%; BENCHMARKS.md, session 11).
 # The load core's busy time (wrk and the loopback work done on its side): near 100%, the
 # generator is at its limit too and that stack's throughput is partly wrk's (BENCHMARKS.md,
 # sessions 11 and 12).
