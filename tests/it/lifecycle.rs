@@ -218,6 +218,51 @@ async fn inner_errors_are_server_errors_with_a_kind() {
     );
 }
 
+/// A body that sends one frame, then fails.
+struct FailsAfterOne(bool);
+
+impl http_body::Body for FailsAfterOne {
+    type Data = Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        if self.0 {
+            return Poll::Ready(Some(Err(std::io::Error::other("disk gone"))));
+        }
+        self.0 = true;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"half")))))
+    }
+}
+
+#[tokio::test]
+async fn a_body_error_ends_the_request_as_a_server_error() {
+    let (layer, capture) = Capture::layer();
+    let svc = layer.layer(service_fn(|_: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(FailsAfterOne(false)))
+    }));
+    let mut body = svc.oneshot(Request::new(())).await.unwrap().into_body();
+    let frame = body.frame().await.unwrap().unwrap();
+    assert_eq!(
+        frame.into_data().unwrap(),
+        "half",
+        "the frame passes unchanged"
+    );
+    assert!(capture.ends().is_empty(), "ended before the body did");
+    let err = body.frame().await.unwrap().unwrap_err();
+    assert_eq!(err.to_string(), "disk gone", "the error passes unchanged");
+    let ends = capture.ends();
+    assert_eq!(ends.len(), 1);
+    assert_eq!(
+        ends[0].outcome,
+        Outcome::ServerError(ErrorType::Kind("body"))
+    );
+    assert_eq!(ends[0].response_bytes, 4);
+    drop(body);
+    assert_eq!(capture.ends().len(), 1, "a failed body ended twice");
+}
+
 #[tokio::test]
 async fn bodyless_responses_finish_with_their_head() {
     // Hyper never polls these bodies; waiting for their end would count them as cancelled.
