@@ -24,10 +24,13 @@ use metrics_exporter_prometheus::PrometheusRecorder;
 #[repr(align(128))]
 struct Padded<T>(T);
 
+/// A power of two (at most 8), so a thread finds its shard with a mask instead of a division
+/// (the division was about 4% of a histogram record's samples, perf).
 fn shard_count() -> usize {
     std::thread::available_parallelism()
         .map_or(4, |n| n.get())
         .clamp(1, 8)
+        .next_power_of_two()
 }
 
 static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
@@ -37,8 +40,10 @@ thread_local! {
     static SHARD: usize = NEXT_SHARD.fetch_add(1, Relaxed);
 }
 
+/// This thread's shard among `n`, a power of two (`shard_count`).
 fn my_shard(n: usize) -> usize {
-    SHARD.with(|s| *s) % n
+    debug_assert!(n.is_power_of_two());
+    SHARD.with(|s| *s) & (n - 1)
 }
 
 /// A counter summed over per-thread shards.
@@ -175,8 +180,16 @@ impl FastHistogram {
 impl HistogramFn for FastHistogram {
     fn record(&self, value: f64) {
         let shard = &self.shards[my_shard(self.shards.len())].0;
-        // `le` is inclusive: the first bound not below the value.
-        let i = self.bounds.partition_point(|b| *b < value);
+        // `le` is inclusive: the first bound not below the value (+Inf, the last count, when
+        // none is; NaN too, as Prometheus's Go client does). A scan from the smallest bound:
+        // most requests fall in the first few buckets, where it stops after a compare or two
+        // whose branch is predicted, while a binary search always walks its whole chain of
+        // dependent loads and compares (about 60% of this function's samples, perf).
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| *b >= value)
+            .unwrap_or(self.bounds.len());
         shard[i].fetch_add(1, Relaxed);
         let sum = &shard[self.bounds.len() + 1];
         let mut cur = sum.load(Relaxed);
@@ -485,6 +498,11 @@ mod tests {
         let (counts, sum) = h.snapshot();
         assert_eq!(counts, vec![2, 4, 5]);
         assert!((sum - 8.65).abs() < 1e-9);
+        // Above every bound, or not a number: +Inf only.
+        let h = FastHistogram::new(Arc::from(&[0.1, 1.0][..]));
+        h.record(f64::NAN);
+        h.record(1.0000001);
+        assert_eq!(h.snapshot().0, vec![0, 0, 2]);
     }
 
     #[test]
