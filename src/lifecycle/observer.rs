@@ -196,23 +196,26 @@ impl<O: Observer> Tracker<O> {
         }
     }
 
-    pub(crate) fn end(self, outcome: super::Outcome) {
+    /// Ends the request; `last_bytes`: the size of the body's last frame, not yet counted in
+    /// `response_bytes` (so the body does not store into the tracker right before it is moved
+    /// out, a copy that stalled on that store, perf).
+    pub(crate) fn end(self, outcome: super::Outcome, last_bytes: u64) {
         let end = End {
             outcome,
             status: self.status,
             duration: self.start.elapsed(),
-            response_bytes: self.response_bytes,
+            response_bytes: self.response_bytes + last_bytes,
         };
         O::end(self.route.data(), self.obs, &end);
     }
 
-    /// The body ended normally (or the response carries no body).
-    pub(crate) fn finish(self) {
+    /// The body ended normally (or the response carries no body); `last_bytes` as in `end`.
+    pub(crate) fn finish(self, last_bytes: u64) {
         let outcome = match self.status {
             Some(s) => super::Outcome::from_status(s),
             None => super::Outcome::Success,
         };
-        self.end(outcome);
+        self.end(outcome, last_bytes);
     }
 
     /// Dropped before the end: cancelled, or a panic unwinding through the layer.
@@ -222,6 +225,6 @@ impl<O: Observer> Tracker<O> {
         } else {
             super::Outcome::Cancelled
         };
-        self.end(outcome);
+        self.end(outcome, 0);
     }
 }

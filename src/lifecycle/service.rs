@@ -263,7 +263,7 @@ where
                 // is already at its end: the request is finished with its head.
                 let tracker =
                     if *this.head_only || bodyless(res.status()) || res.body().is_end_stream() {
-                        tracker.finish();
+                        tracker.finish(0);
                         None
                     } else {
                         Some(tracker)
@@ -271,7 +271,7 @@ where
                 Poll::Ready(Ok(res.map(|inner| ResponseBody { inner, tracker })))
             }
             Err(e) => {
-                tracker.end(Outcome::ServerError(ErrorType::of_error(&e)));
+                tracker.end(Outcome::ServerError(ErrorType::of_error(&e)), 0);
                 Poll::Ready(Err(e))
             }
         }
@@ -324,24 +324,24 @@ impl<B: Body, O: Observer> Body for ResponseBody<B, O> {
         let Some(tracker) = this.tracker.as_mut() else {
             return poll;
         };
-        // The last frame ends the request: finished (`None`) or failed (the outcome).
-        let failed = match frame {
+        // The last frame ends the request: finished (`None`) or failed (the outcome). Its bytes
+        // are handed to the end rather than added to the tracker just before it is moved out.
+        let (failed, last_bytes) = match frame {
             Some(Ok(f)) => {
-                if let Some(data) = f.data_ref() {
-                    tracker.response_bytes += bytes::Buf::remaining(data) as u64;
-                }
+                let n = f.data_ref().map_or(0, |d| bytes::Buf::remaining(d) as u64);
                 if !f.is_trailers() && !this.inner.is_end_stream() {
+                    tracker.response_bytes += n;
                     return poll;
                 }
-                None
+                (None, n)
             }
-            Some(Err(_)) => Some(Outcome::ServerError(ErrorType::Kind("body"))),
-            None => None,
+            Some(Err(_)) => (Some(Outcome::ServerError(ErrorType::Kind("body"))), 0),
+            None => (None, 0),
         };
         if let Some(t) = this.tracker.take() {
             match failed {
-                Some(outcome) => t.end(outcome),
-                None => t.finish(),
+                Some(outcome) => t.end(outcome, last_bytes),
+                None => t.finish(last_bytes),
             }
         }
         poll
