@@ -120,7 +120,8 @@ thread_local! {
     static AHEAD: std::cell::Cell<Option<Box<ServerRecord>>> = const { std::cell::Cell::new(None) };
 }
 
-/// Asks the CPU to bring a spare record's lines (and its page's translation) into cache.
+/// Asks the CPU to bring a spare record's lines into cache (one prefetch per field: the first
+/// line of each; fields on one line cost a redundant prefetch, no load).
 #[cfg(all(target_arch = "x86_64", target_feature = "sse"))]
 fn prefetch(r: &ServerRecord) {
     use safe_arch::prefetch_t0;
