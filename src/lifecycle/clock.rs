@@ -26,11 +26,49 @@ impl Tick {
         Self(clock().raw())
     }
 
-    /// The time since this tick (zero if the clock reads earlier, e.g. across cores).
+    /// The time from this tick to `later` (zero if `later` reads earlier, e.g. across cores).
     #[inline]
-    pub(crate) fn elapsed(self) -> Duration {
-        let c = clock();
-        c.delta(self.0, c.raw())
+    pub(crate) fn until(self, later: Tick) -> Duration {
+        clock().delta(self.0, later.0)
+    }
+
+    /// This tick on the wall clock (see [`unix_now`]): the time since the Unix epoch, without
+    /// reading the clock again.
+    #[cfg(any(feature = "log", feature = "otel"))]
+    pub(crate) fn unix(self) -> Duration {
+        thread_local! {
+            static ANCHOR: Cell<Option<(u64, Duration)>> = const { Cell::new(None) };
+        }
+        let system = || {
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+        };
+        let (c, raw) = (clock(), self.0);
+        ANCHOR
+            .try_with(|anchor| {
+                if let Some((at, unix)) = anchor.get() {
+                    if raw < at {
+                        // Read before this thread's anchor (before it was read again, or on
+                        // another thread): counted back from it.
+                        return unix.saturating_sub(c.delta(raw, at));
+                    }
+                    let since = c.delta(at, raw);
+                    if since < REANCHOR {
+                        return unix + since;
+                    }
+                }
+                let unix = system();
+                anchor.set(Some((raw, unix)));
+                unix
+            })
+            .unwrap_or_else(|_| system())
+    }
+
+    /// This tick on the wall clock, as a `SystemTime`.
+    #[cfg(feature = "otel")]
+    pub(crate) fn wall(self) -> SystemTime {
+        SystemTime::UNIX_EPOCH + self.unix()
     }
 }
 
@@ -54,29 +92,7 @@ pub(crate) fn wall_now() -> SystemTime {
 /// written from.
 #[cfg(any(feature = "log", feature = "otel"))]
 pub(crate) fn unix_now() -> Duration {
-    thread_local! {
-        static ANCHOR: Cell<Option<(u64, Duration)>> = const { Cell::new(None) };
-    }
-    let system = || {
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-    };
-    let c = clock();
-    let raw = c.raw();
-    ANCHOR
-        .try_with(|anchor| {
-            if let Some((at, unix)) = anchor.get() {
-                let since = c.delta(at, raw);
-                if since < REANCHOR {
-                    return unix + since;
-                }
-            }
-            let unix = system();
-            anchor.set(Some((raw, unix)));
-            unix
-        })
-        .unwrap_or_else(|_| system())
+    Tick::now().unix()
 }
 
 #[cfg(all(test, any(feature = "log", feature = "otel")))]
@@ -107,5 +123,27 @@ mod tests {
             last = ours;
             std::thread::sleep(Duration::from_millis(3));
         }
+    }
+
+    #[test]
+    fn a_tick_read_before_the_anchor_is_counted_back_from_it() {
+        // The tick is converted after the thread's anchor was read again (over 100 ms later):
+        // it maps to its own time, not to the anchor's.
+        let system = || {
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+        };
+        let before = system();
+        let tick = Tick::now();
+        let after = system();
+        std::thread::sleep(REANCHOR + Duration::from_millis(20));
+        let _ = unix_now();
+        let ours = tick.unix();
+        let slack = Duration::from_millis(1);
+        assert!(
+            ours + slack >= before && ours <= after + slack,
+            "{ours:?} {before:?} {after:?}"
+        );
     }
 }

@@ -14,6 +14,9 @@ pub struct RequestMeta<'a> {
     pub route: Option<&'a str>,
     #[cfg(feature = "otel")]
     pub(crate) trace_ids: std::cell::Cell<Option<crate::trace::TraceIds>>,
+    /// When the lifecycle started the request (the clock is read once, here).
+    #[cfg(any(feature = "log", feature = "otel"))]
+    pub(crate) start: super::clock::Tick,
 }
 
 impl RequestMeta<'_> {
@@ -200,10 +203,13 @@ impl<O: Observer> Tracker<O> {
     /// `response_bytes` (so the body does not store into the tracker right before it is moved
     /// out, a copy that stalled on that store, perf).
     pub(crate) fn end(self, outcome: super::Outcome, last_bytes: u64) {
+        let at = super::clock::Tick::now();
         let end = End {
             outcome,
             status: self.status,
-            duration: self.start.elapsed(),
+            duration: self.start.until(at),
+            #[cfg(feature = "otel")]
+            at,
             response_bytes: self.response_bytes + last_bytes,
         };
         O::end(self.route.data(), self.obs, &end);

@@ -151,6 +151,9 @@ pub struct End {
     pub duration: Duration,
     /// Response body bytes that passed through the layer.
     pub response_bytes: u64,
+    /// When it ended (the clock is read once, here).
+    #[cfg(feature = "otel")]
+    pub(crate) at: super::clock::Tick,
 }
 
 #[cfg(test)]

@@ -188,6 +188,8 @@ where
             route: route.template(),
             #[cfg(feature = "otel")]
             trace_ids: std::cell::Cell::new(None),
+            #[cfg(any(feature = "log", feature = "otel"))]
+            start,
         };
         let obs = shared.observer.start(route.data(), &mut req, &meta);
         let head_only = req.method() == Method::HEAD;

@@ -271,7 +271,7 @@ impl Observer for RequestLog {
         let id = match incoming {
             Some(id) => id,
             None => {
-                let id = RequestId::generate();
+                let id = RequestId::generate_at(meta.start.unix());
                 // An invalid id is replaced, never passed on (nor logged) raw.
                 req.headers_mut().insert(cfg.header.clone(), id.0.clone());
                 id

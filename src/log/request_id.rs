@@ -14,8 +14,8 @@ static LAST: AtomicU64 = AtomicU64::new(0);
 
 /// Unix milliseconds and a counter, strictly increasing: when the clock has not moved (or went
 /// back), the counter goes up, spilling into the next millisecond after 4096 ids.
-fn next_ms_seq() -> (u64, u64) {
-    let now = crate::lifecycle::unix_now().as_millis() as u64 & 0xffff_ffff_ffff;
+fn next_ms_seq(unix: std::time::Duration) -> (u64, u64) {
+    let now = unix.as_millis() as u64 & 0xffff_ffff_ffff;
     let mut last = LAST.load(Ordering::Relaxed);
     loop {
         let next = (now << 12).max(last + 1);
@@ -40,7 +40,13 @@ impl RequestId {
     /// instructions per request (its context locking and formatting dominated the request
     /// log's id handling under callgrind).
     pub fn generate() -> Self {
-        let (ms, seq) = next_ms_seq();
+        Self::generate_at(crate::lifecycle::unix_now())
+    }
+
+    /// A new id as [`generate`](Self::generate) makes, for a request that started at `unix`
+    /// (the time since the Unix epoch; the lifecycle read the clock once at the start).
+    pub(crate) fn generate_at(unix: std::time::Duration) -> Self {
+        let (ms, seq) = next_ms_seq(unix);
         let rand = RNG.with(|r| r.borrow_mut().u64(..));
         let hi: u64 = (ms << 16) | 0x7000 | seq;
         let lo: u64 = (rand >> 2) | 0x8000_0000_0000_0000;

@@ -244,7 +244,7 @@ impl Observer for Trace {
                 record.parent_span_id = parent_span_id;
                 record.parent_span_is_remote = parent_span_is_remote;
                 record.name = route.names[meta.method.index()].clone();
-                record.start_time = crate::lifecycle::wall_now();
+                record.start_time = meta.start.wall();
                 fill_request(&mut record.request, inner, route, req, meta, &base);
                 base.with_span(ServerSpan::new(record, queue.clone(), inner.span_limits))
             }
@@ -295,7 +295,8 @@ impl Observer for Trace {
             Outcome::Cancelled => span.set_attribute(KeyValue::new(CANCELLED, true)),
             Outcome::Success | Outcome::ClientError => {}
         }
-        span.end();
+        // The lifecycle's end: `SpanRef::end` would read the system clock (a vDSO call).
+        span.end_with_timestamp(end.at.wall());
     }
 }
 

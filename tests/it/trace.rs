@@ -223,6 +223,13 @@ async fn one_trace_across_two_services() {
     let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span = "00f067aa0ba902b7";
     let hyper = client();
+    let unix_nanos = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+    };
+    let before = unix_nanos();
     let req = http::Request::get(format!("http://{a_addr}/orders/1?q=1"))
         .header("traceparent", format!("00-{caller_trace}-{caller_span}-01"))
         .header("tracestate", "vendor=abc")
@@ -235,6 +242,7 @@ async fn one_trace_across_two_services() {
         .await
         .unwrap()
         .to_bytes();
+    let after = unix_nanos();
     assert_eq!(
         std::str::from_utf8(&body).unwrap(),
         format!("200 {caller_trace}"),
@@ -335,6 +343,17 @@ async fn one_trace_across_two_services() {
     assert!(a_server.end_time_unix_nano > a_server.start_time_unix_nano);
     assert!(a_server.start_time_unix_nano <= a_client.start_time_unix_nano);
     assert!(a_server.end_time_unix_nano >= b_server.end_time_unix_nano);
+    // On the wall clock, within the exchange (to the millisecond the lifecycle's clock
+    // promises).
+    let ms = 1_000_000;
+    assert!(
+        a_server.start_time_unix_nano + ms >= before,
+        "{before} {a_server:?}"
+    );
+    assert!(
+        a_server.end_time_unix_nano <= after + ms,
+        "{after} {a_server:?}"
+    );
     assert!(tracing.shutdown(Duration::from_secs(5)));
 }
 
