@@ -162,8 +162,13 @@ impl Observer for Trace {
             excluded: template.is_some_and(|t| self.inner.excluded.iter().any(|e| e == t)),
             traceresponse: self.inner.traceresponse,
             names,
-            // Reference-counted: cloned into every recorded span without a copy.
-            route: template.map(|t| Value::String(StringValue::from(Arc::<str>::from(t)))),
+            // Static (kept for the process, as the names): cloned into every recorded span
+            // without a copy or a reference count (an atomic increment on the request path and
+            // a decrement on the export thread).
+            route: template.map(|t| {
+                let t: &'static str = Box::leak(t.into());
+                Value::String(StringValue::from(t))
+            }),
         }
     }
 
