@@ -903,11 +903,15 @@ where
                         return false;
                     }
                     v.line.push_str(&h.record);
-                    // The request log's keys are distinct and none is one of the first four:
-                    // added at once, with their filter bits.
-                    v.seen.add_all(&h.record_keys, h.record_filter);
                     v.has_message = true;
                     complete = h.record_has_context;
+                    // The keys matter only for a context still to come (a complete record
+                    // was checked against its context when written). The request log's keys
+                    // are distinct and none is one of the first four: added at once, with
+                    // their filter bits.
+                    if !complete {
+                        v.seen.add_all(&h.record_keys, h.record_filter);
+                    }
                     true
                 }) == Some(true);
             if !handed {
