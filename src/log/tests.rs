@@ -356,15 +356,30 @@ async fn request_ids_are_kept_when_valid_and_replaced_otherwise() {
     let (_, headers, body) = send(&app, req).await;
     assert_eq!(headers["x-request-id"], "abc-123:x/y");
     assert_eq!(body, "abc-123:x/y", "the extractor sees the same id");
+    let unix_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
     for bad in ["has space", "quote\"x", &"y".repeat(129), "{json}"] {
         let req = Request::get("/id")
             .header("x-request-id", bad)
             .body(Body::empty())
             .unwrap();
+        let before = unix_ms();
         let (_, headers, body) = send(&app, req).await;
+        let after = unix_ms();
         let id = headers["x-request-id"].to_str().unwrap();
         assert_eq!(id.len(), 36, "replaced by a UUID");
         assert_eq!(body, id);
+        // A UUID v7 of the request's start: its first 48 bits are the Unix milliseconds, to
+        // the millisecond the lifecycle's clock promises. Later by up to a second: the
+        // process-wide counter runs ahead of the clock while other tests make over 4096 ids
+        // in a millisecond.
+        let ms = u64::from_str_radix(&id[..8], 16).unwrap() << 16
+            | u64::from_str_radix(&id[9..13], 16).unwrap();
+        assert!(ms + 1 >= before && ms <= after + 1000, "{before} {ms} {after}");
     }
     let out = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
     for raw in ["has space", "quote", "{json}", "yyyyyyyy"] {
