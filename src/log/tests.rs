@@ -379,7 +379,10 @@ async fn request_ids_are_kept_when_valid_and_replaced_otherwise() {
         // in a millisecond.
         let ms = u64::from_str_radix(&id[..8], 16).unwrap() << 16
             | u64::from_str_radix(&id[9..13], 16).unwrap();
-        assert!(ms + 1 >= before && ms <= after + 1000, "{before} {ms} {after}");
+        assert!(
+            ms + 1 >= before && ms <= after + 1000,
+            "{before} {ms} {after}"
+        );
     }
     let out = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
     for raw in ["has space", "quote", "{json}", "yyyyyyyy"] {
