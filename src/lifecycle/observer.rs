@@ -6,7 +6,11 @@ use http::{HeaderMap, Request, StatusCode};
 use super::{End, KnownMethod, RouteEntry};
 
 /// What the core knows about a request when it starts.
+///
+/// Made by the lifecycle only (it also carries the clock's start reading and the trace ids,
+/// for the features that need them), whatever features are on.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RequestMeta<'a> {
     /// The normalised method.
     pub method: KnownMethod,

@@ -140,7 +140,11 @@ impl std::fmt::Display for ErrorType {
 }
 
 /// What every observer learns when a request ends.
+///
+/// Made by the lifecycle only (it also carries the clock's end reading, for the features that
+/// need the time), whatever features are on.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct End {
     /// How it ended.
     pub outcome: Outcome,
