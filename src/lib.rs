@@ -51,6 +51,8 @@ pub mod lifecycle;
 pub mod log;
 pub mod metrics;
 pub mod ops;
+#[cfg(any(feature = "log", feature = "otel"))]
+mod prefetch;
 pub mod redact;
 #[cfg(feature = "resources")]
 pub mod resources;

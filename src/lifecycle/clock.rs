@@ -85,7 +85,7 @@ const REANCHOR: Duration = Duration::from_millis(100);
 /// ppm, under the microsecond the log's timestamps show.
 #[cfg(feature = "otel")]
 pub(crate) fn wall_now() -> SystemTime {
-    SystemTime::UNIX_EPOCH + unix_now()
+    Tick::now().wall()
 }
 
 /// The wall clock (see [`wall_now`]) as the time since the Unix epoch, what timestamps are

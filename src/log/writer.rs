@@ -157,16 +157,12 @@ impl NonBlocking {
 /// lines are out of the core's caches, each store to them waits for the line, and the lock's
 /// release waits for those stores (perf under load, `full`: 85% of this writer's time on the
 /// unlock, about 0.8% of the core). Fetched now, they are in cache by the next line.
-#[cfg(all(target_arch = "x86_64", target_feature = "sse"))]
 fn prefetch_next(buf: &mut Vec<u8>, len: usize) {
     let spare = buf.spare_capacity_mut();
     for byte in spare.iter().take(len).step_by(64) {
-        safe_arch::prefetch_et0(byte);
+        crate::prefetch::write(byte);
     }
 }
-
-#[cfg(not(all(target_arch = "x86_64", target_feature = "sse")))]
-fn prefetch_next(_: &mut Vec<u8>, _: usize) {}
 
 fn run<W: Write>(s: Arc<Shared>, mut sink: W) {
     let mut batch: Vec<u8> = Vec::with_capacity(64 * 1024);

@@ -122,20 +122,16 @@ thread_local! {
 
 /// Asks the CPU to bring a spare record's lines into cache (one prefetch per field: the first
 /// line of each; fields on one line cost a redundant prefetch, no load).
-#[cfg(all(target_arch = "x86_64", target_feature = "sse"))]
 fn prefetch(r: &ServerRecord) {
-    use safe_arch::prefetch_t0;
-    prefetch_t0(&r.span_context);
-    prefetch_t0(&r.name);
-    prefetch_t0(&r.request);
-    prefetch_t0(&r.extra);
-    prefetch_t0(&r.events);
-    prefetch_t0(&r.links);
-    prefetch_t0(&r.status);
+    use crate::prefetch::read;
+    read(&r.span_context);
+    read(&r.name);
+    read(&r.request);
+    read(&r.extra);
+    read(&r.events);
+    read(&r.links);
+    read(&r.status);
 }
-
-#[cfg(not(all(target_arch = "x86_64", target_feature = "sse")))]
-fn prefetch(_: &ServerRecord) {}
 
 impl QueueHandle {
     fn push(&self, item: Item) {
