@@ -1,5 +1,5 @@
 //! OTLP over HTTP/protobuf: the export request written straight from the SDK's span data, and
-//! sent with a blocking HTTP client from the export thread.
+//! sent from the export thread over a kept connection (`transport`).
 //!
 //! Written here instead of using `opentelemetry-otlp` for performance: its exporter converts
 //! every span into `opentelemetry-proto` messages (a `String` copy of every attribute key and
@@ -21,6 +21,9 @@ use super::baggage::percent_decode;
 use super::config::env;
 use super::export::{Export, Item};
 use super::record::{AttrVal, ServerRecord};
+use transport::Transport;
+
+mod transport;
 
 /// Protobuf wire types.
 const VARINT: u32 = 0;
@@ -616,16 +619,14 @@ pub(crate) fn parse_headers(s: &str) -> Vec<(String, String)> {
 
 /// The OTLP/HTTP protobuf span exporter.
 pub(crate) struct OtlpExporter {
-    settings: OtlpSettings,
-    client: reqwest::blocking::Client,
-    headers: reqwest::header::HeaderMap,
+    transport: Transport,
     encoder: Encoder,
-    /// The request body's buffer, lent to the HTTP client for each export and given back when
-    /// the client drops it: no copy of the body and no allocation per batch.
+    /// The request body's buffer, lent to the HTTP connection for each export and given back
+    /// when it drops it: no copy of the body and no allocation per batch.
     body: Arc<Mutex<Vec<u8>>>,
 }
 
-/// The body buffer while the HTTP client holds it; back in its slot when dropped.
+/// The body buffer while the HTTP connection holds it; back in its slot when dropped.
 struct LentBody {
     buf: Vec<u8>,
     home: Arc<Mutex<Vec<u8>>>,
@@ -649,7 +650,7 @@ impl Drop for LentBody {
 impl std::fmt::Debug for OtlpExporter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OtlpExporter")
-            .field("endpoint", &self.settings.endpoint)
+            .field("transport", &self.transport)
             .finish_non_exhaustive()
     }
 }
@@ -660,37 +661,11 @@ impl OtlpExporter {
         resource: &Resource,
         server_scope: InstrumentationScope,
     ) -> Result<Self, String> {
-        use reqwest::header::{HeaderName, HeaderValue};
-        reqwest::Url::parse(&settings.endpoint)
-            .map_err(|e| format!("OTLP endpoint {:?}: {e}", settings.endpoint))?;
-        let mut headers = reqwest::header::HeaderMap::new();
-        for (k, v) in &settings.headers {
-            let name = HeaderName::try_from(k.as_str()).map_err(|e| format!("header {k}: {e}"))?;
-            let value =
-                HeaderValue::try_from(v.as_str()).map_err(|e| format!("header {k}: {e}"))?;
-            headers.insert(name, value);
-        }
-        headers.insert(
-            reqwest::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/x-protobuf"),
-        );
-        // Built on a thread of its own: the blocking client starts a runtime, which must not
-        // happen inside the application's (this may run in an async `main`).
-        let timeout = settings.timeout;
-        let client = std::thread::spawn(move || {
-            reqwest::blocking::Client::builder()
-                .timeout(timeout)
-                .build()
-        })
-        .join()
-        .map_err(|_| "OTLP HTTP client: its thread panicked".to_owned())?
-        .map_err(|e| format!("OTLP HTTP client: {e}"))?;
+        let transport = Transport::new(&settings.endpoint, &settings.headers, settings.timeout)?;
         let mut encoder = Encoder::new(server_scope);
         encoder.set_resource(resource);
         Ok(Self {
-            settings,
-            client,
-            headers,
+            transport,
             encoder,
             body: Arc::default(),
         })
@@ -699,22 +674,18 @@ impl OtlpExporter {
 
 impl Export for OtlpExporter {
     fn export(&mut self, batch: &[Item]) -> OTelSdkResult {
-        // The buffer comes back from the last export (the client dropped it once the response
-        // came), or a new one when the client still holds it.
+        // The buffer comes back from the last export (the connection dropped it once sent), or
+        // a new one when it still holds it.
         let mut buf = std::mem::take(&mut *self.body.lock().unwrap_or_else(|e| e.into_inner()));
         self.encoder.encode(batch, &mut buf);
         let body = bytes::Bytes::from_owner(LentBody {
             buf,
             home: self.body.clone(),
         });
-        let res = self
-            .client
-            .post(&self.settings.endpoint)
-            .headers(self.headers.clone())
-            .body(body)
-            .send()
-            .map_err(|e| OTelSdkError::InternalFailure(format!("OTLP export: {e}")))?;
-        let status = res.status();
+        let status = self
+            .transport
+            .post(body)
+            .map_err(OTelSdkError::InternalFailure)?;
         if status.is_success() {
             Ok(())
         } else {
