@@ -241,7 +241,8 @@ impl TraceConfig {
     }
 
     /// The OTLP/HTTP traces URL (e.g. `http://collector:4318/v1/traces`), overriding the
-    /// environment.
+    /// environment. Plain `http://` only: an `https://` endpoint is refused when the pipeline
+    /// is installed (reported on stderr; tracing goes on without export).
     pub fn endpoint(mut self, url: impl Into<String>) -> Self {
         self.endpoint = Some(url.into());
         self
