@@ -374,5 +374,9 @@ mod tests {
         assert_eq!(host_port("[::1]"), Some(("::1", None)));
         assert_eq!(host_port("user@api.test:81"), Some(("api.test", Some(81))));
         assert_eq!(host_port("example.org:notaport"), None);
+        // The last '@' ends the userinfo, which may hold colons; the last ':' starts the port.
+        assert_eq!(host_port("u:p@x@api.test:82"), Some(("api.test", Some(82))));
+        assert_eq!(host_port("u:p@api.test"), Some(("api.test", None)));
+        assert_eq!(host_port(""), Some(("", None)));
     }
 }
