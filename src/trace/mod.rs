@@ -78,8 +78,9 @@
 //! endpoint nothing is exported and no connection is attempted; ids are still created,
 //! propagated and logged. The export goes over one kept HTTP/1.1 connection to an `http://`
 //! endpoint (no TLS in this crate: a collector or agent on the node or in the cluster), through
-//! the proxy `HTTP_PROXY` / `ALL_PROXY` name unless `NO_PROXY` excludes the host. Spans wait in a bounded queue (2048) drained by one thread; a
-//! collector that is down, slow or failing costs the request path nothing.
+//! the proxy `HTTP_PROXY` / `ALL_PROXY` name unless `NO_PROXY` excludes the host. Spans wait
+//! in a bounded queue (2048) drained by one thread; a collector that is down, slow or failing
+//! costs the request path nothing.
 //!
 //! | metric | type | labels |
 //! |---|---|---|

@@ -8,7 +8,6 @@
 //! whole bare request (17,000). Written directly, a span costs a small fraction of that. The
 //! bytes are the same message: a test decodes both with `opentelemetry-proto` and compares.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status};
@@ -621,30 +620,8 @@ pub(crate) fn parse_headers(s: &str) -> Vec<(String, String)> {
 pub(crate) struct OtlpExporter {
     transport: Transport,
     encoder: Encoder,
-    /// The request body's buffer, lent to the HTTP connection for each export and given back
-    /// when it drops it: no copy of the body and no allocation per batch.
-    body: Arc<Mutex<Vec<u8>>>,
-}
-
-/// The body buffer while the HTTP connection holds it; back in its slot when dropped.
-struct LentBody {
-    buf: Vec<u8>,
-    home: Arc<Mutex<Vec<u8>>>,
-}
-
-impl AsRef<[u8]> for LentBody {
-    fn as_ref(&self) -> &[u8] {
-        &self.buf
-    }
-}
-
-impl Drop for LentBody {
-    fn drop(&mut self) {
-        let mut home = self.home.lock().unwrap_or_else(|e| e.into_inner());
-        if home.capacity() < self.buf.capacity() {
-            *home = std::mem::take(&mut self.buf);
-        }
-    }
+    /// The request body's buffer, kept from batch to batch (no allocation per batch).
+    body: Vec<u8>,
 }
 
 impl std::fmt::Debug for OtlpExporter {
@@ -667,25 +644,22 @@ impl OtlpExporter {
         Ok(Self {
             transport,
             encoder,
-            body: Arc::default(),
+            body: Vec::new(),
         })
     }
 }
 
 impl Export for OtlpExporter {
     fn export(&mut self, batch: &[Item]) -> OTelSdkResult {
-        // The buffer comes back from the last export (the connection dropped it once sent), or
-        // a new one when it still holds it.
-        let mut buf = std::mem::take(&mut *self.body.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut buf = std::mem::take(&mut self.body);
         self.encoder.encode(batch, &mut buf);
-        let body = bytes::Bytes::from_owner(LentBody {
-            buf,
-            home: self.body.clone(),
-        });
-        let status = self
-            .transport
-            .post(body)
-            .map_err(OTelSdkError::InternalFailure)?;
+        // Handed to the connection without a copy; the post is over when `post` returns (the
+        // connection has written the body and dropped its share), so the buffer comes back
+        // for the next batch. A new one only when it has not (an export that timed out).
+        let body = bytes::Bytes::from(buf);
+        let posted = self.transport.post(&body);
+        self.body = body.try_into_mut().map(Vec::from).unwrap_or_default();
+        let status = posted.map_err(OTelSdkError::InternalFailure)?;
         if status.is_success() {
             Ok(())
         } else {

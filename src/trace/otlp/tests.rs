@@ -230,6 +230,43 @@ fn the_bytes_are_prosts() {
     }
 }
 
+/// Each export posts what the encoder wrote, and the body's buffer is kept from batch to batch:
+/// the connection has let go of it by the time the post returns.
+#[test]
+fn exports_post_the_encoded_batch_and_keep_the_buffer() {
+    use crate::trace::export::Export;
+    let mut g = Gen(fastrand::Rng::with_seed(13));
+    let scopes = scopes();
+    let resource = Resource::builder().with_service_name("svc").build();
+    let (addr, collector) = super::transport::tests::collector(3);
+    let settings = OtlpSettings {
+        endpoint: format!("http://{addr}/v1/traces"),
+        headers: Vec::new(),
+        timeout: Duration::from_secs(5),
+    };
+    let mut exporter = super::OtlpExporter::new(settings, &resource, scopes[0].clone()).unwrap();
+    let mut sent = Vec::new();
+    let mut buffers = Vec::new();
+    for _ in 0..3 {
+        let spans: Vec<SpanData> = (0..4).map(|_| g.span(&scopes[..2])).collect();
+        exporter.export(&items(&spans)).unwrap();
+        sent.push(reference(&spans, &resource).encode_to_vec());
+        assert!(exporter.body.capacity() > 0, "the buffer came back");
+        buffers.push(exporter.body.as_ptr());
+    }
+    assert!(
+        buffers.windows(2).all(|w| w[0] == w[1]),
+        "one buffer for every batch"
+    );
+    let got: Vec<Vec<u8>> = collector
+        .join()
+        .unwrap()
+        .into_iter()
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(got, sent);
+}
+
 /// Lengths whose varints take 1, 2, 3 and 4 bytes, at every level: spans under 128 bytes and
 /// past 16 KiB, a batch past 2 MiB (each length is written in place after a guessed room for
 /// its varint, and moved when the guess was wrong).
