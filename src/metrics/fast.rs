@@ -128,9 +128,9 @@ impl FastGauge {
 
     fn add(&self, delta: f64) {
         let shard = &self.shards[my_shard(self.shards.len())].0;
-        // A whole number by converting there and back (one instruction each way): `fract()`
-        // called libm's `trunc` on every increment and decrement (callgrind). NaN and the
-        // infinities do not come back equal.
+        // A whole number when it converts to an integer and back unchanged (inline
+        // conversions, no call): `fract()` called libm's `trunc` on every increment and
+        // decrement (callgrind). NaN and the infinities fail either test.
         let whole = delta as i64;
         if whole as f64 == delta && delta.abs() < EXACT {
             shard.whole.fetch_add(whole, Relaxed);
