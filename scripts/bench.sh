@@ -11,6 +11,9 @@
 # in-process cost does to throughput here). Prints a Markdown table: median requests/s, p99,
 # ratio to bare (of the medians, paired by round, and of the 90th percentiles), and how busy
 # the load core was.
+# A STACK named peers/NAME is the peer stack NAME (bare, axum-prometheus, trace-layer, otel,
+# stack) of benches/peers, a separate crate built on demand: what users assemble today, on the
+# same route, e.g. `scripts/bench.sh bare peers/bare red peers/axum-prometheus`.
 # --otlp: a live OTLP receiver (examples/otlp_sink, on the load core) gets the `full` stack's
 # spans (every request sampled and batch-exported); its totals are printed at the end.
 set -euo pipefail
@@ -29,7 +32,7 @@ while [ $# -gt 0 ]; do
     --path) path=$2; shift 2 ;;
     --server-args) server_args=$2; shift 2 ;;
     --otlp) otlp=1; shift ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) stacks+=("$1"); shift ;;
   esac
 done
@@ -47,6 +50,10 @@ command -v taskset >/dev/null || { echo "bench.sh: taskset (util-linux) is missi
 cargo build --release --example server >&2
 bin=target/release/examples/server
 [ "$otlp" = 0 ] || cargo build --release --example otlp_sink >&2
+peers_bin=benches/peers/target/release/towerscope-peers
+case " ${stacks[*]}" in
+  *" peers/"*) cargo build --release --manifest-path benches/peers/Cargo.toml >&2 ;;
+esac
 cores=$(nproc)
 server_cpu=0
 load_cpu=$(( cores > 1 ? 1 : 0 ))
@@ -67,12 +74,15 @@ cpu_times() { # cpu
 }
 
 run_one() { # stack[:args] round
-  local stack=$1 round=$2 port out name own="" log
+  local stack=$1 round=$2 port out name own="" log exe=$bin args=$server_args
   name=${stack%%:*}
   [ "$name" = "$stack" ] || own=${stack#*:}
+  case $name in
+    peers/*) exe=$peers_bin; name=${name#peers/}; args="" ;;
+  esac
   log="$tmp/server-$round-$(tr -c 'A-Za-z0-9+\n' _ <<<"$stack")"
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  taskset -c "$server_cpu" "$bin" --addr "127.0.0.1:$port" --stack "$name" --workers 1 $server_args $own >"$log.log" 2>&1 &
+  taskset -c "$server_cpu" "$exe" --addr "127.0.0.1:$port" --stack "$name" --workers 1 $args $own >"$log.log" 2>&1 &
   local pid=$!
   for _ in $(seq 100); do
     curl -s -o /dev/null "http://127.0.0.1:$port/" 2>/dev/null && break
