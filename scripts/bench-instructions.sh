@@ -4,6 +4,9 @@
 # kernel time, the larger share of a request on loopback, is not counted).
 #
 #   scripts/bench-instructions.sh [--requests N] [--path PATH] [--server-args "ARGS"] [STACK...]
+#
+# A STACK named peers/NAME is a peer stack of benches/peers (see scripts/bench.sh), built on
+# demand; --server-args go to the example server only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 requests=3000
@@ -22,6 +25,10 @@ done
 command -v valgrind >/dev/null || { echo "valgrind is missing: apt-get install valgrind" >&2; exit 1; }
 cargo build --release --example server >&2
 bin=$PWD/target/release/examples/server
+peers_bin=$PWD/benches/peers/target/release/towerscope-peers
+case " ${stacks[*]}" in
+  *" peers/"*) cargo build --release --manifest-path benches/peers/Cargo.toml >&2 ;;
+esac
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"; kill $(jobs -p) 2>/dev/null || true' EXIT
 
@@ -51,9 +58,14 @@ echo "|---|---:|---:|"
 base=""
 for stack in "${stacks[@]}"; do
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  out="$tmp/cg-$stack.out"
+  file=$(tr -c 'A-Za-z0-9+\n' _ <<<"$stack")
+  out="$tmp/cg-$file.out"
+  case $stack in
+    peers/*) exe=$peers_bin; name=${stack#peers/}; args="" ;;
+    *) exe=$bin; name=$stack; args=$server_args ;;
+  esac
   valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
-    "$bin" --addr "127.0.0.1:$port" --stack "$stack" --workers 1 $server_args >"$tmp/log-$stack" 2>&1 &
+    "$exe" --addr "127.0.0.1:$port" --stack "$name" --workers 1 $args >"$tmp/log-$file" 2>&1 &
   pid=$!
   for _ in $(seq 200); do curl -fs "http://127.0.0.1:$port/" >/dev/null 2>&1 && break; sleep 0.1; done
   client "$port" 200                      # warm-up: route handles, buffers

@@ -11,9 +11,10 @@
 # in-process cost does to throughput here). Prints a Markdown table: median requests/s, p99,
 # ratio to bare (of the medians, paired by round, and of the 90th percentiles), and how busy
 # the load core was.
-# A STACK named peers/NAME is the peer stack NAME (bare, axum-prometheus, trace-layer, otel,
-# stack) of benches/peers, a separate crate built on demand: what users assemble today, on the
-# same route, e.g. `scripts/bench.sh bare peers/bare red peers/axum-prometheus`.
+# A STACK named peers/NAME is the peer stack NAME (bare, axum-prometheus, trace-layer,
+# trace-layer-event, otel, stack) of benches/peers, a separate crate built on demand: what
+# users assemble today, on the same route, e.g. `scripts/bench.sh bare peers/bare red
+# peers/axum-prometheus`. --server-args go to the example server only.
 # --otlp: a live OTLP receiver (examples/otlp_sink, on the load core) gets the `full` stack's
 # spans (every request sampled and batch-exported); its totals are printed at the end.
 set -euo pipefail

@@ -13,6 +13,9 @@
 //! - `trace-layer`: tower-http's `TraceLayer` with its span and its response event at INFO,
 //!   tracing-subscriber's JSON formatter through tracing-appender's non-blocking stdout
 //!   (compare: `red+log`);
+//! - `trace-layer-event`: the same with `TraceLayer::new_for_http()`'s own span (at DEBUG, so
+//!   disabled under `RUST_LOG=info`) and only its response event at INFO: the leanest request
+//!   line these crates give (message, latency and status);
 //! - `otel`: axum-tracing-opentelemetry's server spans (`OtelAxumLayer`, `OtelInResponseLayer`)
 //!   through tracing-opentelemetry, the JSON formatter on; spans batch-exported over OTLP/HTTP
 //!   when `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set, otherwise made and dropped;
@@ -51,6 +54,7 @@ enum Stack {
     Bare,
     AxumPrometheus,
     TraceLayer,
+    TraceLayerEvent,
     Otel,
     Peers,
 }
@@ -61,6 +65,7 @@ impl Stack {
             "bare" => Self::Bare,
             "axum-prometheus" => Self::AxumPrometheus,
             "trace-layer" => Self::TraceLayer,
+            "trace-layer-event" => Self::TraceLayerEvent,
             "otel" => Self::Otel,
             "stack" => Self::Peers,
             _ => return None,
@@ -70,7 +75,7 @@ impl Stack {
         matches!(self, Self::AxumPrometheus | Self::Peers)
     }
     fn logs(self) -> bool {
-        matches!(self, Self::TraceLayer | Self::Peers)
+        matches!(self, Self::TraceLayer | Self::TraceLayerEvent | Self::Peers)
     }
     fn spans(self) -> bool {
         matches!(self, Self::Otel | Self::Peers)
@@ -85,7 +90,7 @@ struct Args {
 
 fn parse_args() -> Result<Args, String> {
     let usage =
-        "peers --addr HOST:PORT --stack bare|axum-prometheus|trace-layer|otel|stack [--workers N]";
+        "peers --addr HOST:PORT --stack bare|axum-prometheus|trace-layer|trace-layer-event|otel|stack [--workers N]";
     let mut args = Args {
         addr: ([127, 0, 0, 1], 3000).into(),
         stack: Stack::Bare,
@@ -166,7 +171,11 @@ fn app(stack: Stack) -> Router {
             .layer(axum_tracing_opentelemetry::middleware::OtelInResponseLayer)
             .layer(axum_tracing_opentelemetry::middleware::OtelAxumLayer::default());
     }
-    if stack.logs() {
+    if stack == Stack::TraceLayerEvent {
+        app = app.layer(
+            TraceLayer::new_for_http().on_response(DefaultOnResponse::new().level(Level::INFO)),
+        );
+    } else if stack.logs() {
         app = app.layer(
             TraceLayer::new_for_http()
                 .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
