@@ -3,7 +3,12 @@
 # example server for each stack, counted by callgrind (repeatable whatever the machine's noise;
 # kernel time, the larger share of a request on loopback, is not counted).
 #
-#   scripts/bench-instructions.sh [--requests N] [--path PATH] [--server-args "ARGS"] [STACK...]
+#   scripts/bench-instructions.sh [--requests N] [--path PATH] [--server-args "ARGS"] [--cache] [STACK...]
+#
+# --cache: callgrind also simulates the caches (the host's L1 and last-level geometry, read by
+# valgrind from the CPU; LRU, no prefetching) and the table gains the first-level instruction
+# and data misses per request: what code and data each request touches that was not still in
+# L1 (slower: about 3x the run time).
 #
 # A STACK named peers/NAME is a peer stack of benches/peers (see scripts/bench.sh), built on
 # demand; --server-args go to the example server only.
@@ -12,12 +17,14 @@ cd "$(dirname "$0")/.."
 requests=3000
 path=/echo/42
 server_args=""
+cache=0
 stacks=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --requests) requests=$2; shift 2 ;;
     --path) path=$2; shift 2 ;;
     --server-args) server_args=$2; shift 2 ;;
+    --cache) cache=1; shift ;;
     *) stacks+=("$1"); shift ;;
   esac
 done
@@ -53,8 +60,15 @@ for _ in range(n):
 PY
 }
 
-echo "| stack | instructions per request | ratio to bare |"
-echo "|---|---:|---:|"
+sim=""
+if [ "$cache" = 1 ]; then
+  sim=--cache-sim=yes
+  echo "| stack | instructions per request | ratio to bare | L1 instruction misses per request | L1 data misses per request |"
+  echo "|---|---:|---:|---:|---:|"
+else
+  echo "| stack | instructions per request | ratio to bare |"
+  echo "|---|---:|---:|"
+fi
 base=""
 for stack in "${stacks[@]}"; do
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -64,7 +78,7 @@ for stack in "${stacks[@]}"; do
     peers/*) exe=$peers_bin; name=${stack#peers/}; args="" ;;
     *) exe=$bin; name=$stack; args=$server_args ;;
   esac
-  valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
+  valgrind --tool=callgrind $sim --instr-atstart=no --callgrind-out-file="$out" \
     "$exe" --addr "127.0.0.1:$port" --stack "$name" --workers 1 $args >"$tmp/log-$file" 2>&1 &
   pid=$!
   for _ in $(seq 200); do curl -fs "http://127.0.0.1:$port/" >/dev/null 2>&1 && break; sleep 0.1; done
@@ -76,5 +90,12 @@ for stack in "${stacks[@]}"; do
   total=$(awk '/^totals:/ {print $2; exit}' "$out")
   per=$(( total / requests ))
   [ -n "$base" ] || base=$per
-  python3 -c "print(f'| $stack | {$per:,} | {$per/$base:.3f}x |')"
+  if [ "$cache" = 1 ]; then
+    misses=$(awk -v n="$requests" '
+      /^events:/ { for (i = 2; i <= NF; i++) col[$i] = i }
+      /^totals:/ { printf "%.0f | %.0f", $col["I1mr"] / n, ($col["D1mr"] + $col["D1mw"]) / n; exit }' "$out")
+    python3 -c "print(f'| $stack | {$per:,} | {$per/$base:.3f}x | $misses |')"
+  else
+    python3 -c "print(f'| $stack | {$per:,} | {$per/$base:.3f}x |')"
+  fi
 done
