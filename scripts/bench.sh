@@ -15,8 +15,9 @@
 # trace-layer-event, otel, stack) of benches/peers, a separate crate built on demand: what
 # users assemble today, on the same route, e.g. `scripts/bench.sh bare peers/bare red
 # peers/axum-prometheus`. --server-args go to the example server only.
-# --otlp: a live OTLP receiver (examples/otlp_sink, on the load core) gets the `full` stack's
-# spans (every request sampled and batch-exported); its totals are printed at the end.
+# --otlp: a live OTLP receiver (examples/otlp_sink, on the load core) gets the spans of `full`
+# and of the peers' `otel` and `stack` (every request sampled and batch-exported); its totals
+# are printed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,7 +34,7 @@ while [ $# -gt 0 ]; do
     --path) path=$2; shift 2 ;;
     --server-args) server_args=$2; shift 2 ;;
     --otlp) otlp=1; shift ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) stacks+=("$1"); shift ;;
   esac
 done
