@@ -4,11 +4,12 @@
 //! (`scripts/bench.sh bare peers/bare red peers/axum-prometheus ...`).
 //!
 //! ```text
-//! peers --addr 127.0.0.1:3000 --stack STACK [--workers N]
+//! towerscope-peers --addr 127.0.0.1:3000 --stack STACK [--workers N]
 //! ```
 //!
 //! Stacks, each composed as the crates' documentation shows:
-//! - `bare`: the routes alone (to check that this binary's bare equals the example server's);
+//! - `bare`: the routes alone (fewer than the example server's; to check that the two bare
+//!   services are alike);
 //! - `axum-prometheus`: axum-prometheus's layer and its `/metrics` route (compare: `red`);
 //! - `trace-layer`: tower-http's `TraceLayer` with its span and its response event at INFO,
 //!   tracing-subscriber's JSON formatter through tracing-appender's non-blocking stdout
@@ -56,7 +57,7 @@ enum Stack {
     TraceLayer,
     TraceLayerEvent,
     Otel,
-    Peers,
+    All,
 }
 
 impl Stack {
@@ -67,18 +68,18 @@ impl Stack {
             "trace-layer" => Self::TraceLayer,
             "trace-layer-event" => Self::TraceLayerEvent,
             "otel" => Self::Otel,
-            "stack" => Self::Peers,
+            "stack" => Self::All,
             _ => return None,
         })
     }
     fn metrics(self) -> bool {
-        matches!(self, Self::AxumPrometheus | Self::Peers)
+        matches!(self, Self::AxumPrometheus | Self::All)
     }
     fn logs(self) -> bool {
-        matches!(self, Self::TraceLayer | Self::TraceLayerEvent | Self::Peers)
+        matches!(self, Self::TraceLayer | Self::TraceLayerEvent | Self::All)
     }
     fn spans(self) -> bool {
-        matches!(self, Self::Otel | Self::Peers)
+        matches!(self, Self::Otel | Self::All)
     }
 }
 
@@ -90,7 +91,7 @@ struct Args {
 
 fn parse_args() -> Result<Args, String> {
     let usage =
-        "peers --addr HOST:PORT --stack bare|axum-prometheus|trace-layer|trace-layer-event|otel|stack [--workers N]";
+        "towerscope-peers --addr HOST:PORT --stack bare|axum-prometheus|trace-layer|trace-layer-event|otel|stack [--workers N]";
     let mut args = Args {
         addr: ([127, 0, 0, 1], 3000).into(),
         stack: Stack::Bare,
@@ -164,8 +165,8 @@ fn app(stack: Stack) -> Router {
         .route("/echo/{id}", get(echo))
         .route("/users", get(|| async { "[]" }))
         .route("/users/{id}", get(|| async { "{}" }));
-    // Layers in the order their documentation gives: metrics outermost, then the request log,
-    // then the OpenTelemetry span (its response injector inside it).
+    // Outermost first: the metrics, the request log, the OpenTelemetry span (its response
+    // injector inside it). Each `layer` call wraps what is there, so the innermost comes first.
     if stack.spans() {
         app = app
             .layer(axum_tracing_opentelemetry::middleware::OtelInResponseLayer)
