@@ -90,6 +90,20 @@ impl Captured {
     fn spans(&self) -> Vec<Rec> {
         self.spans.lock().unwrap().clone()
     }
+    /// The closed spans once `done` holds for them, or after ten seconds, whichever is first.
+    /// A span closes when its last handle drops, and sqlx's SQLite worker thread holds a
+    /// handle to the caller's span until it has finished the command, which may be after the
+    /// caller already has the result: the close can come a moment after the query returns.
+    async fn spans_when(&self, done: impl Fn(&[Rec]) -> bool) -> Vec<Rec> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let spans = self.spans();
+            if done(&spans) || tokio::time::Instant::now() >= deadline {
+                return spans;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
     fn events(&self) -> Vec<Rec> {
         self.events.lock().unwrap().clone()
     }
@@ -212,11 +226,10 @@ where
     );
 
     // Spans: named by the summary, with the semantic-convention attributes.
-    let spans = captured.spans();
-    let select = spans
-        .iter()
-        .find(|s| s.fields.get("db.query.text").map(String::as_str) == Some(d.by_id))
-        .expect("the SELECT's span");
+    let spans = captured.spans_when(|spans| spans.len() >= 6).await;
+    assert_eq!(spans.len(), 6, "one span per query");
+    let by_id = |s: &&Rec| s.fields.get("db.query.text").map(String::as_str) == Some(d.by_id);
+    let select = spans.iter().find(by_id).expect("the SELECT's span");
     assert_eq!(select.name, "SELECT users");
     assert_eq!(select.fields["otel.kind"], "client");
     assert_eq!(select.fields["db.system.name"], d.system);
@@ -226,7 +239,7 @@ where
     assert!(select.fields.contains_key("db.namespace"));
     let rows: Vec<&str> = spans
         .iter()
-        .filter(|s| s.fields.get("db.query.text").map(String::as_str) == Some(d.by_id))
+        .filter(by_id)
         .map(|s| s.fields["db.response.returned_rows"].as_str())
         .collect();
     assert_eq!(rows, ["1", "0"], "fetch_one then fetch_optional(None)");
@@ -254,7 +267,9 @@ where
         1.0,
         "{text}"
     );
-    let span = captured.spans().pop().expect("the failed INSERT's span");
+    let spans = captured.spans_when(|spans| !spans.is_empty()).await;
+    assert_eq!(spans.len(), 1, "the failed INSERT's span");
+    let span = &spans[0];
     assert_eq!(span.fields["error.type"], d.unique_violation);
     assert_eq!(span.fields["db.response.status_code"], d.unique_violation);
     assert_eq!(span.fields["otel.status_code"], "error");
@@ -268,7 +283,7 @@ where
         error.fields["span"], "db.query",
         "logged inside the query span"
     );
-    let all = format!("{events:?}{:?}", captured.spans());
+    let all = format!("{events:?}{spans:?}");
     assert!(!all.contains("ada@example.org"), "{all}");
 
     // Literals in the text are sanitised everywhere, also in the slow-query WARN.
@@ -290,7 +305,9 @@ where
         warn.fields["db.query.text"],
         "SELECT id FROM users WHERE email = ? AND id IN (?)"
     );
-    let all = format!("{:?}{:?}", captured.events(), captured.spans());
+    let spans = captured.spans_when(|spans| !spans.is_empty()).await;
+    assert_eq!(spans.len(), 1, "the slow query's span");
+    let all = format!("{:?}{spans:?}", captured.events());
     assert!(!all.contains("bob@example.org"), "{all}");
 
     // A rolled-back transaction: its INSERT and the ROLLBACK are recorded, the row is gone.
