@@ -129,7 +129,7 @@ if [ "$otlp" = 1 ]; then
 fi
 
 python3 - "$tmp/results" "${stacks[@]}" <<'PY'
-import statistics, sys
+import random, statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
 stacks = sys.argv[2:]
 def ms(v):
@@ -167,12 +167,20 @@ bare_by_round = {x[1]: float(x[2]) for x in rows if x[0] == "bare"}
 def busy(s):
     b = [float(x[4]) for x in rows if x[0] == s and len(x) > 4 and x[4] != "-"]
     return f"{statistics.median(b):.0f}%" if b else "-"
-print("| stack | requests/s (median) | p99 (ms) | ratio to bare | paired ratio, median (min-max) | ratio of the 90th percentiles | load core busy (median) |")
-print("|---|---:|---:|---:|---:|---:|---:|")
+# How far the paired median can be trusted: a 95% percentile-bootstrap interval of it (5,000
+# resamples of the rounds, fixed seed). On a host whose single rounds spread over +-25%, it
+# says whether a few points' difference from a target is resolved at all (session 21).
+def interval(pairs):
+    rng = random.Random(1)
+    meds = sorted(statistics.median(rng.choices(pairs, k=len(pairs))) for _ in range(5000))
+    return f"{meds[124]:.2f}-{meds[4874]:.2f}"
+print("| stack | requests/s (median) | p99 (ms) | ratio to bare | paired ratio, median (min-max) | 95% interval of the paired median | ratio of the 90th percentiles | load core busy (median) |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
 for s in stacks:
     ratio = f"{med[s] / base:.2f}x" if base else "-"
     pairs = [float(x[2]) / bare_by_round[x[1]] for x in rows if x[0] == s and x[1] in bare_by_round]
     paired = f"{statistics.median(pairs):.2f}x ({min(pairs):.2f}-{max(pairs):.2f})" if pairs else "-"
+    spread = interval(pairs) if pairs and s != "bare" else "-"
     upper = f"{top[s] / top['bare']:.2f}x" if "bare" in top else "-"
-    print(f"| {s} | {med[s]:,.0f} | {p99[s]:.2f} | {ratio} | {paired} | {upper} | {busy(s)} |")
+    print(f"| {s} | {med[s]:,.0f} | {p99[s]:.2f} | {ratio} | {paired} | {spread} | {upper} | {busy(s)} |")
 PY
