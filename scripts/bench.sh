@@ -9,8 +9,8 @@
 # Default stacks: bare red full. A STACK may carry its own server arguments after a colon, e.g.
 # "bare:--echo-work-ns 1000" (bare with 1 us of busy work per /echo request: what a known
 # in-process cost does to throughput here). Prints a Markdown table: median requests/s, p99,
-# ratio to bare (of the medians, paired by round, and of the 90th percentiles), and how busy
-# the load core was.
+# ratio to bare (of the medians, paired by round with a 95% bootstrap interval of the paired
+# median, and of the 90th percentiles), and how busy the load core was.
 # A STACK named peers/NAME is the peer stack NAME (bare, axum-prometheus, trace-layer,
 # trace-layer-event, otel, stack) of benches/peers, a separate crate built on demand: what
 # users assemble today, on the same route, e.g. `scripts/bench.sh bare peers/bare red
