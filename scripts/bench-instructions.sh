@@ -3,12 +3,15 @@
 # example server for each stack, counted by callgrind (repeatable whatever the machine's noise;
 # kernel time, the larger share of a request on loopback, is not counted).
 #
-#   scripts/bench-instructions.sh [--requests N] [--path PATH] [--server-args "ARGS"] [--cache] [STACK...]
+#   scripts/bench-instructions.sh [--requests N] [--path PATH] [--server-args "ARGS"] [--cache] [--keep DIR] [STACK...]
 #
 # --cache: callgrind also simulates the caches (the host's L1 and last-level geometry, read by
 # valgrind from the CPU; LRU, no prefetching) and the table gains the first-level instruction
 # and data misses per request: what code and data each request touches that was not still in
 # L1 (slower: about 3x the run time).
+#
+# --keep DIR: the callgrind outputs are kept there (cg-STACK.out), for callgrind_annotate, e.g.
+# `callgrind_annotate --show=Ir,I1mr --sort=I1mr DIR/cg-red.out`.
 #
 # A STACK named peers/NAME is a peer stack of benches/peers (see scripts/bench.sh), built on
 # demand; --server-args go to the example server only.
@@ -18,6 +21,7 @@ requests=3000
 path=/echo/42
 server_args=""
 cache=0
+keep=""
 stacks=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -25,6 +29,7 @@ while [ $# -gt 0 ]; do
     --path) path=$2; shift 2 ;;
     --server-args) server_args=$2; shift 2 ;;
     --cache) cache=1; shift ;;
+    --keep) keep=$2; shift 2 ;;
     *) stacks+=("$1"); shift ;;
   esac
 done
@@ -37,6 +42,7 @@ case " ${stacks[*]}" in
   *" peers/"*) cargo build --release --manifest-path benches/peers/Cargo.toml >&2 ;;
 esac
 tmp=$(mktemp -d)
+if [ -n "$keep" ]; then mkdir -p "$keep"; fi
 trap 'rm -rf "$tmp"; kill $(jobs -p) 2>/dev/null || true' EXIT
 
 # A keep-alive client that sends exactly N requests over one connection.
@@ -73,7 +79,7 @@ base=""
 for stack in "${stacks[@]}"; do
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   file=$(tr -c 'A-Za-z0-9+\n' _ <<<"$stack")
-  out="$tmp/cg-$file.out"
+  out="${keep:-$tmp}/cg-$file.out"
   case $stack in
     peers/*) exe=$peers_bin; name=${stack#peers/}; args="" ;;
     *) exe=$bin; name=$stack; args=$server_args ;;
