@@ -29,7 +29,8 @@ while [ $# -gt 0 ]; do
     --path) path=$2; shift 2 ;;
     --server-args) server_args=$2; shift 2 ;;
     --cache) cache=1; shift ;;
-    --keep) keep=$2; shift 2 ;;
+    # Relative to where the script was called from, not to the repository root it moved to.
+    --keep) case $2 in /*) keep=$2 ;; *) keep=$OLDPWD/$2 ;; esac; shift 2 ;;
     *) stacks+=("$1"); shift ;;
   esac
 done
