@@ -4,7 +4,7 @@
 # is against `--stack bare` measured under the same conditions (the order reversed every
 # other round).
 #
-#   scripts/bench.sh [--duration SECONDS] [--rounds N] [--path PATH] [--server-args "ARGS"] [--otlp] [STACK...]
+#   scripts/bench.sh [--duration SECONDS] [--rounds N] [--path PATH] [--server-args "ARGS"] [--otlp] [--interleave] [STACK...]
 #
 # Default stacks: bare red full. A STACK may carry its own server arguments after a colon, e.g.
 # "bare:--echo-work-ns 1000" (bare with 1 us of busy work per /echo request: what a known
@@ -18,6 +18,9 @@
 # --otlp: a live OTLP receiver (examples/otlp_sink, on the load core) gets the spans of `full`
 # and of the peers' `otel` and `stack` (every request sampled and batch-exported); its totals
 # are printed at the end.
+# --interleave: every stack's server is started once and stays up; each round is a window of
+# wrk against each stack in turn (2 s of warm-up per server at the start only), so that a stack
+# and bare are measured seconds apart, and short windows (e.g. --duration 1) give many pairs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +29,7 @@ rounds=3
 path=/echo/42
 server_args=""
 otlp=0
+interleave=0
 stacks=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -34,7 +38,8 @@ while [ $# -gt 0 ]; do
     --path) path=$2; shift 2 ;;
     --server-args) server_args=$2; shift 2 ;;
     --otlp) otlp=1; shift ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    --interleave) interleave=1; shift ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
     *) stacks+=("$1"); shift ;;
   esac
 done
@@ -75,34 +80,40 @@ cpu_times() { # cpu
   awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= 9; i++) t += $i; print t, $5 + $6 }' /proc/stat
 }
 
-run_one() { # stack[:args] round
-  local stack=$1 round=$2 port out name own="" log exe=$bin args=$server_args
+# Starts a stack's server on the server core and waits until it answers; sets `port`, `pid`
+# and `log`.
+start_server() { # stack[:args] tag
+  local stack=$1 name own="" exe=$bin args=$server_args
   name=${stack%%:*}
   [ "$name" = "$stack" ] || own=${stack#*:}
   case $name in
     peers/*) exe=$peers_bin; name=${name#peers/}; args="" ;;
   esac
-  log="$tmp/server-$round-$(tr -c 'A-Za-z0-9+\n' _ <<<"$stack")"
+  log="$tmp/server-$2-$(tr -c 'A-Za-z0-9+\n' _ <<<"$stack")"
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  taskset -c "$server_cpu" "$exe" --addr "127.0.0.1:$port" --stack "$name" --workers 1 $args $own >"$log.log" 2>&1 &
-  local pid=$!
+  # Appending, so that the file can be emptied under the running server (--interleave).
+  taskset -c "$server_cpu" "$exe" --addr "127.0.0.1:$port" --stack "$name" --workers 1 $args $own >>"$log.log" 2>&1 &
+  pid=$!
   for _ in $(seq 100); do
     curl -s -o /dev/null "http://127.0.0.1:$port/" 2>/dev/null && break
     sleep 0.05
   done
-  # Warm up (route handles, connections), then measure.
+  # Warm up (route handles, connections).
   taskset -c "$load_cpu" wrk -t1 -c32 -d2s "http://127.0.0.1:$port$path" >/dev/null
-  local before after busy
+}
+
+# One measured window of wrk against a running server; appends a row to the results.
+measure() { # stack round port log
+  local stack=$1 round=$2 port=$3 log=$4 out before after busy
   before=$(cpu_times "$load_cpu")
   out=$(taskset -c "$load_cpu" wrk -t1 -c32 -d"${duration}s" --latency "http://127.0.0.1:$port$path")
   after=$(cpu_times "$load_cpu")
   busy=$(awk -v a="$before" -v b="$after" 'BEGIN { split(a, x); split(b, y);
     t = y[1] - x[1]; print (t > 0 ? int(100 * (1 - (y[2] - x[2]) / t) + 0.5) : "-") }')
-  kill "$pid"; wait "$pid" 2>/dev/null || true
   # The logging stacks write ~40 MB/s to their log file: keep its head, drop the rest, and let
   # the page cache's writeback finish before the next stack is measured.
-  head -n 20 "$log.log" >"$log.head"
-  rm -f "$log.log"
+  [ -e "$log.head" ] || head -n 20 "$log.log" >"$log.head"
+  truncate -s 0 "$log.log"
   sync
   local rps p99
   rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
@@ -111,17 +122,41 @@ run_one() { # stack[:args] round
   echo "round $round  $stack: $rps req/s, p99 $p99, load core ${busy}% busy" >&2
 }
 
+run_one() { # stack[:args] round
+  local port pid log
+  start_server "$1" "$2"
+  measure "$1" "$2" "$port" "$log"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
 # The stacks' order is reversed every other round: on this kind of host the second of two
 # back-to-back runs is measured faster (about 5%, seen with either order of bare and red), so a
 # fixed order would favour the stacks run after bare.
 reversed=()
 for (( i=${#stacks[@]}-1; i>=0; i-- )); do reversed+=("${stacks[$i]}"); done
+if [ "$interleave" = 1 ]; then
+  # Every stack's server up at once (idle ones wait in epoll), then the rounds: windows of
+  # `duration` seconds against each in turn, with no restart in between, so a stack and bare
+  # are measured seconds apart.
+  declare -A ports pids logs
+  for stack in "${stacks[@]}"; do
+    start_server "$stack" all
+    ports[$stack]=$port; pids[$stack]=$pid; logs[$stack]=$log
+  done
+fi
 for round in $(seq "$rounds"); do
   if (( round % 2 )); then order=("${stacks[@]}"); else order=("${reversed[@]}"); fi
   for stack in "${order[@]}"; do
-    run_one "$stack" "$round"
+    if [ "$interleave" = 1 ]; then
+      measure "$stack" "$round" "${ports[$stack]}" "${logs[$stack]}"
+    else
+      run_one "$stack" "$round"
+    fi
   done
 done
+if [ "$interleave" = 1 ]; then
+  for stack in "${stacks[@]}"; do kill "${pids[$stack]}"; wait "${pids[$stack]}" 2>/dev/null || true; done
+fi
 
 if [ "$otlp" = 1 ]; then
   kill -TERM "$sink_pid"; wait "$sink_pid" 2>/dev/null || true
