@@ -89,6 +89,8 @@ impl LogConfig {
 
     /// Bytes waiting for stdout at most (default 8 MiB). When full, new lines are dropped and
     /// counted in `log_records_dropped_total`; with `blocking(true)` the caller waits instead.
+    /// A single line longer than this is dropped too (counted), or, with `blocking(true)`,
+    /// written alone once the queue is empty.
     pub fn queue_bytes(mut self, n: usize) -> Self {
         self.queue_bytes = n;
         self

@@ -125,7 +125,9 @@ impl NonBlocking {
     fn push(&self, line: &[u8]) {
         let s = &*self.shared;
         let mut buf = s.buf.lock().unwrap_or_else(|e| e.into_inner());
-        while buf.len() + line.len() > s.capacity {
+        // A line longer than the whole queue never fits: dropped (lossy), or, for a caller that
+        // waits, taken alone into the emptied queue (waiting for more room would never end).
+        while buf.len() + line.len() > s.capacity && (s.lossy || !buf.is_empty()) {
             if s.lossy || s.stop.load(Ordering::Relaxed) {
                 drop(buf);
                 s.dropped.fetch_add(1, Ordering::Relaxed);
@@ -271,6 +273,40 @@ mod tests {
             assert_eq!(mine, (0..1000).collect::<Vec<_>>());
         }
         assert_eq!(w.dropped(), 0);
+    }
+
+    #[test]
+    fn a_line_longer_than_the_queue_is_dropped_or_waits_for_an_empty_queue() {
+        let long = [b'x'; 3000];
+        // Lossy: dropped and counted, the lines around it kept.
+        let sink = Sink::default();
+        let (w, guard) = NonBlocking::new(sink.clone(), 1024, true);
+        w.make_writer().write_all(b"a\n").unwrap();
+        w.make_writer().write_all(&long).unwrap();
+        w.make_writer().write_all(b"b\n").unwrap();
+        drop(guard);
+        assert_eq!(w.dropped(), 1);
+        assert_eq!(&*sink.0.lock().unwrap(), b"a\nb\n");
+
+        // Blocking: written whole once the queue is empty, not waited on forever.
+        let sink = Sink::default();
+        let (w, guard) = NonBlocking::new(sink.clone(), 1024, false);
+        let (done, finished) = std::sync::mpsc::channel();
+        let writer = w.clone();
+        std::thread::spawn(move || {
+            writer.make_writer().write_all(b"a\n").unwrap();
+            writer.make_writer().write_all(&long).unwrap();
+            writer.make_writer().write_all(b"b\n").unwrap();
+            let _ = done.send(());
+        });
+        finished
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a line longer than the queue must not block its writer forever");
+        drop(guard);
+        assert_eq!(w.dropped(), 0);
+        let out = sink.0.lock().unwrap().clone();
+        assert_eq!(out.len(), 2 + 3000 + 2);
+        assert!(out.starts_with(b"a\n") && out.ends_with(b"b\n"));
     }
 
     #[test]
