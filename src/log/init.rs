@@ -123,18 +123,29 @@ impl LogConfig {
         self
     }
 
-    /// Installs the global subscriber, writing to stdout through the non-blocking writer.
+    /// Installs the global subscriber, writing to stdout through the non-blocking writer, and
+    /// routes the `log` crate's records to it (unless a `log` logger is set already).
     pub fn init(self) -> Result<LogGuard, InitError> {
         self.init_with_writer(std::io::stdout())
     }
 
-    /// Installs the global subscriber, writing to `writer` through the non-blocking writer.
+    /// Installs the global subscriber, writing to `writer` through the non-blocking writer, and
+    /// routes the `log` crate's records to it, as [`LogConfig::init`] does.
     pub fn init_with_writer<T: std::io::Write + Send + 'static>(
         self,
         writer: T,
     ) -> Result<LogGuard, InitError> {
         let (dispatch, guard) = self.dispatch_with_writer(writer)?;
         tracing::dispatcher::set_global_default(dispatch).map_err(|e| InitError(e.to_string()))?;
+        // Records of the `log` crate, which many libraries still use, go through the same
+        // subscriber: its filter, context, sampling and rate limit, and the same output. Up to
+        // the filter's most verbose level, so that disabled `log` calls stop at the `log`
+        // crate's own check. An application that set its own `log` logger keeps it.
+        let _ = tracing_log::LogTracer::builder()
+            .with_max_level(tracing_log::AsLog::as_log(
+                &tracing::level_filters::LevelFilter::current(),
+            ))
+            .init();
         Ok(guard)
     }
 

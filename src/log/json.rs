@@ -477,7 +477,7 @@ struct SiteWindow {
     count: u32,
     suppressed: u64,
     level: Level,
-    target: &'static str,
+    target: String,
     location: String,
 }
 
@@ -619,12 +619,12 @@ where
                 .filter(|w| w.suppressed > 0 && now.duration_since(w.start) >= limiter.cfg.window)
                 .map(|w| {
                     let n = std::mem::take(&mut w.suppressed);
-                    (w.level, w.target, w.location.clone(), n)
+                    (w.level, w.target.clone(), w.location.clone(), n)
                 })
                 .collect()
         };
         for (level, target, location, n) in closed {
-            self.write_summary(level, target, &location, n);
+            self.write_summary(level, &target, &location, n);
         }
     }
 
@@ -657,15 +657,15 @@ where
         let _ = self.make_writer.make_writer().write_all(line.as_bytes());
     }
 
-    /// `true` when the record may be written; counts and remembers it otherwise.
-    fn admit(&self, meta: &'static tracing::Metadata<'static>) -> bool {
+    /// `true` when the record may be written; counts and remembers it otherwise. `meta` is the
+    /// record's metadata (a `log` record's own, normalized), `key` its call site's key.
+    fn admit(&self, meta: &tracing::Metadata<'_>, key: usize) -> bool {
         let Some(limiter) = &self.limiter else {
             return true;
         };
         if meta.target() == REQUEST_TARGET {
             return true;
         }
-        let key = meta.callsite().0 as *const _ as *const () as usize;
         let now = Instant::now();
         let mut summary = None;
         let allowed = {
@@ -680,7 +680,7 @@ where
                 count: 0,
                 suppressed: 0,
                 level: *meta.level(),
-                target: meta.target(),
+                target: meta.target().to_owned(),
                 location: format!(
                     "{}:{}",
                     meta.file().unwrap_or("?"),
@@ -689,7 +689,7 @@ where
             });
             if now.duration_since(w.start) >= limiter.cfg.window {
                 if w.suppressed > 0 {
-                    summary = Some((w.level, w.target, w.location.clone(), w.suppressed));
+                    summary = Some((w.level, w.target.clone(), w.location.clone(), w.suppressed));
                 }
                 w.start = now;
                 w.count = 0;
@@ -704,7 +704,7 @@ where
             }
         };
         if let Some((level, target, location, n)) = summary {
-            self.write_summary(level, target, &location, n);
+            self.write_summary(level, &target, &location, n);
         }
         if !allowed {
             self.counters.rate_limited.increment(1);
@@ -832,23 +832,39 @@ where
                 return;
             }
         }
-        if !self.admit(meta) {
+        // A record of the `log` crate, bridged by `LogTracer` (`LogConfig::init`): written and
+        // rate limited with its own target, file and line, not the bridge's (one call site per
+        // level for every `log` record).
+        let log_meta = if request_record {
+            None
+        } else {
+            tracing_log::NormalizeEvent::normalized_metadata(event)
+        };
+        let site = match &log_meta {
+            Some(m) => log_site_key(m),
+            None => meta.callsite().0 as *const _ as *const () as usize,
+        };
+        if !self.admit(log_meta.as_ref().unwrap_or(meta), site) {
             return;
         }
+        let line = Line {
+            level,
+            request_record,
+            log_target: log_meta.as_ref().map(|m| m.target()),
+        };
         match &request {
             Some(span) => {
                 let ext = span.extensions();
-                self.write_line(event, level, request_record, ext.get::<RequestContext>());
+                self.write_line(event, &line, ext.get::<RequestContext>());
             }
             None if pending => {
-                let written = super::scope::with_pending(|rc| {
-                    self.write_line(event, level, request_record, Some(rc))
-                });
+                let written =
+                    super::scope::with_pending(|rc| self.write_line(event, &line, Some(rc)));
                 if written.is_none() {
-                    self.write_line(event, level, request_record, None);
+                    self.write_line(event, &line, None);
                 }
             }
-            None => self.write_line(event, level, request_record, None),
+            None => self.write_line(event, &line, None),
         }
     }
 }
@@ -859,14 +875,13 @@ where
 {
     /// Writes one line: the event's fields (or the request record handed over), then the
     /// request's context `rc`, when it has one.
-    fn write_line(
-        &self,
-        event: &Event<'_>,
-        level: Level,
-        request_record: bool,
-        rc: Option<&RequestContext>,
-    ) {
+    fn write_line(&self, event: &Event<'_>, l: &Line<'_>, rc: Option<&RequestContext>) {
         let meta = event.metadata();
+        let &Line {
+            level,
+            request_record,
+            log_target,
+        } = l;
         LINE.with(|cell| {
             let Ok(mut bufs) = cell.try_borrow_mut() else {
                 return;
@@ -884,7 +899,7 @@ where
             if request_record {
                 line.push_str(REQUEST_TARGET_JSON);
             } else {
-                write_json_str(line, meta.target());
+                write_json_str(line, log_target.unwrap_or(meta.target()));
             }
             line.push_str(&self.service_json);
             let mut v = LineVisitor {
@@ -893,6 +908,13 @@ where
                 seen: Seen::new(keys),
                 has_message: false,
             };
+            if log_target.is_some() {
+                // The bridge's own fields: their values are the record's target, file and
+                // line, already in the line's `target`, or not logged.
+                for k in LOG_FIELDS {
+                    v.seen.add(k);
+                }
+            }
             // The request record's fields, written by the request log from typed values, or
             // any event's fields through the visitor. A record of a request without a span
             // also brings its context (then nothing else is written but the closing brace).
@@ -947,6 +969,26 @@ where
                 .write_all(line.as_bytes());
         });
     }
+}
+
+/// What a line is: its level, whether it is the request log's record, and a `log` record's
+/// own target.
+struct Line<'a> {
+    level: Level,
+    request_record: bool,
+    log_target: Option<&'a str>,
+}
+
+/// The fields `LogTracer` adds to a `log` record's event.
+const LOG_FIELDS: [&str; 4] = ["log.target", "log.module_path", "log.file", "log.line"];
+
+/// The rate limiter's key of a `log` record's call site: its level, target, file and line
+/// (the `log` crate has no call-site identity of its own).
+fn log_site_key(meta: &tracing::Metadata<'_>) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (meta.level(), meta.target(), meta.file(), meta.line()).hash(&mut h);
+    h.finish() as usize
 }
 
 /// Writes `trace_id` and `span_id` of the current OpenTelemetry span, if there is one.

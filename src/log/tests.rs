@@ -916,3 +916,125 @@ async fn a_span_directive_on_the_request_span_enables_the_handlers_lines() {
     assert_eq!(inside["route"], "/ok");
     assert!(lines.iter().all(|l| l["message"] != "outside any request"));
 }
+
+/// Routes the `log` crate's records to the current `tracing` subscriber, as `LogConfig::init`
+/// does (once per process).
+fn bridge_log() {
+    static BRIDGE: std::sync::Once = std::sync::Once::new();
+    BRIDGE.call_once(|| {
+        tracing_log::LogTracer::init().expect("no other `log` logger in the unit tests");
+    });
+}
+
+/// A `log` record is written with its own target and without the bridge's `log.*` fields,
+/// carries the request's context, and is rate limited at its own call site: the bridge makes
+/// one `tracing` call site per level for every `log` record, which must not put all of them
+/// under one limit.
+#[tokio::test(flavor = "current_thread")]
+async fn log_crate_records_keep_their_target_context_and_call_site() {
+    bridge_log();
+    let capture = Capture::default();
+    let _g = tracing::subscriber::set_default(subscriber(
+        &capture,
+        JsonLayer::new("s", capture.clone()).rate_limit(Some(RateLimit {
+            max: 2,
+            window: Duration::from_secs(60),
+        })),
+    ));
+    for i in 0..5 {
+        tracing_log::log::info!(target: "somelib::pool", "site one {i}");
+        tracing_log::log::info!(target: "otherlib", "site two");
+    }
+    let app = Router::new()
+        .route(
+            "/db",
+            get(|| async {
+                tracing_log::log::warn!(target: "somelib::db", "from log");
+                "ok"
+            }),
+        )
+        .layer(RequestLogLayer::new());
+    send(&app, get_req("/db")).await;
+
+    let lines = capture.lines();
+    for line in &lines {
+        let keys: Vec<&String> = line.as_object().unwrap().keys().collect();
+        assert!(keys.iter().all(|k| !k.starts_with("log.")), "{line}");
+        assert_eq!(line["service"], "s");
+    }
+    let with = |prefix: &str| -> Vec<&Value> {
+        lines
+            .iter()
+            .filter(|l| l["message"].as_str().unwrap_or("").starts_with(prefix))
+            .collect()
+    };
+    let one = with("site one");
+    assert_eq!(one.len(), 2, "the limit of its own call site");
+    assert_eq!(one[0]["message"], "site one 0");
+    assert_eq!(one[0]["target"], "somelib::pool");
+    assert_eq!(one[0]["level"], "INFO");
+    let two = with("site two");
+    assert_eq!(
+        two.len(),
+        2,
+        "another call site at the same level has its own limit"
+    );
+    assert_eq!(two[0]["target"], "otherlib");
+
+    let in_request = with("from log");
+    assert_eq!(in_request.len(), 1);
+    assert_eq!(in_request[0]["target"], "somelib::db");
+    assert_eq!(in_request[0]["level"], "WARN");
+    assert_eq!(in_request[0]["route"], "/db");
+    let record = capture.requests();
+    assert_eq!(record.len(), 1);
+    assert_eq!(in_request[0]["request_id"], record[0]["request_id"]);
+}
+
+/// `LogConfig::init_with_writer` routes the `log` crate's records to its output. Run in a
+/// child process (this test's binary again, for this test alone): it installs process-wide
+/// loggers.
+#[test]
+fn init_routes_log_crate_records_to_the_output() {
+    const CHILD: &str = "TOWERSCOPE_LOG_INIT_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        let guard = LogConfig::from_env("child")
+            .format(Format::Json)
+            .filter("info,quietlib=error")
+            .init_with_writer(std::io::stdout())
+            .expect("the child's subscriber");
+        tracing_log::log::warn!(target: "somelib", "bridged {}", 42);
+        tracing_log::log::info!(target: "quietlib", "filtered out by target");
+        tracing_log::log::debug!(target: "somelib", "below the level");
+        drop(guard);
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "log::tests::init_routes_log_crate_records_to_the_output",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "1")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run the test binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "child failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The harness's own lines share stdout ("test ... " may start the same line).
+    let records: Vec<Value> = stdout
+        .lines()
+        .filter_map(|l| l.find("{\"timestamp\"").map(|i| &l[i..]))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert_eq!(records.len(), 1, "{stdout}");
+    assert_eq!(records[0]["target"], "somelib");
+    assert_eq!(records[0]["message"], "bridged 42");
+    assert_eq!(records[0]["level"], "WARN");
+    assert_eq!(records[0]["service"], "child");
+}
