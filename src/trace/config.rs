@@ -131,6 +131,7 @@ pub struct TraceConfig {
     endpoint: Option<String>,
     headers: Vec<(String, String)>,
     timeout: Option<Duration>,
+    certificate: Option<std::path::PathBuf>,
     sampler: Sampler,
     exporter: Exporter,
     disabled: bool,
@@ -199,6 +200,7 @@ impl TraceConfig {
             endpoint: None,
             headers: Vec::new(),
             timeout: None,
+            certificate: None,
             sampler,
             exporter,
             disabled: env("OTEL_SDK_DISABLED")
@@ -241,8 +243,9 @@ impl TraceConfig {
     }
 
     /// The OTLP/HTTP traces URL (e.g. `http://collector:4318/v1/traces`), overriding the
-    /// environment. Plain `http://` only: an `https://` endpoint is refused when the pipeline
-    /// is installed (reported on stderr; tracing goes on without export).
+    /// environment. `https://` needs the `otlp-tls` feature: without it, such an endpoint is
+    /// refused when the pipeline is installed (reported on stderr; tracing goes on without
+    /// export).
     pub fn endpoint(mut self, url: impl Into<String>) -> Self {
         self.endpoint = Some(url.into());
         self
@@ -251,6 +254,14 @@ impl TraceConfig {
     /// A header sent with every export (e.g. an API key).
     pub fn header(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push((key.into(), value.into()));
+        self
+    }
+
+    /// The CA certificates (a PEM file) an `https://` endpoint's certificate is checked
+    /// against, instead of the system's (overriding `OTEL_EXPORTER_OTLP_CERTIFICATE`; needs the
+    /// `otlp-tls` feature).
+    pub fn certificate(mut self, pem_file: impl Into<std::path::PathBuf>) -> Self {
+        self.certificate = Some(pem_file.into());
         self
     }
 
@@ -378,6 +389,7 @@ impl TraceConfig {
                         self.endpoint.as_deref(),
                         &self.headers,
                         self.timeout,
+                        self.certificate.as_deref(),
                     )
                     .map(|otlp| OtlpExporter::new(otlp, &resource, scope.clone()))
                     {
@@ -424,8 +436,9 @@ impl TraceConfig {
     }
 }
 
-/// The exporter speaks OTLP over HTTP/protobuf, uncompressed: what the environment asks beyond
-/// that, as warnings.
+/// The exporter speaks OTLP over HTTP/protobuf, uncompressed, over TLS only with the `otlp-tls`
+/// feature and without a client certificate: what the environment asks beyond that, as
+/// warnings.
 pub(crate) fn unsupported_export_settings(env: impl Fn(&str) -> Option<String>) -> Vec<String> {
     let mut warnings = Vec::new();
     for var in [
@@ -442,6 +455,28 @@ pub(crate) fn unsupported_export_settings(env: impl Fn(&str) -> Option<String>) 
     ] {
         if let Some(c) = env(var).filter(|c| c.trim() != "none") {
             warnings.push(format!("{var}={c}: unsupported, sending uncompressed"));
+        }
+    }
+    for var in [
+        "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+        "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+        "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+    ] {
+        if env(var).is_some() {
+            warnings.push(format!("{var}: unsupported, no client certificate is sent"));
+        }
+    }
+    if !cfg!(feature = "otlp-tls") {
+        for var in [
+            "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+        ] {
+            if env(var).is_some() {
+                warnings.push(format!(
+                    "{var}: https:// needs towerscope's `otlp-tls` feature, not built in"
+                ));
+            }
         }
     }
     warnings

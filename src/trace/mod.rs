@@ -72,13 +72,16 @@
 //! `opentelemetry-otlp`'s cost), configured by `OTEL_SERVICE_NAME`,
 //! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_EXPORTER_OTLP_ENDPOINT` / `..._TRACES_ENDPOINT`,
 //! `OTEL_EXPORTER_OTLP_HEADERS` / `..._TRACES_HEADERS`, `OTEL_EXPORTER_OTLP_TIMEOUT` /
-//! `..._TRACES_TIMEOUT`, `OTEL_TRACES_SAMPLER` /
+//! `..._TRACES_TIMEOUT`, `OTEL_EXPORTER_OTLP_CERTIFICATE` / `..._TRACES_CERTIFICATE`,
+//! `OTEL_TRACES_SAMPLER` /
 //! `..._ARG` (default `parentbased_always_on`), `OTEL_TRACES_EXPORTER` (`otlp`, `console`,
 //! `none`), `OTEL_SDK_DISABLED`, `OTEL_PROPAGATORS`, `OTEL_BSP_*`, or the same from code. With no
 //! endpoint nothing is exported and no connection is attempted; ids are still created,
 //! propagated and logged. The export goes over one kept HTTP/1.1 connection to an `http://`
-//! endpoint (no TLS in this crate: a collector or agent on the node or in the cluster), through
-//! the proxy `HTTP_PROXY` / `ALL_PROXY` name unless `NO_PROXY` excludes the host. Spans wait
+//! endpoint, or an `https://` one with the `otlp-tls` feature (rustls; the system's root
+//! certificates, or those of the CA file `OTEL_EXPORTER_OTLP_CERTIFICATE` names), through
+//! the proxy `HTTP_PROXY` / `HTTPS_PROXY` / `ALL_PROXY` name unless `NO_PROXY` excludes the
+//! host (`https://` through a `CONNECT` tunnel). Spans wait
 //! in a bounded queue (2048) drained by one thread; a collector that is down, slow or failing
 //! costs the request path nothing.
 //!

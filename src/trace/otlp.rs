@@ -22,6 +22,8 @@ use super::export::{Export, Item};
 use super::record::{AttrVal, ServerRecord};
 use transport::Transport;
 
+#[cfg(feature = "otlp-tls")]
+mod tls;
 mod transport;
 
 /// Protobuf wire types.
@@ -550,6 +552,8 @@ pub(crate) struct OtlpSettings {
     pub(crate) endpoint: String,
     pub(crate) headers: Vec<(String, String)>,
     pub(crate) timeout: Duration,
+    /// The CA certificates (PEM) an `https://` endpoint's certificate is checked against.
+    pub(crate) certificate: Option<std::path::PathBuf>,
 }
 
 impl OtlpSettings {
@@ -558,12 +562,14 @@ impl OtlpSettings {
     /// with `/v1/traces` appended; headers from `OTEL_EXPORTER_OTLP_HEADERS` and
     /// `OTEL_EXPORTER_OTLP_TRACES_HEADERS` (`key=value` pairs, comma-separated, values
     /// percent-decoded; the traces-specific value wins), then the code's; the timeout from
-    /// `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` or `OTEL_EXPORTER_OTLP_TIMEOUT` (ms, default 10 s).
-    /// `None` without an endpoint.
+    /// `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` or `OTEL_EXPORTER_OTLP_TIMEOUT` (ms, default 10 s);
+    /// the CA file from code, else `OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE` or
+    /// `OTEL_EXPORTER_OTLP_CERTIFICATE`. `None` without an endpoint.
     pub(crate) fn resolve(
         endpoint: Option<&str>,
         headers: &[(String, String)],
         timeout: Option<Duration>,
+        certificate: Option<&std::path::Path>,
     ) -> Option<Self> {
         let endpoint = endpoint
             .map(str::to_owned)
@@ -594,10 +600,16 @@ impl OtlpSettings {
                     .map(Duration::from_millis)
             })
             .unwrap_or(Duration::from_secs(10));
+        let certificate = certificate.map(std::path::Path::to_path_buf).or_else(|| {
+            env("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE")
+                .or_else(|| env("OTEL_EXPORTER_OTLP_CERTIFICATE"))
+                .map(|p| std::path::PathBuf::from(p.trim()))
+        });
         Some(Self {
             endpoint: endpoint.trim().to_owned(),
             headers: all,
             timeout,
+            certificate,
         })
     }
 }
@@ -638,7 +650,12 @@ impl OtlpExporter {
         resource: &Resource,
         server_scope: InstrumentationScope,
     ) -> Result<Self, String> {
-        let transport = Transport::new(&settings.endpoint, &settings.headers, settings.timeout)?;
+        let transport = Transport::new(
+            &settings.endpoint,
+            &settings.headers,
+            settings.timeout,
+            settings.certificate.as_deref(),
+        )?;
         let mut encoder = Encoder::new(server_scope);
         encoder.set_resource(resource);
         Ok(Self {

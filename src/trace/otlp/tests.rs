@@ -243,6 +243,7 @@ fn exports_post_the_encoded_batch_and_keep_the_buffer() {
         endpoint: format!("http://{addr}/v1/traces"),
         headers: Vec::new(),
         timeout: Duration::from_secs(5),
+        certificate: None,
     };
     let mut exporter = super::OtlpExporter::new(settings, &resource, scopes[0].clone()).unwrap();
     let mut sent = Vec::new();
@@ -309,8 +310,13 @@ fn endpoint_headers_and_timeout_from_code_and_environment() {
         Some("http://127.0.0.1:4318/v1/traces"),
         &[("x-tenant".into(), "a".into())],
         Some(Duration::from_millis(1500)),
+        Some(std::path::Path::new("/etc/collector-ca.pem")),
     )
     .unwrap();
+    assert_eq!(
+        s.certificate.as_deref(),
+        Some(std::path::Path::new("/etc/collector-ca.pem"))
+    );
     assert_eq!(s.endpoint, "http://127.0.0.1:4318/v1/traces");
     assert_eq!(s.headers, vec![("x-tenant".to_owned(), "a".to_owned())]);
     assert_eq!(s.timeout, Duration::from_millis(1500));
@@ -352,4 +358,16 @@ fn unsupported_protocols_and_compression_are_reported() {
             "OTEL_EXPORTER_OTLP_COMPRESSION=gzip: unsupported, sending uncompressed",
         ]
     );
+    let w = unsupported_export_settings(env(&[
+        ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/etc/key.pem"),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/etc/ca.pem"),
+    ]));
+    let mut expected =
+        vec!["OTEL_EXPORTER_OTLP_CLIENT_KEY: unsupported, no client certificate is sent"];
+    if !cfg!(feature = "otlp-tls") {
+        expected.push(
+            "OTEL_EXPORTER_OTLP_CERTIFICATE: https:// needs towerscope's `otlp-tls` feature, not built in",
+        );
+    }
+    assert_eq!(w, expected);
 }

@@ -7,9 +7,11 @@
 //! On the example server, exporting every request with the whole server on one core, the
 //! export's CPU time per request fell from about 500 to 390 ns with this transport
 //! (BENCHMARKS.md, session 17). What a client adds beyond one
-//! connection (a pool, redirects, TLS in this build) an exporter does not use; the proxy
-//! environment variables are honoured with hyper-util's matcher, as reqwest does.
+//! connection (a pool, redirects) an exporter does not use; the proxy environment variables
+//! are honoured with hyper-util's matcher, as reqwest does (an `https://` endpoint through a
+//! `CONNECT` tunnel). TLS for `https://` endpoints comes with the `otlp-tls` feature.
 
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,6 +21,13 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::TokioIo;
+
+#[cfg(feature = "otlp-tls")]
+use super::tls::Tls;
+
+/// Without the `otlp-tls` feature there is no TLS: `https://` endpoints are refused.
+#[cfg(not(feature = "otlp-tls"))]
+enum Tls {}
 
 /// Posts bodies to one endpoint.
 pub(crate) struct Transport {
@@ -31,6 +40,10 @@ pub(crate) struct Transport {
     /// Host, content type, user agent, proxy authorization and the configured headers.
     headers: HeaderMap,
     timeout: Duration,
+    /// TLS, for an `https://` endpoint.
+    tls: Option<Tls>,
+    /// For an `https://` endpoint behind a proxy: the `CONNECT` request that opens the tunnel.
+    tunnel: Option<Bytes>,
     /// Built on the export thread at its first export: a runtime must not be started, or
     /// dropped, on a thread that runs the application's.
     runtime: Option<tokio::runtime::Runtime>,
@@ -59,27 +72,36 @@ impl Drop for Conn {
 }
 
 impl Transport {
-    /// For `endpoint` (an `http://` URL), with `headers` on every request and `timeout` for
-    /// each export (connecting, sending and reading the answer).
+    /// For `endpoint` (an `http://` URL, or `https://` with the `otlp-tls` feature), with
+    /// `headers` on every request and `timeout` for each export (connecting, sending and
+    /// reading the answer); an `https://` endpoint's certificate is checked against the CA
+    /// certificates of `ca_file` (PEM) when given, else the system's.
     pub(crate) fn new(
         endpoint: &str,
         headers: &[(String, String)],
         timeout: Duration,
+        ca_file: Option<&Path>,
     ) -> Result<Self, String> {
-        Self::with_proxies(endpoint, headers, timeout, &Matcher::from_env())
+        Self::with_proxies(endpoint, headers, timeout, ca_file, &Matcher::from_env())
     }
 
     fn with_proxies(
         endpoint: &str,
         headers: &[(String, String)],
         timeout: Duration,
+        ca_file: Option<&Path>,
         proxies: &Matcher,
     ) -> Result<Self, String> {
         let uri: Uri = endpoint
             .parse()
             .map_err(|e| format!("OTLP endpoint {endpoint:?}: {e}"))?;
-        let (host, port) =
+        let (host, port, https) =
             http_authority(&uri).map_err(|e| format!("OTLP endpoint {endpoint:?}: {e}"))?;
+        let tls = if https {
+            Some(tls(&host, ca_file).map_err(|e| format!("OTLP endpoint {endpoint:?}: {e}"))?)
+        } else {
+            None
+        };
         let authority = uri.authority().expect("checked").as_str().to_owned();
         let mut map = HeaderMap::new();
         for (k, v) in headers {
@@ -101,19 +123,43 @@ impl Transport {
             header::USER_AGENT,
             HeaderValue::from_static(concat!("towerscope/", env!("CARGO_PKG_VERSION"))),
         );
-        let (target, host, port) = match proxies.intercept(&uri) {
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let origin_form = Uri::try_from(path).map_err(|e| e.to_string())?;
+        let (target, host, port, tunnel) = match proxies.intercept(&uri) {
             Some(proxy) => {
-                let (h, p) = http_authority(proxy.uri())
+                let (h, p, proxy_tls) = http_authority(proxy.uri())
                     .map_err(|e| format!("proxy for the OTLP endpoint {:?}: {e}", proxy.uri()))?;
-                if let Some(auth) = proxy.basic_auth() {
-                    map.insert(header::PROXY_AUTHORIZATION, auth.clone());
+                if proxy_tls {
+                    return Err(format!(
+                        "proxy for the OTLP endpoint {:?}: an https:// proxy is not supported",
+                        proxy.uri()
+                    ));
                 }
-                (uri.clone(), h, p)
+                if https {
+                    // Through a tunnel: the proxy sees only `CONNECT host:port`, and the
+                    // requests in it are the endpoint's own.
+                    let to = if host.contains(':') {
+                        format!("[{host}]:{port}")
+                    } else {
+                        format!("{host}:{port}")
+                    };
+                    let mut connect = format!("CONNECT {to} HTTP/1.1\r\nHost: {to}\r\n");
+                    if let Some(auth) = proxy.basic_auth() {
+                        let auth = auth
+                            .to_str()
+                            .map_err(|e| format!("proxy credentials: {e}"))?;
+                        connect.push_str(&format!("Proxy-Authorization: {auth}\r\n"));
+                    }
+                    connect.push_str("\r\n");
+                    (origin_form, h, p, Some(Bytes::from(connect)))
+                } else {
+                    if let Some(auth) = proxy.basic_auth() {
+                        map.insert(header::PROXY_AUTHORIZATION, auth.clone());
+                    }
+                    (uri.clone(), h, p, None)
+                }
             }
-            None => {
-                let path = uri.path_and_query().map_or("/", |p| p.as_str());
-                (Uri::try_from(path).map_err(|e| e.to_string())?, host, port)
-            }
+            None => (origin_form, host, port, None),
         };
         Ok(Self {
             endpoint: endpoint.to_owned(),
@@ -122,6 +168,8 @@ impl Transport {
             port,
             headers: map,
             timeout,
+            tls,
+            tunnel,
             runtime: None,
             conn: None,
         })
@@ -152,6 +200,7 @@ impl Transport {
             req
         };
         let (host, port, timeout) = (self.host.as_str(), self.port, self.timeout);
+        let (tls, tunnel) = (self.tls.as_ref(), self.tunnel.as_ref());
         let conn = &mut self.conn;
         let runtime = self.runtime.as_ref().expect("built above");
         let result = runtime.block_on(async {
@@ -162,7 +211,7 @@ impl Transport {
                     }
                 }
                 *conn = None;
-                let fresh = conn.insert(Conn::open(host, port).await?);
+                let fresh = conn.insert(Conn::open(host, port, tls, tunnel).await?);
                 fresh
                     .send(request())
                     .await
@@ -181,13 +230,36 @@ impl Transport {
 }
 
 impl Conn {
-    async fn open(host: &str, port: u16) -> Result<Self, String> {
-        let tcp = tokio::net::TcpStream::connect((host, port))
+    /// A connection to `host:port`: through the proxy's tunnel when `tunnel` is its `CONNECT`
+    /// request, in TLS when `tls` is set.
+    async fn open(
+        host: &str,
+        port: u16,
+        tls: Option<&Tls>,
+        tunnel: Option<&Bytes>,
+    ) -> Result<Self, String> {
+        let mut tcp = tokio::net::TcpStream::connect((host, port))
             .await
             .map_err(|e| format!("OTLP export: connecting to {host}:{port}: {e}"))?;
         // The head and the body go out in one write; no small segment waits on an ACK.
         let _ = tcp.set_nodelay(true);
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        if let Some(connect) = tunnel {
+            open_tunnel(&mut tcp, connect).await?;
+        }
+        match tls {
+            #[cfg(feature = "otlp-tls")]
+            Some(tls) => Self::handshake(TokioIo::new(tls.connect(tcp).await?)).await,
+            #[cfg(not(feature = "otlp-tls"))]
+            Some(never) => match *never {},
+            None => Self::handshake(TokioIo::new(tcp)).await,
+        }
+    }
+
+    async fn handshake<T>(io: T) -> Result<Self, String>
+    where
+        T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let (sender, connection) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(|e| format!("OTLP export: {e}"))?;
         let task = tokio::spawn(connection).abort_handle();
@@ -204,26 +276,63 @@ impl Conn {
     }
 }
 
-/// Host and port of an `http://` URL (port 80 by default).
-fn http_authority(uri: &Uri) -> Result<(String, u16), String> {
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(
-                "https needs TLS, which towerscope's exporter does not have: use \
-                        http:// (a collector or agent on the node or in the cluster)"
-                    .to_owned(),
-            )
+/// Sends the proxy's `CONNECT` request and reads its answer: the tunnel is open on a 2xx.
+async fn open_tunnel(tcp: &mut tokio::net::TcpStream, connect: &[u8]) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fail = |e: &dyn std::fmt::Display| format!("OTLP export: the proxy's tunnel: {e}");
+    tcp.write_all(connect).await.map_err(|e| fail(&e))?;
+    // Byte by byte, so that nothing after the proxy's answer (the endpoint's own bytes) is
+    // taken: once per connection.
+    let mut head = Vec::with_capacity(128);
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 16 * 1024 {
+            return Err(fail(&"answer too long"));
         }
-        _ => return Err("not an http:// URL".to_owned()),
+        match tcp.read(&mut byte).await.map_err(|e| fail(&e))? {
+            0 => return Err(fail(&"closed by the proxy")),
+            _ => head.push(byte[0]),
+        }
     }
+    let status =
+        String::from_utf8_lossy(head.split(|&b| b == b'\r').next().unwrap_or(&[])).into_owned();
+    match status.split(' ').nth(1) {
+        Some(code) if code.starts_with('2') => Ok(()),
+        _ => Err(fail(&status)),
+    }
+}
+
+/// The TLS of an `https://` endpoint.
+#[cfg(feature = "otlp-tls")]
+fn tls(host: &str, ca_file: Option<&Path>) -> Result<Tls, String> {
+    Tls::new(host, ca_file)
+}
+
+#[cfg(not(feature = "otlp-tls"))]
+fn tls(_: &str, _: Option<&Path>) -> Result<Tls, String> {
+    Err(
+        "https needs TLS: build towerscope with its `otlp-tls` feature, or use http:// (a \
+         collector or agent on the node or in the cluster)"
+            .to_owned(),
+    )
+}
+
+/// Host and port of an `http://` or `https://` URL (port 80 or 443 by default), and whether
+/// it is `https://`.
+fn http_authority(uri: &Uri) -> Result<(String, u16, bool), String> {
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err("not an http:// or https:// URL".to_owned()),
+    };
     let host = uri.host().filter(|h| !h.is_empty()).ok_or("no host")?;
     // `[::1]` connects as `::1`.
     let host = host
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned();
-    Ok((host, uri.port_u16().unwrap_or(80)))
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    Ok((host, port, https))
 }
 
 #[cfg(test)]
@@ -232,7 +341,7 @@ pub(crate) mod tests {
 
     /// A transport to `endpoint` through `proxies` (none with an empty builder).
     fn via(endpoint: &str, proxies: &Matcher) -> Result<Transport, String> {
-        Transport::with_proxies(endpoint, &[], Duration::from_secs(1), proxies)
+        Transport::with_proxies(endpoint, &[], Duration::from_secs(1), None, proxies)
     }
 
     fn no_proxy() -> Matcher {
@@ -241,6 +350,21 @@ pub(crate) mod tests {
 
     /// Each request's head (lower-cased) and body.
     pub(crate) type Seen = Vec<(String, Vec<u8>)>;
+
+    /// The request in `got` once it is whole: its head (lower-cased) and its body, as long as
+    /// its `content-length` says.
+    fn whole_request(got: &[u8]) -> Option<(String, Vec<u8>)> {
+        let end = got.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))?
+            .trim()
+            .parse()
+            .ok()?;
+        let body = got.get(end + 4..end + 4 + len)?;
+        Some((head, body.to_vec()))
+    }
 
     /// A collector on a free loopback port that takes `n` connections, one request each: it
     /// reads the head and as many body bytes as its `content-length` says, answers 200 and
@@ -258,21 +382,10 @@ pub(crate) mod tests {
                 let mut chunk = [0u8; 1024];
                 let request = loop {
                     let n = s.read(&mut chunk).unwrap();
+                    assert!(n > 0, "closed before a whole request");
                     got.extend_from_slice(&chunk[..n]);
-                    if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .unwrap()
-                            .trim()
-                            .parse()
-                            .unwrap();
-                        while got.len() < end + 4 + len {
-                            let n = s.read(&mut chunk).unwrap();
-                            got.extend_from_slice(&chunk[..n]);
-                        }
-                        break (head, got[end + 4..].to_vec());
+                    if let Some(request) = whole_request(&got) {
+                        break request;
                     }
                 };
                 s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
@@ -290,6 +403,7 @@ pub(crate) mod tests {
             "http://collector:4318/v1/traces",
             &[("x-api-key".into(), "k".into())],
             Duration::from_secs(1),
+            None,
             &no_proxy(),
         )
         .unwrap();
@@ -321,16 +435,227 @@ pub(crate) mod tests {
 
     #[test]
     fn endpoints_it_cannot_reach_are_refused_with_the_reason() {
+        #[cfg(not(feature = "otlp-tls"))]
+        {
+            let e = via("https://collector:4318/v1/traces", &no_proxy()).unwrap_err();
+            assert!(e.contains("otlp-tls"), "{e}");
+        }
+        let proxies = Matcher::builder().http("https://proxy.internal").build();
+        let e = via("http://collector:4318/v1/traces", &proxies).unwrap_err();
+        assert!(e.contains("https:// proxy is not supported"), "{e}");
         for (endpoint, why) in [
-            ("https://collector:4318/v1/traces", "TLS"),
             ("collector:4318/v1/traces", "OTLP endpoint"),
-            ("ftp://collector/v1/traces", "not an http:// URL"),
+            (
+                "ftp://collector/v1/traces",
+                "not an http:// or https:// URL",
+            ),
             ("http://", "OTLP endpoint"),
             ("not a url", "OTLP endpoint"),
         ] {
             let e = via(endpoint, &no_proxy()).unwrap_err();
             assert!(e.contains(why), "{endpoint}: {e}");
         }
+    }
+
+    /// The test certificates (`tests/fixtures/tls`): a CA, and a server certificate it signed
+    /// for `localhost` and 127.0.0.1, valid until 2126. Made with openssl (P-256 keys):
+    /// `req -x509 ... -addext basicConstraints=critical,CA:TRUE` for the CA, then `req` and
+    /// `x509 -req -CA ca.pem` with `subjectAltName=DNS:localhost,IP:127.0.0.1` for the server.
+    #[cfg(feature = "otlp-tls")]
+    fn fixture(name: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/tls")
+            .join(name)
+    }
+
+    /// A TLS collector on `listener` for `n` connections, one request each (as `collector`
+    /// does in plain text): each connection's request head (lower-cased) and body, or why its
+    /// TLS handshake failed.
+    /// One connection to a test collector: the request's head and body, or why it failed.
+    #[cfg(feature = "otlp-tls")]
+    type Received = Result<(String, Vec<u8>), String>;
+
+    #[cfg(feature = "otlp-tls")]
+    fn tls_collector(
+        listener: std::net::TcpListener,
+        n: usize,
+    ) -> std::thread::JoinHandle<Vec<Received>> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let cert = CertificateDer::from_pem_file(fixture("server.pem")).unwrap();
+        let key = PrivateKeyDer::from_pem_file(fixture("server.key")).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        serve(listener, move |listener| async move {
+            let mut seen = Vec::new();
+            for _ in 0..n {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let mut tls = match acceptor.accept(tcp).await {
+                    Ok(tls) => tls,
+                    Err(e) => {
+                        seen.push(Err(e.to_string()));
+                        continue;
+                    }
+                };
+                let mut got = Vec::new();
+                let mut chunk = [0u8; 1024];
+                let request = loop {
+                    let n = tls.read(&mut chunk).await.unwrap();
+                    assert!(n > 0, "closed before a whole request");
+                    got.extend_from_slice(&chunk[..n]);
+                    if let Some(request) = whole_request(&got) {
+                        break request;
+                    }
+                };
+                tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                    .await
+                    .unwrap();
+                tls.flush().await.unwrap();
+                seen.push(Ok(request));
+            }
+            seen
+        })
+    }
+
+    /// A proxy for one `CONNECT` tunnel: sends the `CONNECT` request's head when it has it,
+    /// answers 200 and relays both ways until the tunnel closes.
+    #[cfg(feature = "otlp-tls")]
+    fn connect_proxy() -> (std::net::SocketAddr, std::sync::mpsc::Receiver<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (heads, received) = std::sync::mpsc::channel();
+        serve(listener, move |listener| async move {
+            let (mut client, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                assert_eq!(client.read(&mut byte).await.unwrap(), 1);
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8(head).unwrap();
+            let to = head.split(' ').nth(1).unwrap().to_owned();
+            let _ = heads.send(head);
+            let mut upstream = tokio::net::TcpStream::connect(to).await.unwrap();
+            client
+                .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                .await
+                .unwrap();
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+        });
+        (addr, received)
+    }
+
+    /// Runs `server` on `listener` on a thread of its own, with a current-thread runtime.
+    #[cfg(feature = "otlp-tls")]
+    fn serve<F, Fut>(
+        listener: std::net::TcpListener,
+        server: F,
+    ) -> std::thread::JoinHandle<Fut::Output>
+    where
+        F: FnOnce(tokio::net::TcpListener) -> Fut + Send + 'static,
+        Fut: std::future::Future,
+        Fut::Output: Send + 'static,
+    {
+        listener.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                server(listener).await
+            })
+        })
+    }
+
+    /// An `https://` endpoint is reached over TLS, directly and through a proxy's `CONNECT`
+    /// tunnel, its certificate checked against the configured CA; against the system's roots
+    /// alone, the same server's certificate is refused.
+    #[cfg(feature = "otlp-tls")]
+    #[test]
+    fn an_https_endpoint_is_reached_over_tls_and_its_certificate_checked() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tls_collector(listener, 2);
+        let endpoint = format!("https://localhost:{port}/v1/traces");
+        let ca = fixture("ca.pem");
+        let body = Bytes::from_static(b"spans, encoded");
+
+        let mut direct = Transport::with_proxies(
+            &endpoint,
+            &[],
+            Duration::from_secs(5),
+            Some(&ca),
+            &no_proxy(),
+        )
+        .unwrap();
+        assert_eq!(direct.post(&body), Ok(StatusCode::OK));
+
+        let (proxy, heads) = connect_proxy();
+        let proxies = Matcher::builder()
+            .https(format!("http://user:pass@{proxy}"))
+            .build();
+        let mut tunnelled =
+            Transport::with_proxies(&endpoint, &[], Duration::from_secs(5), Some(&ca), &proxies)
+                .unwrap();
+        assert_eq!(tunnelled.target, "/v1/traces");
+        assert!(!tunnelled.headers.contains_key(header::PROXY_AUTHORIZATION));
+        assert_eq!(tunnelled.post(&body), Ok(StatusCode::OK));
+        let connect = heads.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(
+            connect.starts_with(&format!(
+                "CONNECT localhost:{port} HTTP/1.1\r\nHost: localhost:{port}\r\n"
+            )),
+            "{connect}"
+        );
+        assert!(
+            connect.contains("Proxy-Authorization: Basic dXNlcjpwYXNz\r\n"),
+            "{connect}"
+        );
+
+        let seen = server.join().unwrap();
+        assert_eq!(seen.len(), 2);
+        for request in seen {
+            let (head, got) = request.unwrap();
+            assert!(head.starts_with("post /v1/traces http/1.1"), "{head}");
+            assert!(head.contains(&format!("host: localhost:{port}")), "{head}");
+            assert_eq!(got, body);
+        }
+
+        // The system's roots do not include the test CA: the handshake fails, and so does the
+        // export (or, on a system without roots, the transport is not built at all).
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let endpoint = format!("https://localhost:{port}/v1/traces");
+        match Transport::with_proxies(&endpoint, &[], Duration::from_secs(5), None, &no_proxy()) {
+            Err(e) => assert!(e.contains("no root certificates"), "{e}"),
+            Ok(mut system_roots) => {
+                let server = tls_collector(listener, 1);
+                let e = system_roots.post(&body).unwrap_err();
+                assert!(e.contains("certificate"), "{e}");
+                assert!(server.join().unwrap()[0].is_err());
+            }
+        }
+
+        let e = Transport::with_proxies(
+            &endpoint,
+            &[],
+            Duration::from_secs(5),
+            Some(&fixture("missing.pem")),
+            &no_proxy(),
+        )
+        .unwrap_err();
+        assert!(e.contains("missing.pem"), "{e}");
     }
 
     /// Against a collector that closes every connection after one answer, every export still
