@@ -72,7 +72,8 @@
 //! `opentelemetry-otlp`'s cost), configured by `OTEL_SERVICE_NAME`,
 //! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_EXPORTER_OTLP_ENDPOINT` / `..._TRACES_ENDPOINT`,
 //! `OTEL_EXPORTER_OTLP_HEADERS` / `..._TRACES_HEADERS`, `OTEL_EXPORTER_OTLP_TIMEOUT` /
-//! `..._TRACES_TIMEOUT`, `OTEL_EXPORTER_OTLP_CERTIFICATE` / `..._TRACES_CERTIFICATE`,
+//! `..._TRACES_TIMEOUT`, `OTEL_EXPORTER_OTLP_COMPRESSION` / `..._TRACES_COMPRESSION` (`gzip`
+//! or `none`), `OTEL_EXPORTER_OTLP_CERTIFICATE` / `..._TRACES_CERTIFICATE`,
 //! `OTEL_TRACES_SAMPLER` /
 //! `..._ARG` (default `parentbased_always_on`), `OTEL_TRACES_EXPORTER` (`otlp`, `console`,
 //! `none`), `OTEL_SDK_DISABLED`, `OTEL_PROPAGATORS`, `OTEL_BSP_*`, or the same from code. With no
@@ -126,7 +127,7 @@ pub use client::ClientTraceMiddleware;
 #[cfg(feature = "otel")]
 pub use client::{ClientFuture, ClientTrace, ClientTraceLayer, CLIENT_REQUEST_DURATION};
 #[cfg(feature = "otel")]
-pub use config::{Exporter, Sampler, TraceConfig, Tracing};
+pub use config::{Compression, Exporter, Sampler, TraceConfig, Tracing};
 #[cfg(feature = "otel")]
 pub use export::{SPANS_DROPPED, SPANS_EXPORTED};
 #[cfg(feature = "otel")]

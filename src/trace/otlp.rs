@@ -17,7 +17,7 @@ use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 use opentelemetry_sdk::Resource;
 
 use super::baggage::percent_decode;
-use super::config::env;
+use super::config::{env, Compression};
 use super::export::{Export, Item};
 use super::record::{AttrVal, ServerRecord};
 use transport::Transport;
@@ -554,6 +554,7 @@ pub(crate) struct OtlpSettings {
     pub(crate) timeout: Duration,
     /// The CA certificates (PEM) an `https://` endpoint's certificate is checked against.
     pub(crate) certificate: Option<std::path::PathBuf>,
+    pub(crate) compression: Compression,
 }
 
 impl OtlpSettings {
@@ -564,12 +565,15 @@ impl OtlpSettings {
     /// percent-decoded; the traces-specific value wins), then the code's; the timeout from
     /// `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` or `OTEL_EXPORTER_OTLP_TIMEOUT` (ms, default 10 s);
     /// the CA file from code, else `OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE` or
-    /// `OTEL_EXPORTER_OTLP_CERTIFICATE`. `None` without an endpoint.
+    /// `OTEL_EXPORTER_OTLP_CERTIFICATE`; the compression from code, else
+    /// `OTEL_EXPORTER_OTLP_TRACES_COMPRESSION` or `OTEL_EXPORTER_OTLP_COMPRESSION` (`gzip` or
+    /// `none`, the default). `None` without an endpoint.
     pub(crate) fn resolve(
         endpoint: Option<&str>,
         headers: &[(String, String)],
         timeout: Option<Duration>,
         certificate: Option<&std::path::Path>,
+        compression: Option<Compression>,
     ) -> Option<Self> {
         let endpoint = endpoint
             .map(str::to_owned)
@@ -605,11 +609,22 @@ impl OtlpSettings {
                 .or_else(|| env("OTEL_EXPORTER_OTLP_CERTIFICATE"))
                 .map(|p| std::path::PathBuf::from(p.trim()))
         });
+        let compression = compression.unwrap_or_else(|| {
+            match env("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION")
+                .or_else(|| env("OTEL_EXPORTER_OTLP_COMPRESSION"))
+                .as_deref()
+                .map(str::trim)
+            {
+                Some("gzip") => Compression::Gzip,
+                _ => Compression::None,
+            }
+        });
         Some(Self {
             endpoint: endpoint.trim().to_owned(),
             headers: all,
             timeout,
             certificate,
+            compression,
         })
     }
 }
@@ -634,6 +649,8 @@ pub(crate) struct OtlpExporter {
     encoder: Encoder,
     /// The request body's buffer, kept from batch to batch (no allocation per batch).
     body: Vec<u8>,
+    /// With gzip: the encoded batch, compressed into `body` (kept as well).
+    gzip: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for OtlpExporter {
@@ -650,9 +667,15 @@ impl OtlpExporter {
         resource: &Resource,
         server_scope: InstrumentationScope,
     ) -> Result<Self, String> {
+        let mut headers = settings.headers;
+        let gzip = settings.compression == Compression::Gzip;
+        if gzip {
+            headers.retain(|(k, _)| !k.eq_ignore_ascii_case("content-encoding"));
+            headers.push(("content-encoding".to_owned(), "gzip".to_owned()));
+        }
         let transport = Transport::new(
             &settings.endpoint,
-            &settings.headers,
+            &headers,
             settings.timeout,
             settings.certificate.as_deref(),
         )?;
@@ -662,6 +685,7 @@ impl OtlpExporter {
             transport,
             encoder,
             body: Vec::new(),
+            gzip: gzip.then(Vec::new),
         })
     }
 }
@@ -669,7 +693,15 @@ impl OtlpExporter {
 impl Export for OtlpExporter {
     fn export(&mut self, batch: &[Item]) -> OTelSdkResult {
         let mut buf = std::mem::take(&mut self.body);
-        self.encoder.encode(batch, &mut buf);
+        match &mut self.gzip {
+            None => self.encoder.encode(batch, &mut buf),
+            Some(encoded) => {
+                encoded.clear();
+                self.encoder.encode(batch, encoded);
+                buf.clear();
+                gzip(encoded, &mut buf);
+            }
+        }
         // Handed to the connection without a copy; the post is over when `post` returns (the
         // connection has written the body and dropped its share), so the buffer comes back
         // for the next batch. A new one only when it has not (an export that timed out).
@@ -685,6 +717,15 @@ impl Export for OtlpExporter {
             )))
         }
     }
+}
+
+/// `data` gzipped into `out`, at the fastest level.
+fn gzip(data: &[u8], out: &mut Vec<u8>) {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
+    // Writing to a vector cannot fail.
+    let _ = encoder.write_all(data);
+    let _ = encoder.finish();
 }
 
 #[cfg(test)]

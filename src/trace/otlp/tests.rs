@@ -14,6 +14,7 @@ use prost::Message;
 
 use super::{parse_headers, Encoder, OtlpSettings};
 use crate::trace::export::Item;
+use crate::trace::Compression;
 
 /// What `opentelemetry-otlp` sends for these spans: `opentelemetry-proto`'s own conversion.
 fn reference(spans: &[SpanData], resource: &Resource) -> ExportTraceServiceRequest {
@@ -244,6 +245,7 @@ fn exports_post_the_encoded_batch_and_keep_the_buffer() {
         headers: Vec::new(),
         timeout: Duration::from_secs(5),
         certificate: None,
+        compression: Compression::None,
     };
     let mut exporter = super::OtlpExporter::new(settings, &resource, scopes[0].clone()).unwrap();
     let mut sent = Vec::new();
@@ -266,6 +268,51 @@ fn exports_post_the_encoded_batch_and_keep_the_buffer() {
         .map(|(_, b)| b)
         .collect();
     assert_eq!(got, sent);
+}
+
+/// With gzip, each export posts the encoded batch gzipped, with `Content-Encoding: gzip`, and
+/// the buffers are kept from batch to batch as without.
+#[test]
+fn gzip_exports_post_the_encoded_batch_compressed() {
+    use crate::trace::export::Export;
+    use std::io::Read;
+    let mut g = Gen(fastrand::Rng::with_seed(17));
+    let scopes = scopes();
+    let resource = Resource::builder().with_service_name("svc").build();
+    let (addr, collector) = super::transport::tests::collector(2);
+    let settings = OtlpSettings {
+        endpoint: format!("http://{addr}/v1/traces"),
+        headers: vec![("Content-Encoding".into(), "identity".into())],
+        timeout: Duration::from_secs(5),
+        certificate: None,
+        compression: Compression::Gzip,
+    };
+    let mut exporter = super::OtlpExporter::new(settings, &resource, scopes[0].clone()).unwrap();
+    let mut sent = Vec::new();
+    for _ in 0..2 {
+        let spans: Vec<SpanData> = (0..50).map(|_| g.span(&scopes[..2])).collect();
+        exporter.export(&items(&spans)).unwrap();
+        sent.push(reference(&spans, &resource).encode_to_vec());
+    }
+    for ((head, body), plain) in collector.join().unwrap().into_iter().zip(&sent) {
+        assert_eq!(
+            head.matches("content-encoding:").count(),
+            1,
+            "one encoding header: {head}"
+        );
+        assert!(head.contains("content-encoding: gzip"), "{head}");
+        assert!(
+            body.len() < plain.len() / 2,
+            "{} of {}",
+            body.len(),
+            plain.len()
+        );
+        let mut unzipped = Vec::new();
+        flate2::read::GzDecoder::new(&body[..])
+            .read_to_end(&mut unzipped)
+            .unwrap();
+        assert_eq!(&unzipped, plain);
+    }
 }
 
 /// Lengths whose varints take 1, 2, 3 and 4 bytes, at every level: spans under 128 bytes and
@@ -311,8 +358,10 @@ fn endpoint_headers_and_timeout_from_code_and_environment() {
         &[("x-tenant".into(), "a".into())],
         Some(Duration::from_millis(1500)),
         Some(std::path::Path::new("/etc/collector-ca.pem")),
+        Some(Compression::Gzip),
     )
     .unwrap();
+    assert_eq!(s.compression, Compression::Gzip);
     assert_eq!(
         s.certificate.as_deref(),
         Some(std::path::Path::new("/etc/collector-ca.pem"))
@@ -344,18 +393,19 @@ fn unsupported_protocols_and_compression_are_reported() {
     assert!(unsupported_export_settings(env(&[])).is_empty());
     assert!(unsupported_export_settings(env(&[
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
-        ("OTEL_EXPORTER_OTLP_COMPRESSION", "none"),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd"),
+        ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip"),
     ]))
     .is_empty());
     let w = unsupported_export_settings(env(&[
         ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
-        ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd"),
     ]));
     assert_eq!(
         w,
         vec![
             "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=grpc: unsupported, using http/protobuf",
-            "OTEL_EXPORTER_OTLP_COMPRESSION=gzip: unsupported, sending uncompressed",
+            "OTEL_EXPORTER_OTLP_COMPRESSION=zstd: unsupported, sending uncompressed",
         ]
     );
     let w = unsupported_export_settings(env(&[
