@@ -115,8 +115,9 @@ pub enum Compression {
     /// As encoded (the default).
     #[default]
     None,
-    /// gzip (`Content-Encoding: gzip`), at its fastest level: most of the size saved, for a
-    /// fraction of the CPU time a higher level takes on the export thread.
+    /// gzip (`Content-Encoding: gzip`), at its fastest level. It costs the export thread
+    /// about 6,800 instructions per span, a fifth of what an exported request costs in all
+    /// (BENCHMARKS.md, session 22): for links where bandwidth matters more.
     Gzip,
 }
 
