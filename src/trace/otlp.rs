@@ -20,7 +20,7 @@ use super::baggage::percent_decode;
 use super::config::{env, Compression};
 use super::export::{Export, Item};
 use super::record::{AttrVal, ServerRecord};
-use transport::Transport;
+use transport::{Answer, Transport};
 
 #[cfg(feature = "otlp-tls")]
 mod tls;
@@ -651,6 +651,48 @@ pub(crate) struct OtlpExporter {
     body: Vec<u8>,
     /// With gzip: the encoded batch, compressed into `body` (kept as well).
     gzip: Option<Vec<u8>>,
+    retry: Retry,
+}
+
+/// How an export the collector cannot take now is tried again: OTLP/HTTP's transient failures
+/// (429, 502, 503, 504, or no connection) are retried, up to `attempts` sends in all, after
+/// the collector's `Retry-After` or an exponential backoff with jitter (`first`, doubling,
+/// each between half and one and a half times that). A wait longer than `max_wait` is not
+/// made: the batch is dropped (and counted) instead, as is one that timed out (its time is
+/// spent already) or that the collector refused for good (another 4xx).
+///
+/// The retries run on the export thread: the request path never waits for them, and what
+/// arrives meanwhile waits in the bounded queue (or is dropped from it, counted).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Retry {
+    pub(crate) attempts: u32,
+    pub(crate) first: Duration,
+    pub(crate) max_wait: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self {
+            attempts: 4,
+            first: Duration::from_millis(250),
+            max_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Retry {
+    /// The wait before send number `attempt + 1`, jittered.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let base = self
+            .first
+            .saturating_mul(1 << attempt.saturating_sub(1).min(16));
+        base.mul_f64(0.5 + fastrand::f64())
+    }
+
+    /// Whether `answer` is worth sending again.
+    fn transient(answer: &Answer) -> bool {
+        matches!(answer.status.as_u16(), 429 | 502 | 503 | 504)
+    }
 }
 
 impl std::fmt::Debug for OtlpExporter {
@@ -686,6 +728,7 @@ impl OtlpExporter {
             encoder,
             body: Vec::new(),
             gzip: gzip.then(Vec::new),
+            retry: Retry::default(),
         })
     }
 }
@@ -706,16 +749,28 @@ impl Export for OtlpExporter {
         // connection has written the body and dropped its share), so the buffer comes back
         // for the next batch. A new one only when it has not (an export that timed out).
         let body = bytes::Bytes::from(buf);
-        let posted = self.transport.post(&body);
+        let mut attempt = 1;
+        let result = loop {
+            let (wait, failure) = match self.transport.post(&body) {
+                Ok(a) if a.status.is_success() => break Ok(()),
+                Ok(a) => (
+                    Retry::transient(&a)
+                        .then(|| a.retry_after.unwrap_or_else(|| self.retry.backoff(attempt))),
+                    format!("OTLP export: the collector answered {}", a.status),
+                ),
+                Err(f) if f.timed_out => (None, f.message),
+                Err(f) => (Some(self.retry.backoff(attempt)), f.message),
+            };
+            match wait {
+                Some(wait) if attempt < self.retry.attempts && wait <= self.retry.max_wait => {
+                    std::thread::sleep(wait);
+                    attempt += 1;
+                }
+                _ => break Err(OTelSdkError::InternalFailure(failure)),
+            }
+        };
         self.body = body.try_into_mut().map(Vec::from).unwrap_or_default();
-        let status = posted.map_err(OTelSdkError::InternalFailure)?;
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(OTelSdkError::InternalFailure(format!(
-                "OTLP export: the collector answered {status}"
-            )))
-        }
+        result
     }
 }
 

@@ -315,6 +315,77 @@ fn gzip_exports_post_the_encoded_batch_compressed() {
     }
 }
 
+/// OTLP/HTTP's transient failures (429, 502, 503, 504) are sent again, after the collector's
+/// `Retry-After` or a backoff, up to the attempts allowed; a permanent refusal, or a wait
+/// longer than allowed, is not. Every send carries the same body.
+#[test]
+fn transient_failures_are_retried_and_permanent_ones_are_not() {
+    use super::transport::tests::{scripted, OK};
+    use crate::trace::export::Export;
+    const UNAVAILABLE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n";
+    const NOW: &[u8] =
+        b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 0\r\ncontent-length: 0\r\n\r\n";
+    const BAD_GATEWAY: &[u8] = b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n";
+    const BAD: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+    const LATER: &[u8] =
+        b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 3600\r\ncontent-length: 0\r\n\r\n";
+    let mut g = Gen(fastrand::Rng::with_seed(19));
+    let scopes = scopes();
+    let resource = Resource::builder().with_service_name("svc").build();
+    for (mut answers, delivered) in [
+        (vec![UNAVAILABLE, NOW, BAD_GATEWAY, OK], true),
+        (
+            vec![UNAVAILABLE, UNAVAILABLE, UNAVAILABLE, UNAVAILABLE],
+            false,
+        ),
+        (vec![BAD], false),
+        (vec![LATER], false),
+    ] {
+        let sends = answers.len();
+        if !delivered {
+            // One more send than allowed would be answered 200 and delivered.
+            answers.push(OK);
+        }
+        let (addr, collector) = scripted(answers);
+        let settings = OtlpSettings {
+            endpoint: format!("http://{addr}/v1/traces"),
+            headers: Vec::new(),
+            timeout: Duration::from_secs(5),
+            certificate: None,
+            compression: Compression::None,
+        };
+        let mut exporter =
+            super::OtlpExporter::new(settings, &resource, scopes[0].clone()).unwrap();
+        exporter.retry = super::Retry {
+            attempts: 4,
+            first: Duration::from_millis(1),
+            max_wait: Duration::from_secs(5),
+        };
+        let spans: Vec<SpanData> = (0..3).map(|_| g.span(&scopes[..2])).collect();
+        let result = exporter.export(&items(&spans));
+        assert_eq!(result.is_ok(), delivered, "{sends} sends: {result:?}");
+        if !delivered {
+            // The 200 nobody asked for, taken by a request of our own.
+            use std::io::{Read, Write};
+            let mut own = std::net::TcpStream::connect(addr).unwrap();
+            own.write_all(b"POST /own HTTP/1.1\r\ncontent-length: 0\r\n\r\n")
+                .unwrap();
+            let _ = own.read_to_end(&mut Vec::new());
+        }
+        let mut seen = collector.join().unwrap();
+        if !delivered {
+            let (head, _) = seen.pop().unwrap();
+            assert!(head.starts_with("post /own "), "a send too many: {head}");
+        }
+        assert_eq!(seen.len(), sends);
+        let body = reference(&spans, &resource).encode_to_vec();
+        assert!(
+            seen.iter().all(|(_, b)| *b == body),
+            "the same body every time"
+        );
+    }
+}
+
 /// Lengths whose varints take 1, 2, 3 and 4 bytes, at every level: spans under 128 bytes and
 /// past 16 KiB, a batch past 2 MiB (each length is written in place after a guessed room for
 /// its varint, and moved when the guess was wrong).

@@ -29,6 +29,31 @@ use super::tls::Tls;
 #[cfg(not(feature = "otlp-tls"))]
 enum Tls {}
 
+/// The collector's answer to an export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    /// `Retry-After`, in its seconds form.
+    pub(crate) retry_after: Option<Duration>,
+}
+
+/// Why an export got no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Failure {
+    pub(crate) message: String,
+    /// No answer within the export timeout (not worth trying again at once).
+    pub(crate) timed_out: bool,
+}
+
+impl Failure {
+    fn new(message: String) -> Self {
+        Self {
+            message,
+            timed_out: false,
+        }
+    }
+}
+
 /// Posts bodies to one endpoint.
 pub(crate) struct Transport {
     endpoint: String,
@@ -175,19 +200,19 @@ impl Transport {
         })
     }
 
-    /// Posts `body` (shared with the connection, not copied); the collector's answer status, or
-    /// what went wrong.
+    /// Posts `body` (shared with the connection, not copied); the collector's answer, or what
+    /// went wrong.
     ///
     /// A kept connection may have been closed by the collector since the last export (an idle
     /// timeout): when a request on it fails before an answer, it is sent once more on a new
     /// connection. Delivery is at least once, as with any OTLP retry.
-    pub(crate) fn post(&mut self, body: &Bytes) -> Result<StatusCode, String> {
+    pub(crate) fn post(&mut self, body: &Bytes) -> Result<Answer, Failure> {
         if self.runtime.is_none() {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_io()
                 .enable_time()
                 .build()
-                .map_err(|e| format!("OTLP export: its runtime: {e}"))?;
+                .map_err(|e| Failure::new(format!("OTLP export: its runtime: {e}")))?;
             self.runtime = Some(rt);
         }
         let request = || {
@@ -206,20 +231,27 @@ impl Transport {
         let result = runtime.block_on(async {
             let attempt = async {
                 if let Some(kept) = conn.as_mut() {
-                    if let Ok(status) = kept.send(request()).await {
-                        return Ok(status);
+                    if let Ok(answer) = kept.send(request()).await {
+                        return Ok(answer);
                     }
                 }
                 *conn = None;
-                let fresh = conn.insert(Conn::open(host, port, tls, tunnel).await?);
+                let fresh = conn.insert(
+                    Conn::open(host, port, tls, tunnel)
+                        .await
+                        .map_err(Failure::new)?,
+                );
                 fresh
                     .send(request())
                     .await
-                    .map_err(|e| format!("OTLP export: {e}"))
+                    .map_err(|e| Failure::new(format!("OTLP export: {e}")))
             };
             match tokio::time::timeout(timeout, attempt).await {
                 Ok(r) => r,
-                Err(_) => Err(format!("OTLP export: no answer within {timeout:?}")),
+                Err(_) => Err(Failure {
+                    message: format!("OTLP export: no answer within {timeout:?}"),
+                    timed_out: true,
+                }),
             }
         });
         if result.is_err() {
@@ -267,12 +299,21 @@ impl Conn {
     }
 
     /// Sends one request and reads its answer to the end (so the connection can be kept).
-    async fn send(&mut self, req: Request<Full<Bytes>>) -> Result<StatusCode, hyper::Error> {
+    async fn send(&mut self, req: Request<Full<Bytes>>) -> Result<Answer, hyper::Error> {
         self.sender.ready().await?;
         let response = self.sender.send_request(req).await?;
         let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok())
+            .map(Duration::from_secs);
         response.into_body().collect().await?;
-        Ok(status)
+        Ok(Answer {
+            status,
+            retry_after,
+        })
     }
 }
 
@@ -371,12 +412,22 @@ pub(crate) mod tests {
     /// closes the connection without saying so (as after an idle timeout). Returns its address
     /// and, once it is done, each request's head (lower-cased) and body.
     pub(crate) fn collector(n: usize) -> (std::net::SocketAddr, std::thread::JoinHandle<Seen>) {
+        scripted(vec![OK; n])
+    }
+
+    /// An answer of 200, and nothing else.
+    pub(crate) const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+
+    /// The same with `answers`, one per connection, in order.
+    pub(crate) fn scripted(
+        answers: Vec<&'static [u8]>,
+    ) -> (std::net::SocketAddr, std::thread::JoinHandle<Seen>) {
         use std::io::{Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let server = std::thread::spawn(move || {
             let mut seen = Vec::new();
-            for _ in 0..n {
+            for answer in answers {
                 let (mut s, _) = listener.accept().unwrap();
                 let mut got = Vec::new();
                 let mut chunk = [0u8; 1024];
@@ -388,8 +439,7 @@ pub(crate) mod tests {
                         break request;
                     }
                 };
-                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-                    .unwrap();
+                s.write_all(answer).unwrap();
                 seen.push(request);
             }
             seen
@@ -599,7 +649,7 @@ pub(crate) mod tests {
             &no_proxy(),
         )
         .unwrap();
-        assert_eq!(direct.post(&body), Ok(StatusCode::OK));
+        assert_eq!(direct.post(&body).map(|a| a.status), Ok(StatusCode::OK));
 
         let (proxy, heads) = connect_proxy();
         let proxies = Matcher::builder()
@@ -610,7 +660,7 @@ pub(crate) mod tests {
                 .unwrap();
         assert_eq!(tunnelled.target, "/v1/traces");
         assert!(!tunnelled.headers.contains_key(header::PROXY_AUTHORIZATION));
-        assert_eq!(tunnelled.post(&body), Ok(StatusCode::OK));
+        assert_eq!(tunnelled.post(&body).map(|a| a.status), Ok(StatusCode::OK));
         let connect = heads.recv_timeout(Duration::from_secs(5)).unwrap();
         assert!(
             connect.starts_with(&format!(
@@ -641,7 +691,7 @@ pub(crate) mod tests {
             Err(e) => assert!(e.contains("no root certificates"), "{e}"),
             Ok(mut system_roots) => {
                 let server = tls_collector(listener, 1);
-                let e = system_roots.post(&body).unwrap_err();
+                let e = system_roots.post(&body).unwrap_err().message;
                 assert!(e.contains("certificate"), "{e}");
                 assert!(server.join().unwrap()[0].is_err());
             }
@@ -665,7 +715,9 @@ pub(crate) mod tests {
         let (addr, server) = collector(3);
         let mut t = via(&format!("http://{addr}/v1/traces"), &no_proxy()).unwrap();
         for i in 0..3u8 {
-            let status = t.post(&Bytes::from(vec![i; 100 + i as usize]));
+            let status = t
+                .post(&Bytes::from(vec![i; 100 + i as usize]))
+                .map(|a| a.status);
             assert_eq!(status, Ok(StatusCode::OK), "export {i}");
         }
         let seen = server.join().unwrap();
