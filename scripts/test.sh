@@ -40,3 +40,5 @@ for features in axum log otel axum,log axum,otel otlp-tls prometheus health sqlx
   echo "-- --features $features"
   cargo check --no-default-features --features "$features"
 done
+echo "== cargo check of the load benchmark's peer stacks (benches/peers, a crate of its own), so that scripts/bench.sh peers/... keeps building"
+cargo check --locked --manifest-path benches/peers/Cargo.toml
