@@ -659,7 +659,8 @@ pub(crate) struct OtlpExporter {
 /// the collector's `Retry-After` or an exponential backoff with jitter (`first`, doubling,
 /// each between half and one and a half times that). A wait longer than `max_wait` is not
 /// made: the batch is dropped (and counted) instead, as is one that timed out (its time is
-/// spent already) or that the collector refused for good (another 4xx).
+/// spent already) or that met any other status (a 400, a 500: sending it again would not
+/// help, as the OTLP specification lists).
 ///
 /// The retries run on the export thread: the request path never waits for them, and what
 /// arrives meanwhile waits in the bounded queue (or is dropped from it, counted).
