@@ -144,6 +144,7 @@ pub struct TraceConfig {
     headers: Vec<(String, String)>,
     timeout: Option<Duration>,
     certificate: Option<std::path::PathBuf>,
+    client_certificate: Option<(std::path::PathBuf, std::path::PathBuf)>,
     compression: Option<Compression>,
     sampler: Sampler,
     exporter: Exporter,
@@ -172,15 +173,17 @@ impl TraceConfig {
     /// `OTEL_EXPORTER_OTLP_HEADERS` / `OTEL_EXPORTER_OTLP_TRACES_HEADERS` (`key=value` pairs,
     /// comma-separated, values percent-decoded), `OTEL_EXPORTER_OTLP_TIMEOUT` /
     /// `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` (ms), `OTEL_EXPORTER_OTLP_[TRACES_]COMPRESSION`
-    /// (`gzip` or `none`), `OTEL_EXPORTER_OTLP_[TRACES_]CERTIFICATE` (a CA file, with the
-    /// `otlp-tls` feature), `OTEL_TRACES_SAMPLER` and
+    /// (`gzip` or `none`), `OTEL_EXPORTER_OTLP_[TRACES_]CERTIFICATE` (a CA file) and
+    /// `..._CLIENT_CERTIFICATE` / `..._CLIENT_KEY` (with the `otlp-tls` feature),
+    /// `OTEL_TRACES_SAMPLER` and
     /// `OTEL_TRACES_SAMPLER_ARG`, `OTEL_TRACES_EXPORTER`, `OTEL_SDK_DISABLED`,
     /// `OTEL_PROPAGATORS`, and the batch settings `OTEL_BSP_MAX_QUEUE_SIZE`,
     /// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, `OTEL_BSP_SCHEDULE_DELAY` (ms). The export settings
     /// are read when [`install`](Self::install) runs; set from code, they win.
     /// Unknown values fall back to the defaults and are listed by [`TraceConfig::warnings`]; so
     /// is what the exporter does not support: a protocol other than `http/protobuf`, a
-    /// compression other than `gzip` or `none`, a client certificate.
+    /// compression other than `gzip` or `none`, TLS settings without the `otlp-tls` feature, a
+    /// client certificate without its key (or the key without it).
     pub fn from_env(service: impl Into<String>) -> Self {
         let mut warnings = Vec::new();
         let sampler = match env("OTEL_TRACES_SAMPLER") {
@@ -216,6 +219,7 @@ impl TraceConfig {
             headers: Vec::new(),
             timeout: None,
             certificate: None,
+            client_certificate: None,
             compression: None,
             sampler,
             exporter,
@@ -278,6 +282,18 @@ impl TraceConfig {
     /// `otlp-tls` feature).
     pub fn certificate(mut self, pem_file: impl Into<std::path::PathBuf>) -> Self {
         self.certificate = Some(pem_file.into());
+        self
+    }
+
+    /// The client certificate (chain) and private key, PEM files, an `https://` collector that
+    /// asks for one (mutual TLS) is shown (overriding `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` and
+    /// `OTEL_EXPORTER_OTLP_CLIENT_KEY`; needs the `otlp-tls` feature).
+    pub fn client_certificate(
+        mut self,
+        certificate: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.client_certificate = Some((certificate.into(), key.into()));
         self
     }
 
@@ -413,6 +429,9 @@ impl TraceConfig {
                         &self.headers,
                         self.timeout,
                         self.certificate.as_deref(),
+                        self.client_certificate
+                            .as_ref()
+                            .map(|(c, k)| (c.as_path(), k.as_path())),
                         self.compression,
                     )
                     .map(|otlp| OtlpExporter::new(otlp, &resource, scope.clone()))
@@ -460,9 +479,8 @@ impl TraceConfig {
     }
 }
 
-/// The exporter speaks OTLP over HTTP/protobuf, uncompressed or gzipped, over TLS only with the `otlp-tls`
-/// feature and without a client certificate: what the environment asks beyond that, as
-/// warnings.
+/// The exporter speaks OTLP over HTTP/protobuf, uncompressed or gzipped, over TLS only with the
+/// `otlp-tls` feature: what the environment asks beyond that, as warnings.
 pub(crate) fn unsupported_export_settings(env: impl Fn(&str) -> Option<String>) -> Vec<String> {
     let mut warnings = Vec::new();
     // The traces-specific variable, when set, is the one that applies.
@@ -481,22 +499,17 @@ pub(crate) fn unsupported_export_settings(env: impl Fn(&str) -> Option<String>) 
     {
         warnings.push(format!("{var}={c}: unsupported, sending uncompressed"));
     }
-    for var in [
-        "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
-        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
-        "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
-        "OTEL_EXPORTER_OTLP_CLIENT_KEY",
-    ] {
-        if env(var).is_some() {
-            warnings.push(format!("{var}: unsupported, no client certificate is sent"));
+    if cfg!(feature = "otlp-tls") {
+        let cert = effective("CLIENT_CERTIFICATE");
+        let key = effective("CLIENT_KEY");
+        if let (Some((var, _)), None) | (None, Some((var, _))) = (&cert, &key) {
+            warnings.push(format!(
+                "{var} without its pair (certificate and key): no client certificate is sent"
+            ));
         }
-    }
-    if !cfg!(feature = "otlp-tls") {
-        for var in [
-            "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
-            "OTEL_EXPORTER_OTLP_CERTIFICATE",
-        ] {
-            if env(var).is_some() {
+    } else {
+        for name in ["CERTIFICATE", "CLIENT_CERTIFICATE", "CLIENT_KEY"] {
+            if let Some((var, _)) = effective(name) {
                 warnings.push(format!(
                     "{var}: https:// needs towerscope's `otlp-tls` feature, not built in"
                 ));

@@ -80,7 +80,9 @@
 //! endpoint nothing is exported and no connection is attempted; ids are still created,
 //! propagated and logged. The export goes over one kept HTTP/1.1 connection to an `http://`
 //! endpoint, or an `https://` one with the `otlp-tls` feature (rustls; the system's root
-//! certificates, or those of the CA file `OTEL_EXPORTER_OTLP_CERTIFICATE` names), through
+//! certificates, or those of the CA file `OTEL_EXPORTER_OTLP_CERTIFICATE` names; the client
+//! certificate of `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` and `..._CLIENT_KEY` for mutual
+//! TLS), through
 //! the proxy `HTTP_PROXY` / `HTTPS_PROXY` / `ALL_PROXY` name unless `NO_PROXY` excludes the
 //! host (`https://` through a `CONNECT` tunnel). OTLP/HTTP's transient failures (429, 502,
 //! 503, 504, no connection) are sent again up to three times, after the collector's

@@ -20,7 +20,7 @@ use super::baggage::percent_decode;
 use super::config::{env, Compression};
 use super::export::{Export, Item};
 use super::record::{AttrVal, ServerRecord};
-use transport::{Answer, Transport};
+use transport::{Answer, TlsFiles, Transport};
 
 #[cfg(feature = "otlp-tls")]
 mod tls;
@@ -554,6 +554,8 @@ pub(crate) struct OtlpSettings {
     pub(crate) timeout: Duration,
     /// The CA certificates (PEM) an `https://` endpoint's certificate is checked against.
     pub(crate) certificate: Option<std::path::PathBuf>,
+    /// The client certificate (chain) and key (PEM) for mutual TLS.
+    pub(crate) client: Option<(std::path::PathBuf, std::path::PathBuf)>,
     pub(crate) compression: Compression,
 }
 
@@ -565,7 +567,9 @@ impl OtlpSettings {
     /// percent-decoded; the traces-specific value wins), then the code's; the timeout from
     /// `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` or `OTEL_EXPORTER_OTLP_TIMEOUT` (ms, default 10 s);
     /// the CA file from code, else `OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE` or
-    /// `OTEL_EXPORTER_OTLP_CERTIFICATE`; the compression from code, else
+    /// `OTEL_EXPORTER_OTLP_CERTIFICATE`; the client certificate and key from code, else
+    /// `OTEL_EXPORTER_OTLP_[TRACES_]CLIENT_CERTIFICATE` and `..._CLIENT_KEY` (both, or
+    /// neither); the compression from code, else
     /// `OTEL_EXPORTER_OTLP_TRACES_COMPRESSION` or `OTEL_EXPORTER_OTLP_COMPRESSION` (`gzip` or
     /// `none`, the default). `None` without an endpoint.
     pub(crate) fn resolve(
@@ -573,6 +577,7 @@ impl OtlpSettings {
         headers: &[(String, String)],
         timeout: Option<Duration>,
         certificate: Option<&std::path::Path>,
+        client: Option<(&std::path::Path, &std::path::Path)>,
         compression: Option<Compression>,
     ) -> Option<Self> {
         let endpoint = endpoint
@@ -609,6 +614,15 @@ impl OtlpSettings {
                 .or_else(|| env("OTEL_EXPORTER_OTLP_CERTIFICATE"))
                 .map(|p| std::path::PathBuf::from(p.trim()))
         });
+        let path = |name: &str| {
+            env(&format!("OTEL_EXPORTER_OTLP_TRACES_{name}"))
+                .or_else(|| env(&format!("OTEL_EXPORTER_OTLP_{name}")))
+                .map(|p| std::path::PathBuf::from(p.trim()))
+        };
+        let client = match client {
+            Some((cert, key)) => Some((cert.to_path_buf(), key.to_path_buf())),
+            None => path("CLIENT_CERTIFICATE").zip(path("CLIENT_KEY")),
+        };
         let compression = compression.unwrap_or_else(|| {
             match env("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION")
                 .or_else(|| env("OTEL_EXPORTER_OTLP_COMPRESSION"))
@@ -624,6 +638,7 @@ impl OtlpSettings {
             headers: all,
             timeout,
             certificate,
+            client,
             compression,
         })
     }
@@ -720,7 +735,13 @@ impl OtlpExporter {
             &settings.endpoint,
             &headers,
             settings.timeout,
-            settings.certificate.as_deref(),
+            TlsFiles {
+                ca: settings.certificate.as_deref(),
+                client: settings
+                    .client
+                    .as_ref()
+                    .map(|(c, k)| (c.as_path(), k.as_path())),
+            },
         )?;
         let mut encoder = Encoder::new(server_scope);
         encoder.set_resource(resource);

@@ -245,6 +245,7 @@ fn exports_post_the_encoded_batch_and_keep_the_buffer() {
         headers: Vec::new(),
         timeout: Duration::from_secs(5),
         certificate: None,
+        client: None,
         compression: Compression::None,
     };
     let mut exporter = super::OtlpExporter::new(settings, &resource, scopes[0].clone()).unwrap();
@@ -285,6 +286,7 @@ fn gzip_exports_post_the_encoded_batch_compressed() {
         headers: vec![("Content-Encoding".into(), "identity".into())],
         timeout: Duration::from_secs(5),
         certificate: None,
+        client: None,
         compression: Compression::Gzip,
     };
     let mut exporter = super::OtlpExporter::new(settings, &resource, scopes[0].clone()).unwrap();
@@ -352,6 +354,7 @@ fn transient_failures_are_retried_and_permanent_ones_are_not() {
             headers: Vec::new(),
             timeout: Duration::from_secs(5),
             certificate: None,
+            client: None,
             compression: Compression::None,
         };
         let mut exporter =
@@ -429,10 +432,18 @@ fn endpoint_headers_and_timeout_from_code_and_environment() {
         &[("x-tenant".into(), "a".into())],
         Some(Duration::from_millis(1500)),
         Some(std::path::Path::new("/etc/collector-ca.pem")),
+        Some((
+            std::path::Path::new("/etc/exporter.pem"),
+            std::path::Path::new("/etc/exporter.key"),
+        )),
         Some(Compression::Gzip),
     )
     .unwrap();
     assert_eq!(s.compression, Compression::Gzip);
+    assert_eq!(
+        s.client,
+        Some(("/etc/exporter.pem".into(), "/etc/exporter.key".into()))
+    );
     assert_eq!(
         s.certificate.as_deref(),
         Some(std::path::Path::new("/etc/collector-ca.pem"))
@@ -483,12 +494,16 @@ fn unsupported_protocols_and_compression_are_reported() {
         ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/etc/key.pem"),
         ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/etc/ca.pem"),
     ]));
-    let mut expected =
-        vec!["OTEL_EXPORTER_OTLP_CLIENT_KEY: unsupported, no client certificate is sent"];
-    if !cfg!(feature = "otlp-tls") {
-        expected.push(
+    let expected = if cfg!(feature = "otlp-tls") {
+        vec![
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY without its pair (certificate and key): no client \
+             certificate is sent",
+        ]
+    } else {
+        vec![
             "OTEL_EXPORTER_OTLP_CERTIFICATE: https:// needs towerscope's `otlp-tls` feature, not built in",
-        );
-    }
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY: https:// needs towerscope's `otlp-tls` feature, not built in",
+        ]
+    };
     assert_eq!(w, expected);
 }

@@ -1,7 +1,9 @@
 //! TLS for `https://` OTLP endpoints (feature `otlp-tls`): rustls with its default provider
 //! (aws-lc-rs), trusting the system's root certificates, or, when a CA file is configured
 //! (`OTEL_EXPORTER_OTLP_CERTIFICATE`), the certificates of that file alone, as the
-//! OpenTelemetry SDKs do.
+//! OpenTelemetry SDKs do; with a client certificate and key
+//! (`OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE`, `..._CLIENT_KEY`) for collectors that ask for one
+//! (mutual TLS).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,9 +11,11 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
+
+use super::transport::TlsFiles;
 
 /// What a connection to one endpoint needs: the client configuration and the name the
 /// server's certificate must carry.
@@ -22,18 +26,13 @@ pub(crate) struct Tls {
 
 impl Tls {
     /// For the endpoint's `host` (a DNS name or an IP address), trusting the CA certificates of
-    /// `ca_file` (PEM) when given, else the system's.
-    pub(crate) fn new(host: &str, ca_file: Option<&Path>) -> Result<Self, String> {
+    /// `files.ca` when given, else the system's, and presenting `files.client` when given.
+    pub(crate) fn new(host: &str, files: TlsFiles<'_>) -> Result<Self, String> {
         let mut roots = RootCertStore::empty();
-        match ca_file {
+        match files.ca {
             Some(path) => {
-                let what = |e: &dyn std::fmt::Display| {
-                    format!("OTLP certificate file {}: {e}", path.display())
-                };
-                for cert in CertificateDer::pem_file_iter(path).map_err(|e| what(&e))? {
-                    roots
-                        .add(cert.map_err(|e| what(&e))?)
-                        .map_err(|e| what(&e))?;
+                for cert in certificates(path)? {
+                    roots.add(cert).map_err(|e| file_error(path, &e))?;
                 }
             }
             None => {
@@ -42,20 +41,28 @@ impl Tls {
             }
         }
         if roots.is_empty() {
-            return Err(match ca_file {
-                Some(path) => format!("OTLP certificate file {}: no certificate", path.display()),
-                None => "no root certificates found on this system for the https:// OTLP \
-                         endpoint: install them (Debian: ca-certificates) or name a CA file \
-                         with OTEL_EXPORTER_OTLP_CERTIFICATE"
+            return Err(
+                "no root certificates found on this system for the https:// OTLP \
+                        endpoint: install them (Debian: ca-certificates) or name a CA file \
+                        with OTEL_EXPORTER_OTLP_CERTIFICATE"
                     .to_owned(),
-            });
+            );
         }
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut config = ClientConfig::builder_with_provider(provider)
+        let builder = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("OTLP TLS: {e}"))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+        let mut config = match files.client {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => {
+                let chain = certificates(cert)?;
+                let key = PrivateKeyDer::from_pem_file(key).map_err(|e| file_error(key, &e))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| format!("OTLP client certificate {}: {e}", cert.display()))?
+            }
+        };
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let name = ServerName::try_from(host.to_owned())
             .map_err(|e| format!("OTLP endpoint host {host:?}: {e}"))?;
@@ -66,10 +73,28 @@ impl Tls {
     }
 
     /// The TLS session over `tcp`, the server's certificate checked.
+    ///
+    /// (The files are read when the exporter is built, not per connection.)
     pub(crate) async fn connect(&self, tcp: TcpStream) -> Result<TlsStream<TcpStream>, String> {
         self.connector
             .connect(self.name.clone(), tcp)
             .await
             .map_err(|e| format!("OTLP export: TLS with {:?}: {e}", self.name))
     }
+}
+
+/// The certificates of a PEM file; an error when it has none.
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_error(path, &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(path, &e))?;
+    if certs.is_empty() {
+        return Err(file_error(path, &"no certificate"));
+    }
+    Ok(certs)
+}
+
+fn file_error(path: &Path, e: &dyn std::fmt::Display) -> String {
+    format!("OTLP TLS file {}: {e}", path.display())
 }

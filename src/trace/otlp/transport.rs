@@ -54,6 +54,15 @@ impl Failure {
     }
 }
 
+/// The PEM files of an `https://` endpoint's TLS.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct TlsFiles<'a> {
+    /// The CA certificates to trust instead of the system's.
+    pub(crate) ca: Option<&'a Path>,
+    /// The client's certificate (chain) and private key, for mutual TLS.
+    pub(crate) client: Option<(&'a Path, &'a Path)>,
+}
+
 /// Posts bodies to one endpoint.
 pub(crate) struct Transport {
     endpoint: String,
@@ -100,21 +109,22 @@ impl Transport {
     /// For `endpoint` (an `http://` URL, or `https://` with the `otlp-tls` feature), with
     /// `headers` on every request and `timeout` for each export (connecting, sending and
     /// reading the answer); an `https://` endpoint's certificate is checked against the CA
-    /// certificates of `ca_file` (PEM) when given, else the system's.
+    /// certificates of `files.ca` when given, else the system's, and the client presents
+    /// `files.client` when given.
     pub(crate) fn new(
         endpoint: &str,
         headers: &[(String, String)],
         timeout: Duration,
-        ca_file: Option<&Path>,
+        files: TlsFiles<'_>,
     ) -> Result<Self, String> {
-        Self::with_proxies(endpoint, headers, timeout, ca_file, &Matcher::from_env())
+        Self::with_proxies(endpoint, headers, timeout, files, &Matcher::from_env())
     }
 
     fn with_proxies(
         endpoint: &str,
         headers: &[(String, String)],
         timeout: Duration,
-        ca_file: Option<&Path>,
+        files: TlsFiles<'_>,
         proxies: &Matcher,
     ) -> Result<Self, String> {
         let uri: Uri = endpoint
@@ -123,7 +133,7 @@ impl Transport {
         let (host, port, https) =
             http_authority(&uri).map_err(|e| format!("OTLP endpoint {endpoint:?}: {e}"))?;
         let tls = if https {
-            Some(tls(&host, ca_file).map_err(|e| format!("OTLP endpoint {endpoint:?}: {e}"))?)
+            Some(tls(&host, files).map_err(|e| format!("OTLP endpoint {endpoint:?}: {e}"))?)
         } else {
             None
         };
@@ -345,12 +355,12 @@ async fn open_tunnel(tcp: &mut tokio::net::TcpStream, connect: &[u8]) -> Result<
 
 /// The TLS of an `https://` endpoint.
 #[cfg(feature = "otlp-tls")]
-fn tls(host: &str, ca_file: Option<&Path>) -> Result<Tls, String> {
-    Tls::new(host, ca_file)
+fn tls(host: &str, files: TlsFiles<'_>) -> Result<Tls, String> {
+    Tls::new(host, files)
 }
 
 #[cfg(not(feature = "otlp-tls"))]
-fn tls(_: &str, _: Option<&Path>) -> Result<Tls, String> {
+fn tls(_: &str, _: TlsFiles<'_>) -> Result<Tls, String> {
     Err(
         "https needs TLS: build towerscope with its `otlp-tls` feature, or use http:// (a \
          collector or agent on the node or in the cluster)"
@@ -382,7 +392,13 @@ pub(crate) mod tests {
 
     /// A transport to `endpoint` through `proxies` (none with an empty builder).
     fn via(endpoint: &str, proxies: &Matcher) -> Result<Transport, String> {
-        Transport::with_proxies(endpoint, &[], Duration::from_secs(1), None, proxies)
+        Transport::with_proxies(
+            endpoint,
+            &[],
+            Duration::from_secs(1),
+            TlsFiles::default(),
+            proxies,
+        )
     }
 
     fn no_proxy() -> Matcher {
@@ -453,7 +469,7 @@ pub(crate) mod tests {
             "http://collector:4318/v1/traces",
             &[("x-api-key".into(), "k".into())],
             Duration::from_secs(1),
-            None,
+            TlsFiles::default(),
             &no_proxy(),
         )
         .unwrap();
@@ -530,6 +546,16 @@ pub(crate) mod tests {
         listener: std::net::TcpListener,
         n: usize,
     ) -> std::thread::JoinHandle<Vec<Received>> {
+        tls_collector_with(listener, n, false)
+    }
+
+    /// The same, asking each client for a certificate the test CA signed when `mutual`.
+    #[cfg(feature = "otlp-tls")]
+    fn tls_collector_with(
+        listener: std::net::TcpListener,
+        n: usize,
+        mutual: bool,
+    ) -> std::thread::JoinHandle<Vec<Received>> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         use tokio_rustls::rustls;
         use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -537,12 +563,25 @@ pub(crate) mod tests {
         let cert = CertificateDer::from_pem_file(fixture("server.pem")).unwrap();
         let key = PrivateKeyDer::from_pem_file(fixture("server.key")).unwrap();
         let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![cert], key)
             .unwrap();
+        let builder = if mutual {
+            let mut roots = rustls::RootCertStore::empty();
+            roots
+                .add(CertificateDer::from_pem_file(fixture("ca.pem")).unwrap())
+                .unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                std::sync::Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let config = builder.with_single_cert(vec![cert], key).unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
         serve(listener, move |listener| async move {
             let mut seen = Vec::new();
@@ -645,7 +684,10 @@ pub(crate) mod tests {
             &endpoint,
             &[],
             Duration::from_secs(5),
-            Some(&ca),
+            TlsFiles {
+                ca: Some(&ca),
+                client: None,
+            },
             &no_proxy(),
         )
         .unwrap();
@@ -655,9 +697,17 @@ pub(crate) mod tests {
         let proxies = Matcher::builder()
             .https(format!("http://user:pass@{proxy}"))
             .build();
-        let mut tunnelled =
-            Transport::with_proxies(&endpoint, &[], Duration::from_secs(5), Some(&ca), &proxies)
-                .unwrap();
+        let mut tunnelled = Transport::with_proxies(
+            &endpoint,
+            &[],
+            Duration::from_secs(5),
+            TlsFiles {
+                ca: Some(&ca),
+                client: None,
+            },
+            &proxies,
+        )
+        .unwrap();
         assert_eq!(tunnelled.target, "/v1/traces");
         assert!(!tunnelled.headers.contains_key(header::PROXY_AUTHORIZATION));
         assert_eq!(tunnelled.post(&body).map(|a| a.status), Ok(StatusCode::OK));
@@ -687,7 +737,13 @@ pub(crate) mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let endpoint = format!("https://localhost:{port}/v1/traces");
-        match Transport::with_proxies(&endpoint, &[], Duration::from_secs(5), None, &no_proxy()) {
+        match Transport::with_proxies(
+            &endpoint,
+            &[],
+            Duration::from_secs(5),
+            TlsFiles::default(),
+            &no_proxy(),
+        ) {
             Err(e) => assert!(e.contains("no root certificates"), "{e}"),
             Ok(mut system_roots) => {
                 let server = tls_collector(listener, 1);
@@ -701,11 +757,68 @@ pub(crate) mod tests {
             &endpoint,
             &[],
             Duration::from_secs(5),
-            Some(&fixture("missing.pem")),
+            TlsFiles {
+                ca: Some(&fixture("missing.pem")),
+                client: None,
+            },
             &no_proxy(),
         )
         .unwrap_err();
         assert!(e.contains("missing.pem"), "{e}");
+    }
+
+    /// A collector that asks for a client certificate (mutual TLS) takes the export of a
+    /// client that has one the collector's CA signed, and refuses one that has none.
+    #[cfg(feature = "otlp-tls")]
+    #[test]
+    fn a_collector_asking_for_a_client_certificate_gets_it() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tls_collector_with(listener, 2, true);
+        let endpoint = format!("https://localhost:{port}/v1/traces");
+        let (ca, cert, key) = (
+            fixture("ca.pem"),
+            fixture("client.pem"),
+            fixture("client.key"),
+        );
+        let body = Bytes::from_static(b"spans, encoded");
+        let files = TlsFiles {
+            ca: Some(&ca),
+            client: Some((&cert, &key)),
+        };
+        let mut with =
+            Transport::with_proxies(&endpoint, &[], Duration::from_secs(5), files, &no_proxy())
+                .unwrap();
+        assert_eq!(with.post(&body).map(|a| a.status), Ok(StatusCode::OK));
+        let mut without = Transport::with_proxies(
+            &endpoint,
+            &[],
+            Duration::from_secs(5),
+            TlsFiles {
+                ca: Some(&ca),
+                client: None,
+            },
+            &no_proxy(),
+        )
+        .unwrap();
+        assert!(without.post(&body).is_err());
+        let seen = server.join().unwrap();
+        assert_eq!(seen[0].as_ref().map(|(_, b)| b.clone()), Ok(body.to_vec()));
+        let refused = seen[1].as_ref().unwrap_err();
+        assert!(refused.contains("certificate"), "{refused}");
+        // A key that does not match its certificate is refused when the exporter is built.
+        let wrong = fixture("server.key");
+        let e = Transport::with_proxies(
+            &endpoint,
+            &[],
+            Duration::from_secs(5),
+            TlsFiles {
+                ca: Some(&ca),
+                client: Some((&cert, &wrong)),
+            },
+            &no_proxy(),
+        );
+        assert!(e.is_err(), "a mismatched key");
     }
 
     /// Against a collector that closes every connection after one answer, every export still
