@@ -285,9 +285,10 @@ impl TraceConfig {
         self
     }
 
-    /// The client certificate (chain) and private key, PEM files, an `https://` collector that
-    /// asks for one (mutual TLS) is shown (overriding `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` and
-    /// `OTEL_EXPORTER_OTLP_CLIENT_KEY`; needs the `otlp-tls` feature).
+    /// The client certificate (chain) and private key (PEM files) to show an `https://`
+    /// collector that asks for one, for mutual TLS (overriding
+    /// `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` and `OTEL_EXPORTER_OTLP_CLIENT_KEY`; needs the
+    /// `otlp-tls` feature).
     pub fn client_certificate(
         mut self,
         certificate: impl Into<std::path::PathBuf>,
