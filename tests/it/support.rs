@@ -344,6 +344,7 @@ pub fn promtool_check(text: &str, what: &str) {
 /// loopback port (Unix socket in the same dir), stopped and removed on drop. The system's
 /// clusters are not touched. Runs as the `postgres` user when the tests run as root (initdb
 /// refuses root).
+#[cfg(feature = "postgres")]
 pub struct Postgres {
     dir: PathBuf,
     bin: PathBuf,
@@ -351,6 +352,7 @@ pub struct Postgres {
     as_root: bool,
 }
 
+#[cfg(feature = "postgres")]
 fn postgres_bin() -> PathBuf {
     let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
@@ -368,6 +370,7 @@ fn postgres_bin() -> PathBuf {
     })
 }
 
+#[cfg(feature = "postgres")]
 impl Postgres {
     pub fn start() -> Self {
         let bin = postgres_bin();
@@ -456,6 +459,7 @@ impl Postgres {
     }
 }
 
+#[cfg(feature = "postgres")]
 impl Drop for Postgres {
     fn drop(&mut self) {
         let data = self.dir.join("data");
@@ -469,6 +473,7 @@ impl Drop for Postgres {
     }
 }
 
+#[cfg(feature = "postgres")]
 fn is_root() -> bool {
     Command::new("id")
         .arg("-u")

@@ -56,6 +56,10 @@ impl Failure {
 
 /// The PEM files of an `https://` endpoint's TLS.
 #[derive(Clone, Copy, Debug, Default)]
+#[cfg_attr(
+    not(feature = "otlp-tls"),
+    expect(dead_code, reason = "read by the TLS of the `otlp-tls` feature")
+)]
 pub(crate) struct TlsFiles<'a> {
     /// The CA certificates to trust instead of the system's.
     pub(crate) ca: Option<&'a Path>,
