@@ -231,6 +231,18 @@ fn the_bytes_are_prosts() {
     }
 }
 
+/// Settings for a test collector at `addr`, over plain HTTP.
+fn plain_http(addr: std::net::SocketAddr, compression: Compression) -> OtlpSettings {
+    OtlpSettings {
+        endpoint: format!("http://{addr}/v1/traces"),
+        headers: Vec::new(),
+        timeout: Duration::from_secs(5),
+        certificate: None,
+        client: None,
+        compression,
+    }
+}
+
 /// Each export posts what the encoder wrote, and the body's buffer is kept from batch to batch:
 /// the connection has let go of it by the time the post returns.
 #[test]
@@ -240,14 +252,7 @@ fn exports_post_the_encoded_batch_and_keep_the_buffer() {
     let scopes = scopes();
     let resource = Resource::builder().with_service_name("svc").build();
     let (addr, collector) = super::transport::tests::collector(3);
-    let settings = OtlpSettings {
-        endpoint: format!("http://{addr}/v1/traces"),
-        headers: Vec::new(),
-        timeout: Duration::from_secs(5),
-        certificate: None,
-        client: None,
-        compression: Compression::None,
-    };
+    let settings = plain_http(addr, Compression::None);
     let mut exporter = super::OtlpExporter::new(settings, &resource, scopes[0].clone()).unwrap();
     let mut sent = Vec::new();
     let mut buffers = Vec::new();
@@ -282,12 +287,8 @@ fn gzip_exports_post_the_encoded_batch_compressed() {
     let resource = Resource::builder().with_service_name("svc").build();
     let (addr, collector) = super::transport::tests::collector(2);
     let settings = OtlpSettings {
-        endpoint: format!("http://{addr}/v1/traces"),
         headers: vec![("Content-Encoding".into(), "identity".into())],
-        timeout: Duration::from_secs(5),
-        certificate: None,
-        client: None,
-        compression: Compression::Gzip,
+        ..plain_http(addr, Compression::Gzip)
     };
     let mut exporter = super::OtlpExporter::new(settings, &resource, scopes[0].clone()).unwrap();
     let mut sent = Vec::new();
@@ -349,14 +350,7 @@ fn transient_failures_are_retried_and_permanent_ones_are_not() {
             answers.push(OK);
         }
         let (addr, collector) = scripted(answers);
-        let settings = OtlpSettings {
-            endpoint: format!("http://{addr}/v1/traces"),
-            headers: Vec::new(),
-            timeout: Duration::from_secs(5),
-            certificate: None,
-            client: None,
-            compression: Compression::None,
-        };
+        let settings = plain_http(addr, Compression::None);
         let mut exporter =
             super::OtlpExporter::new(settings, &resource, scopes[0].clone()).unwrap();
         exporter.retry = super::Retry {

@@ -541,6 +541,25 @@ pub(crate) mod tests {
     /// A TLS collector on `listener` for `n` connections, one request each (as `collector`
     /// does in plain text): each connection's request head (lower-cased) and body, or why its
     /// TLS handshake failed.
+    /// A transport to an `https://` test endpoint.
+    #[cfg(feature = "otlp-tls")]
+    fn over_tls(
+        endpoint: &str,
+        files: TlsFiles<'_>,
+        proxies: &Matcher,
+    ) -> Result<Transport, String> {
+        Transport::with_proxies(endpoint, &[], Duration::from_secs(5), files, proxies)
+    }
+
+    /// Trusting the CA certificates of `ca` alone, no client certificate.
+    #[cfg(feature = "otlp-tls")]
+    fn trusting(ca: &std::path::Path) -> TlsFiles<'_> {
+        TlsFiles {
+            ca: Some(ca),
+            client: None,
+        }
+    }
+
     /// One connection to a test collector: the request's head and body, or why it failed.
     #[cfg(feature = "otlp-tls")]
     type Received = Result<(String, Vec<u8>), String>;
@@ -684,34 +703,14 @@ pub(crate) mod tests {
         let ca = fixture("ca.pem");
         let body = Bytes::from_static(b"spans, encoded");
 
-        let mut direct = Transport::with_proxies(
-            &endpoint,
-            &[],
-            Duration::from_secs(5),
-            TlsFiles {
-                ca: Some(&ca),
-                client: None,
-            },
-            &no_proxy(),
-        )
-        .unwrap();
+        let mut direct = over_tls(&endpoint, trusting(&ca), &no_proxy()).unwrap();
         assert_eq!(direct.post(&body).map(|a| a.status), Ok(StatusCode::OK));
 
         let (proxy, heads) = connect_proxy();
         let proxies = Matcher::builder()
             .https(format!("http://user:pass@{proxy}"))
             .build();
-        let mut tunnelled = Transport::with_proxies(
-            &endpoint,
-            &[],
-            Duration::from_secs(5),
-            TlsFiles {
-                ca: Some(&ca),
-                client: None,
-            },
-            &proxies,
-        )
-        .unwrap();
+        let mut tunnelled = over_tls(&endpoint, trusting(&ca), &proxies).unwrap();
         assert_eq!(tunnelled.target, "/v1/traces");
         assert!(!tunnelled.headers.contains_key(header::PROXY_AUTHORIZATION));
         assert_eq!(tunnelled.post(&body).map(|a| a.status), Ok(StatusCode::OK));
@@ -741,13 +740,7 @@ pub(crate) mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let endpoint = format!("https://localhost:{port}/v1/traces");
-        match Transport::with_proxies(
-            &endpoint,
-            &[],
-            Duration::from_secs(5),
-            TlsFiles::default(),
-            &no_proxy(),
-        ) {
+        match over_tls(&endpoint, TlsFiles::default(), &no_proxy()) {
             Err(e) => assert!(e.contains("no root certificates"), "{e}"),
             Ok(mut system_roots) => {
                 let server = tls_collector(listener, 1);
@@ -757,17 +750,7 @@ pub(crate) mod tests {
             }
         }
 
-        let e = Transport::with_proxies(
-            &endpoint,
-            &[],
-            Duration::from_secs(5),
-            TlsFiles {
-                ca: Some(&fixture("missing.pem")),
-                client: None,
-            },
-            &no_proxy(),
-        )
-        .unwrap_err();
+        let e = over_tls(&endpoint, trusting(&fixture("missing.pem")), &no_proxy()).unwrap_err();
         assert!(e.contains("missing.pem"), "{e}");
     }
 
@@ -790,21 +773,9 @@ pub(crate) mod tests {
             ca: Some(&ca),
             client: Some((&cert, &key)),
         };
-        let mut with =
-            Transport::with_proxies(&endpoint, &[], Duration::from_secs(5), files, &no_proxy())
-                .unwrap();
+        let mut with = over_tls(&endpoint, files, &no_proxy()).unwrap();
         assert_eq!(with.post(&body).map(|a| a.status), Ok(StatusCode::OK));
-        let mut without = Transport::with_proxies(
-            &endpoint,
-            &[],
-            Duration::from_secs(5),
-            TlsFiles {
-                ca: Some(&ca),
-                client: None,
-            },
-            &no_proxy(),
-        )
-        .unwrap();
+        let mut without = over_tls(&endpoint, trusting(&ca), &no_proxy()).unwrap();
         assert!(without.post(&body).is_err());
         let seen = server.join().unwrap();
         assert_eq!(seen[0].as_ref().map(|(_, b)| b.clone()), Ok(body.to_vec()));
@@ -812,10 +783,8 @@ pub(crate) mod tests {
         assert!(refused.contains("certificate"), "{refused}");
         // A key that does not match its certificate is refused when the exporter is built.
         let wrong = fixture("server.key");
-        let e = Transport::with_proxies(
+        let e = over_tls(
             &endpoint,
-            &[],
-            Duration::from_secs(5),
             TlsFiles {
                 ca: Some(&ca),
                 client: Some((&cert, &wrong)),
