@@ -12,7 +12,7 @@ use super::export::{ConsoleExporter, ExportCounters, QueueHandle, QueueProcessor
 
 /// The name of towerscope's tracer (the instrumentation scope of its spans).
 const TRACER: &str = "towerscope";
-use super::otlp::{OtlpExporter, OtlpSettings};
+use super::otlp::{OtlpExporter, OtlpSettings, TlsFiles};
 use super::propagation::Propagators;
 
 /// Which spans are recorded (`OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`).
@@ -121,6 +121,17 @@ pub enum Compression {
     Gzip,
 }
 
+impl Compression {
+    /// The value of `OTEL_EXPORTER_OTLP_COMPRESSION` (`gzip` or `none`), if it is one.
+    pub(crate) fn from_name(name: &str) -> Option<Self> {
+        match name.trim() {
+            "gzip" => Some(Self::Gzip),
+            "none" => Some(Self::None),
+            _ => None,
+        }
+    }
+}
+
 /// Tracing settings. [`TraceConfig::from_env`] reads the standard variables; every setting
 /// can also be set from code (code wins).
 ///
@@ -143,8 +154,7 @@ pub struct TraceConfig {
     endpoint: Option<String>,
     headers: Vec<(String, String)>,
     timeout: Option<Duration>,
-    certificate: Option<std::path::PathBuf>,
-    client_certificate: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    tls: TlsFiles,
     compression: Option<Compression>,
     sampler: Sampler,
     exporter: Exporter,
@@ -161,6 +171,21 @@ pub struct TraceConfig {
 /// An environment variable, when set and not blank.
 pub(crate) fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// The OTLP exporter's setting `name` for traces, read through `env`:
+/// `OTEL_EXPORTER_OTLP_TRACES_{name}` when set, else `OTEL_EXPORTER_OTLP_{name}`; with the
+/// variable it came from.
+pub(crate) fn otlp_var(
+    env: impl Fn(&str) -> Option<String>,
+    name: &str,
+) -> Option<(String, String)> {
+    let traces = format!("OTEL_EXPORTER_OTLP_TRACES_{name}");
+    if let Some(v) = env(&traces) {
+        return Some((traces, v));
+    }
+    let general = format!("OTEL_EXPORTER_OTLP_{name}");
+    env(&general).map(|v| (general, v))
 }
 
 fn env_usize(name: &str) -> Option<usize> {
@@ -218,8 +243,7 @@ impl TraceConfig {
             endpoint: None,
             headers: Vec::new(),
             timeout: None,
-            certificate: None,
-            client_certificate: None,
+            tls: TlsFiles::default(),
             compression: None,
             sampler,
             exporter,
@@ -281,7 +305,7 @@ impl TraceConfig {
     /// against, instead of the system's (overriding `OTEL_EXPORTER_OTLP_CERTIFICATE`; needs the
     /// `otlp-tls` feature).
     pub fn certificate(mut self, pem_file: impl Into<std::path::PathBuf>) -> Self {
-        self.certificate = Some(pem_file.into());
+        self.tls.ca = Some(pem_file.into());
         self
     }
 
@@ -294,7 +318,7 @@ impl TraceConfig {
         certificate: impl Into<std::path::PathBuf>,
         key: impl Into<std::path::PathBuf>,
     ) -> Self {
-        self.client_certificate = Some((certificate.into(), key.into()));
+        self.tls.client = Some((certificate.into(), key.into()));
         self
     }
 
@@ -429,10 +453,7 @@ impl TraceConfig {
                         self.endpoint.as_deref(),
                         &self.headers,
                         self.timeout,
-                        self.certificate.as_deref(),
-                        self.client_certificate
-                            .as_ref()
-                            .map(|(c, k)| (c.as_path(), k.as_path())),
+                        &self.tls,
                         self.compression,
                     )
                     .map(|otlp| OtlpExporter::new(otlp, &resource, scope.clone()))
@@ -484,19 +505,12 @@ impl TraceConfig {
 /// `otlp-tls` feature: what the environment asks beyond that, as warnings.
 pub(crate) fn unsupported_export_settings(env: impl Fn(&str) -> Option<String>) -> Vec<String> {
     let mut warnings = Vec::new();
-    // The traces-specific variable, when set, is the one that applies.
-    let effective = |name: &str| {
-        let traces = format!("OTEL_EXPORTER_OTLP_TRACES_{name}");
-        let general = format!("OTEL_EXPORTER_OTLP_{name}");
-        env(&traces)
-            .map(|v| (traces, v))
-            .or_else(|| env(&general).map(|v| (general, v)))
-    };
+    let effective = |name: &str| otlp_var(&env, name);
     if let Some((var, p)) = effective("PROTOCOL").filter(|(_, p)| p.trim() != "http/protobuf") {
         warnings.push(format!("{var}={p}: unsupported, using http/protobuf"));
     }
     if let Some((var, c)) =
-        effective("COMPRESSION").filter(|(_, c)| !matches!(c.trim(), "none" | "gzip"))
+        effective("COMPRESSION").filter(|(_, c)| Compression::from_name(c).is_none())
     {
         warnings.push(format!("{var}={c}: unsupported, sending uncompressed"));
     }

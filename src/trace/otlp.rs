@@ -8,6 +8,7 @@
 //! whole bare request (17,000). Written directly, a span costs a small fraction of that. The
 //! bytes are the same message: a test decodes both with `opentelemetry-proto` and compares.
 
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status};
@@ -17,10 +18,10 @@ use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 use opentelemetry_sdk::Resource;
 
 use super::baggage::percent_decode;
-use super::config::{env, Compression};
+use super::config::{env, otlp_var, Compression};
 use super::export::{Export, Item};
 use super::record::{AttrVal, ServerRecord};
-use transport::{Answer, TlsFiles, Transport};
+use transport::{Answer, Transport};
 
 #[cfg(feature = "otlp-tls")]
 mod tls;
@@ -552,11 +553,17 @@ pub(crate) struct OtlpSettings {
     pub(crate) endpoint: String,
     pub(crate) headers: Vec<(String, String)>,
     pub(crate) timeout: Duration,
-    /// The CA certificates (PEM) an `https://` endpoint's certificate is checked against.
-    pub(crate) certificate: Option<std::path::PathBuf>,
-    /// The client certificate (chain) and key (PEM) for mutual TLS.
-    pub(crate) client: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    pub(crate) tls: TlsFiles,
     pub(crate) compression: Compression,
+}
+
+/// The PEM files of an `https://` endpoint's TLS (read with the `otlp-tls` feature).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct TlsFiles {
+    /// The CA certificates to trust instead of the system's.
+    pub(crate) ca: Option<PathBuf>,
+    /// The client's certificate (chain) and private key, for mutual TLS.
+    pub(crate) client: Option<(PathBuf, PathBuf)>,
 }
 
 impl OtlpSettings {
@@ -565,19 +572,16 @@ impl OtlpSettings {
     /// with `/v1/traces` appended; headers from `OTEL_EXPORTER_OTLP_HEADERS` and
     /// `OTEL_EXPORTER_OTLP_TRACES_HEADERS` (`key=value` pairs, comma-separated, values
     /// percent-decoded; the traces-specific value wins), then the code's; the timeout from
-    /// `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` or `OTEL_EXPORTER_OTLP_TIMEOUT` (ms, default 10 s);
-    /// the CA file from code, else `OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE` or
-    /// `OTEL_EXPORTER_OTLP_CERTIFICATE`; the client certificate and key from code, else
-    /// `OTEL_EXPORTER_OTLP_[TRACES_]CLIENT_CERTIFICATE` and `..._CLIENT_KEY` (both, or
-    /// neither); the compression from code, else
-    /// `OTEL_EXPORTER_OTLP_TRACES_COMPRESSION` or `OTEL_EXPORTER_OTLP_COMPRESSION` (`gzip` or
-    /// `none`, the default). `None` without an endpoint.
+    /// `OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT` (ms, default 10 s); the CA file from
+    /// `..._CERTIFICATE`, the client certificate and key from `..._CLIENT_CERTIFICATE` and
+    /// `..._CLIENT_KEY` (both, or neither), each unless set in `tls`; the compression from
+    /// `..._COMPRESSION` (`gzip` or `none`, the default). A traces-specific variable wins over
+    /// the general one. `None` without an endpoint.
     pub(crate) fn resolve(
         endpoint: Option<&str>,
         headers: &[(String, String)],
         timeout: Option<Duration>,
-        certificate: Option<&std::path::Path>,
-        client: Option<(&std::path::Path, &std::path::Path)>,
+        tls: &TlsFiles,
         compression: Option<Compression>,
     ) -> Option<Self> {
         let endpoint = endpoint
@@ -601,44 +605,32 @@ impl OtlpSettings {
             all.retain(|(have, _)| !have.eq_ignore_ascii_case(k));
             all.push((k.clone(), v.clone()));
         }
+        let var = |name: &str| otlp_var(env, name).map(|(_, v)| v);
+        let path = |name: &str| var(name).map(|p| PathBuf::from(p.trim()));
         let timeout = timeout
             .or_else(|| {
-                env("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
-                    .or_else(|| env("OTEL_EXPORTER_OTLP_TIMEOUT"))
+                var("TIMEOUT")
                     .and_then(|ms| ms.trim().parse().ok())
                     .map(Duration::from_millis)
             })
             .unwrap_or(Duration::from_secs(10));
-        let certificate = certificate.map(std::path::Path::to_path_buf).or_else(|| {
-            env("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE")
-                .or_else(|| env("OTEL_EXPORTER_OTLP_CERTIFICATE"))
-                .map(|p| std::path::PathBuf::from(p.trim()))
-        });
-        let path = |name: &str| {
-            env(&format!("OTEL_EXPORTER_OTLP_TRACES_{name}"))
-                .or_else(|| env(&format!("OTEL_EXPORTER_OTLP_{name}")))
-                .map(|p| std::path::PathBuf::from(p.trim()))
-        };
-        let client = match client {
-            Some((cert, key)) => Some((cert.to_path_buf(), key.to_path_buf())),
-            None => path("CLIENT_CERTIFICATE").zip(path("CLIENT_KEY")),
+        let tls = TlsFiles {
+            ca: tls.ca.clone().or_else(|| path("CERTIFICATE")),
+            client: tls
+                .client
+                .clone()
+                .or_else(|| path("CLIENT_CERTIFICATE").zip(path("CLIENT_KEY"))),
         };
         let compression = compression.unwrap_or_else(|| {
-            match env("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION")
-                .or_else(|| env("OTEL_EXPORTER_OTLP_COMPRESSION"))
-                .as_deref()
-                .map(str::trim)
-            {
-                Some("gzip") => Compression::Gzip,
-                _ => Compression::None,
-            }
+            var("COMPRESSION")
+                .and_then(|c| Compression::from_name(&c))
+                .unwrap_or_default()
         });
         Some(Self {
             endpoint: endpoint.trim().to_owned(),
             headers: all,
             timeout,
-            certificate,
-            client,
+            tls,
             compression,
         })
     }
@@ -728,20 +720,14 @@ impl OtlpExporter {
         let mut headers = settings.headers;
         let gzip = settings.compression == Compression::Gzip;
         if gzip {
-            headers.retain(|(k, _)| !k.eq_ignore_ascii_case("content-encoding"));
+            // After the configured headers: it replaces a `content-encoding` among them.
             headers.push(("content-encoding".to_owned(), "gzip".to_owned()));
         }
         let transport = Transport::new(
             &settings.endpoint,
             &headers,
             settings.timeout,
-            TlsFiles {
-                ca: settings.certificate.as_deref(),
-                client: settings
-                    .client
-                    .as_ref()
-                    .map(|(c, k)| (c.as_path(), k.as_path())),
-            },
+            &settings.tls,
         )?;
         let mut encoder = Encoder::new(server_scope);
         encoder.set_resource(resource);

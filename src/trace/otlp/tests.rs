@@ -12,7 +12,7 @@ use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 use opentelemetry_sdk::Resource;
 use prost::Message;
 
-use super::{parse_headers, Encoder, OtlpSettings};
+use super::{parse_headers, Encoder, OtlpSettings, TlsFiles};
 use crate::trace::export::Item;
 use crate::trace::Compression;
 
@@ -237,8 +237,7 @@ fn plain_http(addr: std::net::SocketAddr, compression: Compression) -> OtlpSetti
         endpoint: format!("http://{addr}/v1/traces"),
         headers: Vec::new(),
         timeout: Duration::from_secs(5),
-        certificate: None,
-        client: None,
+        tls: TlsFiles::default(),
         compression,
     }
 }
@@ -421,27 +420,20 @@ fn every_length_size_is_written_minimally() {
 
 #[test]
 fn endpoint_headers_and_timeout_from_code_and_environment() {
+    let tls = TlsFiles {
+        ca: Some("/etc/collector-ca.pem".into()),
+        client: Some(("/etc/exporter.pem".into(), "/etc/exporter.key".into())),
+    };
     let s = OtlpSettings::resolve(
         Some("http://127.0.0.1:4318/v1/traces"),
         &[("x-tenant".into(), "a".into())],
         Some(Duration::from_millis(1500)),
-        Some(std::path::Path::new("/etc/collector-ca.pem")),
-        Some((
-            std::path::Path::new("/etc/exporter.pem"),
-            std::path::Path::new("/etc/exporter.key"),
-        )),
+        &tls,
         Some(Compression::Gzip),
     )
     .unwrap();
     assert_eq!(s.compression, Compression::Gzip);
-    assert_eq!(
-        s.client,
-        Some(("/etc/exporter.pem".into(), "/etc/exporter.key".into()))
-    );
-    assert_eq!(
-        s.certificate.as_deref(),
-        Some(std::path::Path::new("/etc/collector-ca.pem"))
-    );
+    assert_eq!(s.tls, tls);
     assert_eq!(s.endpoint, "http://127.0.0.1:4318/v1/traces");
     assert_eq!(s.headers, vec![("x-tenant".to_owned(), "a".to_owned())]);
     assert_eq!(s.timeout, Duration::from_millis(1500));

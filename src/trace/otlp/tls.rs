@@ -15,7 +15,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName}
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
 
-use super::transport::TlsFiles;
+use super::TlsFiles;
 
 /// What a connection to one endpoint needs: the client configuration and the name the
 /// server's certificate must carry.
@@ -27,9 +27,9 @@ pub(crate) struct Tls {
 impl Tls {
     /// For the endpoint's `host` (a DNS name or an IP address), trusting the CA certificates of
     /// `files.ca` when given, else the system's, and presenting `files.client` when given.
-    pub(crate) fn new(host: &str, files: TlsFiles<'_>) -> Result<Self, String> {
+    pub(crate) fn new(host: &str, files: &TlsFiles) -> Result<Self, String> {
         let mut roots = RootCertStore::empty();
-        match files.ca {
+        match &files.ca {
             Some(path) => {
                 for cert in certificates(path)? {
                     roots.add(cert).map_err(|e| file_error(path, &e))?;
@@ -53,7 +53,7 @@ impl Tls {
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("OTLP TLS: {e}"))?
             .with_root_certificates(roots);
-        let mut config = match files.client {
+        let mut config = match &files.client {
             None => builder.with_no_client_auth(),
             Some((cert, key)) => {
                 let chain = certificates(cert)?;

@@ -11,7 +11,6 @@
 //! are honoured with hyper-util's matcher, as reqwest does (an `https://` endpoint through a
 //! `CONNECT` tunnel). TLS for `https://` endpoints comes with the `otlp-tls` feature.
 
-use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,10 +23,22 @@ use hyper_util::rt::TokioIo;
 
 #[cfg(feature = "otlp-tls")]
 use super::tls::Tls;
+use super::TlsFiles;
 
 /// Without the `otlp-tls` feature there is no TLS: `https://` endpoints are refused.
 #[cfg(not(feature = "otlp-tls"))]
 enum Tls {}
+
+#[cfg(not(feature = "otlp-tls"))]
+impl Tls {
+    fn new(_: &str, _: &TlsFiles) -> Result<Self, String> {
+        Err(
+            "https needs TLS: build towerscope with its `otlp-tls` feature, or use http:// (a \
+             collector or agent on the node or in the cluster)"
+                .to_owned(),
+        )
+    }
+}
 
 /// The collector's answer to an export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,19 +63,6 @@ impl Failure {
             timed_out: false,
         }
     }
-}
-
-/// The PEM files of an `https://` endpoint's TLS.
-#[derive(Clone, Copy, Debug, Default)]
-#[cfg_attr(
-    not(feature = "otlp-tls"),
-    expect(dead_code, reason = "read by the TLS of the `otlp-tls` feature")
-)]
-pub(crate) struct TlsFiles<'a> {
-    /// The CA certificates to trust instead of the system's.
-    pub(crate) ca: Option<&'a Path>,
-    /// The client's certificate (chain) and private key, for mutual TLS.
-    pub(crate) client: Option<(&'a Path, &'a Path)>,
 }
 
 /// Posts bodies to one endpoint.
@@ -119,7 +117,7 @@ impl Transport {
         endpoint: &str,
         headers: &[(String, String)],
         timeout: Duration,
-        files: TlsFiles<'_>,
+        files: &TlsFiles,
     ) -> Result<Self, String> {
         Self::with_proxies(endpoint, headers, timeout, files, &Matcher::from_env())
     }
@@ -128,7 +126,7 @@ impl Transport {
         endpoint: &str,
         headers: &[(String, String)],
         timeout: Duration,
-        files: TlsFiles<'_>,
+        files: &TlsFiles,
         proxies: &Matcher,
     ) -> Result<Self, String> {
         let uri: Uri = endpoint
@@ -137,7 +135,7 @@ impl Transport {
         let (host, port, https) =
             http_authority(&uri).map_err(|e| format!("OTLP endpoint {endpoint:?}: {e}"))?;
         let tls = if https {
-            Some(tls(&host, files).map_err(|e| format!("OTLP endpoint {endpoint:?}: {e}"))?)
+            Some(Tls::new(&host, files).map_err(|e| format!("OTLP endpoint {endpoint:?}: {e}"))?)
         } else {
             None
         };
@@ -357,21 +355,6 @@ async fn open_tunnel(tcp: &mut tokio::net::TcpStream, connect: &[u8]) -> Result<
     }
 }
 
-/// The TLS of an `https://` endpoint.
-#[cfg(feature = "otlp-tls")]
-fn tls(host: &str, files: TlsFiles<'_>) -> Result<Tls, String> {
-    Tls::new(host, files)
-}
-
-#[cfg(not(feature = "otlp-tls"))]
-fn tls(_: &str, _: TlsFiles<'_>) -> Result<Tls, String> {
-    Err(
-        "https needs TLS: build towerscope with its `otlp-tls` feature, or use http:// (a \
-         collector or agent on the node or in the cluster)"
-            .to_owned(),
-    )
-}
-
 /// Host and port of an `http://` or `https://` URL (port 80 or 443 by default), and whether
 /// it is `https://`.
 fn http_authority(uri: &Uri) -> Result<(String, u16, bool), String> {
@@ -400,7 +383,7 @@ pub(crate) mod tests {
             endpoint,
             &[],
             Duration::from_secs(1),
-            TlsFiles::default(),
+            &TlsFiles::default(),
             proxies,
         )
     }
@@ -473,7 +456,7 @@ pub(crate) mod tests {
             "http://collector:4318/v1/traces",
             &[("x-api-key".into(), "k".into())],
             Duration::from_secs(1),
-            TlsFiles::default(),
+            &TlsFiles::default(),
             &no_proxy(),
         )
         .unwrap();
@@ -543,17 +526,13 @@ pub(crate) mod tests {
     /// TLS handshake failed.
     /// A transport to an `https://` test endpoint.
     #[cfg(feature = "otlp-tls")]
-    fn over_tls(
-        endpoint: &str,
-        files: TlsFiles<'_>,
-        proxies: &Matcher,
-    ) -> Result<Transport, String> {
+    fn over_tls(endpoint: &str, files: &TlsFiles, proxies: &Matcher) -> Result<Transport, String> {
         Transport::with_proxies(endpoint, &[], Duration::from_secs(5), files, proxies)
     }
 
     /// Trusting the CA certificates of `ca` alone, no client certificate.
     #[cfg(feature = "otlp-tls")]
-    fn trusting(ca: &std::path::Path) -> TlsFiles<'_> {
+    fn trusting(ca: std::path::PathBuf) -> TlsFiles {
         TlsFiles {
             ca: Some(ca),
             client: None,
@@ -703,14 +682,14 @@ pub(crate) mod tests {
         let ca = fixture("ca.pem");
         let body = Bytes::from_static(b"spans, encoded");
 
-        let mut direct = over_tls(&endpoint, trusting(&ca), &no_proxy()).unwrap();
+        let mut direct = over_tls(&endpoint, &trusting(ca.clone()), &no_proxy()).unwrap();
         assert_eq!(direct.post(&body).map(|a| a.status), Ok(StatusCode::OK));
 
         let (proxy, heads) = connect_proxy();
         let proxies = Matcher::builder()
             .https(format!("http://user:pass@{proxy}"))
             .build();
-        let mut tunnelled = over_tls(&endpoint, trusting(&ca), &proxies).unwrap();
+        let mut tunnelled = over_tls(&endpoint, &trusting(ca.clone()), &proxies).unwrap();
         assert_eq!(tunnelled.target, "/v1/traces");
         assert!(!tunnelled.headers.contains_key(header::PROXY_AUTHORIZATION));
         assert_eq!(tunnelled.post(&body).map(|a| a.status), Ok(StatusCode::OK));
@@ -740,7 +719,7 @@ pub(crate) mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let endpoint = format!("https://localhost:{port}/v1/traces");
-        match over_tls(&endpoint, TlsFiles::default(), &no_proxy()) {
+        match over_tls(&endpoint, &TlsFiles::default(), &no_proxy()) {
             Err(e) => assert!(e.contains("no root certificates"), "{e}"),
             Ok(mut system_roots) => {
                 let server = tls_collector(listener, 1);
@@ -750,7 +729,7 @@ pub(crate) mod tests {
             }
         }
 
-        let e = over_tls(&endpoint, trusting(&fixture("missing.pem")), &no_proxy()).unwrap_err();
+        let e = over_tls(&endpoint, &trusting(fixture("missing.pem")), &no_proxy()).unwrap_err();
         assert!(e.contains("missing.pem"), "{e}");
     }
 
@@ -770,12 +749,12 @@ pub(crate) mod tests {
         );
         let body = Bytes::from_static(b"spans, encoded");
         let files = TlsFiles {
-            ca: Some(&ca),
-            client: Some((&cert, &key)),
+            ca: Some(ca.clone()),
+            client: Some((cert.clone(), key)),
         };
-        let mut with = over_tls(&endpoint, files, &no_proxy()).unwrap();
+        let mut with = over_tls(&endpoint, &files, &no_proxy()).unwrap();
         assert_eq!(with.post(&body).map(|a| a.status), Ok(StatusCode::OK));
-        let mut without = over_tls(&endpoint, trusting(&ca), &no_proxy()).unwrap();
+        let mut without = over_tls(&endpoint, &trusting(ca.clone()), &no_proxy()).unwrap();
         assert!(without.post(&body).is_err());
         let seen = server.join().unwrap();
         assert_eq!(seen[0].as_ref().map(|(_, b)| b.clone()), Ok(body.to_vec()));
@@ -785,9 +764,9 @@ pub(crate) mod tests {
         let wrong = fixture("server.key");
         let e = over_tls(
             &endpoint,
-            TlsFiles {
-                ca: Some(&ca),
-                client: Some((&cert, &wrong)),
+            &TlsFiles {
+                ca: Some(ca),
+                client: Some((cert, wrong)),
             },
             &no_proxy(),
         );
