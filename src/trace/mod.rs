@@ -82,14 +82,13 @@
 //! endpoint, or an `https://` one with the `otlp-tls` feature (rustls; the system's root
 //! certificates, or those of the CA file `OTEL_EXPORTER_OTLP_CERTIFICATE` names; the client
 //! certificate of `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` and `..._CLIENT_KEY` for mutual
-//! TLS), through
-//! the proxy `HTTP_PROXY` / `HTTPS_PROXY` / `ALL_PROXY` name unless `NO_PROXY` excludes the
-//! host (`https://` through a `CONNECT` tunnel). OTLP/HTTP's transient failures (429, 502,
-//! 503, 504, no connection) are sent again up to three times, after the collector's
-//! `Retry-After` or a jittered exponential backoff (from 250 ms); a longer wait, a timeout or
-//! another refusal drops the batch, counted. Spans wait
-//! in a bounded queue (2048) drained by one thread; a collector that is down, slow or failing
-//! costs the request path nothing.
+//! TLS), through the proxy `HTTP_PROXY` / `HTTPS_PROXY` / `ALL_PROXY` name unless `NO_PROXY`
+//! excludes the host (`https://` through a `CONNECT` tunnel). OTLP/HTTP's transient failures
+//! (429, 502, 503, 504, no connection) are sent again up to three times, after the
+//! collector's `Retry-After` or a jittered exponential backoff (from 250 ms); a longer wait, a
+//! timeout or another refusal drops the batch, counted. Spans wait in a bounded queue (2048)
+//! drained by one thread; a collector that is down, slow or failing costs the request path
+//! nothing.
 //!
 //! | metric | type | labels |
 //! |---|---|---|
