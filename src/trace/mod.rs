@@ -86,7 +86,8 @@
 //! excludes the host (`https://` through a `CONNECT` tunnel). OTLP/HTTP's transient failures
 //! (429, 502, 503, 504, no connection) are sent again up to three times, after the
 //! collector's `Retry-After` or a jittered exponential backoff (from 250 ms); a longer wait, a
-//! timeout or another refusal drops the batch, counted. Spans wait in a bounded queue (2048)
+//! timeout or another refusal (a TLS certificate that does not verify, on either side; a
+//! proxy that refuses the tunnel) drops the batch, counted, and the next batch tries afresh. Spans wait in a bounded queue (2048)
 //! drained by one thread; a collector that is down, slow or failing costs the request path
 //! nothing.
 //!

@@ -21,7 +21,7 @@ use super::baggage::percent_decode;
 use super::config::{env, otlp_var, Compression};
 use super::export::{Export, Item};
 use super::record::{AttrVal, ServerRecord};
-use transport::{Answer, Transport};
+use transport::{Answer, FailureKind, Transport};
 
 #[cfg(feature = "otlp-tls")]
 mod tls;
@@ -666,8 +666,10 @@ pub(crate) struct OtlpExporter {
 /// the collector's `Retry-After` or an exponential backoff with jitter (`first`, doubling,
 /// each between half and one and a half times that). A wait longer than `max_wait` is not
 /// made: the batch is dropped (and counted) instead, as is one that timed out (its time is
-/// spent already) or that met any other status (a 400, a 500: sending it again would not
-/// help, as the OTLP specification lists).
+/// spent already), one whose connection was refused as configured (a certificate that does
+/// not verify, a proxy that refuses the tunnel: see `FailureKind::Refused`), or one that met
+/// any other status (a 400, a 500: sending it again would not help, as the OTLP
+/// specification lists).
 ///
 /// The retries run on the export thread: the request path never waits for them, and what
 /// arrives meanwhile waits in the bounded queue (or is dropped from it, counted).
@@ -766,8 +768,10 @@ impl Export for OtlpExporter {
                         .then(|| a.retry_after.unwrap_or_else(|| self.retry.backoff(attempt))),
                     format!("OTLP export: the collector answered {}", a.status),
                 ),
-                Err(f) if f.timed_out => (None, f.message),
-                Err(f) => (Some(self.retry.backoff(attempt)), f.message),
+                Err(f) => (
+                    (f.kind == FailureKind::Unreachable).then(|| self.retry.backoff(attempt)),
+                    f.message,
+                ),
             };
             match wait {
                 Some(wait) if attempt < self.retry.attempts && wait <= self.retry.max_wait => {

@@ -382,6 +382,51 @@ fn transient_failures_are_retried_and_permanent_ones_are_not() {
     }
 }
 
+/// A connection TLS refuses (here: a collector that asks for a client certificate the exporter
+/// does not have) is not sent again within the export; the next export tries afresh. The
+/// collector takes two connections: a retry would take the second, and the export after it
+/// (with a certificate) would find no collector.
+#[cfg(feature = "otlp-tls")]
+#[test]
+fn a_refused_connection_is_not_sent_again() {
+    use super::transport::tests::{fixture, tls_collector_with};
+    use crate::trace::export::Export;
+    let mut g = Gen(fastrand::Rng::with_seed(23));
+    let scopes = scopes();
+    let resource = Resource::builder().with_service_name("svc").build();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let collector = tls_collector_with(listener, 2, true);
+    let settings = |client| OtlpSettings {
+        endpoint: format!("https://localhost:{port}/v1/traces"),
+        headers: Vec::new(),
+        timeout: Duration::from_secs(5),
+        tls: TlsFiles {
+            ca: Some(fixture("ca.pem")),
+            client,
+        },
+        compression: Compression::None,
+    };
+    let spans: Vec<SpanData> = (0..3).map(|_| g.span(&scopes[..2])).collect();
+    let mut without =
+        super::OtlpExporter::new(settings(None), &resource, scopes[0].clone()).unwrap();
+    without.retry = super::Retry {
+        attempts: 4,
+        first: Duration::from_millis(1),
+        max_wait: Duration::from_secs(5),
+    };
+    let refused = without.export(&items(&spans)).unwrap_err();
+    assert!(refused.to_string().contains("OTLP export"), "{refused}");
+    let client = Some((fixture("client.pem"), fixture("client.key")));
+    let mut with =
+        super::OtlpExporter::new(settings(client), &resource, scopes[0].clone()).unwrap();
+    with.export(&items(&spans)).unwrap();
+    let seen = collector.join().unwrap();
+    assert!(seen[0].is_err(), "the first connection refused");
+    let body = reference(&spans, &resource).encode_to_vec();
+    assert_eq!(seen[1].as_ref().map(|(_, b)| b.clone()), Ok(body));
+}
+
 /// Lengths whose varints take 1, 2, 3 and 4 bytes, at every level: spans under 128 bytes and
 /// past 16 KiB, a batch past 2 MiB (each length is written in place after a guessed room for
 /// its varint, and moved when the guess was wrong).

@@ -15,6 +15,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName}
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
 
+use super::transport::Failure;
 use super::TlsFiles;
 
 /// What a connection to one endpoint needs: the client configuration and the name the
@@ -75,12 +76,41 @@ impl Tls {
     /// The TLS session over `tcp`, the server's certificate checked.
     ///
     /// (The files are read when the exporter is built, not per connection.)
-    pub(crate) async fn connect(&self, tcp: TcpStream) -> Result<TlsStream<TcpStream>, String> {
+    pub(crate) async fn connect(&self, tcp: TcpStream) -> Result<TlsStream<TcpStream>, Failure> {
         self.connector
             .connect(self.name.clone(), tcp)
             .await
-            .map_err(|e| format!("OTLP export: TLS with {:?}: {e}", self.name))
+            .map_err(|e| {
+                let message = format!("OTLP export: TLS with {:?}: {e}", self.name);
+                if refusal(&e) {
+                    Failure::refused(message)
+                } else {
+                    Failure::new(message)
+                }
+            })
     }
+}
+
+/// Whether TLS itself failed somewhere in `e`'s chain of causes (a rustls error: a certificate
+/// that does not verify, an alert from the other side, no protocol both support), rather
+/// than the connection under it.
+pub(crate) fn refusal(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if e.is::<rustls::Error>() {
+            return true;
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+            {
+                return true;
+            }
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// The certificates of a PEM file; an error when it has none.

@@ -52,16 +52,47 @@ pub(crate) struct Answer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Failure {
     pub(crate) message: String,
-    /// No answer within the export timeout (not worth trying again at once).
-    pub(crate) timed_out: bool,
+    pub(crate) kind: FailureKind,
+}
+
+/// Whether sending the same batch again could help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FailureKind {
+    /// No connection, or it broke before the answer: worth another try.
+    Unreachable,
+    /// No answer within the export timeout: its time is spent already.
+    TimedOut,
+    /// The connection was refused as configured: a certificate that does not verify (on
+    /// either side), a TLS handshake the two sides cannot agree on, or a proxy that refuses
+    /// the tunnel (a 4xx). Another try would meet the same refusal; the next batch tries
+    /// again, so exports resume once the configuration or the certificate is mended.
+    Refused,
 }
 
 impl Failure {
-    fn new(message: String) -> Self {
+    pub(crate) fn new(message: String) -> Self {
         Self {
             message,
-            timed_out: false,
+            kind: FailureKind::Unreachable,
         }
+    }
+
+    pub(crate) fn refused(message: String) -> Self {
+        Self {
+            message,
+            kind: FailureKind::Refused,
+        }
+    }
+
+    /// A failed request: refused when TLS caused it (under TLS 1.3 a server that rejects the
+    /// client's certificate says so after the handshake, on the first request).
+    fn of_request(e: &hyper::Error) -> Self {
+        let message = format!("OTLP export: {e}");
+        #[cfg(feature = "otlp-tls")]
+        if super::tls::refusal(e) {
+            return Self::refused(message);
+        }
+        Self::new(message)
     }
 }
 
@@ -248,21 +279,17 @@ impl Transport {
                     }
                 }
                 *conn = None;
-                let fresh = conn.insert(
-                    Conn::open(host, port, tls, tunnel)
-                        .await
-                        .map_err(Failure::new)?,
-                );
+                let fresh = conn.insert(Conn::open(host, port, tls, tunnel).await?);
                 fresh
                     .send(request())
                     .await
-                    .map_err(|e| Failure::new(format!("OTLP export: {e}")))
+                    .map_err(|e| Failure::of_request(&e))
             };
             match tokio::time::timeout(timeout, attempt).await {
                 Ok(r) => r,
                 Err(_) => Err(Failure {
                     message: format!("OTLP export: no answer within {timeout:?}"),
-                    timed_out: true,
+                    kind: FailureKind::TimedOut,
                 }),
             }
         });
@@ -281,10 +308,10 @@ impl Conn {
         port: u16,
         tls: Option<&Tls>,
         tunnel: Option<&Bytes>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, Failure> {
         let mut tcp = tokio::net::TcpStream::connect((host, port))
             .await
-            .map_err(|e| format!("OTLP export: connecting to {host}:{port}: {e}"))?;
+            .map_err(|e| Failure::new(format!("OTLP export: connecting to {host}:{port}: {e}")))?;
         // The head and the body go out in one write; no small segment waits on an ACK.
         let _ = tcp.set_nodelay(true);
         if let Some(connect) = tunnel {
@@ -299,13 +326,13 @@ impl Conn {
         }
     }
 
-    async fn handshake<T>(io: T) -> Result<Self, String>
+    async fn handshake<T>(io: T) -> Result<Self, Failure>
     where
         T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
         let (sender, connection) = hyper::client::conn::http1::handshake(io)
             .await
-            .map_err(|e| format!("OTLP export: {e}"))?;
+            .map_err(|e| Failure::of_request(&e))?;
         let task = tokio::spawn(connection).abort_handle();
         Ok(Self { sender, task })
     }
@@ -330,9 +357,10 @@ impl Conn {
 }
 
 /// Sends the proxy's `CONNECT` request and reads its answer: the tunnel is open on a 2xx.
-async fn open_tunnel(tcp: &mut tokio::net::TcpStream, connect: &[u8]) -> Result<(), String> {
+async fn open_tunnel(tcp: &mut tokio::net::TcpStream, connect: &[u8]) -> Result<(), Failure> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let fail = |e: &dyn std::fmt::Display| format!("OTLP export: the proxy's tunnel: {e}");
+    let fail =
+        |e: &dyn std::fmt::Display| Failure::new(format!("OTLP export: the proxy's tunnel: {e}"));
     tcp.write_all(connect).await.map_err(|e| fail(&e))?;
     // Byte by byte, so that nothing after the proxy's answer (the endpoint's own bytes) is
     // taken: once per connection.
@@ -351,6 +379,11 @@ async fn open_tunnel(tcp: &mut tokio::net::TcpStream, connect: &[u8]) -> Result<
         String::from_utf8_lossy(head.split(|&b| b == b'\r').next().unwrap_or(&[])).into_owned();
     match status.split(' ').nth(1) {
         Some(code) if code.starts_with('2') => Ok(()),
+        // Refused (a 407 without the right credentials, a 403 for this host): the same
+        // request would be refused again. A 5xx is the proxy's trouble, maybe passing.
+        Some(code) if code.starts_with('4') => Err(Failure::refused(format!(
+            "OTLP export: the proxy refused the tunnel: {status}"
+        ))),
         _ => Err(fail(&status)),
     }
 }
@@ -515,7 +548,7 @@ pub(crate) mod tests {
     /// `req -x509 ... -addext basicConstraints=critical,CA:TRUE` for the CA, then `req` and
     /// `x509 -req -CA ca.pem` with `subjectAltName=DNS:localhost,IP:127.0.0.1` for the server.
     #[cfg(feature = "otlp-tls")]
-    fn fixture(name: &str) -> std::path::PathBuf {
+    pub(crate) fn fixture(name: &str) -> std::path::PathBuf {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/tls")
             .join(name)
@@ -553,7 +586,7 @@ pub(crate) mod tests {
 
     /// The same, asking each client for a certificate the test CA signed when `mutual`.
     #[cfg(feature = "otlp-tls")]
-    fn tls_collector_with(
+    pub(crate) fn tls_collector_with(
         listener: std::net::TcpListener,
         n: usize,
         mutual: bool,
@@ -723,8 +756,10 @@ pub(crate) mod tests {
             Err(e) => assert!(e.contains("no root certificates"), "{e}"),
             Ok(mut system_roots) => {
                 let server = tls_collector(listener, 1);
-                let e = system_roots.post(&body).unwrap_err().message;
-                assert!(e.contains("certificate"), "{e}");
+                let failure = system_roots.post(&body).unwrap_err();
+                assert!(failure.message.contains("certificate"), "{failure:?}");
+                // Not worth sending again: the certificate will not verify any better.
+                assert_eq!(failure.kind, FailureKind::Refused, "{failure:?}");
                 assert!(server.join().unwrap()[0].is_err());
             }
         }
@@ -755,7 +790,9 @@ pub(crate) mod tests {
         let mut with = over_tls(&endpoint, &files, &no_proxy()).unwrap();
         assert_eq!(with.post(&body).map(|a| a.status), Ok(StatusCode::OK));
         let mut without = over_tls(&endpoint, &trusting(ca.clone()), &no_proxy()).unwrap();
-        assert!(without.post(&body).is_err());
+        // Under TLS 1.3 the collector's refusal comes after the handshake, on the request.
+        let failure = without.post(&body).unwrap_err();
+        assert_eq!(failure.kind, FailureKind::Refused, "{failure:?}");
         let seen = server.join().unwrap();
         assert_eq!(seen[0].as_ref().map(|(_, b)| b.clone()), Ok(body.to_vec()));
         let refused = seen[1].as_ref().unwrap_err();
@@ -771,6 +808,47 @@ pub(crate) mod tests {
             &no_proxy(),
         );
         assert!(e.is_err(), "a mismatched key");
+    }
+
+    /// A proxy that refuses the tunnel (407: no or wrong credentials) is a refusal, not worth
+    /// sending again; one in trouble (503) may pass, and is.
+    #[cfg(feature = "otlp-tls")]
+    #[test]
+    fn a_proxy_refusing_the_tunnel_is_a_refusal() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let proxy = listener.local_addr().unwrap();
+        let answers: [&[u8]; 2] = [
+            b"HTTP/1.1 407 Proxy Authentication Required\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n",
+        ];
+        let server = serve(listener, move |listener| async move {
+            for answer in answers {
+                let (mut client, _) = listener.accept().await.unwrap();
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    assert_eq!(client.read(&mut byte).await.unwrap(), 1);
+                    head.push(byte[0]);
+                }
+                client.write_all(answer).await.unwrap();
+            }
+        });
+        let proxies = Matcher::builder().https(format!("http://{proxy}")).build();
+        let mut t = over_tls(
+            "https://localhost:4318/v1/traces",
+            &trusting(fixture("ca.pem")),
+            &proxies,
+        )
+        .unwrap();
+        let body = Bytes::from_static(b"spans, encoded");
+        let refused = t.post(&body).unwrap_err();
+        assert_eq!(refused.kind, FailureKind::Refused, "{refused:?}");
+        assert!(refused.message.contains("407"), "{refused:?}");
+        let trouble = t.post(&body).unwrap_err();
+        assert_eq!(trouble.kind, FailureKind::Unreachable, "{trouble:?}");
+        assert!(trouble.message.contains("503"), "{trouble:?}");
+        server.join().unwrap();
     }
 
     /// Against a collector that closes every connection after one answer, every export still
