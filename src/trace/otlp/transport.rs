@@ -649,23 +649,30 @@ pub(crate) mod tests {
         })
     }
 
+    /// A request's head from `client`, read byte by byte (nothing after it is taken).
+    #[cfg(feature = "otlp-tls")]
+    async fn read_head(client: &mut tokio::net::TcpStream) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(client.read(&mut byte).await.unwrap(), 1);
+            head.push(byte[0]);
+        }
+        String::from_utf8(head).unwrap()
+    }
+
     /// A proxy for one `CONNECT` tunnel: sends the `CONNECT` request's head when it has it,
     /// answers 200 and relays both ways until the tunnel closes.
     #[cfg(feature = "otlp-tls")]
     fn connect_proxy() -> (std::net::SocketAddr, std::sync::mpsc::Receiver<String>) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let (heads, received) = std::sync::mpsc::channel();
         serve(listener, move |listener| async move {
             let (mut client, _) = listener.accept().await.unwrap();
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                assert_eq!(client.read(&mut byte).await.unwrap(), 1);
-                head.push(byte[0]);
-            }
-            let head = String::from_utf8(head).unwrap();
+            let head = read_head(&mut client).await;
             let to = head.split(' ').nth(1).unwrap().to_owned();
             let _ = heads.send(head);
             let mut upstream = tokio::net::TcpStream::connect(to).await.unwrap();
@@ -815,7 +822,7 @@ pub(crate) mod tests {
     #[cfg(feature = "otlp-tls")]
     #[test]
     fn a_proxy_refusing_the_tunnel_is_a_refusal() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let proxy = listener.local_addr().unwrap();
         let answers: [&[u8]; 2] = [
@@ -825,12 +832,7 @@ pub(crate) mod tests {
         let server = serve(listener, move |listener| async move {
             for answer in answers {
                 let (mut client, _) = listener.accept().await.unwrap();
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    assert_eq!(client.read(&mut byte).await.unwrap(), 1);
-                    head.push(byte[0]);
-                }
+                read_head(&mut client).await;
                 client.write_all(answer).await.unwrap();
             }
         });
