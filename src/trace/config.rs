@@ -12,7 +12,7 @@ use super::export::{ConsoleExporter, ExportCounters, QueueHandle, QueueProcessor
 
 /// The name of towerscope's tracer (the instrumentation scope of its spans).
 const TRACER: &str = "towerscope";
-use super::otlp::{OtlpExporter, OtlpSettings, TlsFiles};
+use super::otlp::{OtlpExporter, OtlpSettings, Retry, TlsFiles};
 use super::propagation::Propagators;
 
 /// Which spans are recorded (`OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`).
@@ -156,6 +156,7 @@ pub struct TraceConfig {
     timeout: Option<Duration>,
     tls: TlsFiles,
     compression: Option<Compression>,
+    retry: Retry,
     sampler: Sampler,
     exporter: Exporter,
     disabled: bool,
@@ -245,6 +246,7 @@ impl TraceConfig {
             timeout: None,
             tls: TlsFiles::default(),
             compression: None,
+            retry: Retry::default(),
             sampler,
             exporter,
             disabled: env("OTEL_SDK_DISABLED")
@@ -326,6 +328,24 @@ impl TraceConfig {
     /// default none).
     pub fn compression(mut self, compression: Compression) -> Self {
         self.compression = Some(compression);
+        self
+    }
+
+    /// How many times one batch is sent at most while the collector answers that it cannot
+    /// take it now (429, 502, 503, 504) or cannot be reached (default 4; `1` never sends a
+    /// batch twice). Retries run on the export thread, never on the request path.
+    pub fn export_attempts(mut self, attempts: u32) -> Self {
+        self.retry.attempts = attempts.max(1);
+        self
+    }
+
+    /// The wait before a batch's second send (default 250 ms; doubled for each later one,
+    /// each wait jittered between half and one and a half times that), and the longest wait
+    /// made (default 5 s): a collector's `Retry-After`, or a backoff, longer than that drops
+    /// the batch instead (counted).
+    pub fn export_backoff(mut self, first: Duration, max_wait: Duration) -> Self {
+        self.retry.first = first;
+        self.retry.max_wait = max_wait;
         self
     }
 
@@ -456,8 +476,10 @@ impl TraceConfig {
                         &self.tls,
                         self.compression,
                     )
-                    .map(|otlp| OtlpExporter::new(otlp, &resource, scope.clone()))
-                    {
+                    .map(|otlp| {
+                        OtlpExporter::new(otlp, &resource, scope.clone())
+                            .map(|e| e.with_retry(self.retry))
+                    }) {
                         None => None,
                         Some(Ok(exporter)) => {
                             Some(QueueProcessor::new(exporter, settings, counters.clone()))

@@ -85,7 +85,8 @@
 //! TLS), through the proxy `HTTP_PROXY` / `HTTPS_PROXY` / `ALL_PROXY` name unless `NO_PROXY`
 //! excludes the host (`https://` through a `CONNECT` tunnel). OTLP/HTTP's transient failures
 //! (429, 502, 503, 504, no connection) are sent again up to three times, after the
-//! collector's `Retry-After` or a jittered exponential backoff (from 250 ms); a longer wait, a
+//! collector's `Retry-After` or a jittered exponential backoff (from 250 ms; both set with
+//! [`TraceConfig::export_attempts`] and [`TraceConfig::export_backoff`]); a longer wait, a
 //! timeout or another refusal (a TLS certificate that does not verify, on either side; a
 //! proxy that refuses the tunnel) drops the batch, counted, and the next batch tries afresh. Spans wait in a bounded queue (2048)
 //! drained by one thread; a collector that is down, slow or failing costs the request path

@@ -741,6 +741,12 @@ impl OtlpExporter {
             retry: Retry::default(),
         })
     }
+
+    /// The same, sending again as `retry` says.
+    pub(crate) fn with_retry(mut self, retry: Retry) -> Self {
+        self.retry = retry;
+        self
+    }
 }
 
 impl Export for OtlpExporter {

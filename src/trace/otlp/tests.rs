@@ -427,6 +427,39 @@ fn a_refused_connection_is_not_sent_again() {
     assert_eq!(seen[1].as_ref().map(|(_, b)| b.clone()), Ok(body));
 }
 
+/// The attempts set in code reach the exporter: with one, a batch the collector answers 503 is
+/// not sent again. The collector answers a second request 200: a second send would take it,
+/// and the request of our own after the export would find no collector.
+#[test]
+fn the_attempts_set_in_code_reach_the_exporter() {
+    use super::transport::tests::{scripted, OK};
+    use opentelemetry::trace::{Span as _, Tracer as _};
+    use std::io::{Read, Write};
+    const UNAVAILABLE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n";
+    let (addr, collector) = scripted(vec![UNAVAILABLE, OK]);
+    let tracing = crate::trace::TraceConfig::from_env("attempts")
+        .endpoint(format!("http://{addr}/v1/traces"))
+        .exporter(crate::trace::Exporter::Otlp)
+        .export_attempts(1)
+        .export_backoff(Duration::from_millis(1), Duration::from_secs(5))
+        .install();
+    tracing.tracer().start("one").end();
+    // Returns once the export is over, failed or not.
+    let _ = tracing.flush();
+    let mut own = std::net::TcpStream::connect(addr).unwrap();
+    own.write_all(b"POST /own HTTP/1.1\r\ncontent-length: 0\r\n\r\n")
+        .unwrap();
+    let _ = own.read_to_end(&mut Vec::new());
+    let seen = collector.join().unwrap();
+    assert!(seen[0].0.starts_with("post /v1/traces "), "{}", seen[0].0);
+    assert!(
+        seen[1].0.starts_with("post /own "),
+        "a second send: {}",
+        seen[1].0
+    );
+    tracing.shutdown(Duration::from_secs(1));
+}
+
 /// Lengths whose varints take 1, 2, 3 and 4 bytes, at every level: spans under 128 bytes and
 /// past 16 KiB, a batch past 2 MiB (each length is written in place after a guessed room for
 /// its varint, and moved when the guess was wrong).
