@@ -286,14 +286,40 @@ impl SpanProcessor for QueueProcessor {
 fn export_loop<E: Export>(mut exporter: E, handle: &QueueHandle) {
     let (shared, s, counters) = (&handle.shared, handle.settings, &handle.counters);
     let _ = shared.thread.set(std::thread::current());
+    let mut reports = Reports::default();
     let mut export = |batch: Vec<Item>| {
         if batch.is_empty() {
             return;
         }
         let n = batch.len() as u64;
         match exporter.export(&batch) {
-            Ok(()) => counters.exported.increment(n),
-            Err(_) => counters.export_failed.increment(n),
+            Ok(()) => {
+                counters.exported.increment(n);
+                if let Some(lost) = reports.succeeded() {
+                    tracing::info!(
+                        target: "towerscope::trace::export",
+                        failed_batches = lost.batches,
+                        failed_spans = lost.spans,
+                        "span export recovered"
+                    );
+                }
+            }
+            Err(e) => {
+                counters.export_failed.increment(n);
+                if let Some(lost) = reports.failed(Instant::now(), n) {
+                    let error = match &e {
+                        opentelemetry_sdk::error::OTelSdkError::InternalFailure(m) => m.clone(),
+                        other => other.to_string(),
+                    };
+                    tracing::warn!(
+                        target: "towerscope::trace::export",
+                        error,
+                        failed_batches = lost.batches,
+                        failed_spans = lost.spans,
+                        "span export failing: its spans are dropped (trace_spans_dropped_total)"
+                    );
+                }
+            }
         }
         handle.recycle(batch);
     };
@@ -390,6 +416,61 @@ impl Export for ConsoleExporter {
     }
 }
 
+/// What the export thread says about failing exports, so that a collector that refuses them
+/// (a wrong token, a wrong CA) is seen with its reason and not only in the drop counter,
+/// without a line per batch: the first failure at once, then at most one warning a minute
+/// while failures go on, each with the batches and spans failed since the one before; and,
+/// when an export succeeds after a warning, one line saying so with the outage's totals.
+#[derive(Default)]
+struct Reports {
+    last_warning: Option<Instant>,
+    /// Failed since the last warning.
+    pending: Lost,
+    /// Failed since the last success.
+    outage: Lost,
+    /// A warning was written in this outage.
+    warned: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Lost {
+    batches: u64,
+    spans: u64,
+}
+
+impl Lost {
+    fn add(&mut self, spans: u64) {
+        self.batches += 1;
+        self.spans += spans;
+    }
+}
+
+impl Reports {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    /// A batch of `spans` failed at `now`: what to warn about, if it is time to.
+    fn failed(&mut self, now: Instant, spans: u64) -> Option<Lost> {
+        self.pending.add(spans);
+        self.outage.add(spans);
+        if self
+            .last_warning
+            .is_some_and(|t| now.duration_since(t) < Self::EVERY)
+        {
+            return None;
+        }
+        self.last_warning = Some(now);
+        self.warned = true;
+        Some(std::mem::take(&mut self.pending))
+    }
+
+    /// A batch went out: the outage's totals when a warning was written during it.
+    fn succeeded(&mut self) -> Option<Lost> {
+        let outage = std::mem::take(&mut self.outage);
+        self.pending = Lost::default();
+        std::mem::take(&mut self.warned).then_some(outage)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicU64;
@@ -397,6 +478,31 @@ mod tests {
     use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
 
     use super::*;
+
+    /// The first failure is reported at once, later ones at most once a minute with what
+    /// failed in between; a success after a warning is reported once with the outage's totals,
+    /// and a success after failures nobody was warned about is not.
+    #[test]
+    fn failing_exports_are_reported_at_once_then_once_a_minute() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let lost = |batches, spans| Some(Lost { batches, spans });
+        let mut r = Reports::default();
+        assert_eq!(r.succeeded(), None, "nothing failed");
+        assert_eq!(r.failed(at(0), 10), lost(1, 10));
+        assert_eq!(r.failed(at(1), 20), None);
+        assert_eq!(r.failed(at(59), 30), None);
+        assert_eq!(r.failed(at(60), 5), lost(3, 55));
+        assert_eq!(r.succeeded(), lost(4, 65));
+        assert_eq!(r.succeeded(), None, "once");
+        // Failing again within the minute: counted, not reported; nor is the recovery.
+        assert_eq!(r.failed(at(61), 7), None);
+        assert_eq!(r.succeeded(), None);
+        // Past the minute, a new failure is reported with only its own batch (what failed
+        // before the last success was reported or ended with it).
+        assert_eq!(r.failed(at(121), 8), lost(1, 8));
+        assert_eq!(r.succeeded(), lost(1, 8));
+    }
 
     /// Counts what it is given, sleeping per batch when `slow`.
     struct Count {

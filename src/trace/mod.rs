@@ -88,7 +88,11 @@
 //! collector's `Retry-After` or a jittered exponential backoff (from 250 ms; both set with
 //! [`TraceConfig::export_attempts`] and [`TraceConfig::export_backoff`]); a longer wait, a
 //! timeout or another refusal (a TLS certificate that does not verify, on either side; a
-//! proxy that refuses the tunnel) drops the batch, counted, and the next batch tries afresh. Spans wait in a bounded queue (2048)
+//! proxy that refuses the tunnel) drops the batch, counted, and the next batch tries afresh.
+//! A failing export is logged with its reason (WARN, target `towerscope::trace::export`,
+//! with the batches and spans failed since the previous warning) at once, then at most once
+//! a minute while failures last; an export that succeeds after a warning is logged once
+//! (INFO), with the outage's totals. Spans wait in a bounded queue (2048)
 //! drained by one thread; a collector that is down, slow or failing costs the request path
 //! nothing.
 //!

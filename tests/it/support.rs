@@ -206,6 +206,16 @@ pub fn start_server_with(stack: &str, extra: &[&str]) -> (Proc, SocketAddr) {
 
 /// The same, with environment variables for the server.
 pub fn start_server_env(stack: &str, extra: &[&str], env: &[(&str, &str)]) -> (Proc, SocketAddr) {
+    let (server, addr, _) = start_server_logs(stack, extra, env);
+    (server, addr)
+}
+
+/// The same, with the lines the server writes on stdout after it listens (its JSON logs).
+pub fn start_server_logs(
+    stack: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Proc, SocketAddr, std::sync::mpsc::Receiver<String>) {
     let mut child = Command::new(example_binary("server"))
         .args(["--addr", "127.0.0.1:0", "--stack", stack, "--workers", "2"])
         .args(extra)
@@ -233,9 +243,15 @@ pub fn start_server_env(stack: &str, extra: &[&str], env: &[(&str, &str)]) -> (P
                 .expect("socket addr");
         }
     };
-    // Keep draining stdout so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines.by_ref() {});
-    (Proc(child), addr)
+    // Keep draining stdout so the server never blocks on a full pipe (nobody may be
+    // listening for the lines).
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.by_ref().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (Proc(child), addr, rx)
 }
 
 /// A minimal HTTP/1.1 request over a fresh connection: (status, body).

@@ -24,7 +24,7 @@ use towerscope::lifecycle::ObserveLayer;
 use towerscope::trace::{TraceConfig, TraceIds, Tracing};
 use tracing_subscriber::layer::SubscriberExt;
 
-use crate::support::{http, sample, start_server_env};
+use crate::support::{http, sample};
 
 // ---- the receiver ----
 
@@ -512,8 +512,14 @@ async fn the_context_is_current_across_awaits() {
 // ---- collectors that misbehave ----
 
 /// The example server with tracing exporting to `endpoint`, a small queue and short timeouts.
-fn traced_server(endpoint: &str) -> (crate::support::Proc, SocketAddr) {
-    start_server_env(
+fn traced_server(
+    endpoint: &str,
+) -> (
+    crate::support::Proc,
+    SocketAddr,
+    std::sync::mpsc::Receiver<String>,
+) {
+    crate::support::start_server_logs(
         "full",
         &["--drain-delay", "0"],
         &[
@@ -540,12 +546,17 @@ fn collectors_down_hanging_or_failing_do_not_touch_the_service() {
     let (hang, hang_url) = rt.block_on(receiver(Mode::Hang));
     let (unavailable, unavailable_url) = rt.block_on(receiver(Mode::Unavailable));
     let down_url = format!("http://127.0.0.1:{}/v1/traces", crate::support::free_port());
-    for (what, url, reason) in [
-        ("down", down_url.as_str(), "export_failed"),
-        ("503", unavailable_url.as_str(), "export_failed"),
-        ("hanging", hang_url.as_str(), "queue_full"),
+    for (what, url, reason, why) in [
+        ("down", down_url.as_str(), "export_failed", "connecting to"),
+        ("503", unavailable_url.as_str(), "export_failed", "503"),
+        (
+            "hanging",
+            hang_url.as_str(),
+            "queue_full",
+            "no answer within",
+        ),
     ] {
-        let (mut server, addr) = traced_server(url);
+        let (mut server, addr, logs) = traced_server(url);
         let started = Instant::now();
         for _ in 0..400 {
             assert_eq!(http(addr, "GET", "/echo/1").0, 200, "{what}");
@@ -556,6 +567,28 @@ fn collectors_down_hanging_or_failing_do_not_touch_the_service() {
             (dropped(addr, reason) > 0.0).then_some(())
         });
         assert!(counted.is_some(), "{what}: no {reason} drops counted");
+        // And said in the log, with the reason.
+        let export_line = |line: &str| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .filter(|v| v["target"] == "towerscope::trace::export")
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let w = std::iter::from_fn(|| {
+            let left = deadline.saturating_duration_since(Instant::now());
+            logs.recv_timeout(left).ok()
+        })
+        .find_map(|l| export_line(&l))
+        .unwrap_or_else(|| panic!("{what}: no export warning within 15 s"));
+        assert_eq!(w["level"], "WARN", "{what}: {w}");
+        assert!(
+            w["error"].as_str().is_some_and(|e| e.contains(why)),
+            "{what}: {w}"
+        );
+        assert!(
+            w["failed_spans"].as_u64().is_some_and(|n| n > 0),
+            "{what}: {w}"
+        );
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "{what}: took {:?}",
@@ -572,6 +605,9 @@ fn collectors_down_hanging_or_failing_do_not_touch_the_service() {
             crate::support::eventually(Duration::from_secs(20), || server.0.try_wait().unwrap());
         assert!(status.is_some(), "{what}: still running 20 s after SIGTERM");
         assert!(stopped.elapsed() < Duration::from_secs(15), "{what}");
+        // Once: the next warning would come a minute later, whatever else failed.
+        let more: Vec<_> = logs.iter().filter_map(|l| export_line(&l)).collect();
+        assert!(more.is_empty(), "{what}: {more:?}");
     }
     assert!(
         *unavailable.requests.lock().unwrap() > 0,
