@@ -83,7 +83,7 @@ impl NonBlocking {
             r.describe_counter(
                 KeyName::from_const_str(DROPPED),
                 None,
-                "Log lines dropped because the output could not keep up.".into(),
+                "Log lines dropped because the output could not keep up, or failed.".into(),
             );
             r.register_counter(&Key::from_name(DROPPED), &METADATA)
         });
@@ -168,6 +168,8 @@ fn prefetch_next(buf: &mut Vec<u8>, len: usize) {
 
 fn run<W: Write>(s: Arc<Shared>, mut sink: W) {
     let mut batch: Vec<u8> = Vec::with_capacity(64 * 1024);
+    // When a failed write was last said.
+    let mut said: Option<Instant> = None;
     loop {
         std::thread::park_timeout(PERIOD);
         {
@@ -176,7 +178,21 @@ fn run<W: Write>(s: Arc<Shared>, mut sink: W) {
         }
         s.drained.notify_all();
         if !batch.is_empty() {
-            let _ = sink.write_all(&batch);
+            if let Err((written, e)) = write_out(&mut sink, &batch) {
+                // Every line not wholly written is lost: counted, and said on stderr (stdout
+                // may be what failed) at most once a minute.
+                let lost = lines_in(&batch[written..]);
+                s.dropped.fetch_add(lost, Ordering::Relaxed);
+                s.dropped_metric.increment(lost);
+                if said.is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(60)) {
+                    said = Some(Instant::now());
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "towerscope: writing the log failed ({e}): {lost} lines dropped, counted \
+                         in {DROPPED}"
+                    );
+                }
+            }
             let _ = sink.flush();
             batch.clear();
         }
@@ -184,6 +200,27 @@ fn run<W: Write>(s: Arc<Shared>, mut sink: W) {
             return;
         }
     }
+}
+
+/// `batch` written to `sink` as `write_all` writes it; on an error, how much went out before it.
+fn write_out<W: Write>(sink: &mut W, batch: &[u8]) -> Result<(), (usize, std::io::Error)> {
+    let mut written = 0;
+    while written < batch.len() {
+        match sink.write(&batch[written..]) {
+            Ok(0) => return Err((written, std::io::ErrorKind::WriteZero.into())),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err((written, e)),
+        }
+    }
+    Ok(())
+}
+
+/// The lines in `rest`, the unwritten end of a batch: each ends with a newline (a last piece
+/// without one counts as a line too).
+fn lines_in(rest: &[u8]) -> u64 {
+    let newlines = rest.iter().filter(|&&b| b == b'\n').count() as u64;
+    newlines + u64::from(rest.last().is_some_and(|&b| b != b'\n'))
 }
 
 impl Drop for WriterGuard {
@@ -307,6 +344,41 @@ mod tests {
         let out = sink.0.lock().unwrap().clone();
         assert_eq!(out.len(), 2 + 3000 + 2);
         assert!(out.starts_with(b"a\n") && out.ends_with(b"b\n"));
+    }
+
+    /// An output that fails (a closed pipe, a full disk) loses the lines not wholly written:
+    /// counted, and the writer goes on with the next batch.
+    #[test]
+    fn lines_a_failing_output_loses_are_counted() {
+        /// Takes `left` bytes, then refuses everything.
+        #[derive(Clone)]
+        struct Failing(Arc<Mutex<(usize, Vec<u8>)>>);
+        impl Write for Failing {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                let mut g = self.0.lock().unwrap();
+                if g.0 == 0 {
+                    return Err(std::io::ErrorKind::BrokenPipe.into());
+                }
+                let n = g.0.min(b.len());
+                g.0 -= n;
+                g.1.extend_from_slice(&b[..n]);
+                Ok(n)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Failing(Arc::new(Mutex::new((3, Vec::new()))));
+        let (w, guard) = NonBlocking::new(sink.clone(), 1 << 20, true);
+        for line in [&b"a\n"[..], b"b\n", b"c\n"] {
+            w.make_writer().write_all(line).unwrap();
+        }
+        drop(guard);
+        // "a\nb" went out: b and c did not reach the output whole.
+        assert_eq!(&sink.0.lock().unwrap().1, b"a\nb");
+        assert_eq!(w.dropped(), 2);
+        assert_eq!(lines_in(b"x\ny"), 2);
+        assert_eq!(lines_in(b""), 0);
     }
 
     #[test]
