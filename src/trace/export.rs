@@ -411,8 +411,15 @@ impl Export for ConsoleExporter {
             }
             out.push_str("}}\n");
         }
-        let _ = std::io::stdout().lock().write_all(out.as_bytes());
-        Ok(())
+        // A failed write (a closed pipe) fails the batch: its spans are counted as dropped.
+        std::io::stdout()
+            .lock()
+            .write_all(out.as_bytes())
+            .map_err(|e| {
+                opentelemetry_sdk::error::OTelSdkError::InternalFailure(format!(
+                    "console export: {e}"
+                ))
+            })
     }
 }
 
