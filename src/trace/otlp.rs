@@ -663,7 +663,7 @@ pub(crate) struct OtlpExporter {
 
 /// How an export the collector cannot take now is tried again: OTLP/HTTP's transient failures
 /// (429, 502, 503, 504, or no connection) are retried, up to `attempts` sends in all, after
-/// the collector's `Retry-After` or an exponential backoff with jitter (`first`, doubling,
+/// the collector's `Retry-After` (seconds or an HTTP-date) or an exponential backoff with jitter (`first`, doubling,
 /// each between half and one and a half times that). A wait longer than `max_wait` is not
 /// made: the batch is dropped (and counted) instead, as is one that timed out (its time is
 /// spent already), one whose connection was refused as configured (a certificate that does

@@ -331,6 +331,13 @@ fn transient_failures_are_retried_and_permanent_ones_are_not() {
     const BAD: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
     const LATER: &[u8] =
         b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 3600\r\ncontent-length: 0\r\n\r\n";
+    // An HTTP-date an hour ahead: as `LATER`, too long to wait.
+    let later_date: &'static [u8] = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nretry-after: {}\r\ncontent-length: 0\r\n\r\n",
+        httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(3600))
+    )
+    .leak()
+    .as_bytes();
     let mut g = Gen(fastrand::Rng::with_seed(19));
     let scopes = scopes();
     let resource = Resource::builder().with_service_name("svc").build();
@@ -342,6 +349,7 @@ fn transient_failures_are_retried_and_permanent_ones_are_not() {
         ),
         (vec![BAD], false),
         (vec![LATER], false),
+        (vec![later_date], false),
     ] {
         let sends = answers.len();
         if !delivered {

@@ -346,14 +346,27 @@ impl Conn {
             .headers()
             .get(header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse().ok())
-            .map(Duration::from_secs);
+            .and_then(retry_after);
         response.into_body().collect().await?;
         Ok(Answer {
             status,
             retry_after,
         })
     }
+}
+
+/// The wait a `Retry-After` value asks for: delay-seconds, or an HTTP-date (no wait when it has
+/// passed). `None` when it is neither.
+fn retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
 }
 
 /// Sends the proxy's `CONNECT` request and reads its answer: the tunnel is open on a 2xx.
@@ -851,6 +864,24 @@ pub(crate) mod tests {
         assert_eq!(trouble.kind, FailureKind::Unreachable, "{trouble:?}");
         assert!(trouble.message.contains("503"), "{trouble:?}");
         server.join().unwrap();
+    }
+
+    /// `Retry-After` in both of its forms: seconds, and an HTTP-date (no wait once passed).
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        assert_eq!(retry_after(" 120 "), Some(Duration::from_secs(120)));
+        let in_an_hour =
+            httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(3600));
+        let wait = retry_after(&in_an_hour).unwrap();
+        assert!(
+            wait > Duration::from_secs(3590) && wait <= Duration::from_secs(3600),
+            "{wait:?}"
+        );
+        assert_eq!(
+            retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(retry_after("soon"), None);
     }
 
     /// Against a collector that closes every connection after one answer, every export still
