@@ -663,13 +663,13 @@ pub(crate) struct OtlpExporter {
 
 /// How an export the collector cannot take now is tried again: OTLP/HTTP's transient failures
 /// (429, 502, 503, 504, or no connection) are retried, up to `attempts` sends in all, after
-/// the collector's `Retry-After` (seconds or an HTTP-date) or an exponential backoff with jitter (`first`, doubling,
-/// each between half and one and a half times that). A wait longer than `max_wait` is not
-/// made: the batch is dropped (and counted) instead, as is one that timed out (its time is
-/// spent already), one whose connection was refused as configured (a certificate that does
-/// not verify, a proxy that refuses the tunnel: see `FailureKind::Refused`), or one that met
-/// any other status (a 400, a 500: sending it again would not help, as the OTLP
-/// specification lists).
+/// the collector's `Retry-After` (seconds or an HTTP-date) or an exponential backoff with
+/// jitter (`first`, doubling, each between half and one and a half times that). A wait longer
+/// than `max_wait` is not made: the batch is dropped (and counted) instead, as is one that
+/// timed out (its time is spent already), one whose connection was refused as configured (a
+/// certificate that does not verify, a proxy that refuses the tunnel: see
+/// `FailureKind::Refused`), or one that met any other status (a 400, a 500: sending it again
+/// would not help, as the OTLP specification lists).
 ///
 /// The retries run on the export thread: the request path never waits for them, and what
 /// arrives meanwhile waits in the bounded queue (or is dropped from it, counted).
