@@ -27,7 +27,7 @@ use super::record::ServerRecord;
 
 /// `trace_spans_exported_total`
 pub const SPANS_EXPORTED: &str = "trace_spans_exported_total";
-/// `trace_spans_dropped_total{reason="queue_full|export_failed"}`
+/// `trace_spans_dropped_total{reason="queue_full|export_failed|rejected"}`
 pub const SPANS_DROPPED: &str = "trace_spans_dropped_total";
 
 /// The counters of the export pipeline.
@@ -36,6 +36,8 @@ pub(crate) struct ExportCounters {
     pub(crate) exported: Counter,
     pub(crate) queue_full: Counter,
     pub(crate) export_failed: Counter,
+    /// Refused by the collector in a partial success.
+    pub(crate) rejected: Counter,
 }
 
 impl ExportCounters {
@@ -46,12 +48,14 @@ impl ExportCounters {
         );
         metrics::describe_counter!(
             SPANS_DROPPED,
-            "Spans dropped: the export queue was full, or the exporter failed."
+            "Spans dropped: the export queue was full, the exporter failed, or the collector \
+             rejected them."
         );
         Self {
             exported: metrics::counter!(SPANS_EXPORTED),
             queue_full: metrics::counter!(SPANS_DROPPED, "reason" => "queue_full"),
             export_failed: metrics::counter!(SPANS_DROPPED, "reason" => "export_failed"),
+            rejected: metrics::counter!(SPANS_DROPPED, "reason" => "rejected"),
         }
     }
 }
@@ -96,6 +100,12 @@ pub(crate) enum Item {
 pub(crate) trait Export: Send + 'static {
     /// Sends one batch.
     fn export(&mut self, batch: &[Item]) -> OTelSdkResult;
+
+    /// After an export that succeeded: the spans the receiver said it refused (OTLP's partial
+    /// success) and its message, when it said either.
+    fn take_rejected(&mut self) -> Option<(u64, String)> {
+        None
+    }
 }
 
 /// The queue's producer side: the span processor's, and the server spans'.
@@ -287,6 +297,7 @@ fn export_loop<E: Export>(mut exporter: E, handle: &QueueHandle) {
     let (shared, s, counters) = (&handle.shared, handle.settings, &handle.counters);
     let _ = shared.thread.set(std::thread::current());
     let mut reports = Reports::default();
+    let mut rejections = Reports::default();
     let mut export = |batch: Vec<Item>| {
         if batch.is_empty() {
             return;
@@ -294,7 +305,21 @@ fn export_loop<E: Export>(mut exporter: E, handle: &QueueHandle) {
         let n = batch.len() as u64;
         match exporter.export(&batch) {
             Ok(()) => {
-                counters.exported.increment(n);
+                let (refused, message) = exporter.take_rejected().unwrap_or_default();
+                // The collector's count, bounded by what was sent.
+                let refused = refused.min(n);
+                counters.exported.increment(n - refused);
+                counters.rejected.increment(refused);
+                if !message.is_empty() || refused > 0 {
+                    if let Some(lost) = rejections.failed(Instant::now(), refused) {
+                        tracing::warn!(
+                            target: "towerscope::trace::export",
+                            error = message,
+                            rejected_spans = lost.spans,
+                            "the collector rejected spans (partial success)"
+                        );
+                    }
+                }
                 if let Some(lost) = reports.succeeded() {
                     tracing::info!(
                         target: "towerscope::trace::export",
@@ -553,6 +578,7 @@ mod tests {
             exported: Counter::from_arc(Arc::new(AtomicU64::new(0))),
             queue_full: Counter::from_arc(dropped.clone()),
             export_failed: Counter::from_arc(failed.clone()),
+            rejected: Counter::noop(),
         };
         let p = QueueProcessor::new(
             Count {
@@ -588,6 +614,47 @@ mod tests {
         )
     }
 
+    /// Spans the collector refused in a partial success are counted as `rejected`, the rest
+    /// as exported; a count beyond the batch is bounded by it.
+    #[test]
+    fn spans_a_collector_rejects_are_counted_as_dropped() {
+        /// Says the collector refused `refuse` spans of every batch.
+        struct Refusing(u64);
+        impl Export for Refusing {
+            fn export(&mut self, _: &[Item]) -> OTelSdkResult {
+                Ok(())
+            }
+            fn take_rejected(&mut self) -> Option<(u64, String)> {
+                Some((self.0, "too old".to_owned()))
+            }
+        }
+        for (refuse, sent, rejected) in [(2, 8, 2), (100, 8, 8)] {
+            let (exported, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+            let counters = ExportCounters {
+                exported: Counter::from_arc(exported.clone()),
+                queue_full: Counter::noop(),
+                export_failed: Counter::noop(),
+                rejected: Counter::from_arc(refused.clone()),
+            };
+            let p = QueueProcessor::new(
+                Refusing(refuse),
+                QueueSettings {
+                    max_queue: 64,
+                    max_batch: 64,
+                    delay: Duration::from_secs(60),
+                },
+                counters,
+            );
+            let handle = p.handle();
+            for i in 0..sent {
+                handle.push_server(sampled_record(i));
+            }
+            assert!(p.shutdown_with_timeout(Duration::from_secs(10)).is_ok());
+            assert_eq!(refused.load(Ordering::Relaxed), rejected);
+            assert_eq!(exported.load(Ordering::Relaxed), sent - rejected);
+        }
+    }
+
     /// The record fetched ahead is the next call's: every spare is handed out, each once,
     /// before a new record is made. (Spares are told apart from new records by their grown
     /// buffers, which clearing keeps: addresses would not do, freed memory being reused.)
@@ -597,6 +664,7 @@ mod tests {
             exported: Counter::noop(),
             queue_full: Counter::noop(),
             export_failed: Counter::noop(),
+            rejected: Counter::noop(),
         };
         let p = QueueProcessor::new(
             Count {

@@ -92,7 +92,10 @@
 //! A failing export is logged with its reason (WARN, target `towerscope::trace::export`,
 //! with the batches and spans failed since the previous warning) at once, then at most once
 //! a minute while failures last; an export that succeeds after a warning is logged once
-//! (INFO), with the outage's totals. Spans wait in a bounded queue (2048)
+//! (INFO), with the outage's totals. Spans a collector refuses in a partial success (a 200
+//! whose `partial_success` counts rejected spans) are not sent again, as the OTLP
+//! specification says: they are counted as dropped (`reason="rejected"`) and the collector's
+//! message is logged, at most once a minute. Spans wait in a bounded queue (2048)
 //! drained by one thread; a collector that is down, slow or failing costs the request path
 //! nothing.
 //!
@@ -100,7 +103,7 @@
 //! |---|---|---|
 //! | `http_client_request_duration_seconds` | histogram | `http_request_method`, `server_address`, `server_port`, `http_response_status_code`, `error_type` |
 //! | `trace_spans_exported_total` | counter | |
-//! | `trace_spans_dropped_total` | counter | `reason="queue_full\|export_failed"` |
+//! | `trace_spans_dropped_total` | counter | `reason="queue_full\|export_failed\|rejected"` |
 //!
 //! ## Logs
 //!

@@ -659,6 +659,8 @@ pub(crate) struct OtlpExporter {
     /// With gzip: the encoded batch, compressed into `body` (kept as well).
     gzip: Option<Vec<u8>>,
     retry: Retry,
+    /// What the collector refused in the last export's partial success.
+    rejected: Option<(u64, String)>,
 }
 
 /// How an export the collector cannot take now is tried again: OTLP/HTTP's transient failures
@@ -739,6 +741,7 @@ impl OtlpExporter {
             body: Vec::new(),
             gzip: gzip.then(Vec::new),
             retry: Retry::default(),
+            rejected: None,
         })
     }
 
@@ -750,7 +753,12 @@ impl OtlpExporter {
 }
 
 impl Export for OtlpExporter {
+    fn take_rejected(&mut self) -> Option<(u64, String)> {
+        self.rejected.take()
+    }
+
     fn export(&mut self, batch: &[Item]) -> OTelSdkResult {
+        self.rejected = None;
         let mut buf = std::mem::take(&mut self.body);
         match &mut self.gzip {
             None => self.encoder.encode(batch, &mut buf),
@@ -768,7 +776,11 @@ impl Export for OtlpExporter {
         let mut attempt = 1;
         let result = loop {
             let (wait, failure) = match self.transport.post(&body) {
-                Ok(a) if a.status.is_success() => break Ok(()),
+                Ok(a) if a.status.is_success() => {
+                    // Not sent again: the collector has decided (the OTLP specification says so).
+                    self.rejected = partial_success(&a.body);
+                    break Ok(());
+                }
                 Ok(a) => (
                     Retry::transient(&a)
                         .then(|| a.retry_after.unwrap_or_else(|| self.retry.backoff(attempt))),
@@ -790,6 +802,71 @@ impl Export for OtlpExporter {
         self.body = body.try_into_mut().map(Vec::from).unwrap_or_default();
         result
     }
+}
+
+/// A successful answer's partial success (`ExportTraceServiceResponse.partial_success`, field
+/// 1: `rejected_spans`, field 1, and `error_message`, field 2): the count and the message, when
+/// the collector gave either. Anything it cannot read is taken as no partial success.
+fn partial_success(body: &[u8]) -> Option<(u64, String)> {
+    let inner =
+        proto_fields(body)?
+            .into_iter()
+            .find_map(|(field, value)| match (field, value) {
+                (1, ProtoValue::Bytes(b)) => Some(b),
+                _ => None,
+            })?;
+    let (mut rejected, mut message) = (0, String::new());
+    for (field, value) in proto_fields(inner)? {
+        match (field, value) {
+            (1, ProtoValue::Varint(n)) => rejected = n,
+            (2, ProtoValue::Bytes(b)) => message = String::from_utf8_lossy(b).into_owned(),
+            _ => {}
+        }
+    }
+    (rejected > 0 || !message.is_empty()).then_some((rejected, message))
+}
+
+enum ProtoValue<'a> {
+    Varint(u64),
+    Bytes(&'a [u8]),
+    Fixed,
+}
+
+/// The fields of one protobuf message, in order; `None` when it is malformed.
+fn proto_fields(mut data: &[u8]) -> Option<Vec<(u64, ProtoValue<'_>)>> {
+    fn varint(data: &mut &[u8]) -> Option<u64> {
+        let mut n = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&b, rest) = data.split_first()?;
+            *data = rest;
+            n |= u64::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                return Some(n);
+            }
+        }
+        None
+    }
+    let mut fields = Vec::new();
+    while !data.is_empty() {
+        let key = varint(&mut data)?;
+        let value = match key & 7 {
+            0 => ProtoValue::Varint(varint(&mut data)?),
+            1 | 5 => {
+                let len = if key & 7 == 1 { 8 } else { 4 };
+                data = data.get(len..)?;
+                ProtoValue::Fixed
+            }
+            2 => {
+                let len = usize::try_from(varint(&mut data)?).ok()?;
+                let (b, rest) = (data.get(..len)?, data.get(len..)?);
+                data = rest;
+                ProtoValue::Bytes(b)
+            }
+            _ => return None,
+        };
+        fields.push((key >> 3, value));
+    }
+    Some(fields)
 }
 
 /// `data` gzipped into `out`, at the fastest level.

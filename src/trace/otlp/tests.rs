@@ -468,6 +468,62 @@ fn the_attempts_set_in_code_reach_the_exporter() {
     tracing.shutdown(Duration::from_secs(1));
 }
 
+/// A collector's partial success (OTLP/HTTP: 200 with `partial_success` set) is read from the
+/// answer: how many spans it refused and why; an empty answer, or a `partial_success` with
+/// neither, is a plain success; an answer that is not protobuf is not misread.
+#[test]
+fn the_collector_s_partial_success_is_read() {
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTracePartialSuccess, ExportTraceServiceResponse,
+    };
+    let answer = |rejected_spans, error_message: &str| {
+        ExportTraceServiceResponse {
+            partial_success: Some(ExportTracePartialSuccess {
+                rejected_spans,
+                error_message: error_message.to_owned(),
+            }),
+        }
+        .encode_to_vec()
+    };
+    assert_eq!(
+        super::partial_success(&answer(2, "spans too old")),
+        Some((2, "spans too old".to_owned()))
+    );
+    assert_eq!(
+        super::partial_success(&answer(0, "deprecated attribute")),
+        Some((0, "deprecated attribute".to_owned()))
+    );
+    assert_eq!(super::partial_success(&answer(0, "")), None);
+    assert_eq!(super::partial_success(&[]), None);
+    assert_eq!(super::partial_success(b"{\"partialSuccess\":{}}"), None);
+
+    // Through the exporter: a 200 with a partial success, then a plain 200.
+    use crate::trace::export::Export;
+    let body = answer(3, "spans too old");
+    let head = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let partial: &'static [u8] = [head.as_bytes(), &body].concat().leak();
+    let (addr, collector) =
+        super::transport::tests::scripted(vec![partial, super::transport::tests::OK]);
+    let mut g = Gen(fastrand::Rng::with_seed(29));
+    let scopes = scopes();
+    let resource = Resource::builder().with_service_name("svc").build();
+    let settings = plain_http(addr, Compression::None);
+    let mut exporter = super::OtlpExporter::new(settings, &resource, scopes[0].clone()).unwrap();
+    let spans: Vec<SpanData> = (0..4).map(|_| g.span(&scopes[..2])).collect();
+    exporter.export(&items(&spans)).unwrap();
+    assert_eq!(
+        exporter.take_rejected(),
+        Some((3, "spans too old".to_owned()))
+    );
+    assert_eq!(exporter.take_rejected(), None, "taken");
+    exporter.export(&items(&spans)).unwrap();
+    assert_eq!(exporter.take_rejected(), None);
+    assert_eq!(collector.join().unwrap().len(), 2, "not sent again");
+}
+
 /// Lengths whose varints take 1, 2, 3 and 4 bytes, at every level: spans under 128 bytes and
 /// past 16 KiB, a batch past 2 MiB (each length is written in place after a guessed room for
 /// its varint, and moved when the guess was wrong).

@@ -41,11 +41,13 @@ impl Tls {
 }
 
 /// The collector's answer to an export.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Answer {
     pub(crate) status: StatusCode,
-    /// `Retry-After`, in its seconds form.
+    /// `Retry-After`: how long it asks to wait.
     pub(crate) retry_after: Option<Duration>,
+    /// The response body (an `ExportTraceServiceResponse` on success; usually empty).
+    pub(crate) body: Bytes,
 }
 
 /// Why an export got no answer.
@@ -347,10 +349,11 @@ impl Conn {
             .get(header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(retry_after);
-        response.into_body().collect().await?;
+        let body = response.into_body().collect().await?.to_bytes();
         Ok(Answer {
             status,
             retry_after,
+            body,
         })
     }
 }
