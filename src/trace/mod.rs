@@ -95,7 +95,9 @@
 //! (INFO), with the outage's totals. Spans a collector refuses in a partial success (a 200
 //! whose `partial_success` counts rejected spans) are not sent again, as the OTLP
 //! specification says: they are counted as dropped (`reason="rejected"`) and the collector's
-//! message is logged, at most once a minute. Spans wait in a bounded queue (2048)
+//! message is logged, at most once a minute.
+//! Redirections (3xx with a `Location`) are followed, up to five, with the same body; a
+//! permanent one (301, 308) is kept for later batches. Spans wait in a bounded queue (2048)
 //! drained by one thread; a collector that is down, slow or failing costs the request path
 //! nothing.
 //!

@@ -21,7 +21,7 @@ use super::baggage::percent_decode;
 use super::config::{env, otlp_var, Compression};
 use super::export::{Export, Item};
 use super::record::{AttrVal, ServerRecord};
-use transport::{Answer, FailureKind, Transport};
+use transport::{Answer, Failure, FailureKind, Transport};
 
 #[cfg(feature = "otlp-tls")]
 mod tls;
@@ -661,6 +661,10 @@ pub(crate) struct OtlpExporter {
     retry: Retry,
     /// What the collector refused in the last export's partial success.
     rejected: Option<(u64, String)>,
+    /// What a transport to a redirection's target is made with.
+    headers: Vec<(String, String)>,
+    timeout: Duration,
+    tls: TlsFiles,
 }
 
 /// How an export the collector cannot take now is tried again: OTLP/HTTP's transient failures
@@ -742,6 +746,9 @@ impl OtlpExporter {
             gzip: gzip.then(Vec::new),
             retry: Retry::default(),
             rejected: None,
+            headers,
+            timeout: settings.timeout,
+            tls: settings.tls,
         })
     }
 
@@ -749,6 +756,42 @@ impl OtlpExporter {
     pub(crate) fn with_retry(mut self, retry: Retry) -> Self {
         self.retry = retry;
         self
+    }
+}
+
+/// Redirections followed for one post at most.
+const MAX_REDIRECTS: usize = 5;
+
+impl OtlpExporter {
+    /// Posts `body`, following the collector's redirections as the OTLP specification asks
+    /// (any 3xx with a `Location`: an export can only be posted, so the method stays POST and
+    /// the body goes again), up to [`MAX_REDIRECTS`]; a permanent one (301, 308) is kept for
+    /// later batches, a temporary one serves this batch only. A redirection left unfollowed
+    /// comes back as the collector's answer (a failure).
+    fn post(&mut self, body: &bytes::Bytes) -> Result<Answer, Failure> {
+        let mut answer = self.transport.post(body)?;
+        let mut temporary: Option<Transport> = None;
+        for _ in 0..MAX_REDIRECTS {
+            let from = temporary.as_ref().unwrap_or(&self.transport).endpoint();
+            let Some(to) = answer
+                .location
+                .as_deref()
+                .and_then(|l| transport::redirect_target(from, l))
+            else {
+                return Ok(answer);
+            };
+            let next = Transport::new(&to, &self.headers, self.timeout, &self.tls)
+                .map_err(|e| Failure::refused(format!("OTLP export: redirected to {e}")))?;
+            let permanent = matches!(answer.status.as_u16(), 301 | 308);
+            let current = if permanent && temporary.is_none() {
+                self.transport = next;
+                &mut self.transport
+            } else {
+                temporary.insert(next)
+            };
+            answer = current.post(body)?;
+        }
+        Ok(answer)
     }
 }
 
@@ -775,7 +818,7 @@ impl Export for OtlpExporter {
         let body = bytes::Bytes::from(buf);
         let mut attempt = 1;
         let result = loop {
-            let (wait, failure) = match self.transport.post(&body) {
+            let (wait, failure) = match self.post(&body) {
                 Ok(a) if a.status.is_success() => {
                     // Not sent again: the collector has decided (the OTLP specification says so).
                     self.rejected = partial_success(&a.body);

@@ -524,6 +524,59 @@ fn the_collector_s_partial_success_is_read() {
     assert_eq!(collector.join().unwrap().len(), 2, "not sent again");
 }
 
+/// The collector's redirections are followed with the same body: a temporary one (307) for
+/// the batch at hand only, a permanent one (308) for later batches too; a relative `Location`
+/// against the endpoint; a loop of redirections ends after five, as a failure.
+#[test]
+fn redirections_are_followed() {
+    use super::transport::tests::{scripted, OK};
+    use crate::trace::export::Export;
+    let redirect = |status: &str, to: &str| -> &'static [u8] {
+        format!("HTTP/1.1 {status}\r\nlocation: {to}\r\ncontent-length: 0\r\n\r\n")
+            .leak()
+            .as_bytes()
+    };
+    let mut g = Gen(fastrand::Rng::with_seed(31));
+    let scopes = scopes();
+    let resource = Resource::builder().with_service_name("svc").build();
+    let spans: Vec<SpanData> = (0..3).map(|_| g.span(&scopes[..2])).collect();
+    let body = reference(&spans, &resource).encode_to_vec();
+    let exporter = |addr| {
+        super::OtlpExporter::new(
+            plain_http(addr, Compression::None),
+            &resource,
+            scopes[0].clone(),
+        )
+        .unwrap()
+    };
+    for (status, first_sees) in [("307 Temporary Redirect", 2), ("308 Permanent Redirect", 1)] {
+        let (b, b_seen) = scripted(vec![OK, OK]);
+        let to = redirect(status, &format!("http://{b}/v1/traces"));
+        let (a, a_seen) = scripted(vec![to; first_sees]);
+        let mut e = exporter(a);
+        e.export(&items(&spans)).unwrap();
+        e.export(&items(&spans)).unwrap();
+        let (a_seen, b_seen) = (a_seen.join().unwrap(), b_seen.join().unwrap());
+        assert_eq!(a_seen.len(), first_sees, "{status}");
+        assert!(
+            a_seen.iter().chain(&b_seen).all(|(_, b)| *b == body),
+            "{status}: the same body"
+        );
+    }
+    let (a, seen) = scripted(vec![redirect("307 Temporary Redirect", "/v2/traces"), OK]);
+    exporter(a).export(&items(&spans)).unwrap();
+    let seen = seen.join().unwrap();
+    assert!(seen[1].0.starts_with("post /v2/traces "), "{}", seen[1].0);
+
+    // A collector that redirects to itself: six answers, one post and five redirections.
+    let (a, seen) = scripted(vec![redirect("307 Temporary Redirect", "/v1/traces"); 6]);
+    let mut e = exporter(a);
+    e.retry.attempts = 1;
+    let failed = e.export(&items(&spans)).unwrap_err();
+    assert!(failed.to_string().contains("307"), "{failed}");
+    assert_eq!(seen.join().unwrap().len(), 6);
+}
+
 /// Lengths whose varints take 1, 2, 3 and 4 bytes, at every level: spans under 128 bytes and
 /// past 16 KiB, a batch past 2 MiB (each length is written in place after a guessed room for
 /// its varint, and moved when the guess was wrong).

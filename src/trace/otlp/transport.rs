@@ -48,6 +48,8 @@ pub(crate) struct Answer {
     pub(crate) retry_after: Option<Duration>,
     /// The response body (an `ExportTraceServiceResponse` on success; usually empty).
     pub(crate) body: Bytes,
+    /// `Location`, on a redirection.
+    pub(crate) location: Option<String>,
 }
 
 /// Why an export got no answer.
@@ -153,6 +155,11 @@ impl Transport {
         files: &TlsFiles,
     ) -> Result<Self, String> {
         Self::with_proxies(endpoint, headers, timeout, files, &Matcher::from_env())
+    }
+
+    /// The endpoint it posts to.
+    pub(crate) fn endpoint(&self) -> &str {
+        &self.endpoint
     }
 
     fn with_proxies(
@@ -349,13 +356,40 @@ impl Conn {
             .get(header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(retry_after);
+        let location = status
+            .is_redirection()
+            .then(|| response.headers().get(header::LOCATION))
+            .flatten()
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let body = response.into_body().collect().await?.to_bytes();
         Ok(Answer {
             status,
             retry_after,
             body,
+            location,
         })
     }
+}
+
+/// Where a redirection from `endpoint` to `location` leads: `location` itself when it is an
+/// absolute `http://` or `https://` URL, or `endpoint`'s scheme and authority with it when it
+/// is an absolute path. `None` for anything else.
+pub(crate) fn redirect_target(endpoint: &str, location: &str) -> Option<String> {
+    let location = location.trim();
+    let to: Uri = location.parse().ok()?;
+    if to.scheme().is_some() {
+        return matches!(to.scheme_str(), Some("http" | "https")).then(|| location.to_owned());
+    }
+    if !location.starts_with('/') || location.starts_with("//") {
+        return None;
+    }
+    let from: Uri = endpoint.parse().ok()?;
+    Some(format!(
+        "{}://{}{location}",
+        from.scheme_str()?,
+        from.authority()?
+    ))
 }
 
 /// The wait a `Retry-After` value asks for: delay-seconds, or an HTTP-date (no wait when it has
@@ -867,6 +901,23 @@ pub(crate) mod tests {
         assert_eq!(trouble.kind, FailureKind::Unreachable, "{trouble:?}");
         assert!(trouble.message.contains("503"), "{trouble:?}");
         server.join().unwrap();
+    }
+
+    /// A redirection's `Location`, absolute or an absolute path; nothing else is followed.
+    #[test]
+    fn redirect_targets() {
+        let from = "http://collector:4318/v1/traces";
+        assert_eq!(
+            redirect_target(from, "https://other:443/v1/traces").as_deref(),
+            Some("https://other:443/v1/traces")
+        );
+        assert_eq!(
+            redirect_target(from, " /v2/traces ").as_deref(),
+            Some("http://collector:4318/v2/traces")
+        );
+        for refused in ["ftp://x/y", "v2/traces", "//other/v1/traces", "", "http://"] {
+            assert_eq!(redirect_target(from, refused), None, "{refused:?}");
+        }
     }
 
     /// `Retry-After` in both of its forms: seconds, and an HTTP-date (no wait once passed).
