@@ -97,7 +97,8 @@
 //! specification says: they are counted as dropped (`reason="rejected"`) and the collector's
 //! message is logged, at most once a minute.
 //! Redirections (3xx with a `Location`) are followed, up to five, with the same body; a
-//! permanent one (301, 308) is kept for later batches. Spans wait in a bounded queue (2048)
+//! permanent one (301, 308) is kept for later batches. The configured headers (credentials,
+//! often) follow only to the same host, and not from `https://` down to `http://`. Spans wait in a bounded queue (2048)
 //! drained by one thread; a collector that is down, slow or failing costs the request path
 //! nothing.
 //!

@@ -767,7 +767,8 @@ impl OtlpExporter {
     /// (any 3xx with a `Location`: an export can only be posted, so the method stays POST and
     /// the body goes again), up to [`MAX_REDIRECTS`]; a permanent one (301, 308) is kept for
     /// later batches, a temporary one serves this batch only. A redirection left unfollowed
-    /// comes back as the collector's answer (a failure).
+    /// comes back as the collector's answer (a failure). The configured headers follow only to the
+    /// same host, and not from `https://` down to `http://`.
     fn post(&mut self, body: &bytes::Bytes) -> Result<Answer, Failure> {
         let mut answer = self.transport.post(body)?;
         let mut temporary: Option<Transport> = None;
@@ -780,7 +781,18 @@ impl OtlpExporter {
             else {
                 return Ok(answer);
             };
-            let next = Transport::new(&to, &self.headers, self.timeout, &self.tls)
+            // The configured headers (credentials, often) go only where they went before, or
+            // there over TLS; elsewhere the post goes without them, as HTTP clients do.
+            let headers: Vec<(String, String)> = if transport::same_host(from, &to) {
+                self.headers.clone()
+            } else {
+                self.headers
+                    .iter()
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("content-encoding"))
+                    .cloned()
+                    .collect()
+            };
+            let next = Transport::new(&to, &headers, self.timeout, &self.tls)
                 .map_err(|e| Failure::refused(format!("OTLP export: redirected to {e}")))?;
             let permanent = matches!(answer.status.as_u16(), 301 | 308);
             let current = if permanent && temporary.is_none() {

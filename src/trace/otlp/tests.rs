@@ -568,6 +568,33 @@ fn redirections_are_followed() {
     let seen = seen.join().unwrap();
     assert!(seen[1].0.starts_with("post /v2/traces "), "{}", seen[1].0);
 
+    // The configured headers follow to the same host, not to another one.
+    let (b, b_seen) = scripted(vec![OK]);
+    let elsewhere = redirect(
+        "307 Temporary Redirect",
+        &format!("http://localhost:{}/v1/traces", b.port()),
+    );
+    let (a, a_seen) = scripted(vec![
+        redirect("307 Temporary Redirect", "/v2/traces"),
+        elsewhere,
+    ]);
+    let settings = OtlpSettings {
+        headers: vec![("x-api-key".into(), "secret".into())],
+        ..plain_http(a, Compression::None)
+    };
+    super::OtlpExporter::new(settings, &resource, scopes[0].clone())
+        .unwrap()
+        .export(&items(&spans))
+        .unwrap();
+    let a_seen = a_seen.join().unwrap();
+    assert!(
+        a_seen.iter().all(|(h, _)| h.contains("x-api-key: secret")),
+        "{a_seen:?}"
+    );
+    let (head, got) = &b_seen.join().unwrap()[0];
+    assert!(!head.contains("x-api-key"), "{head}");
+    assert_eq!(*got, body);
+
     // A collector that redirects to itself: six answers, one post and five redirections.
     let (a, seen) = scripted(vec![redirect("307 Temporary Redirect", "/v1/traces"); 6]);
     let mut e = exporter(a);

@@ -392,6 +392,19 @@ pub(crate) fn redirect_target(endpoint: &str, location: &str) -> Option<String> 
     ))
 }
 
+/// Whether `to` is on `from`'s host (any port), without going from `https://` down to `http://`.
+pub(crate) fn same_host(from: &str, to: &str) -> bool {
+    let (Ok(from), Ok(to)) = (from.parse::<Uri>(), to.parse::<Uri>()) else {
+        return false;
+    };
+    let downgrade = from.scheme_str() == Some("https") && to.scheme_str() != Some("https");
+    !downgrade
+        && from
+            .host()
+            .zip(to.host())
+            .is_some_and(|(a, b)| a.eq_ignore_ascii_case(b))
+}
+
 /// The wait a `Retry-After` value asks for: delay-seconds, or an HTTP-date (no wait when it has
 /// passed). `None` when it is neither.
 fn retry_after(value: &str) -> Option<Duration> {
@@ -918,6 +931,13 @@ pub(crate) mod tests {
         for refused in ["ftp://x/y", "v2/traces", "//other/v1/traces", "", "http://"] {
             assert_eq!(redirect_target(from, refused), None, "{refused:?}");
         }
+        assert!(same_host(from, "https://Collector/v1/traces"));
+        assert!(same_host(from, "http://collector:4319/v1/traces"));
+        assert!(!same_host(from, "http://other:4318/v1/traces"));
+        assert!(!same_host(
+            "https://collector/v1/traces",
+            "http://collector/v1/traces"
+        ));
     }
 
     /// `Retry-After` in both of its forms: seconds, and an HTTP-date (no wait once passed).
