@@ -204,8 +204,9 @@ impl TraceConfig {
     /// `OTEL_TRACES_SAMPLER` and
     /// `OTEL_TRACES_SAMPLER_ARG`, `OTEL_TRACES_EXPORTER`, `OTEL_SDK_DISABLED`,
     /// `OTEL_PROPAGATORS`, and the batch settings `OTEL_BSP_MAX_QUEUE_SIZE`,
-    /// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, `OTEL_BSP_SCHEDULE_DELAY` (ms). The export settings
-    /// are read when [`install`](Self::install) runs; set from code, they win.
+    /// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, `OTEL_BSP_SCHEDULE_DELAY` and
+    /// `OTEL_BSP_EXPORT_TIMEOUT` (ms: one batch's sends and retries together). The export
+    /// settings are read when [`install`](Self::install) runs; set from code, they win.
     /// Unknown values fall back to the defaults and are listed by [`TraceConfig::warnings`]; so
     /// is what the exporter does not support: a protocol other than `http/protobuf`, a
     /// compression other than `gzip` or `none`, TLS settings without the `otlp-tls` feature, a
@@ -246,7 +247,12 @@ impl TraceConfig {
             timeout: None,
             tls: TlsFiles::default(),
             compression: None,
-            retry: Retry::default(),
+            retry: Retry {
+                total: env_usize("OTEL_BSP_EXPORT_TIMEOUT").map_or(Retry::default().total, |ms| {
+                    Duration::from_millis(ms as u64)
+                }),
+                ..Retry::default()
+            },
             sampler,
             exporter,
             disabled: env("OTEL_SDK_DISABLED")
@@ -346,6 +352,14 @@ impl TraceConfig {
     pub fn export_backoff(mut self, first: Duration, max_wait: Duration) -> Self {
         self.retry.first = first;
         self.retry.max_wait = max_wait;
+        self
+    }
+
+    /// The longest one batch's export may take, its sends and the waits between them together
+    /// (overriding `OTEL_BSP_EXPORT_TIMEOUT`; default 30 s): no retry is begun that would end
+    /// past it.
+    pub fn batch_export_timeout(mut self, timeout: Duration) -> Self {
+        self.retry.total = timeout;
         self
     }
 

@@ -86,7 +86,9 @@
 //! excludes the host (`https://` through a `CONNECT` tunnel). OTLP/HTTP's transient failures
 //! (429, 502, 503, 504, no connection) are sent again up to three times, after the
 //! collector's `Retry-After` or a jittered exponential backoff (from 250 ms; both set with
-//! [`TraceConfig::export_attempts`] and [`TraceConfig::export_backoff`]); a longer wait, a
+//! [`TraceConfig::export_attempts`] and [`TraceConfig::export_backoff`]), within the batch's
+//! export timeout (`OTEL_BSP_EXPORT_TIMEOUT`, 30 s, or
+//! [`TraceConfig::batch_export_timeout`]); a longer wait, a
 //! timeout or another refusal (a TLS certificate that does not verify, on either side; a
 //! proxy that refuses the tunnel) drops the batch, counted, and the next batch tries afresh.
 //! A failing export is logged with its reason (WARN, target `towerscope::trace::export`,

@@ -671,11 +671,12 @@ pub(crate) struct OtlpExporter {
 /// (429, 502, 503, 504, or no connection) are retried, up to `attempts` sends in all, after
 /// the collector's `Retry-After` (seconds or an HTTP-date) or an exponential backoff with
 /// jitter (`first`, doubling, each between half and one and a half times that). A wait longer
-/// than `max_wait` is not made: the batch is dropped (and counted) instead, as is one that
-/// timed out (its time is spent already), one whose connection was refused as configured (a
-/// certificate that does not verify, a proxy that refuses the tunnel: see
-/// `FailureKind::Refused`), or one that met any other status (a 400, a 500: sending it again
-/// would not help, as the OTLP specification lists).
+/// than `max_wait`, or one that would end past `total` since the export began, is not made:
+/// the batch is dropped (and counted) instead, as is one that timed out (its time is spent
+/// already), one whose connection was refused as configured (a certificate that does not
+/// verify, a proxy that refuses the tunnel: see `FailureKind::Refused`), or one that met any
+/// other status (a 400, a 500: sending it again would not help, as the OTLP specification
+/// lists).
 ///
 /// The retries run on the export thread: the request path never waits for them, and what
 /// arrives meanwhile waits in the bounded queue (or is dropped from it, counted).
@@ -684,6 +685,9 @@ pub(crate) struct Retry {
     pub(crate) attempts: u32,
     pub(crate) first: Duration,
     pub(crate) max_wait: Duration,
+    /// The longest one batch's export may take, its sends and waits together: no wait is
+    /// begun that would end past it (`OTEL_BSP_EXPORT_TIMEOUT`, default 30 s).
+    pub(crate) total: Duration,
 }
 
 impl Default for Retry {
@@ -692,6 +696,7 @@ impl Default for Retry {
             attempts: 4,
             first: Duration::from_millis(250),
             max_wait: Duration::from_secs(5),
+            total: Duration::from_secs(30),
         }
     }
 }
@@ -829,6 +834,7 @@ impl Export for OtlpExporter {
         // for the next batch. A new one only when it has not (an export that timed out).
         let body = bytes::Bytes::from(buf);
         let mut attempt = 1;
+        let deadline = std::time::Instant::now() + self.retry.total;
         let result = loop {
             let (wait, failure) = match self.post(&body) {
                 Ok(a) if a.status.is_success() => {
@@ -847,7 +853,11 @@ impl Export for OtlpExporter {
                 ),
             };
             match wait {
-                Some(wait) if attempt < self.retry.attempts && wait <= self.retry.max_wait => {
+                Some(wait)
+                    if attempt < self.retry.attempts
+                        && wait <= self.retry.max_wait
+                        && std::time::Instant::now() + wait < deadline =>
+                {
                     std::thread::sleep(wait);
                     attempt += 1;
                 }
