@@ -481,6 +481,142 @@ fn the_retry_settings_set_in_code_reach_the_exporter() {
     }
 }
 
+/// A collector's partial success (OTLP/HTTP: 200 with `partial_success` set) is read from the
+/// answer: how many spans it refused and why; an empty answer, or a `partial_success` with
+/// neither, is a plain success; an answer that is not protobuf is not misread.
+#[test]
+fn the_collector_s_partial_success_is_read() {
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTracePartialSuccess, ExportTraceServiceResponse,
+    };
+    let answer = |rejected_spans, error_message: &str| {
+        ExportTraceServiceResponse {
+            partial_success: Some(ExportTracePartialSuccess {
+                rejected_spans,
+                error_message: error_message.to_owned(),
+            }),
+        }
+        .encode_to_vec()
+    };
+    assert_eq!(
+        super::partial_success(&answer(2, "spans too old")),
+        Some((2, "spans too old".to_owned()))
+    );
+    assert_eq!(
+        super::partial_success(&answer(0, "deprecated attribute")),
+        Some((0, "deprecated attribute".to_owned()))
+    );
+    assert_eq!(super::partial_success(&answer(0, "")), None);
+    assert_eq!(super::partial_success(&[]), None);
+    assert_eq!(super::partial_success(b"{\"partialSuccess\":{}}"), None);
+
+    // Through the exporter: a 200 with a partial success, then a plain 200.
+    use crate::trace::export::Export;
+    let body = answer(3, "spans too old");
+    let head = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let partial: &'static [u8] = [head.as_bytes(), &body].concat().leak();
+    let (addr, collector) =
+        super::transport::tests::scripted(vec![partial, super::transport::tests::OK]);
+    let mut g = Gen(fastrand::Rng::with_seed(29));
+    let scopes = scopes();
+    let resource = Resource::builder().with_service_name("svc").build();
+    let settings = plain_http(addr, Compression::None);
+    let mut exporter = super::OtlpExporter::new(settings, &resource, scopes[0].clone()).unwrap();
+    let spans: Vec<SpanData> = (0..4).map(|_| g.span(&scopes[..2])).collect();
+    exporter.export(&items(&spans)).unwrap();
+    assert_eq!(
+        exporter.take_rejected(),
+        Some((3, "spans too old".to_owned()))
+    );
+    assert_eq!(exporter.take_rejected(), None, "taken");
+    exporter.export(&items(&spans)).unwrap();
+    assert_eq!(exporter.take_rejected(), None);
+    assert_eq!(collector.join().unwrap().len(), 2, "not sent again");
+}
+
+/// The collector's redirections are followed with the same body: a temporary one (307) for
+/// the batch at hand only, a permanent one (308) for later batches too; a relative `Location`
+/// against the endpoint; a loop of redirections ends after five, as a failure.
+#[test]
+fn redirections_are_followed() {
+    use super::transport::tests::{scripted, OK};
+    use crate::trace::export::Export;
+    let redirect = |status: &str, to: &str| -> &'static [u8] {
+        format!("HTTP/1.1 {status}\r\nlocation: {to}\r\ncontent-length: 0\r\n\r\n")
+            .leak()
+            .as_bytes()
+    };
+    let mut g = Gen(fastrand::Rng::with_seed(31));
+    let scopes = scopes();
+    let resource = Resource::builder().with_service_name("svc").build();
+    let spans: Vec<SpanData> = (0..3).map(|_| g.span(&scopes[..2])).collect();
+    let body = reference(&spans, &resource).encode_to_vec();
+    let exporter = |addr| {
+        super::OtlpExporter::new(
+            plain_http(addr, Compression::None),
+            &resource,
+            scopes[0].clone(),
+        )
+        .unwrap()
+    };
+    for (status, first_sees) in [("307 Temporary Redirect", 2), ("308 Permanent Redirect", 1)] {
+        let (b, b_seen) = scripted(vec![OK, OK]);
+        let to = redirect(status, &format!("http://{b}/v1/traces"));
+        let (a, a_seen) = scripted(vec![to; first_sees]);
+        let mut e = exporter(a);
+        e.export(&items(&spans)).unwrap();
+        e.export(&items(&spans)).unwrap();
+        let (a_seen, b_seen) = (a_seen.join().unwrap(), b_seen.join().unwrap());
+        assert_eq!(a_seen.len(), first_sees, "{status}");
+        assert!(
+            a_seen.iter().chain(&b_seen).all(|(_, b)| *b == body),
+            "{status}: the same body"
+        );
+    }
+    let (a, seen) = scripted(vec![redirect("307 Temporary Redirect", "/v2/traces"), OK]);
+    exporter(a).export(&items(&spans)).unwrap();
+    let seen = seen.join().unwrap();
+    assert!(seen[1].0.starts_with("post /v2/traces "), "{}", seen[1].0);
+
+    // The configured headers follow to the same host, not to another one.
+    let (b, b_seen) = scripted(vec![OK]);
+    let elsewhere = redirect(
+        "307 Temporary Redirect",
+        &format!("http://localhost:{}/v1/traces", b.port()),
+    );
+    let (a, a_seen) = scripted(vec![
+        redirect("307 Temporary Redirect", "/v2/traces"),
+        elsewhere,
+    ]);
+    let settings = OtlpSettings {
+        headers: vec![("x-api-key".into(), "secret".into())],
+        ..plain_http(a, Compression::None)
+    };
+    super::OtlpExporter::new(settings, &resource, scopes[0].clone())
+        .unwrap()
+        .export(&items(&spans))
+        .unwrap();
+    let a_seen = a_seen.join().unwrap();
+    assert!(
+        a_seen.iter().all(|(h, _)| h.contains("x-api-key: secret")),
+        "{a_seen:?}"
+    );
+    let (head, got) = &b_seen.join().unwrap()[0];
+    assert!(!head.contains("x-api-key"), "{head}");
+    assert_eq!(*got, body);
+
+    // A collector that redirects to itself: six answers, one post and five redirections.
+    let (a, seen) = scripted(vec![redirect("307 Temporary Redirect", "/v1/traces"); 6]);
+    let mut e = exporter(a);
+    e.retry.attempts = 1;
+    let failed = e.export(&items(&spans)).unwrap_err();
+    assert!(failed.to_string().contains("307"), "{failed}");
+    assert_eq!(seen.join().unwrap().len(), 6);
+}
+
 /// Lengths whose varints take 1, 2, 3 and 4 bytes, at every level: spans under 128 bytes and
 /// past 16 KiB, a batch past 2 MiB (each length is written in place after a guessed room for
 /// its varint, and moved when the guess was wrong).
