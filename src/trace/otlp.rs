@@ -21,7 +21,7 @@ use super::baggage::percent_decode;
 use super::config::{env, otlp_var, Compression};
 use super::export::{Export, Item};
 use super::record::{AttrVal, ServerRecord};
-use transport::{Answer, Failure, FailureKind, Transport};
+use transport::{Answer, FailureKind, Transport};
 
 #[cfg(feature = "otlp-tls")]
 mod tls;
@@ -661,10 +661,6 @@ pub(crate) struct OtlpExporter {
     retry: Retry,
     /// What the collector refused in the last export's partial success.
     rejected: Option<(u64, String)>,
-    /// What a transport to a redirection's target is made with.
-    headers: Vec<(String, String)>,
-    timeout: Duration,
-    tls: TlsFiles,
 }
 
 /// How an export the collector cannot take now is tried again: OTLP/HTTP's transient failures
@@ -751,9 +747,6 @@ impl OtlpExporter {
             gzip: gzip.then(Vec::new),
             retry: Retry::default(),
             rejected: None,
-            headers,
-            timeout: settings.timeout,
-            tls: settings.tls,
         })
     }
 
@@ -761,54 +754,6 @@ impl OtlpExporter {
     pub(crate) fn with_retry(mut self, retry: Retry) -> Self {
         self.retry = retry;
         self
-    }
-}
-
-/// Redirections followed for one post at most.
-const MAX_REDIRECTS: usize = 5;
-
-impl OtlpExporter {
-    /// Posts `body`, following the collector's redirections as the OTLP specification asks
-    /// (any 3xx with a `Location`: an export can only be posted, so the method stays POST and
-    /// the body goes again), up to [`MAX_REDIRECTS`]; a permanent one (301, 308) is kept for
-    /// later batches, a temporary one serves this batch only. A redirection left unfollowed
-    /// comes back as the collector's answer (a failure). The configured headers follow only to the
-    /// same host, and not from `https://` down to `http://`.
-    fn post(&mut self, body: &bytes::Bytes) -> Result<Answer, Failure> {
-        let mut answer = self.transport.post(body)?;
-        let mut temporary: Option<Transport> = None;
-        for _ in 0..MAX_REDIRECTS {
-            let from = temporary.as_ref().unwrap_or(&self.transport).endpoint();
-            let Some(to) = answer
-                .location
-                .as_deref()
-                .and_then(|l| transport::redirect_target(from, l))
-            else {
-                return Ok(answer);
-            };
-            // The configured headers (credentials, often) go only where they went before, or
-            // there over TLS; elsewhere the post goes without them, as HTTP clients do.
-            let headers: Vec<(String, String)> = if transport::same_host(from, &to) {
-                self.headers.clone()
-            } else {
-                self.headers
-                    .iter()
-                    .filter(|(k, _)| k.eq_ignore_ascii_case("content-encoding"))
-                    .cloned()
-                    .collect()
-            };
-            let next = Transport::new(&to, &headers, self.timeout, &self.tls)
-                .map_err(|e| Failure::refused(format!("OTLP export: redirected to {e}")))?;
-            let permanent = matches!(answer.status.as_u16(), 301 | 308);
-            let current = if permanent && temporary.is_none() {
-                self.transport = next;
-                &mut self.transport
-            } else {
-                temporary.insert(next)
-            };
-            answer = current.post(body)?;
-        }
-        Ok(answer)
     }
 }
 
@@ -836,7 +781,7 @@ impl Export for OtlpExporter {
         let mut attempt = 1;
         let deadline = std::time::Instant::now() + self.retry.total;
         let result = loop {
-            let (wait, failure) = match self.post(&body) {
+            let (wait, failure) = match self.transport.post(&body) {
                 Ok(a) if a.status.is_success() => {
                     // Not sent again: the collector has decided (the OTLP specification says so).
                     self.rejected = partial_success(&a.body);

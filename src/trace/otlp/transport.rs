@@ -6,10 +6,11 @@
 //! client ran a runtime on a thread of its own, and every batch went to that thread and back.
 //! On the example server, exporting every request with the whole server on one core, the
 //! export's CPU time per request fell from about 500 to 390 ns with this transport
-//! (BENCHMARKS.md, session 17). What a client adds beyond one
-//! connection (a pool, redirects) an exporter does not use; the proxy environment variables
-//! are honoured with hyper-util's matcher, as reqwest does (an `https://` endpoint through a
-//! `CONNECT` tunnel). TLS for `https://` endpoints comes with the `otlp-tls` feature.
+//! (BENCHMARKS.md, session 17). Of what a client adds beyond one connection, an exporter needs
+//! two things, and they are here: redirections followed (OTLP asks for it), and the proxy
+//! environment variables, honoured with hyper-util's matcher as reqwest does (an `https://`
+//! endpoint through a `CONNECT` tunnel). TLS for `https://` endpoints comes with the
+//! `otlp-tls` feature.
 
 use std::time::Duration;
 
@@ -119,6 +120,9 @@ pub(crate) struct Transport {
     /// dropped, on a thread that runs the application's.
     runtime: Option<tokio::runtime::Runtime>,
     conn: Option<Conn>,
+    /// What it was made with, for a transport to a redirection's target.
+    configured: Vec<(String, String)>,
+    files: TlsFiles,
 }
 
 impl std::fmt::Debug for Transport {
@@ -155,11 +159,6 @@ impl Transport {
         files: &TlsFiles,
     ) -> Result<Self, String> {
         Self::with_proxies(endpoint, headers, timeout, files, &Matcher::from_env())
-    }
-
-    /// The endpoint it posts to.
-    pub(crate) fn endpoint(&self) -> &str {
-        &self.endpoint
     }
 
     fn with_proxies(
@@ -249,16 +248,67 @@ impl Transport {
             tunnel,
             runtime: None,
             conn: None,
+            configured: headers.to_vec(),
+            files: files.clone(),
         })
     }
 
-    /// Posts `body` (shared with the connection, not copied); the collector's answer, or what
-    /// went wrong.
+    /// Posts `body` (shared with the connection, not copied), following the collector's
+    /// redirections as the OTLP specification asks: any 3xx with a `Location`, up to
+    /// [`MAX_REDIRECTS`] (an export can only be posted, so the method stays POST and the body
+    /// goes again). A permanent one (301, 308) replaces this transport's endpoint for later
+    /// posts; a temporary one serves this post only. The configured headers (credentials,
+    /// often) follow only to the same host, and not from `https://` down to `http://`, as HTTP
+    /// clients do. A redirection left unfollowed comes back as the answer.
+    pub(crate) fn post(&mut self, body: &Bytes) -> Result<Answer, Failure> {
+        let mut answer = self.post_once(body)?;
+        let mut temporary: Option<Transport> = None;
+        for _ in 0..MAX_REDIRECTS {
+            let from = temporary.as_ref().unwrap_or(&*self);
+            let Some(next) = answer
+                .location
+                .as_deref()
+                .and_then(|l| redirect_target(&from.endpoint, l))
+                .map(|to| from.redirected(&to))
+                .transpose()?
+            else {
+                return Ok(answer);
+            };
+            let current = if matches!(answer.status.as_u16(), 301 | 308) && temporary.is_none() {
+                *self = next;
+                &mut *self
+            } else {
+                temporary.insert(next)
+            };
+            answer = current.post_once(body)?;
+        }
+        Ok(answer)
+    }
+
+    /// A transport to `to`, where this one's endpoint redirected, made as this one was; the
+    /// configured headers go along only to the same host, without a downgrade from TLS.
+    fn redirected(&self, to: &str) -> Result<Self, Failure> {
+        let headers: Vec<(String, String)> = if same_host(&self.endpoint, to) {
+            self.configured.clone()
+        } else {
+            // The body's encoding is the export's, not a credential.
+            self.configured
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case("content-encoding"))
+                .cloned()
+                .collect()
+        };
+        Self::new(to, &headers, self.timeout, &self.files)
+            .map_err(|e| Failure::refused(format!("OTLP export: redirected to {e}")))
+    }
+
+    /// Posts `body` once (shared with the connection, not copied): the collector's answer, or
+    /// what went wrong.
     ///
     /// A kept connection may have been closed by the collector since the last export (an idle
     /// timeout): when a request on it fails before an answer, it is sent once more on a new
     /// connection. Delivery is at least once, as with any OTLP retry.
-    pub(crate) fn post(&mut self, body: &Bytes) -> Result<Answer, Failure> {
+    fn post_once(&mut self, body: &Bytes) -> Result<Answer, Failure> {
         if self.runtime.is_none() {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_io()
@@ -372,10 +422,13 @@ impl Conn {
     }
 }
 
+/// Redirections followed for one post at most.
+const MAX_REDIRECTS: usize = 5;
+
 /// Where a redirection from `endpoint` to `location` leads: `location` itself when it is an
 /// absolute `http://` or `https://` URL, or `endpoint`'s scheme and authority with it when it
 /// is an absolute path. `None` for anything else.
-pub(crate) fn redirect_target(endpoint: &str, location: &str) -> Option<String> {
+fn redirect_target(endpoint: &str, location: &str) -> Option<String> {
     let location = location.trim();
     let to: Uri = location.parse().ok()?;
     if to.scheme().is_some() {
@@ -393,7 +446,7 @@ pub(crate) fn redirect_target(endpoint: &str, location: &str) -> Option<String> 
 }
 
 /// Whether `to` is on `from`'s host (any port), without going from `https://` down to `http://`.
-pub(crate) fn same_host(from: &str, to: &str) -> bool {
+fn same_host(from: &str, to: &str) -> bool {
     let (Ok(from), Ok(to)) = (from.parse::<Uri>(), to.parse::<Uri>()) else {
         return false;
     };
