@@ -20,7 +20,7 @@ use crossbeam_queue::ArrayQueue;
 use metrics::Counter;
 use opentelemetry::Context;
 use opentelemetry::InstrumentationScope;
-use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
 
 use super::record::ServerRecord;
@@ -99,13 +99,18 @@ pub(crate) enum Item {
 /// An exporter run by the export thread.
 pub(crate) trait Export: Send + 'static {
     /// Sends one batch.
-    fn export(&mut self, batch: &[Item]) -> OTelSdkResult;
+    fn export(&mut self, batch: &[Item]) -> Exported;
+}
 
-    /// After an export that succeeded: the spans the receiver said it refused (OTLP's partial
-    /// success) and its message, when it said either.
-    fn take_rejected(&mut self) -> Option<(u64, String)> {
-        None
-    }
+/// What one export came to: taken, with what the receiver refused of the batch when it said
+/// (OTLP's partial success), or failed.
+pub(crate) type Exported = Result<Option<Refused>, OTelSdkError>;
+
+/// What a receiver refused of a batch it took: how many spans, and its message.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Refused {
+    pub(crate) spans: u64,
+    pub(crate) message: String,
 }
 
 /// The queue's producer side: the span processor's, and the server spans'.
@@ -304,8 +309,11 @@ fn export_loop<E: Export>(mut exporter: E, handle: &QueueHandle) {
         }
         let n = batch.len() as u64;
         match exporter.export(&batch) {
-            Ok(()) => {
-                let (refused, message) = exporter.take_rejected().unwrap_or_default();
+            Ok(refused) => {
+                let Refused {
+                    spans: refused,
+                    message,
+                } = refused.unwrap_or_default();
                 // The collector's count, bounded by what was sent.
                 let refused = refused.min(n);
                 counters.exported.increment(n - refused);
@@ -333,7 +341,7 @@ fn export_loop<E: Export>(mut exporter: E, handle: &QueueHandle) {
                 counters.export_failed.increment(n);
                 if let Some(lost) = reports.failed(Instant::now(), n) {
                     let error = match &e {
-                        opentelemetry_sdk::error::OTelSdkError::InternalFailure(m) => m.clone(),
+                        OTelSdkError::InternalFailure(m) => m.clone(),
                         other => other.to_string(),
                     };
                     tracing::warn!(
@@ -398,7 +406,7 @@ pub(crate) struct ConsoleExporter {
 }
 
 impl Export for ConsoleExporter {
-    fn export(&mut self, batch: &[Item]) -> OTelSdkResult {
+    fn export(&mut self, batch: &[Item]) -> Exported {
         let mut out = String::new();
         for item in batch {
             let server;
@@ -440,11 +448,8 @@ impl Export for ConsoleExporter {
         std::io::stdout()
             .lock()
             .write_all(out.as_bytes())
-            .map_err(|e| {
-                opentelemetry_sdk::error::OTelSdkError::InternalFailure(format!(
-                    "console export: {e}"
-                ))
-            })
+            .map(|()| None)
+            .map_err(|e| OTelSdkError::InternalFailure(format!("console export: {e}")))
     }
 }
 
@@ -543,12 +548,12 @@ mod tests {
     }
 
     impl Export for Count {
-        fn export(&mut self, batch: &[Item]) -> OTelSdkResult {
+        fn export(&mut self, batch: &[Item]) -> Exported {
             if self.slow {
                 std::thread::sleep(Duration::from_millis(2));
             }
             self.got.fetch_add(batch.len() as u64, Ordering::Relaxed);
-            Ok(())
+            Ok(None)
         }
     }
 
@@ -621,11 +626,11 @@ mod tests {
         /// Says the collector refused `refuse` spans of every batch.
         struct Refusing(u64);
         impl Export for Refusing {
-            fn export(&mut self, _: &[Item]) -> OTelSdkResult {
-                Ok(())
-            }
-            fn take_rejected(&mut self) -> Option<(u64, String)> {
-                Some((self.0, "too old".to_owned()))
+            fn export(&mut self, _: &[Item]) -> Exported {
+                Ok(Some(Refused {
+                    spans: self.0,
+                    message: "too old".to_owned(),
+                }))
             }
         }
         for (refuse, sent, rejected) in [(2, 8, 2), (100, 8, 8)] {

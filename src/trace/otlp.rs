@@ -13,13 +13,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status};
 use opentelemetry::{Array, InstrumentationScope, KeyValue, Value};
-use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::error::OTelSdkError;
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 use opentelemetry_sdk::Resource;
 
 use super::baggage::percent_decode;
 use super::config::{env, otlp_var, Compression};
-use super::export::{Export, Item};
+use super::export::{Export, Exported, Item, Refused};
 use super::record::{AttrVal, ServerRecord};
 use transport::{Answer, FailureKind, Transport};
 
@@ -659,8 +659,6 @@ pub(crate) struct OtlpExporter {
     /// With gzip: the encoded batch, compressed into `body` (kept as well).
     gzip: Option<Vec<u8>>,
     retry: Retry,
-    /// What the collector refused in the last export's partial success.
-    rejected: Option<(u64, String)>,
 }
 
 /// How an export the collector cannot take now is tried again: OTLP/HTTP's transient failures
@@ -746,7 +744,6 @@ impl OtlpExporter {
             body: Vec::new(),
             gzip: gzip.then(Vec::new),
             retry: Retry::default(),
-            rejected: None,
         })
     }
 
@@ -758,12 +755,7 @@ impl OtlpExporter {
 }
 
 impl Export for OtlpExporter {
-    fn take_rejected(&mut self) -> Option<(u64, String)> {
-        self.rejected.take()
-    }
-
-    fn export(&mut self, batch: &[Item]) -> OTelSdkResult {
-        self.rejected = None;
+    fn export(&mut self, batch: &[Item]) -> Exported {
         let mut buf = std::mem::take(&mut self.body);
         match &mut self.gzip {
             None => self.encoder.encode(batch, &mut buf),
@@ -782,11 +774,9 @@ impl Export for OtlpExporter {
         let deadline = std::time::Instant::now() + self.retry.total;
         let result = loop {
             let (wait, failure) = match self.transport.post(&body) {
-                Ok(a) if a.status.is_success() => {
-                    // Not sent again: the collector has decided (the OTLP specification says so).
-                    self.rejected = partial_success(&a.body);
-                    break Ok(());
-                }
+                // What it refused is not sent again: the collector has decided (the OTLP
+                // specification says so).
+                Ok(a) if a.status.is_success() => break Ok(partial_success(&a.body)),
                 Ok(a) => (
                     Retry::transient(&a)
                         .then(|| a.retry_after.unwrap_or_else(|| self.retry.backoff(attempt))),
@@ -817,7 +807,7 @@ impl Export for OtlpExporter {
 /// A successful answer's partial success (`ExportTraceServiceResponse.partial_success`, field
 /// 1: `rejected_spans`, field 1, and `error_message`, field 2): the count and the message, when
 /// the collector gave either. Anything it cannot read is taken as no partial success.
-fn partial_success(body: &[u8]) -> Option<(u64, String)> {
+fn partial_success(body: &[u8]) -> Option<Refused> {
     let inner =
         proto_fields(body)?
             .into_iter()
@@ -833,7 +823,10 @@ fn partial_success(body: &[u8]) -> Option<(u64, String)> {
             _ => {}
         }
     }
-    (rejected > 0 || !message.is_empty()).then_some((rejected, message))
+    (rejected > 0 || !message.is_empty()).then_some(Refused {
+        spans: rejected,
+        message,
+    })
 }
 
 enum ProtoValue<'a> {

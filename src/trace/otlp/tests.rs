@@ -498,13 +498,19 @@ fn the_collector_s_partial_success_is_read() {
         }
         .encode_to_vec()
     };
+    let refused = |spans, message: &str| {
+        Some(crate::trace::export::Refused {
+            spans,
+            message: message.to_owned(),
+        })
+    };
     assert_eq!(
         super::partial_success(&answer(2, "spans too old")),
-        Some((2, "spans too old".to_owned()))
+        refused(2, "spans too old")
     );
     assert_eq!(
         super::partial_success(&answer(0, "deprecated attribute")),
-        Some((0, "deprecated attribute".to_owned()))
+        refused(0, "deprecated attribute")
     );
     assert_eq!(super::partial_success(&answer(0, "")), None);
     assert_eq!(super::partial_success(&[]), None);
@@ -526,14 +532,11 @@ fn the_collector_s_partial_success_is_read() {
     let settings = plain_http(addr, Compression::None);
     let mut exporter = super::OtlpExporter::new(settings, &resource, scopes[0].clone()).unwrap();
     let spans: Vec<SpanData> = (0..4).map(|_| g.span(&scopes[..2])).collect();
-    exporter.export(&items(&spans)).unwrap();
     assert_eq!(
-        exporter.take_rejected(),
-        Some((3, "spans too old".to_owned()))
+        exporter.export(&items(&spans)).unwrap(),
+        refused(3, "spans too old")
     );
-    assert_eq!(exporter.take_rejected(), None, "taken");
-    exporter.export(&items(&spans)).unwrap();
-    assert_eq!(exporter.take_rejected(), None);
+    assert_eq!(exporter.export(&items(&spans)).unwrap(), None);
     assert_eq!(collector.join().unwrap().len(), 2, "not sent again");
 }
 

@@ -6,13 +6,12 @@ use std::time::{Duration, UNIX_EPOCH};
 use http::{Method, Version};
 use opentelemetry::trace::{Span as _, SpanContext, Status, TraceContextExt};
 use opentelemetry::{Context, KeyValue, Value};
-use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SpanLimits, SpanProcessor};
 use opentelemetry_sdk::Resource;
 
 use super::{RequestAttrs, ServerRecord, ServerSpan};
 use crate::lifecycle::KnownMethod;
-use crate::trace::export::{Export, ExportCounters, Item, QueueProcessor, QueueSettings};
+use crate::trace::export::{Export, ExportCounters, Exported, Item, QueueProcessor, QueueSettings};
 use crate::trace::otlp::tests::{scopes, Gen};
 use crate::trace::otlp::Encoder;
 
@@ -126,14 +125,14 @@ fn a_server_record_is_written_as_its_span_data() {
 struct Capture(Arc<Mutex<Vec<ServerRecord>>>);
 
 impl Export for Capture {
-    fn export(&mut self, batch: &[Item]) -> OTelSdkResult {
+    fn export(&mut self, batch: &[Item]) -> Exported {
         let mut got = self.0.lock().unwrap();
         for i in batch {
             if let Item::Server(r) = i {
                 got.push((**r).clone());
             }
         }
-        Ok(())
+        Ok(None)
     }
 }
 
