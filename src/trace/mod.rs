@@ -73,36 +73,39 @@
 //! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_EXPORTER_OTLP_ENDPOINT` / `..._TRACES_ENDPOINT`,
 //! `OTEL_EXPORTER_OTLP_HEADERS` / `..._TRACES_HEADERS`, `OTEL_EXPORTER_OTLP_TIMEOUT` /
 //! `..._TRACES_TIMEOUT`, `OTEL_EXPORTER_OTLP_COMPRESSION` / `..._TRACES_COMPRESSION` (`gzip`
-//! or `none`), `OTEL_EXPORTER_OTLP_CERTIFICATE` / `..._TRACES_CERTIFICATE`,
-//! `OTEL_TRACES_SAMPLER` /
-//! `..._ARG` (default `parentbased_always_on`), `OTEL_TRACES_EXPORTER` (`otlp`, `console`,
-//! `none`), `OTEL_SDK_DISABLED`, `OTEL_PROPAGATORS`, `OTEL_BSP_*`, or the same from code. With no
+//! or `none`), `OTEL_EXPORTER_OTLP_CERTIFICATE`, `..._CLIENT_CERTIFICATE` and
+//! `..._CLIENT_KEY` (each also as `..._TRACES_...`), `OTEL_TRACES_SAMPLER` / `..._ARG`
+//! (default `parentbased_always_on`), `OTEL_TRACES_EXPORTER` (`otlp`, `console`, `none`),
+//! `OTEL_SDK_DISABLED`, `OTEL_PROPAGATORS`, `OTEL_BSP_*`, or the same from code. With no
 //! endpoint nothing is exported and no connection is attempted; ids are still created,
-//! propagated and logged. The export goes over one kept HTTP/1.1 connection to an `http://`
-//! endpoint, or an `https://` one with the `otlp-tls` feature (rustls; the system's root
-//! certificates, or those of the CA file `OTEL_EXPORTER_OTLP_CERTIFICATE` names; the client
-//! certificate of `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` and `..._CLIENT_KEY` for mutual
-//! TLS), through the proxy `HTTP_PROXY` / `HTTPS_PROXY` / `ALL_PROXY` name unless `NO_PROXY`
-//! excludes the host (`https://` through a `CONNECT` tunnel). OTLP/HTTP's transient failures
-//! (429, 502, 503, 504, no connection) are sent again up to three times, after the
-//! collector's `Retry-After` or a jittered exponential backoff (from 250 ms; both set with
-//! [`TraceConfig::export_attempts`] and [`TraceConfig::export_backoff`]), within the batch's
-//! export timeout (`OTEL_BSP_EXPORT_TIMEOUT`, 30 s, or
-//! [`TraceConfig::batch_export_timeout`]); a longer wait, a
-//! timeout or another refusal (a TLS certificate that does not verify, on either side; a
-//! proxy that refuses the tunnel) drops the batch, counted, and the next batch tries afresh.
-//! A failing export is logged with its reason (WARN, target `towerscope::trace::export`,
-//! with the batches and spans failed since the previous warning) at once, then at most once
-//! a minute while failures last; an export that succeeds after a warning is logged once
-//! (INFO), with the outage's totals. Spans a collector refuses in a partial success (a 200
-//! whose `partial_success` counts rejected spans) are not sent again, as the OTLP
-//! specification says: they are counted as dropped (`reason="rejected"`) and the collector's
-//! message is logged, at most once a minute.
-//! Redirections (3xx with a `Location`) are followed, up to five, with the same body; a
-//! permanent one (301, 308) is kept for later batches. The configured headers (credentials,
-//! often) follow only to the same host, and not from `https://` down to `http://`. Spans wait in a bounded queue (2048)
-//! drained by one thread; a collector that is down, slow or failing costs the request path
-//! nothing.
+//! propagated and logged.
+//!
+//! - **Transport**: one kept HTTP/1.1 connection to an `http://` endpoint, or an `https://`
+//!   one with the `otlp-tls` feature (rustls; the system's root certificates, or those of the
+//!   CA file `OTEL_EXPORTER_OTLP_CERTIFICATE` names; the client certificate of
+//!   `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` and `..._CLIENT_KEY` for mutual TLS), through
+//!   the proxy `HTTP_PROXY` / `HTTPS_PROXY` / `ALL_PROXY` name unless `NO_PROXY` excludes the
+//!   host (`https://` through a `CONNECT` tunnel). Redirections (3xx with a `Location`) are
+//!   followed, up to five, with the same body; a permanent one (301, 308) is kept for later
+//!   batches. The configured headers (credentials, often) follow only to the same host, and
+//!   not from `https://` down to `http://`.
+//! - **Retries**: OTLP/HTTP's transient failures (429, 502, 503, 504, no connection) are sent
+//!   again up to three times, after the collector's `Retry-After` or a jittered exponential
+//!   backoff (from 250 ms; [`TraceConfig::export_attempts`], [`TraceConfig::export_backoff`]),
+//!   within the batch's export timeout (`OTEL_BSP_EXPORT_TIMEOUT`, 30 s, or
+//!   [`TraceConfig::batch_export_timeout`]). A longer wait, a timeout or another refusal (a
+//!   TLS certificate that does not verify, on either side; a proxy that refuses the tunnel)
+//!   drops the batch, counted; the next batch tries afresh.
+//! - **Partial success**: spans a collector refuses in a 200 whose `partial_success` counts
+//!   rejected spans are not sent again, as the OTLP specification says: they are counted as
+//!   dropped (`reason="rejected"`), and the collector's message is logged at most once a
+//!   minute.
+//! - **Failures said**: a failing export is logged with its reason (WARN, target
+//!   `towerscope::trace::export`, with the batches and spans failed since the previous
+//!   warning) at once, then at most once a minute while failures last; an export that
+//!   succeeds after a warning is logged once (INFO), with the outage's totals.
+//! - **Off the request path**: spans wait in a bounded queue (2048) drained by one thread; a
+//!   collector that is down, slow or failing costs the request path nothing.
 //!
 //! | metric | type | labels |
 //! |---|---|---|
