@@ -81,12 +81,7 @@ impl Tls {
             .connect(self.name.clone(), tcp)
             .await
             .map_err(|e| {
-                let message = format!("OTLP export: TLS with {:?}: {e}", self.name);
-                if refusal(&e) {
-                    Failure::refused(message)
-                } else {
-                    Failure::new(message)
-                }
+                Failure::caused_by(format!("OTLP export: TLS with {:?}: {e}", self.name), &e)
             })
     }
 }

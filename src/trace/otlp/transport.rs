@@ -75,29 +75,33 @@ pub(crate) enum FailureKind {
 }
 
 impl Failure {
-    pub(crate) fn new(message: String) -> Self {
+    fn new(message: String) -> Self {
         Self {
             message,
             kind: FailureKind::Unreachable,
         }
     }
 
-    pub(crate) fn refused(message: String) -> Self {
+    fn refused(message: String) -> Self {
         Self {
             message,
             kind: FailureKind::Refused,
         }
     }
 
-    /// A failed request: refused when TLS caused it (under TLS 1.3 a server that rejects the
-    /// client's certificate says so after the handshake, on the first request).
-    fn of_request(e: &hyper::Error) -> Self {
-        let message = format!("OTLP export: {e}");
+    /// A failure that `e` caused: refused when TLS did (a handshake, or, under TLS 1.3, a
+    /// server that rejects the client's certificate after it, on the first request).
+    pub(crate) fn caused_by(message: String, e: &(dyn std::error::Error + 'static)) -> Self {
         #[cfg(feature = "otlp-tls")]
         if super::tls::refusal(e) {
             return Self::refused(message);
         }
+        let _ = e; // Without TLS, no cause is a refusal.
         Self::new(message)
+    }
+
+    fn of_request(e: &hyper::Error) -> Self {
+        Self::caused_by(format!("OTLP export: {e}"), e)
     }
 }
 
