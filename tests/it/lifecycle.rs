@@ -14,10 +14,10 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use tower::{service_fn, Layer, ServiceExt};
-use towerscope::lifecycle::{ErrorType, Outcome};
+use towerscope::lifecycle::{ErrorType, ObserveLayer, Outcome};
 use towerscope::metrics::{ACTIVE_REQUESTS, CANCELLED_REQUESTS, REQUEST_DURATION};
 
-use crate::support::{collect, local_red, sample, Capture};
+use crate::support::{collect, h2_connect, local_red, sample, serve, Capture};
 
 /// A body of `n` chunks, `gap` apart, that reports its end only by returning `None`.
 struct Slow {
@@ -437,4 +437,200 @@ async fn route_templates_match_as_axum_matches_them() {
 fn conflicting_route_templates_are_refused() {
     let _ = towerscope::lifecycle::ObserveLayer::with_observer(())
         .routes(["/users/{id}", "/users/{name}"]);
+}
+
+/// The same lifecycle over a real HTTP/2 connection (h2c), where hyper drives bodies
+/// differently from HTTP/1: a bodyless or already-ended response is sent with its head and its
+/// body never polled, trailers are a frame of their own, and a client that goes away resets one
+/// stream (`RST_STREAM`) while the connection lives on.
+#[tokio::test]
+async fn http2_streams_finish_and_cancel_as_http1_requests_do() {
+    let (red, prometheus) = local_red();
+    let capture = Capture::default();
+    let trailers = || {
+        let mut t = HeaderMap::new();
+        t.insert("x-checksum", HeaderValue::from_static("5"));
+        Body::new(http_body_util::StreamBody::new(futures_iter(vec![
+            Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"chunk"))),
+            Ok(Frame::trailers(t)),
+        ])))
+    };
+    let app = Router::new()
+        .route("/ok", get(|| async { "ok" }))
+        .route("/empty", get(|| async {}))
+        .route("/nocontent", get(|| async { StatusCode::NO_CONTENT }))
+        .route(
+            "/fail",
+            get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "no") }),
+        )
+        .route("/trailers", get(move || async move { trailers() }))
+        .route(
+            "/stream",
+            get(|| async { Body::new(slow(3, Duration::from_millis(30))) }),
+        )
+        .route(
+            "/forever",
+            get(|| async { Body::new(slow(1000, Duration::from_millis(20))) }),
+        )
+        .route(
+            "/hang",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                "late"
+            }),
+        )
+        .layer(ObserveLayer::with_observer((red.build(), capture.clone())));
+    let addr = serve(app).await;
+    let mut h2 = h2_connect(addr).await;
+    let request = |method: http::Method, path: &str| {
+        Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap()
+    };
+    // The request's end, once the server has seen it (a reset reaches it a little later).
+    let nth_end = |n: usize| {
+        let capture = capture.clone();
+        async move {
+            for _ in 0..500 {
+                if let Some(end) = capture.ends().get(n) {
+                    return *end;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("request {n} never ended: {:?}", capture.ends());
+        }
+    };
+
+    let mut n = 0;
+    for (method, path, status, outcome, bytes) in [
+        (http::Method::GET, "/ok", 200, Outcome::Success, 2),
+        (http::Method::GET, "/empty", 200, Outcome::Success, 0),
+        (http::Method::HEAD, "/ok", 200, Outcome::Success, 0),
+        (http::Method::GET, "/nocontent", 204, Outcome::Success, 0),
+        (
+            http::Method::GET,
+            "/fail",
+            500,
+            Outcome::ServerError(ErrorType::Status(StatusCode::INTERNAL_SERVER_ERROR)),
+            2,
+        ),
+        (http::Method::GET, "/stream", 200, Outcome::Success, 15),
+    ] {
+        let res = h2
+            .send_request(request(method.clone(), path))
+            .await
+            .unwrap();
+        assert_eq!(res.version(), http::Version::HTTP_2);
+        assert_eq!(res.status(), status, "{method} {path}");
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body.len() as u64, bytes, "{method} {path}");
+        let end = nth_end(n).await;
+        n += 1;
+        assert_eq!(end.outcome, outcome, "{method} {path}");
+        assert_eq!(end.status.map(|s| s.as_u16()), Some(status));
+        assert_eq!(end.response_bytes, bytes, "{method} {path}");
+        if path == "/stream" {
+            assert!(
+                end.duration >= Duration::from_millis(89),
+                "timed to the body's end: {:?}",
+                end.duration
+            );
+        }
+    }
+
+    // Trailers end the body: their own HEADERS frame, after the data.
+    let res = h2
+        .send_request(request(http::Method::GET, "/trailers"))
+        .await
+        .unwrap();
+    let collected = res.into_body().collect().await.unwrap();
+    assert_eq!(
+        collected.trailers().and_then(|t| t.get("x-checksum")),
+        Some(&HeaderValue::from_static("5"))
+    );
+    let end = nth_end(n).await;
+    n += 1;
+    assert_eq!((end.outcome, end.response_bytes), (Outcome::Success, 5));
+
+    // The client reads one chunk and goes away: the stream is reset, the request cancelled.
+    let res = h2
+        .send_request(request(http::Method::GET, "/forever"))
+        .await
+        .unwrap();
+    let mut body = res.into_body();
+    body.frame().await.unwrap().unwrap();
+    drop(body);
+    let end = nth_end(n).await;
+    n += 1;
+    assert_eq!(end.outcome, Outcome::Cancelled);
+    assert_eq!(end.status, Some(StatusCode::OK));
+    assert!(end.response_bytes >= 5);
+
+    // The client gives up before the response head.
+    let pending = h2.send_request(request(http::Method::GET, "/hang"));
+    assert!(tokio::time::timeout(Duration::from_millis(100), pending)
+        .await
+        .is_err());
+    let end = nth_end(n).await;
+    n += 1;
+    assert_eq!((end.outcome, end.status), (Outcome::Cancelled, None));
+
+    // Both resets left the connection up.
+    let res = h2
+        .send_request(request(http::Method::GET, "/ok"))
+        .await
+        .unwrap();
+    assert_eq!(collect(res.into_body()).await, "ok");
+    assert_eq!(nth_end(n).await.outcome, Outcome::Success);
+    assert_eq!(capture.ends().len(), n + 1, "a request ended twice");
+
+    let text = prometheus.render();
+    let count = format!("{REQUEST_DURATION}_count");
+    let ok = |method: &str, route: &str, status: &str| {
+        sample(
+            &text,
+            &count,
+            &[
+                ("http_request_method", method),
+                ("http_route", route),
+                ("http_response_status_code", status),
+            ],
+        )
+    };
+    assert_eq!(ok("GET", "/ok", "200"), Some(2.0), "{text}");
+    assert_eq!(ok("HEAD", "/ok", "200"), Some(1.0), "{text}");
+    assert_eq!(ok("GET", "/empty", "200"), Some(1.0), "{text}");
+    assert_eq!(ok("GET", "/nocontent", "204"), Some(1.0), "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            &count,
+            &[
+                ("http_request_method", "GET"),
+                ("http_route", "/fail"),
+                ("http_response_status_code", "500"),
+                ("error_type", "500"),
+            ],
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    for route in ["/forever", "/hang"] {
+        let labels = [("http_request_method", "GET"), ("http_route", route)];
+        assert_eq!(
+            sample(&text, CANCELLED_REQUESTS, &labels),
+            Some(1.0),
+            "{route}"
+        );
+    }
+    for route in ["/ok", "/empty", "/stream", "/trailers", "/forever", "/hang"] {
+        let labels = [("http_request_method", "GET"), ("http_route", route)];
+        assert_eq!(
+            sample(&text, ACTIVE_REQUESTS, &labels),
+            Some(0.0),
+            "{route}"
+        );
+    }
 }

@@ -97,6 +97,39 @@ where
     body.collect().await.expect("body").to_bytes()
 }
 
+// ---- serving and calling over HTTP/1 and HTTP/2 ----
+
+/// Serves `app` on a free loopback port (HTTP/1, and HTTP/2 with prior knowledge, as
+/// `axum::serve` does), with the peer's address available to layers.
+pub async fn serve(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+    });
+    addr
+}
+
+/// One HTTP/2 connection (cleartext, prior knowledge) to `addr`: each request is a stream on
+/// it. Dropping a response (or its body) before the end resets that stream alone.
+pub async fn h2_connect(
+    addr: SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("HTTP/2 handshake");
+    tokio::spawn(conn);
+    send
+}
+
 // ---- a local Prometheus registry ----
 
 /// A RED builder that records into a fresh, private Prometheus registry.

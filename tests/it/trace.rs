@@ -24,7 +24,7 @@ use towerscope::lifecycle::ObserveLayer;
 use towerscope::trace::{TraceConfig, TraceIds, Tracing};
 use tracing_subscriber::layer::SubscriberExt;
 
-use crate::support::{http, sample};
+use crate::support::{h2_connect, http, sample, serve};
 
 // ---- the receiver ----
 
@@ -167,19 +167,6 @@ async fn load_profile(client_layer: towerscope::trace::ClientTraceLayer, b: Sock
         .body(Empty::new())
         .unwrap();
     client.oneshot(req).await.unwrap().status().as_u16()
-}
-
-async fn serve(app: Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-    });
-    addr
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -1042,4 +1029,54 @@ async fn probes_are_not_traced_by_default() {
             .to_bytes();
         assert_eq!(body[..] != *"0".repeat(32).as_bytes(), traced, "{path}");
     }
+}
+
+/// Over HTTP/2 the request has no `Host` header: the server span takes `server.address` and
+/// `server.port` from the `:authority`, and says which protocol served it.
+#[tokio::test(flavor = "current_thread")]
+async fn http2_server_spans_take_the_authority_and_protocol() {
+    let (rx, url) = receiver(Mode::Accept).await;
+    let tracing = TraceConfig::from_env("it")
+        .endpoint(url)
+        .export_delay(Duration::from_millis(20))
+        .install();
+    let app = Router::new()
+        .route(
+            "/orders/{id}",
+            get(|headers: http::HeaderMap| async move {
+                format!("host header: {}", headers.contains_key("host"))
+            }),
+        )
+        .layer(ObserveLayer::with_observer(tracing.observer()));
+    let addr = serve(app).await;
+    let mut h2 = h2_connect(addr).await;
+    let req = http::Request::get(format!("http://{addr}/orders/9?q=1"))
+        .header("user-agent", "it/2.0")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let res = h2.send_request(req).await.unwrap();
+    assert_eq!(res.version(), http::Version::HTTP_2);
+    assert_eq!(res.status(), 200);
+    let body = crate::support::collect(res.into_body()).await;
+    assert_eq!(
+        body, "host header: false",
+        "the authority is a pseudo-header"
+    );
+    assert!(tracing.flush());
+    let spans = rx.wait_for(1).await;
+    let server = named(&spans, "GET /orders/{id}");
+    assert_eq!(attr_str(server, "network.protocol.version"), Some("2"));
+    assert_eq!(attr_str(server, "server.address"), Some("127.0.0.1"));
+    assert_eq!(
+        attr_int(server, "server.port"),
+        Some(i64::from(addr.port()))
+    );
+    assert_eq!(attr_str(server, "url.scheme"), Some("http"));
+    assert_eq!(attr_str(server, "url.path"), Some("/orders/9"));
+    assert_eq!(attr_str(server, "url.query"), Some("q=1"));
+    assert_eq!(attr_str(server, "http.route"), Some("/orders/{id}"));
+    assert_eq!(attr_str(server, "user_agent.original"), Some("it/2.0"));
+    assert_eq!(attr_str(server, "client.address"), Some("127.0.0.1"));
+    assert_eq!(attr_int(server, "http.response.status_code"), Some(200));
+    tracing.shutdown(Duration::from_secs(5));
 }
