@@ -634,3 +634,75 @@ async fn http2_streams_finish_and_cancel_as_http1_requests_do() {
         );
     }
 }
+
+/// A connection upgrade (WebSocket and the like) passes through: the layer keeps the request's
+/// upgrade handle and the `101` untouched, the request ends with its head (its duration is the
+/// handshake's), and the upgraded connection that lives on is no longer an active request.
+#[tokio::test]
+async fn upgrades_pass_through_and_end_at_the_101() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (red, prometheus) = local_red();
+    let capture = Capture::default();
+    let app = Router::new()
+        .route(
+            "/echo",
+            get(|mut req: Request<Body>| async move {
+                let upgrade = hyper::upgrade::on(&mut req);
+                tokio::spawn(async move {
+                    let mut io = hyper_util::rt::TokioIo::new(upgrade.await.expect("upgraded"));
+                    let mut buf = [0u8; 4];
+                    io.read_exact(&mut buf).await.unwrap();
+                    io.write_all(&buf).await.unwrap();
+                });
+                Response::builder()
+                    .status(StatusCode::SWITCHING_PROTOCOLS)
+                    .header(http::header::CONNECTION, "upgrade")
+                    .header(http::header::UPGRADE, "echo")
+                    .body(Body::empty())
+                    .unwrap()
+            }),
+        )
+        .layer(ObserveLayer::with_observer((red.build(), capture.clone())));
+    let addr = serve(app).await;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn.with_upgrades());
+    let req = Request::get(format!("http://{addr}/echo"))
+        .header(http::header::CONNECTION, "upgrade")
+        .header(http::header::UPGRADE, "echo")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let res = send.send_request(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
+    assert_eq!(res.headers()[http::header::UPGRADE], "echo");
+    let mut io = hyper_util::rt::TokioIo::new(hyper::upgrade::on(res).await.expect("upgrade"));
+    io.write_all(b"ping").await.unwrap();
+    let mut back = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(10), io.read_exact(&mut back))
+        .await
+        .expect("no echo: the upgrade did not reach the handler")
+        .unwrap();
+    assert_eq!(&back, b"ping", "the upgraded connection works");
+
+    // Ended with the 101, while the upgraded connection is still open.
+    let ends = capture.ends();
+    assert_eq!(ends.len(), 1, "{ends:?}");
+    assert_eq!(ends[0].outcome, Outcome::Success);
+    assert_eq!(ends[0].status, Some(StatusCode::SWITCHING_PROTOCOLS));
+    let text = prometheus.render();
+    let labels = [("http_request_method", "GET"), ("http_route", "/echo")];
+    assert_eq!(sample(&text, ACTIVE_REQUESTS, &labels), Some(0.0), "{text}");
+    let counted = [
+        ("http_request_method", "GET"),
+        ("http_route", "/echo"),
+        ("http_response_status_code", "101"),
+    ];
+    assert_eq!(
+        sample(&text, &format!("{REQUEST_DURATION}_count"), &counted),
+        Some(1.0),
+        "{text}"
+    );
+    drop(io);
+}
