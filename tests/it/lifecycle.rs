@@ -706,3 +706,36 @@ async fn upgrades_pass_through_and_end_at_the_101() {
     );
     drop(io);
 }
+
+/// The example server answers HTTP/2 with prior knowledge (h2c) as well as HTTP/1.1, with
+/// every layer of its full stack at work.
+#[tokio::test]
+async fn the_example_server_speaks_http2() {
+    let (_server, addr) = crate::support::start_server("full");
+    let mut h2 = h2_connect(addr).await;
+    let req = Request::get(format!("http://{addr}/echo/42"))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let res = h2.send_request(req).await.unwrap();
+    assert_eq!(res.version(), http::Version::HTTP_2);
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(
+        res.headers().contains_key("x-request-id"),
+        "the request log's id: {:?}",
+        res.headers()
+    );
+    let body = collect(res.into_body()).await;
+    assert!(body.starts_with(b"{\"id\":42"), "{body:?}");
+    let (status, text) = crate::support::http(addr, "GET", "/metrics");
+    assert_eq!(status, 200);
+    let labels = [
+        ("http_request_method", "GET"),
+        ("http_route", "/echo/{id}"),
+        ("http_response_status_code", "200"),
+    ];
+    assert_eq!(
+        sample(&text, &format!("{REQUEST_DURATION}_count"), &labels),
+        Some(1.0),
+        "{text}"
+    );
+}
