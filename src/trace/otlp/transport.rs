@@ -127,6 +127,10 @@ pub(crate) struct Transport {
     /// What it was made with, for a transport to a redirection's target.
     configured: Vec<(String, String)>,
     files: TlsFiles,
+    /// The transport of this endpoint's last temporary redirection, kept for the next post
+    /// redirected to the same place: the endpoint is still asked first each time, but the
+    /// target's connection, runtime and TLS set-up (its root certificates read) are made once.
+    detour: Option<Box<Transport>>,
 }
 
 impl std::fmt::Debug for Transport {
@@ -254,6 +258,7 @@ impl Transport {
             conn: None,
             configured: headers.to_vec(),
             files: files.clone(),
+            detour: None,
         })
     }
 
@@ -261,23 +266,30 @@ impl Transport {
     /// redirections as the OTLP specification asks: any 3xx with a `Location`, up to
     /// [`MAX_REDIRECTS`] (an export can only be posted, so the method stays POST and the body
     /// goes again). A permanent one (301, 308) replaces this transport's endpoint for later
-    /// posts; a temporary one serves this post only. The configured headers (credentials,
-    /// often) follow only to the same host, and not from `https://` down to `http://`, as HTTP
-    /// clients do. A redirection left unfollowed comes back as the answer.
+    /// posts; a temporary one serves this post only (its transport is kept, see `detour`). The
+    /// configured headers (credentials, often) follow only to the same host, and not from
+    /// `https://` down to `http://`, as HTTP clients do. A redirection left unfollowed comes
+    /// back as the answer.
     pub(crate) fn post(&mut self, body: &Bytes) -> Result<Answer, Failure> {
         let mut answer = self.post_once(body)?;
         let mut temporary: Option<Transport> = None;
+        let mut hops = 0;
         for _ in 0..MAX_REDIRECTS {
             let from = temporary.as_ref().unwrap_or(&*self);
-            let Some(next) = answer
+            let Some(to) = answer
                 .location
                 .as_deref()
                 .and_then(|l| redirect_target(&from.endpoint, l))
-                .map(|to| from.redirected(&to))
-                .transpose()?
             else {
-                return Ok(answer);
+                break;
             };
+            // The first hop, from this endpoint, going where the last post's went: its
+            // transport again.
+            let next = match self.detour.take() {
+                Some(kept) if hops == 0 && kept.endpoint == to => *kept,
+                _ => temporary.as_ref().unwrap_or(&*self).redirected(&to)?,
+            };
+            hops += 1;
             let current = if matches!(answer.status.as_u16(), 301 | 308) && temporary.is_none() {
                 *self = next;
                 &mut *self
@@ -285,6 +297,12 @@ impl Transport {
                 temporary.insert(next)
             };
             answer = current.post_once(body)?;
+        }
+        // Only a direct redirection is kept: a chain's later hops depend on the earlier ones.
+        if hops == 1 {
+            if let Some(t) = temporary {
+                self.detour = Some(Box::new(t));
+            }
         }
         Ok(answer)
     }
@@ -1017,6 +1035,90 @@ pub(crate) mod tests {
 
     /// Against a collector that closes every connection after one answer, every export still
     /// succeeds, on a new connection.
+    /// A collector that keeps its connections: it answers `answers[i]` to the `i`-th request,
+    /// whichever connection it comes on, and returns how many connections it took and each
+    /// request's head (lower-cased) and body.
+    fn keeping(
+        answers: Vec<&'static [u8]>,
+    ) -> (std::net::SocketAddr, std::thread::JoinHandle<(usize, Seen)>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut connections, mut seen) = (0, Vec::new());
+            while seen.len() < answers.len() {
+                let (mut s, _) = listener.accept().unwrap();
+                connections += 1;
+                let mut got = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while seen.len() < answers.len() {
+                    if let Some((head, body)) = whole_request(&got) {
+                        got.drain(..head.len() + 4 + body.len());
+                        s.write_all(answers[seen.len()]).unwrap();
+                        seen.push((head, body));
+                        continue;
+                    }
+                    match s.read(&mut chunk).unwrap() {
+                        0 => break,
+                        k => got.extend_from_slice(&chunk[..k]),
+                    }
+                }
+            }
+            (connections, seen)
+        });
+        (addr, server)
+    }
+
+    fn temporary_redirect(to: std::net::SocketAddr) -> &'static [u8] {
+        format!(
+            "HTTP/1.1 307 Temporary Redirect\r\nlocation: http://{to}/v1/traces\r\n\
+             content-length: 0\r\n\r\n"
+        )
+        .leak()
+        .as_bytes()
+    }
+
+    /// A collector that redirects every export temporarily to the same place: the endpoint is
+    /// asked each time, and the target's transport (its connection) is made once; when the
+    /// endpoint redirects elsewhere, it is followed there.
+    #[test]
+    fn a_repeated_temporary_redirection_reuses_its_target_s_connection() {
+        let (b, b_seen) = keeping(vec![OK; 3]);
+        let (a, a_seen) = keeping(vec![temporary_redirect(b); 3]);
+        let mut t = via(&format!("http://{a}/v1/traces"), &no_proxy()).unwrap();
+        for i in 0..3u8 {
+            let status = t.post(&Bytes::from(vec![i; 10])).map(|a| a.status);
+            assert_eq!(status, Ok(StatusCode::OK), "export {i}");
+        }
+        let (a_connections, a_seen) = a_seen.join().unwrap();
+        assert_eq!(
+            (a_connections, a_seen.len()),
+            (1, 3),
+            "the endpoint, asked each time"
+        );
+        let (b_connections, b_seen) = b_seen.join().unwrap();
+        assert_eq!(
+            b_connections, 1,
+            "one connection to the target for every export"
+        );
+        for (i, (head, body)) in b_seen.iter().enumerate() {
+            assert!(head.contains(&format!("host: {b}")), "{head}");
+            assert_eq!(body, &vec![i as u8; 10]);
+        }
+
+        // The endpoint sends the next export elsewhere: it goes there.
+        let (b, b_seen) = keeping(vec![OK]);
+        let (c, c_seen) = keeping(vec![OK]);
+        let (a, _) = keeping(vec![temporary_redirect(b), temporary_redirect(c)]);
+        let mut t = via(&format!("http://{a}/v1/traces"), &no_proxy()).unwrap();
+        for i in 0..2u8 {
+            let status = t.post(&Bytes::from(vec![i; 10])).map(|a| a.status);
+            assert_eq!(status, Ok(StatusCode::OK), "export {i}");
+        }
+        assert_eq!(b_seen.join().unwrap().1[0].1, vec![0u8; 10]);
+        assert_eq!(c_seen.join().unwrap().1[0].1, vec![1u8; 10]);
+    }
+
     #[test]
     fn a_connection_the_collector_closed_is_replaced() {
         let (addr, server) = collector(3);
