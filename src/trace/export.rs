@@ -302,7 +302,7 @@ fn export_loop<E: Export>(mut exporter: E, handle: &QueueHandle) {
     let (shared, s, counters) = (&handle.shared, handle.settings, &handle.counters);
     let _ = shared.thread.set(std::thread::current());
     let mut reports = Reports::default();
-    let mut rejections = Reports::default();
+    let mut rejections = Throttle::default();
     let mut export = |batch: Vec<Item>| {
         if batch.is_empty() {
             return;
@@ -460,13 +460,37 @@ impl Export for ConsoleExporter {
 /// when an export succeeds after a warning, one line saying so with the outage's totals.
 #[derive(Default)]
 struct Reports {
-    last_warning: Option<Instant>,
-    /// Failed since the last warning.
-    pending: Lost,
+    warnings: Throttle,
     /// Failed since the last success.
     outage: Lost,
     /// A warning was written in this outage.
     warned: bool,
+}
+
+/// Warnings at most once a minute, the first at once, each with what was lost since the one
+/// before (also alone, for the spans a collector rejects in answers that succeed).
+#[derive(Default)]
+struct Throttle {
+    last_warning: Option<Instant>,
+    /// Lost since the last warning.
+    pending: Lost,
+}
+
+impl Throttle {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    /// A batch lost `spans` at `now`: what to warn about, if it is time to.
+    fn failed(&mut self, now: Instant, spans: u64) -> Option<Lost> {
+        self.pending.add(spans);
+        if self
+            .last_warning
+            .is_some_and(|t| now.duration_since(t) < Self::EVERY)
+        {
+            return None;
+        }
+        self.last_warning = Some(now);
+        Some(std::mem::take(&mut self.pending))
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -483,27 +507,18 @@ impl Lost {
 }
 
 impl Reports {
-    const EVERY: Duration = Duration::from_secs(60);
-
     /// A batch of `spans` failed at `now`: what to warn about, if it is time to.
     fn failed(&mut self, now: Instant, spans: u64) -> Option<Lost> {
-        self.pending.add(spans);
         self.outage.add(spans);
-        if self
-            .last_warning
-            .is_some_and(|t| now.duration_since(t) < Self::EVERY)
-        {
-            return None;
-        }
-        self.last_warning = Some(now);
-        self.warned = true;
-        Some(std::mem::take(&mut self.pending))
+        let warn = self.warnings.failed(now, spans);
+        self.warned |= warn.is_some();
+        warn
     }
 
     /// A batch went out: the outage's totals when a warning was written during it.
     fn succeeded(&mut self) -> Option<Lost> {
         let outage = std::mem::take(&mut self.outage);
-        self.pending = Lost::default();
+        self.warnings.pending = Lost::default();
         std::mem::take(&mut self.warned).then_some(outage)
     }
 }
