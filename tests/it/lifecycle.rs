@@ -739,3 +739,121 @@ async fn the_example_server_speaks_http2() {
         "{text}"
     );
 }
+
+/// Many concurrent HTTP/2 streams on one connection, each completed, reset half-way through its
+/// body, or reset before its head, in a seeded random mix: every request ends exactly once, as
+/// what it was, and the gauge comes back to zero.
+#[tokio::test]
+async fn concurrent_http2_streams_each_end_once_as_what_they_were() {
+    let (red, prometheus) = local_red();
+    let capture = Capture::default();
+    let app = Router::new()
+        .route("/ok", get(|| async { "ok" }))
+        .route(
+            "/stream",
+            get(|| async { Body::new(slow(5, Duration::from_millis(10))) }),
+        )
+        .route(
+            "/hang",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                "late"
+            }),
+        )
+        .layer(ObserveLayer::with_observer((red.build(), capture.clone())));
+    let addr = serve(app).await;
+    let h2 = h2_connect(addr).await;
+    let mut rng = fastrand::Rng::with_seed(24);
+    let kinds: Vec<u8> = (0..150).map(|_| rng.u8(0..4)).collect();
+    let mut tasks = Vec::new();
+    for (i, &kind) in kinds.iter().enumerate() {
+        let mut h2 = h2.clone();
+        let pause = Duration::from_millis(50 + i as u64 % 50);
+        tasks.push(tokio::spawn(async move {
+            let path = ["/ok", "/stream", "/stream", "/hang"][kind as usize];
+            let req = Request::get(format!("http://{addr}{path}"))
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap();
+            let send = h2.send_request(req);
+            match kind {
+                0 | 1 => {
+                    let res = send.await.unwrap();
+                    res.into_body().collect().await.unwrap();
+                }
+                2 => {
+                    let mut body = send.await.unwrap().into_body();
+                    body.frame().await.unwrap().unwrap();
+                }
+                _ => assert!(tokio::time::timeout(pause, send).await.is_err()),
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let count = |k: u8| kinds.iter().filter(|&&x| x == k).count();
+    let ends = {
+        let mut ends = capture.ends();
+        for _ in 0..500 {
+            if ends.len() >= kinds.len() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            ends = capture.ends();
+        }
+        ends
+    };
+    assert_eq!(ends.len(), kinds.len(), "every request ends once");
+    let cancelled = ends
+        .iter()
+        .filter(|e| e.outcome == Outcome::Cancelled)
+        .count();
+    assert_eq!(cancelled, count(2) + count(3));
+    assert_eq!(
+        ends.iter()
+            .filter(|e| e.outcome == Outcome::Success)
+            .count(),
+        count(0) + count(1)
+    );
+    assert_eq!(
+        ends.iter()
+            .filter(|e| e.outcome == Outcome::Cancelled && e.status.is_none())
+            .count(),
+        count(3),
+        "reset before the head: no status"
+    );
+    let text = prometheus.render();
+    let done = |route: &str| {
+        sample(
+            &text,
+            &format!("{REQUEST_DURATION}_count"),
+            &[
+                ("http_request_method", "GET"),
+                ("http_route", route),
+                ("http_response_status_code", "200"),
+            ],
+        )
+        .unwrap_or(0.0) as usize
+    };
+    assert_eq!(
+        (done("/ok"), done("/stream")),
+        (count(0), count(1)),
+        "{text}"
+    );
+    for (route, n) in [("/stream", count(2)), ("/hang", count(3))] {
+        let labels = [("http_request_method", "GET"), ("http_route", route)];
+        assert_eq!(
+            sample(&text, CANCELLED_REQUESTS, &labels),
+            Some(n as f64),
+            "{route}"
+        );
+    }
+    for route in ["/ok", "/stream", "/hang"] {
+        let labels = [("http_request_method", "GET"), ("http_route", route)];
+        assert_eq!(
+            sample(&text, ACTIVE_REQUESTS, &labels),
+            Some(0.0),
+            "{route}"
+        );
+    }
+}
