@@ -272,6 +272,9 @@ impl Transport {
     /// back as the answer.
     pub(crate) fn post(&mut self, body: &Bytes) -> Result<Answer, Failure> {
         let mut answer = self.post_once(body)?;
+        // Taken whatever comes: kept again only if this post is redirected the same way (an
+        // endpoint that stops redirecting lets the other connection go).
+        let mut kept = self.detour.take();
         let mut temporary: Option<Transport> = None;
         let mut hops = 0;
         for _ in 0..MAX_REDIRECTS {
@@ -285,7 +288,7 @@ impl Transport {
             };
             // The first hop, from this endpoint, going where the last post's went: its
             // transport again.
-            let next = match self.detour.take() {
+            let next = match kept.take() {
                 Some(kept) if hops == 0 && kept.endpoint == to => *kept,
                 _ => temporary.as_ref().unwrap_or(&*self).redirected(&to)?,
             };
