@@ -88,3 +88,54 @@ fn sigterm_fails_readiness_at_once_and_lets_in_flight_requests_finish() {
         "the listener is still open"
     );
 }
+
+/// The same over HTTP/2: a stream in flight when the drain ends finishes on its connection
+/// (the server says GOAWAY and lets it end), a new stream on that connection is refused, and
+/// the process exits.
+#[tokio::test]
+async fn sigterm_lets_in_flight_http2_streams_finish() {
+    use http_body_util::BodyExt;
+    let (mut server, addr) = start_server_with("full", &["--drain-delay", "1"]);
+    wait_ready(addr);
+    let h2 = crate::support::h2_connect(addr).await;
+    let request = |path: &str| {
+        http::Request::get(format!("http://{addr}{path}"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    let mut h2_slow = h2.clone();
+    let slow_request = request("/simulate?ms=1800");
+    let started = Instant::now();
+    let slow = tokio::spawn(async move {
+        let res = h2_slow.send_request(slow_request).await?;
+        let status = res.status();
+        let body = res.into_body().collect().await?.to_bytes();
+        Ok::<_, hyper::Error>((status, body, started.elapsed()))
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pid = server.0.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+
+    let (status, body, took) = slow.await.unwrap().expect("the in-flight stream was cut");
+    assert_eq!(status, 200, "{body:?}");
+    assert!(took >= Duration::from_millis(1800), "{took:?}");
+    // Past the drain the connection takes no new stream.
+    let mut h2_late = h2.clone();
+    let late = tokio::time::timeout(Duration::from_secs(10), h2_late.send_request(request("/")))
+        .await
+        .expect("a refused stream is answered at once");
+    assert!(late.is_err(), "a new stream after the drain: {late:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = server.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not exit after draining"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+}
