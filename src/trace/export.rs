@@ -319,12 +319,19 @@ fn export_loop<E: Export>(mut exporter: E, handle: &QueueHandle) {
                 counters.exported.increment(n - refused);
                 counters.rejected.increment(refused);
                 if !message.is_empty() || refused > 0 {
+                    // With nothing rejected, the message is a warning about spans it took
+                    // (OTLP allows one).
                     if let Some(lost) = rejections.failed(Instant::now(), refused) {
                         tracing::warn!(
                             target: "towerscope::trace::export",
                             error = message,
                             rejected_spans = lost.spans,
-                            "the collector rejected spans (partial success)"
+                            "{}",
+                            if lost.spans > 0 {
+                                "the collector rejected spans (partial success)"
+                            } else {
+                                "the collector took the spans with a warning (partial success)"
+                            }
                         );
                     }
                 }
@@ -453,20 +460,6 @@ impl Export for ConsoleExporter {
     }
 }
 
-/// What the export thread says about failing exports, so that a collector that refuses them
-/// (a wrong token, a wrong CA) is seen with its reason and not only in the drop counter,
-/// without a line per batch: the first failure at once, then at most one warning a minute
-/// while failures go on, each with the batches and spans failed since the one before; and,
-/// when an export succeeds after a warning, one line saying so with the outage's totals.
-#[derive(Default)]
-struct Reports {
-    warnings: Throttle,
-    /// Failed since the last success.
-    outage: Lost,
-    /// A warning was written in this outage.
-    warned: bool,
-}
-
 /// Warnings at most once a minute, the first at once, each with what was lost since the one
 /// before (also alone, for the spans a collector rejects in answers that succeed).
 #[derive(Default)]
@@ -493,6 +486,7 @@ impl Throttle {
     }
 }
 
+/// Batches, and the spans in them, that failed or that the collector rejected.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Lost {
     batches: u64,
@@ -504,6 +498,20 @@ impl Lost {
         self.batches += 1;
         self.spans += spans;
     }
+}
+
+/// What the export thread says about failing exports, so that a collector that refuses them
+/// (a wrong token, a wrong CA) is seen with its reason and not only in the drop counter,
+/// without a line per batch: the first failure at once, then at most one warning a minute
+/// while failures go on, each with the batches and spans failed since the one before; and,
+/// when an export succeeds after a warning, one line saying so with the outage's totals.
+#[derive(Default)]
+struct Reports {
+    warnings: Throttle,
+    /// Failed since the last success.
+    outage: Lost,
+    /// A warning was written in this outage.
+    warned: bool,
 }
 
 impl Reports {
