@@ -317,6 +317,24 @@ fn gzip_exports_post_the_encoded_batch_compressed() {
     }
 }
 
+/// Retries as by default, but the first after a millisecond.
+fn quick_retries() -> super::Retry {
+    super::Retry {
+        first: Duration::from_millis(1),
+        ..super::Retry::default()
+    }
+}
+
+/// Posts a request of our own (`POST /own`) to a scripted collector, to take the answer left
+/// for a send too many: the collector's list of requests then shows whether one came.
+fn take_the_rest(addr: std::net::SocketAddr) {
+    use std::io::{Read, Write};
+    let mut own = std::net::TcpStream::connect(addr).unwrap();
+    own.write_all(b"POST /own HTTP/1.1\r\ncontent-length: 0\r\n\r\n")
+        .unwrap();
+    let _ = own.read_to_end(&mut Vec::new());
+}
+
 /// OTLP/HTTP's transient failures (429, 502, 503, 504) are sent again, after the collector's
 /// `Retry-After` or a backoff, up to the attempts allowed; a permanent refusal, or a wait
 /// longer than allowed, is not. Every send carries the same body.
@@ -360,22 +378,12 @@ fn transient_failures_are_retried_and_permanent_ones_are_not() {
         let settings = plain_http(addr, Compression::None);
         let mut exporter =
             super::OtlpExporter::new(settings, &resource, scopes[0].clone()).unwrap();
-        exporter.retry = super::Retry {
-            attempts: 4,
-            first: Duration::from_millis(1),
-            max_wait: Duration::from_secs(5),
-            total: Duration::from_secs(30),
-        };
+        exporter.retry = quick_retries();
         let spans: Vec<SpanData> = (0..3).map(|_| g.span(&scopes[..2])).collect();
         let result = exporter.export(&items(&spans));
         assert_eq!(result.is_ok(), delivered, "{sends} sends: {result:?}");
         if !delivered {
-            // The 200 nobody asked for, taken by a request of our own.
-            use std::io::{Read, Write};
-            let mut own = std::net::TcpStream::connect(addr).unwrap();
-            own.write_all(b"POST /own HTTP/1.1\r\ncontent-length: 0\r\n\r\n")
-                .unwrap();
-            let _ = own.read_to_end(&mut Vec::new());
+            take_the_rest(addr);
         }
         let mut seen = collector.join().unwrap();
         if !delivered {
@@ -419,12 +427,7 @@ fn a_refused_connection_is_not_sent_again() {
     let spans: Vec<SpanData> = (0..3).map(|_| g.span(&scopes[..2])).collect();
     let mut without =
         super::OtlpExporter::new(settings(None), &resource, scopes[0].clone()).unwrap();
-    without.retry = super::Retry {
-        attempts: 4,
-        first: Duration::from_millis(1),
-        max_wait: Duration::from_secs(5),
-        total: Duration::from_secs(30),
-    };
+    without.retry = quick_retries();
     let refused = without.export(&items(&spans)).unwrap_err();
     assert!(refused.to_string().contains("OTLP export"), "{refused}");
     let client = Some((fixture("client.pem"), fixture("client.key")));
@@ -446,7 +449,6 @@ fn the_retry_settings_set_in_code_reach_the_exporter() {
     use super::transport::tests::{scripted, OK};
     use crate::trace::TraceConfig;
     use opentelemetry::trace::{Span as _, Tracer as _};
-    use std::io::{Read, Write};
     const UNAVAILABLE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n";
     let settings: [fn(TraceConfig) -> TraceConfig; 2] = [
         |c| c.export_attempts(1),
@@ -462,10 +464,7 @@ fn the_retry_settings_set_in_code_reach_the_exporter() {
         tracing.tracer().start("one").end();
         // Returns once the export is over, failed or not.
         let _ = tracing.flush();
-        let mut own = std::net::TcpStream::connect(addr).unwrap();
-        own.write_all(b"POST /own HTTP/1.1\r\ncontent-length: 0\r\n\r\n")
-            .unwrap();
-        let _ = own.read_to_end(&mut Vec::new());
+        take_the_rest(addr);
         let seen = collector.join().unwrap();
         assert!(
             seen[0].0.starts_with("post /v1/traces "),
@@ -545,13 +544,8 @@ fn the_collector_s_partial_success_is_read() {
 /// against the endpoint; a loop of redirections ends after five, as a failure.
 #[test]
 fn redirections_are_followed() {
-    use super::transport::tests::{scripted, OK};
+    use super::transport::tests::{redirect, scripted, OK};
     use crate::trace::export::Export;
-    let redirect = |status: &str, to: &str| -> &'static [u8] {
-        format!("HTTP/1.1 {status}\r\nlocation: {to}\r\ncontent-length: 0\r\n\r\n")
-            .leak()
-            .as_bytes()
-    };
     let mut g = Gen(fastrand::Rng::with_seed(31));
     let scopes = scopes();
     let resource = Resource::builder().with_service_name("svc").build();

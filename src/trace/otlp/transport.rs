@@ -290,7 +290,7 @@ impl Transport {
             // transport again.
             let next = match kept.take() {
                 Some(kept) if hops == 0 && kept.endpoint == to => *kept,
-                _ => temporary.as_ref().unwrap_or(&*self).redirected(&to)?,
+                _ => from.redirected(&to)?,
             };
             hops += 1;
             let current = if matches!(answer.status.as_u16(), 301 | 308) && temporary.is_none() {
@@ -595,33 +595,77 @@ pub(crate) mod tests {
     /// An answer of 200, and nothing else.
     pub(crate) const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
 
+    /// A redirection (`status`, e.g. `307 Temporary Redirect`) to `location`.
+    pub(crate) fn redirect(status: &str, location: &str) -> &'static [u8] {
+        format!("HTTP/1.1 {status}\r\nlocation: {location}\r\ncontent-length: 0\r\n\r\n")
+            .leak()
+            .as_bytes()
+    }
+
+    /// A temporary redirection to the traces path of `to`.
+    fn temporary_redirect(to: std::net::SocketAddr) -> &'static [u8] {
+        redirect("307 Temporary Redirect", &format!("http://{to}/v1/traces"))
+    }
+
     /// The same with `answers`, one per connection, in order.
     pub(crate) fn scripted(
         answers: Vec<&'static [u8]>,
     ) -> (std::net::SocketAddr, std::thread::JoinHandle<Seen>) {
-        use std::io::{Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = std::thread::spawn(move || {
-            let mut seen = Vec::new();
-            for answer in answers {
-                let (mut s, _) = listener.accept().unwrap();
-                let mut got = Vec::new();
-                let mut chunk = [0u8; 1024];
-                let request = loop {
-                    let n = s.read(&mut chunk).unwrap();
-                    assert!(n > 0, "closed before a whole request");
-                    got.extend_from_slice(&chunk[..n]);
-                    if let Some(request) = whole_request(&got) {
-                        break request;
-                    }
-                };
-                s.write_all(answer).unwrap();
-                seen.push(request);
-            }
-            seen
-        });
+        let server = std::thread::spawn(move || answer(&listener, &answers, false).1);
         (addr, server)
+    }
+
+    /// A collector that keeps its connections: it answers `answers[i]` to the `i`-th request,
+    /// whichever connection it comes on; with how many connections it took.
+    fn keeping(
+        answers: Vec<&'static [u8]>,
+    ) -> (std::net::SocketAddr, std::thread::JoinHandle<(usize, Seen)>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || answer(&listener, &answers, true));
+        (addr, server)
+    }
+
+    /// Answers `answers[i]` to the `i`-th request on `listener`: one request per connection
+    /// (then closed without saying so), or as many as come on each when `keep_alive`. How
+    /// many connections it took, and each request's head (lower-cased) and body.
+    fn answer(
+        listener: &std::net::TcpListener,
+        answers: &[&[u8]],
+        keep_alive: bool,
+    ) -> (usize, Seen) {
+        use std::io::{Read, Write};
+        let (mut connections, mut seen) = (0, Vec::new());
+        while seen.len() < answers.len() {
+            let (mut s, _) = listener.accept().unwrap();
+            connections += 1;
+            let mut got = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while seen.len() < answers.len() {
+                if let Some((head, body)) = whole_request(&got) {
+                    got.drain(..head.len() + 4 + body.len());
+                    s.write_all(answers[seen.len()]).unwrap();
+                    seen.push((head, body));
+                    if keep_alive {
+                        continue;
+                    }
+                    break;
+                }
+                let n = s.read(&mut chunk).unwrap();
+                if n == 0 {
+                    // A kept connection the client let go of: the next request on another.
+                    assert!(
+                        keep_alive && got.is_empty(),
+                        "closed before a whole request"
+                    );
+                    break;
+                }
+                got.extend_from_slice(&chunk[..n]);
+            }
+        }
+        (connections, seen)
     }
 
     #[test]
@@ -695,9 +739,6 @@ pub(crate) mod tests {
             .join(name)
     }
 
-    /// A TLS collector on `listener` for `n` connections, one request each (as `collector`
-    /// does in plain text): each connection's request head (lower-cased) and body, or why its
-    /// TLS handshake failed.
     /// A transport to an `https://` test endpoint.
     #[cfg(feature = "otlp-tls")]
     fn over_tls(endpoint: &str, files: &TlsFiles, proxies: &Matcher) -> Result<Transport, String> {
@@ -717,6 +758,9 @@ pub(crate) mod tests {
     #[cfg(feature = "otlp-tls")]
     type Received = Result<(String, Vec<u8>), String>;
 
+    /// A TLS collector on `listener` for `n` connections, one request each (as `collector`
+    /// does in plain text): each connection's request head (lower-cased) and body, or why its
+    /// TLS handshake failed.
     #[cfg(feature = "otlp-tls")]
     fn tls_collector(
         listener: std::net::TcpListener,
@@ -1036,51 +1080,6 @@ pub(crate) mod tests {
         assert_eq!(retry_after("soon"), None);
     }
 
-    /// Against a collector that closes every connection after one answer, every export still
-    /// succeeds, on a new connection.
-    /// A collector that keeps its connections: it answers `answers[i]` to the `i`-th request,
-    /// whichever connection it comes on, and returns how many connections it took and each
-    /// request's head (lower-cased) and body.
-    fn keeping(
-        answers: Vec<&'static [u8]>,
-    ) -> (std::net::SocketAddr, std::thread::JoinHandle<(usize, Seen)>) {
-        use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = std::thread::spawn(move || {
-            let (mut connections, mut seen) = (0, Vec::new());
-            while seen.len() < answers.len() {
-                let (mut s, _) = listener.accept().unwrap();
-                connections += 1;
-                let mut got = Vec::new();
-                let mut chunk = [0u8; 1024];
-                while seen.len() < answers.len() {
-                    if let Some((head, body)) = whole_request(&got) {
-                        got.drain(..head.len() + 4 + body.len());
-                        s.write_all(answers[seen.len()]).unwrap();
-                        seen.push((head, body));
-                        continue;
-                    }
-                    match s.read(&mut chunk).unwrap() {
-                        0 => break,
-                        k => got.extend_from_slice(&chunk[..k]),
-                    }
-                }
-            }
-            (connections, seen)
-        });
-        (addr, server)
-    }
-
-    fn temporary_redirect(to: std::net::SocketAddr) -> &'static [u8] {
-        format!(
-            "HTTP/1.1 307 Temporary Redirect\r\nlocation: http://{to}/v1/traces\r\n\
-             content-length: 0\r\n\r\n"
-        )
-        .leak()
-        .as_bytes()
-    }
-
     /// A collector that redirects every export temporarily to the same place: the endpoint is
     /// asked each time, and the target's transport (its connection) is made once; when the
     /// endpoint redirects elsewhere, it is followed there.
@@ -1122,6 +1121,8 @@ pub(crate) mod tests {
         assert_eq!(c_seen.join().unwrap().1[0].1, vec![1u8; 10]);
     }
 
+    /// Against a collector that closes every connection after one answer, every export still
+    /// succeeds, on a new connection.
     #[test]
     fn a_connection_the_collector_closed_is_replaced() {
         let (addr, server) = collector(3);
