@@ -71,18 +71,7 @@ fn sigterm_fails_readiness_at_once_and_lets_in_flight_requests_finish() {
     assert_eq!(code, 200, "the in-flight request was cut: {body}");
     assert!(took >= Duration::from_millis(1800));
     // Then the process exits by itself, cleanly.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = server.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the server did not exit after draining"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(status.success(), "{status:?}");
+    assert_exits_cleanly(&mut server);
     assert!(
         std::net::TcpStream::connect(addr).is_err(),
         "the listener is still open"
@@ -98,11 +87,7 @@ async fn sigterm_lets_in_flight_http2_streams_finish() {
     let (mut server, addr) = start_server_with("full", &["--drain-delay", "1"]);
     wait_ready(addr);
     let h2 = crate::support::h2_connect(addr).await;
-    let request = |path: &str| {
-        http::Request::get(format!("http://{addr}{path}"))
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .unwrap()
-    };
+    let request = |path: &str| crate::support::empty_request(http::Method::GET, addr, path);
     let mut h2_slow = h2.clone();
     let slow_request = request("/simulate?ms=1800");
     let started = Instant::now();
@@ -126,6 +111,12 @@ async fn sigterm_lets_in_flight_http2_streams_finish() {
         .await
         .expect("a refused stream is answered at once");
     assert!(late.is_err(), "a new stream after the drain: {late:?}");
+    // (Blocking here: nothing else on this runtime needs to run any more.)
+    assert_exits_cleanly(&mut server);
+}
+
+/// Waits (up to ten seconds) for the server to exit by itself after draining, successfully.
+fn assert_exits_cleanly(server: &mut crate::support::Proc) {
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(s) = server.0.try_wait().unwrap() {
@@ -135,7 +126,7 @@ async fn sigterm_lets_in_flight_http2_streams_finish() {
             Instant::now() < deadline,
             "the server did not exit after draining"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status:?}");
 }

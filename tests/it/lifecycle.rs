@@ -17,7 +17,7 @@ use tower::{service_fn, Layer, ServiceExt};
 use towerscope::lifecycle::{ErrorType, ObserveLayer, Outcome};
 use towerscope::metrics::{ACTIVE_REQUESTS, CANCELLED_REQUESTS, REQUEST_DURATION};
 
-use crate::support::{collect, h2_connect, local_red, sample, serve, Capture};
+use crate::support::{collect, empty_request, h2_connect, local_red, sample, serve, Capture};
 
 /// A body of `n` chunks, `gap` apart, that reports its end only by returning `None`.
 struct Slow {
@@ -53,6 +53,36 @@ fn slow(left: u32, gap: Duration) -> Slow {
         gap,
         sleep: None,
     }
+}
+
+/// Answers after a minute: a request its client gives up on before the response head.
+async fn hang() -> &'static str {
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    "late"
+}
+
+/// The request count (the duration histogram's `_count`) of `method route status`, without
+/// `error_type`.
+fn counted(text: &str, method: &str, route: &str, status: &str) -> Option<f64> {
+    sample(
+        text,
+        &format!("{REQUEST_DURATION}_count"),
+        &[
+            ("http_request_method", method),
+            ("http_route", route),
+            ("http_response_status_code", status),
+        ],
+    )
+}
+
+/// A series labelled by method and route alone (the active and cancelled requests) for GET
+/// `route`.
+fn of_get(text: &str, metric: &str, route: &str) -> Option<f64> {
+    sample(
+        text,
+        metric,
+        &[("http_request_method", "GET"), ("http_route", route)],
+    )
 }
 
 #[tokio::test]
@@ -472,35 +502,14 @@ async fn http2_streams_finish_and_cancel_as_http1_requests_do() {
             "/forever",
             get(|| async { Body::new(slow(1000, Duration::from_millis(20))) }),
         )
-        .route(
-            "/hang",
-            get(|| async {
-                tokio::time::sleep(Duration::from_secs(60)).await;
-                "late"
-            }),
-        )
+        .route("/hang", get(hang))
         .layer(ObserveLayer::with_observer((red.build(), capture.clone())));
     let addr = serve(app).await;
     let mut h2 = h2_connect(addr).await;
-    let request = |method: http::Method, path: &str| {
-        Request::builder()
-            .method(method)
-            .uri(format!("http://{addr}{path}"))
-            .body(http_body_util::Empty::<Bytes>::new())
-            .unwrap()
-    };
-    // The request's end, once the server has seen it (a reset reaches it a little later).
+    let request = |method: http::Method, path: &str| empty_request(method, addr, path);
     let nth_end = |n: usize| {
         let capture = capture.clone();
-        async move {
-            for _ in 0..500 {
-                if let Some(end) = capture.ends().get(n) {
-                    return *end;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            panic!("request {n} never ended: {:?}", capture.ends());
-        }
+        async move { capture.wait_for(n + 1).await[n] }
     };
 
     let mut n = 0;
@@ -587,26 +596,18 @@ async fn http2_streams_finish_and_cancel_as_http1_requests_do() {
     assert_eq!(capture.ends().len(), n + 1, "a request ended twice");
 
     let text = prometheus.render();
-    let count = format!("{REQUEST_DURATION}_count");
-    let ok = |method: &str, route: &str, status: &str| {
-        sample(
-            &text,
-            &count,
-            &[
-                ("http_request_method", method),
-                ("http_route", route),
-                ("http_response_status_code", status),
-            ],
-        )
-    };
-    assert_eq!(ok("GET", "/ok", "200"), Some(2.0), "{text}");
-    assert_eq!(ok("HEAD", "/ok", "200"), Some(1.0), "{text}");
-    assert_eq!(ok("GET", "/empty", "200"), Some(1.0), "{text}");
-    assert_eq!(ok("GET", "/nocontent", "204"), Some(1.0), "{text}");
+    assert_eq!(counted(&text, "GET", "/ok", "200"), Some(2.0), "{text}");
+    assert_eq!(counted(&text, "HEAD", "/ok", "200"), Some(1.0), "{text}");
+    assert_eq!(counted(&text, "GET", "/empty", "200"), Some(1.0), "{text}");
+    assert_eq!(
+        counted(&text, "GET", "/nocontent", "204"),
+        Some(1.0),
+        "{text}"
+    );
     assert_eq!(
         sample(
             &text,
-            &count,
+            &format!("{REQUEST_DURATION}_count"),
             &[
                 ("http_request_method", "GET"),
                 ("http_route", "/fail"),
@@ -618,20 +619,14 @@ async fn http2_streams_finish_and_cancel_as_http1_requests_do() {
         "{text}"
     );
     for route in ["/forever", "/hang"] {
-        let labels = [("http_request_method", "GET"), ("http_route", route)];
         assert_eq!(
-            sample(&text, CANCELLED_REQUESTS, &labels),
+            of_get(&text, CANCELLED_REQUESTS, route),
             Some(1.0),
             "{route}"
         );
     }
     for route in ["/ok", "/empty", "/stream", "/trailers", "/forever", "/hang"] {
-        let labels = [("http_request_method", "GET"), ("http_route", route)];
-        assert_eq!(
-            sample(&text, ACTIVE_REQUESTS, &labels),
-            Some(0.0),
-            "{route}"
-        );
+        assert_eq!(of_get(&text, ACTIVE_REQUESTS, route), Some(0.0), "{route}");
     }
 }
 
@@ -692,18 +687,8 @@ async fn upgrades_pass_through_and_end_at_the_101() {
     assert_eq!(ends[0].outcome, Outcome::Success);
     assert_eq!(ends[0].status, Some(StatusCode::SWITCHING_PROTOCOLS));
     let text = prometheus.render();
-    let labels = [("http_request_method", "GET"), ("http_route", "/echo")];
-    assert_eq!(sample(&text, ACTIVE_REQUESTS, &labels), Some(0.0), "{text}");
-    let counted = [
-        ("http_request_method", "GET"),
-        ("http_route", "/echo"),
-        ("http_response_status_code", "101"),
-    ];
-    assert_eq!(
-        sample(&text, &format!("{REQUEST_DURATION}_count"), &counted),
-        Some(1.0),
-        "{text}"
-    );
+    assert_eq!(of_get(&text, ACTIVE_REQUESTS, "/echo"), Some(0.0), "{text}");
+    assert_eq!(counted(&text, "GET", "/echo", "101"), Some(1.0), "{text}");
     drop(io);
 }
 
@@ -713,10 +698,10 @@ async fn upgrades_pass_through_and_end_at_the_101() {
 async fn the_example_server_speaks_http2() {
     let (_server, addr) = crate::support::start_server("full");
     let mut h2 = h2_connect(addr).await;
-    let req = Request::get(format!("http://{addr}/echo/42"))
-        .body(http_body_util::Empty::<Bytes>::new())
+    let res = h2
+        .send_request(empty_request(http::Method::GET, addr, "/echo/42"))
+        .await
         .unwrap();
-    let res = h2.send_request(req).await.unwrap();
     assert_eq!(res.version(), http::Version::HTTP_2);
     assert_eq!(res.status(), StatusCode::OK);
     assert!(
@@ -728,13 +713,8 @@ async fn the_example_server_speaks_http2() {
     assert!(body.starts_with(b"{\"id\":42"), "{body:?}");
     let (status, text) = crate::support::http(addr, "GET", "/metrics");
     assert_eq!(status, 200);
-    let labels = [
-        ("http_request_method", "GET"),
-        ("http_route", "/echo/{id}"),
-        ("http_response_status_code", "200"),
-    ];
     assert_eq!(
-        sample(&text, &format!("{REQUEST_DURATION}_count"), &labels),
+        counted(&text, "GET", "/echo/{id}", "200"),
         Some(1.0),
         "{text}"
     );
@@ -753,13 +733,7 @@ async fn concurrent_http2_streams_each_end_once_as_what_they_were() {
             "/stream",
             get(|| async { Body::new(slow(5, Duration::from_millis(10))) }),
         )
-        .route(
-            "/hang",
-            get(|| async {
-                tokio::time::sleep(Duration::from_secs(60)).await;
-                "late"
-            }),
-        )
+        .route("/hang", get(hang))
         .layer(ObserveLayer::with_observer((red.build(), capture.clone())));
     let addr = serve(app).await;
     let h2 = h2_connect(addr).await;
@@ -771,10 +745,7 @@ async fn concurrent_http2_streams_each_end_once_as_what_they_were() {
         let pause = Duration::from_millis(50 + i as u64 % 50);
         tasks.push(tokio::spawn(async move {
             let path = ["/ok", "/stream", "/stream", "/hang"][kind as usize];
-            let req = Request::get(format!("http://{addr}{path}"))
-                .body(http_body_util::Empty::<Bytes>::new())
-                .unwrap();
-            let send = h2.send_request(req);
+            let send = h2.send_request(empty_request(http::Method::GET, addr, path));
             match kind {
                 0 | 1 => {
                     let res = send.await.unwrap();
@@ -792,17 +763,7 @@ async fn concurrent_http2_streams_each_end_once_as_what_they_were() {
         t.await.unwrap();
     }
     let count = |k: u8| kinds.iter().filter(|&&x| x == k).count();
-    let ends = {
-        let mut ends = capture.ends();
-        for _ in 0..500 {
-            if ends.len() >= kinds.len() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            ends = capture.ends();
-        }
-        ends
-    };
+    let ends = capture.wait_for(kinds.len()).await;
     assert_eq!(ends.len(), kinds.len(), "every request ends once");
     let cancelled = ends
         .iter()
@@ -823,37 +784,20 @@ async fn concurrent_http2_streams_each_end_once_as_what_they_were() {
         "reset before the head: no status"
     );
     let text = prometheus.render();
-    let done = |route: &str| {
-        sample(
-            &text,
-            &format!("{REQUEST_DURATION}_count"),
-            &[
-                ("http_request_method", "GET"),
-                ("http_route", route),
-                ("http_response_status_code", "200"),
-            ],
-        )
-        .unwrap_or(0.0) as usize
-    };
+    let done = |route: &str| counted(&text, "GET", route, "200").unwrap_or(0.0) as usize;
     assert_eq!(
         (done("/ok"), done("/stream")),
         (count(0), count(1)),
         "{text}"
     );
     for (route, n) in [("/stream", count(2)), ("/hang", count(3))] {
-        let labels = [("http_request_method", "GET"), ("http_route", route)];
         assert_eq!(
-            sample(&text, CANCELLED_REQUESTS, &labels),
+            of_get(&text, CANCELLED_REQUESTS, route),
             Some(n as f64),
             "{route}"
         );
     }
     for route in ["/ok", "/stream", "/hang"] {
-        let labels = [("http_request_method", "GET"), ("http_route", route)];
-        assert_eq!(
-            sample(&text, ACTIVE_REQUESTS, &labels),
-            Some(0.0),
-            "{route}"
-        );
+        assert_eq!(of_get(&text, ACTIVE_REQUESTS, route), Some(0.0), "{route}");
     }
 }

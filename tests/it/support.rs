@@ -130,6 +130,20 @@ pub async fn h2_connect(
     send
 }
 
+/// A request without a body to `path` on `addr`, as an absolute URL (over HTTP/2 its authority
+/// is the `:authority` pseudo-header).
+pub fn empty_request(
+    method: http::Method,
+    addr: SocketAddr,
+    path: &str,
+) -> http::Request<http_body_util::Empty<Bytes>> {
+    http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .body(http_body_util::Empty::new())
+        .unwrap()
+}
+
 // ---- a local Prometheus registry ----
 
 /// A RED builder that records into a fresh, private Prometheus registry.
@@ -188,6 +202,19 @@ impl Capture {
     pub fn ends(&self) -> Vec<End> {
         self.0.lock().unwrap().clone()
     }
+
+    /// The ends once there are at least `n` (a stream the client resets reaches the server a
+    /// little after the client lets go); fails after five seconds.
+    pub async fn wait_for(&self, n: usize) -> Vec<End> {
+        for _ in 0..500 {
+            let ends = self.ends();
+            if ends.len() >= n {
+                return ends;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{n} requests never ended: {:?}", self.ends());
+    }
 }
 
 impl Observer for Capture {
@@ -234,16 +261,12 @@ pub fn start_server(stack: &str) -> (Proc, SocketAddr) {
 
 /// The same, with more arguments.
 pub fn start_server_with(stack: &str, extra: &[&str]) -> (Proc, SocketAddr) {
-    start_server_env(stack, extra, &[])
-}
-
-/// The same, with environment variables for the server.
-pub fn start_server_env(stack: &str, extra: &[&str], env: &[(&str, &str)]) -> (Proc, SocketAddr) {
-    let (server, addr, _) = start_server_logs(stack, extra, env);
+    let (server, addr, _) = start_server_logs(stack, extra, &[]);
     (server, addr)
 }
 
-/// The same, with the lines the server writes on stdout after it listens (its JSON logs).
+/// The same, with environment variables for the server, and the lines it writes on stdout
+/// after it listens (its JSON logs).
 pub fn start_server_logs(
     stack: &str,
     extra: &[&str],
