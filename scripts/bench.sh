@@ -4,7 +4,7 @@
 # is against `--stack bare` measured under the same conditions (the order reversed every
 # other round).
 #
-#   scripts/bench.sh [--duration SECONDS] [--rounds N] [--path PATH] [--server-args "ARGS"] [--otlp] [--interleave] [STACK...]
+#   scripts/bench.sh [--duration SECONDS] [--rounds N] [--path PATH] [--server-args "ARGS"] [--otlp] [--interleave] [--alt BINARY] [STACK...]
 #
 # Default stacks: bare red full. A STACK may carry its own server arguments after a colon, e.g.
 # "bare:--echo-work-ns 1000" (bare with 1 us of busy work per /echo request: what a known
@@ -15,6 +15,9 @@
 # trace-layer-event, otel, stack) of benches/peers, a separate crate built on demand: what
 # users assemble today, on the same route, e.g. `scripts/bench.sh bare peers/bare red
 # peers/axum-prometheus`. --server-args go to the example server only.
+# --alt BINARY: a STACK named alt/NAME is stack NAME of that example-server binary (a build of
+# another commit or setting, copied aside), e.g. `--alt /tmp/server-old bare red+log
+# alt/red+log`: an A/B of two builds measured in the same run.
 # --otlp: a live OTLP receiver (examples/otlp_sink, on the load core) gets the spans of `full`
 # and of the peers' `otel` and `stack` (every request sampled and batch-exported); its totals
 # are printed at the end.
@@ -30,6 +33,7 @@ path=/echo/42
 server_args=""
 otlp=0
 interleave=0
+alt=""
 stacks=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -39,6 +43,7 @@ while [ $# -gt 0 ]; do
     --server-args) server_args=$2; shift 2 ;;
     --otlp) otlp=1; shift ;;
     --interleave) interleave=1; shift ;;
+    --alt) alt=$2; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
     *) stacks+=("$1"); shift ;;
   esac
@@ -88,6 +93,9 @@ start_server() { # stack[:args] tag
   [ "$name" = "$stack" ] || own=${stack#*:}
   case $name in
     peers/*) exe=$peers_bin; name=${name#peers/}; args="" ;;
+    alt/*)
+      [ -x "$alt" ] || { echo "bench.sh: $stack needs --alt BINARY" >&2; exit 2; }
+      exe=$alt; name=${name#alt/} ;;
   esac
   log="$tmp/server-$2-$(tr -c 'A-Za-z0-9+\n' _ <<<"$stack")"
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
