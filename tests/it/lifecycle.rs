@@ -359,6 +359,74 @@ async fn response_passes_through_byte_for_byte() {
     }
 }
 
+/// One HTTP/1.1 exchange over a fresh connection, as raw bytes: the response head's lines
+/// (without `date`, which differs between two servers) and everything after the head, framing
+/// included (chunk sizes of a chunked body).
+async fn raw_exchange(addr: std::net::SocketAddr, request: &str) -> (Vec<String>, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
+        .await
+        .expect("the server closes the connection")
+        .unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8(raw[..split].to_vec()).unwrap();
+    let lines = head
+        .split("\r\n")
+        .filter(|l| !l.to_ascii_lowercase().starts_with("date:"))
+        .map(str::to_owned)
+        .collect();
+    (lines, raw[split + 4..].to_vec())
+}
+
+#[tokio::test]
+async fn framing_on_the_wire_is_unchanged() {
+    // What the layer's body forwards (`size_hint`, `is_end_stream`) decides the framing hyper
+    // chooses: a known length goes out with `content-length`, an unknown one chunked. Wrapping
+    // the body must not turn the one into the other, nor add or drop a header.
+    let app = || {
+        Router::new()
+            .route("/fixed", get(|| async { "hello, world" }))
+            .route("/empty", get(|| async { StatusCode::NO_CONTENT }))
+            .route(
+                "/stream",
+                get(|| async {
+                    Body::new(http_body_util::StreamBody::new(futures_iter(vec![
+                        Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"one"))),
+                        Ok(Frame::data(Bytes::from_static(b"two"))),
+                    ])))
+                }),
+            )
+    };
+    let (red, _prometheus) = local_red();
+    let bare = serve(app()).await;
+    let observed = serve(app().layer(red.layer())).await;
+    let ask = |method: &str, path: &str| {
+        format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    };
+    for (method, path, framing) in [
+        ("GET", "/fixed", "content-length: 12"),
+        ("HEAD", "/fixed", "content-length: 12"),
+        ("GET", "/empty", "HTTP/1.1 204 No Content"),
+        ("GET", "/stream", "transfer-encoding: chunked"),
+    ] {
+        let request = ask(method, path);
+        let (bare_head, bare_rest) = raw_exchange(bare, &request).await;
+        let (head, rest) = raw_exchange(observed, &request).await;
+        assert!(
+            bare_head.iter().any(|l| l == framing),
+            "{method} {path}: the bare server sends {framing:?}: {bare_head:?}"
+        );
+        assert_eq!(head, bare_head, "{method} {path}: the response head");
+        assert_eq!(rest, bare_rest, "{method} {path}: the bytes after the head");
+    }
+}
+
 /// A stream over a vector, without pulling in the futures crate.
 fn futures_iter<T: Unpin>(items: Vec<T>) -> IterStream<T> {
     IterStream(items.into_iter())
