@@ -1,6 +1,8 @@
 //! In-process cost of the RED layer: the same axum router with and without it, driven on the
 //! benchmark thread (the handlers never wait), so the difference is the layer's per-request
-//! cost. Also the plain Tower service case, where axum's own per-layer boxing is absent.
+//! cost. Also the plain Tower service case, where axum's own per-layer boxing is absent; and
+//! one histogram series recorded from one thread and from two at once (each thread has its own
+//! shard: two threads should cost what one does, unless their shards share a cache line).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -68,6 +70,41 @@ fn bench(c: &mut Criterion) {
         towerscope::lifecycle::ObserveLayer::with_observer(()).route_fn(|_, _| Some("/users/{id}"));
     let mut observed = core.layer(plain());
     g.bench_function("core_only", |b| b.iter(|| one(&mut observed, "/users/7")));
+    g.finish();
+
+    // One series, as the duration histogram of a busy route: from one thread, and from two
+    // threads at once (per record, each thread recording `iters` values).
+    let histogram = {
+        use metrics::Recorder;
+        static META: metrics::Metadata<'static> =
+            metrics::Metadata::new("bench", metrics::Level::INFO, None);
+        recorder.register_histogram(
+            &metrics::Key::from_name("bench_request_duration_seconds"),
+            &META,
+        )
+    };
+    let mut g = c.benchmark_group("histogram");
+    g.bench_function("record_one_thread", |b| {
+        b.iter(|| histogram.record(std::hint::black_box(0.001)))
+    });
+    g.bench_function("record_two_threads", |b| {
+        b.iter_custom(|iters| {
+            let start = std::sync::Barrier::new(2);
+            std::thread::scope(|s| {
+                let each = || {
+                    start.wait();
+                    let t = std::time::Instant::now();
+                    for _ in 0..iters {
+                        histogram.record(std::hint::black_box(0.001));
+                    }
+                    t.elapsed()
+                };
+                // Two new threads: consecutive shard numbers, so two different shards.
+                let (a, b) = (s.spawn(each), s.spawn(each));
+                a.join().unwrap().max(b.join().unwrap())
+            })
+        })
+    });
     g.finish();
 
     // Keep upkeep honest: render once so the samples recorded above were consumed.

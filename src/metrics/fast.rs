@@ -173,22 +173,43 @@ fn add_f64(cell: &AtomicU64, delta: f64) {
     }
 }
 
+/// A histogram's slots in one cache-line pair (the size and alignment of `Padded`).
+#[repr(align(128))]
+struct Block([AtomicU64; SLOTS]);
+
+const SLOTS: usize = 16;
+
 /// A histogram with fixed buckets, summed over per-thread shards.
 pub(crate) struct FastHistogram {
     bounds: Arc<[f64]>,
-    /// Per shard: one count per bound, one for +Inf, then the sum's bits.
-    shards: Box<[Padded<Box<[AtomicU64]>>]>,
+    shards: usize,
+    /// Blocks per shard.
+    stride: usize,
+    /// Shard after shard, `stride` blocks each: one count per bound, one for +Inf, then the
+    /// sum's bits. Whole blocks, so no two shards share a cache line: when each shard was a
+    /// separate allocation, one thread's sum and the next shard's first buckets could sit in
+    /// one line, moved between cores on every record (`histogram/record_two_threads`).
+    blocks: Box<[Block]>,
 }
 
 impl FastHistogram {
     fn new(bounds: Arc<[f64]>) -> Self {
-        let width = bounds.len() + 2;
+        let shards = shard_count();
+        let stride = (bounds.len() + 2).div_ceil(SLOTS);
         Self {
-            shards: (0..shard_count())
-                .map(|_| Padded((0..width).map(|_| AtomicU64::new(0)).collect()))
+            blocks: (0..shards * stride)
+                .map(|_| Block(std::array::from_fn(|_| AtomicU64::new(0))))
                 .collect(),
+            shards,
+            stride,
             bounds,
         }
+    }
+
+    /// Slot `i` of shard `shard`.
+    #[inline]
+    fn slot(&self, shard: usize, i: usize) -> &AtomicU64 {
+        &self.blocks[shard * self.stride + i / SLOTS].0[i % SLOTS]
     }
 
     /// Cumulative bucket counts (the last is +Inf, the total) and the sum.
@@ -196,11 +217,11 @@ impl FastHistogram {
         let n = self.bounds.len() + 1;
         let mut counts = vec![0u64; n];
         let mut sum = 0.0;
-        for s in self.shards.iter() {
+        for s in 0..self.shards {
             for (i, c) in counts.iter_mut().enumerate() {
-                *c += s.0[i].load(Relaxed);
+                *c += self.slot(s, i).load(Relaxed);
             }
-            sum += f64::from_bits(s.0[n].load(Relaxed));
+            sum += f64::from_bits(self.slot(s, n).load(Relaxed));
         }
         for i in 1..n {
             counts[i] += counts[i - 1];
@@ -211,7 +232,7 @@ impl FastHistogram {
 
 impl HistogramFn for FastHistogram {
     fn record(&self, value: f64) {
-        let shard = &self.shards[my_shard(self.shards.len())].0;
+        let shard = my_shard(self.shards);
         // `le` is inclusive: the first bound not below the value (+Inf, the last count, when
         // none is; NaN too, as Prometheus's Go client does). A scan from the smallest bound:
         // most requests fall in the first few buckets, where it stops after a compare or two
@@ -222,8 +243,8 @@ impl HistogramFn for FastHistogram {
             .iter()
             .position(|b| *b >= value)
             .unwrap_or(self.bounds.len());
-        shard[i].fetch_add(1, Relaxed);
-        let sum = &shard[self.bounds.len() + 1];
+        self.slot(shard, i).fetch_add(1, Relaxed);
+        let sum = self.slot(shard, self.bounds.len() + 1);
         let mut cur = sum.load(Relaxed);
         // This thread's shard: the exchange practically never fails.
         while let Err(v) = sum.compare_exchange_weak(
@@ -535,6 +556,49 @@ mod tests {
         h.record(f64::NAN);
         h.record(1.0000001);
         assert_eq!(h.snapshot().0, vec![0, 0, 2]);
+    }
+
+    #[test]
+    fn histograms_past_one_block_count_every_bucket() {
+        // 20 bounds: 22 slots, two blocks per shard; a value in every bucket and +Inf, from
+        // four threads (several shards).
+        let bounds: Vec<f64> = (1..=20).map(f64::from).collect();
+        let h = Arc::new(FastHistogram::new(Arc::from(bounds)));
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let h = h.clone();
+                std::thread::spawn(move || (1..=21).for_each(|v| h.record(f64::from(v))))
+            })
+            .collect();
+        handles.into_iter().for_each(|t| t.join().unwrap());
+        let (counts, sum) = h.snapshot();
+        assert_eq!(counts, (1..=21).map(|i| 4 * i).collect::<Vec<u64>>());
+        assert_eq!(sum, 4.0 * 231.0);
+    }
+
+    #[test]
+    fn histogram_shards_never_share_a_cache_line() {
+        // Each shard is written by its own threads; a line shared with the next shard's slots
+        // would move between cores on every record.
+        for n in [0usize, 2, 14, 15, 30] {
+            let bounds: Vec<f64> = (0..n).map(|i| i as f64).collect();
+            let h = FastHistogram::new(Arc::from(bounds));
+            let width = n + 2;
+            let at = |s: usize, i: usize| h.slot(s, i) as *const AtomicU64 as usize;
+            let mut end_of_previous = 0;
+            for s in 0..h.shards {
+                let (first, last) = (at(s, 0), at(s, width - 1) + 8);
+                assert_eq!(first % 128, 0, "{n} bounds: shard {s} starts a line pair");
+                assert!(first >= end_of_previous, "{n} bounds: shard {s} overlaps");
+                // Its slots are one run of memory, and the next shard begins past its line.
+                assert_eq!(
+                    last - first,
+                    width * 8,
+                    "{n} bounds: shard {s} is contiguous"
+                );
+                end_of_previous = last.next_multiple_of(128);
+            }
+        }
     }
 
     #[test]
