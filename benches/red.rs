@@ -29,6 +29,30 @@ where
     drain(res.into_body());
 }
 
+/// `iters` requests on each of two new threads, each through its own clone of `svc`, started
+/// together: the slower thread's time.
+fn two_threads<S, B>(svc: &S, iters: u64) -> std::time::Duration
+where
+    S: Service<Request<Body>, Response = Response<B>> + Clone + Send + Sync,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body + Unpin,
+{
+    let start = std::sync::Barrier::new(2);
+    std::thread::scope(|s| {
+        let run = || {
+            let mut svc = svc.clone();
+            start.wait();
+            let t = std::time::Instant::now();
+            for _ in 0..iters {
+                one(&mut svc, "/users/7");
+            }
+            t.elapsed()
+        };
+        let (a, b) = (s.spawn(run), s.spawn(run));
+        a.join().unwrap().max(b.join().unwrap())
+    })
+}
+
 fn router() -> Router {
     Router::new()
         .route("/users/{id}", get(|| async { "user" }))
@@ -65,6 +89,15 @@ fn bench(c: &mut Criterion) {
         || one(&mut bare, "/users/7"),
         || one(&mut observed, "/users/7"),
     );
+    // Two threads at once, each with its own clone of the service (as two workers): what the
+    // layer writes that both threads share (a reference count, a lock) moves between cores on
+    // every request and shows here, not in the single-thread figures.
+    g.bench_function("bare_two_threads", |b| {
+        b.iter_custom(|iters| two_threads(&plain(), iters))
+    });
+    g.bench_function("red_two_threads", |b| {
+        b.iter_custom(|iters| two_threads(&observed, iters))
+    });
     // The lifecycle core alone (clock, route, future and body wrappers), no observer.
     let core =
         towerscope::lifecycle::ObserveLayer::with_observer(()).route_fn(|_, _| Some("/users/{id}"));
