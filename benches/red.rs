@@ -138,6 +138,31 @@ fn bench(c: &mut Criterion) {
             })
         })
     });
+    // A gauge set from two threads at once, as the load shedder's utilization is on every
+    // admission and release.
+    let gauge = {
+        use metrics::Recorder;
+        static META: metrics::Metadata<'static> =
+            metrics::Metadata::new("bench", metrics::Level::INFO, None);
+        recorder.register_gauge(&metrics::Key::from_name("bench_utilization_ratio"), &META)
+    };
+    g.bench_function("gauge_set_two_threads", |b| {
+        b.iter_custom(|iters| {
+            let start = std::sync::Barrier::new(2);
+            std::thread::scope(|s| {
+                let each = || {
+                    start.wait();
+                    let t = std::time::Instant::now();
+                    for i in 0..iters {
+                        gauge.set(std::hint::black_box((i % 8) as f64 / 8.0));
+                    }
+                    t.elapsed()
+                };
+                let (a, b) = (s.spawn(each), s.spawn(each));
+                a.join().unwrap().max(b.join().unwrap())
+            })
+        })
+    });
     g.finish();
 
     // Keep upkeep honest: render once so the samples recorded above were consumed.

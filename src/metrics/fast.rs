@@ -150,11 +150,18 @@ impl GaugeFn for FastGauge {
     }
 
     fn set(&self, value: f64) {
-        self.shards[0].0.rest.store(value.to_bits(), Relaxed);
-        self.shards[0].0.whole.store(0, Relaxed);
-        for s in &self.shards[1..] {
-            s.0.whole.store(0, Relaxed);
-            s.0.rest.store(0f64.to_bits(), Relaxed);
+        // Zeroes stored only where a value is: a gauge that is only ever set (the load
+        // shedder's utilization, set on every admission and release) then writes one line, not
+        // every shard's (a load leaves a line shared; a store takes it from every other core).
+        let zero = 0f64.to_bits();
+        for (i, s) in self.shards.iter().enumerate() {
+            let rest = if i == 0 { value.to_bits() } else { zero };
+            if i == 0 || s.0.rest.load(Relaxed) != rest {
+                s.0.rest.store(rest, Relaxed);
+            }
+            if s.0.whole.load(Relaxed) != 0 {
+                s.0.whole.store(0, Relaxed);
+            }
         }
     }
 }
