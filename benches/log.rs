@@ -11,7 +11,7 @@ use http::{Request, Response};
 use support::*;
 use tower::{Layer, Service};
 use towerscope::lifecycle::ObserveLayer;
-use towerscope::log::{Format, JsonLayer, LogConfig, RequestLog, Sampling};
+use towerscope::log::{Format, JsonLayer, LogConfig, RequestId, RequestLog, Sampling};
 use tracing_subscriber::layer::SubscriberExt;
 
 fn plain() -> impl Service<Request<()>, Response = Response<String>, Error = Infallible> + Clone {
@@ -102,6 +102,28 @@ fn bench(c: &mut Criterion) {
     });
     tracing::subscriber::with_default(json(0.0), || {
         g.bench_function("sampled_out", |b| b.iter(record));
+    });
+    g.finish();
+
+    // A new request id, on one thread and on two at once (as two workers).
+    let mut g = c.benchmark_group("request_id");
+    g.bench_function("generate", |b| b.iter(RequestId::generate));
+    g.bench_function("generate_two_threads", |b| {
+        b.iter_custom(|iters| {
+            let start = std::sync::Barrier::new(2);
+            std::thread::scope(|s| {
+                let each = || {
+                    start.wait();
+                    let t = std::time::Instant::now();
+                    for _ in 0..iters {
+                        std::hint::black_box(RequestId::generate());
+                    }
+                    t.elapsed()
+                };
+                let (a, b) = (s.spawn(each), s.spawn(each));
+                a.join().unwrap().max(b.join().unwrap())
+            })
+        })
     });
     g.finish();
 }

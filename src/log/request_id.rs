@@ -1,29 +1,32 @@
 //! Request ids: kept from `x-request-id` when valid, otherwise a new UUID v7.
 
-use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::{Cell, RefCell};
 
 use http::HeaderValue;
 
 thread_local! {
     static RNG: RefCell<fastrand::Rng> = RefCell::new(fastrand::Rng::new());
+    /// The last (milliseconds << 12 | counter) this thread handed out.
+    static LAST: Cell<u64> = const { Cell::new(0) };
 }
 
-/// The last (milliseconds << 12 | counter) handed out.
-static LAST: AtomicU64 = AtomicU64::new(0);
-
-/// Unix milliseconds and a counter, strictly increasing: when the clock has not moved (or went
-/// back), the counter goes up, spilling into the next millisecond after 4096 ids.
+/// Unix milliseconds and a counter, strictly increasing on this thread: when the clock has not
+/// moved (or went back), the counter goes up, spilling into the next millisecond after 4096
+/// ids.
+///
+/// Per thread, not one atomic for the process: every worker wrote that one cache line for
+/// every request (`request_id/generate_two_threads`: 112 ns per id with two threads, against
+/// 59 ns on one). Ids of different threads are ordered by their millisecond and told apart by
+/// their 62 random bits, as RFC 9562 has it for several generators.
 fn next_ms_seq(unix: std::time::Duration) -> (u64, u64) {
     let now = unix.as_millis() as u64 & 0xffff_ffff_ffff;
-    let mut last = LAST.load(Ordering::Relaxed);
-    loop {
-        let next = (now << 12).max(last + 1);
-        match LAST.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
-            Ok(_) => return (next >> 12, next & 0xfff),
-            Err(v) => last = v,
-        }
-    }
+    LAST.try_with(|last| {
+        let next = (now << 12).max(last.get() + 1);
+        last.set(next);
+        next
+    })
+    // As the thread exits: the millisecond, a counter of 0 (the random bits tell it apart).
+    .map_or((now, 0), |next| (next >> 12, next & 0xfff))
 }
 
 /// The request's id: set on the response header, available to handlers as an extractor, and
@@ -33,8 +36,8 @@ pub struct RequestId(pub(crate) HeaderValue);
 
 impl RequestId {
     /// A new time-ordered, unique id: a UUID v7 (RFC 9562) whose 12-bit `rand_a` field is a
-    /// counter within the millisecond (the RFC's method 1), taken from one atomic so ids are
-    /// strictly increasing across threads, and 62 random bits.
+    /// counter within the millisecond (the RFC's method 1), kept per thread so each thread's ids
+    /// are strictly increasing, and 62 random bits that keep ids of different threads apart.
     ///
     /// Written here rather than with `uuid::Uuid::now_v7` for cost: about a third of the
     /// instructions per request (its context locking and formatting dominated the request
@@ -174,7 +177,7 @@ mod tests {
             .unwrap()
             .as_secs();
         assert!(now.abs_diff(secs) <= 1);
-        // Strictly increasing across threads.
+        // Strictly increasing on each thread, unique across threads.
         let ids: Vec<Vec<String>> = (0..4)
             .map(|_| {
                 std::thread::spawn(|| {
