@@ -105,6 +105,36 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
 
+    // One 370-byte line into the non-blocking writer (its writer thread drains to a sink),
+    // from one thread and from two at once (as two workers).
+    let (nb, _guard) = towerscope::log::NonBlocking::new(std::io::sink(), 8 << 20, true);
+    let line = [b'x'; 370];
+    let write = |nb: &towerscope::log::NonBlocking| {
+        use std::io::Write;
+        use tracing_subscriber::fmt::MakeWriter;
+        nb.make_writer().write_all(&line).unwrap();
+    };
+    let mut g = c.benchmark_group("writer");
+    g.bench_function("line", |b| b.iter(|| write(&nb)));
+    g.bench_function("line_two_threads", |b| {
+        b.iter_custom(|iters| {
+            let start = std::sync::Barrier::new(2);
+            std::thread::scope(|s| {
+                let each = || {
+                    start.wait();
+                    let t = std::time::Instant::now();
+                    for _ in 0..iters {
+                        write(&nb);
+                    }
+                    t.elapsed()
+                };
+                let (a, b) = (s.spawn(each), s.spawn(each));
+                a.join().unwrap().max(b.join().unwrap())
+            })
+        })
+    });
+    g.finish();
+
     // A new request id, on one thread and on two at once (as two workers).
     let mut g = c.benchmark_group("request_id");
     g.bench_function("generate", |b| b.iter(RequestId::generate));
