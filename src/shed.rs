@@ -330,6 +330,7 @@ mod tests {
     use tower::ServiceExt;
 
     /// The utilization gauge's value in a rendering.
+    #[cfg(feature = "prometheus")]
     fn utilization(text: &str) -> f64 {
         text.lines()
             .find_map(|l| l.strip_prefix(&format!("{UTILIZATION} ")))
@@ -338,6 +339,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "prometheus")]
     fn utilization_ends_at_the_count_when_threads_race() {
         // Two threads released together admit and release one request each, round after
         // round. After each round none is in flight, so the gauge must read 0 whichever set
