@@ -117,21 +117,7 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("writer");
     g.bench_function("line", |b| b.iter(|| write(&nb)));
     g.bench_function("line_two_threads", |b| {
-        b.iter_custom(|iters| {
-            let start = std::sync::Barrier::new(2);
-            std::thread::scope(|s| {
-                let each = || {
-                    start.wait();
-                    let t = std::time::Instant::now();
-                    for _ in 0..iters {
-                        write(&nb);
-                    }
-                    t.elapsed()
-                };
-                let (a, b) = (s.spawn(each), s.spawn(each));
-                a.join().unwrap().max(b.join().unwrap())
-            })
-        })
+        b.iter_custom(|iters| on_two_threads(iters, || (), |_| write(&nb)))
     });
     g.finish();
 
@@ -140,19 +126,13 @@ fn bench(c: &mut Criterion) {
     g.bench_function("generate", |b| b.iter(RequestId::generate));
     g.bench_function("generate_two_threads", |b| {
         b.iter_custom(|iters| {
-            let start = std::sync::Barrier::new(2);
-            std::thread::scope(|s| {
-                let each = || {
-                    start.wait();
-                    let t = std::time::Instant::now();
-                    for _ in 0..iters {
-                        std::hint::black_box(RequestId::generate());
-                    }
-                    t.elapsed()
-                };
-                let (a, b) = (s.spawn(each), s.spawn(each));
-                a.join().unwrap().max(b.join().unwrap())
-            })
+            on_two_threads(
+                iters,
+                || (),
+                |_| {
+                    std::hint::black_box(RequestId::generate());
+                },
+            )
         })
     });
     g.finish();

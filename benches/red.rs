@@ -29,30 +29,6 @@ where
     drain(res.into_body());
 }
 
-/// `iters` requests on each of two new threads, each through its own clone of `svc`, started
-/// together: the slower thread's time.
-fn two_threads<S, B>(svc: &S, iters: u64) -> std::time::Duration
-where
-    S: Service<Request<Body>, Response = Response<B>> + Clone + Send + Sync,
-    S::Error: std::fmt::Debug,
-    B: http_body::Body + Unpin,
-{
-    let start = std::sync::Barrier::new(2);
-    std::thread::scope(|s| {
-        let run = || {
-            let mut svc = svc.clone();
-            start.wait();
-            let t = std::time::Instant::now();
-            for _ in 0..iters {
-                one(&mut svc, "/users/7");
-            }
-            t.elapsed()
-        };
-        let (a, b) = (s.spawn(run), s.spawn(run));
-        a.join().unwrap().max(b.join().unwrap())
-    })
-}
-
 fn router() -> Router {
     Router::new()
         .route("/users/{id}", get(|| async { "user" }))
@@ -93,10 +69,10 @@ fn bench(c: &mut Criterion) {
     // layer writes that both threads share (a reference count, a lock) moves between cores on
     // every request and shows here, not in the single-thread figures.
     g.bench_function("bare_two_threads", |b| {
-        b.iter_custom(|iters| two_threads(&plain(), iters))
+        b.iter_custom(|iters| on_two_threads(iters, || bare.clone(), |s| one(s, "/users/7")))
     });
     g.bench_function("red_two_threads", |b| {
-        b.iter_custom(|iters| two_threads(&observed, iters))
+        b.iter_custom(|iters| on_two_threads(iters, || observed.clone(), |s| one(s, "/users/7")))
     });
     // The lifecycle core alone (clock, route, future and body wrappers), no observer.
     let core =
@@ -107,10 +83,10 @@ fn bench(c: &mut Criterion) {
 
     // One series, as the duration histogram of a busy route: from one thread, and from two
     // threads at once (per record, each thread recording `iters` values).
+    use metrics::Recorder;
+    static META: metrics::Metadata<'static> =
+        metrics::Metadata::new("bench", metrics::Level::INFO, None);
     let histogram = {
-        use metrics::Recorder;
-        static META: metrics::Metadata<'static> =
-            metrics::Metadata::new("bench", metrics::Level::INFO, None);
         recorder.register_histogram(
             &metrics::Key::from_name("bench_request_duration_seconds"),
             &META,
@@ -122,45 +98,26 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("record_two_threads", |b| {
         b.iter_custom(|iters| {
-            let start = std::sync::Barrier::new(2);
-            std::thread::scope(|s| {
-                let each = || {
-                    start.wait();
-                    let t = std::time::Instant::now();
-                    for _ in 0..iters {
-                        histogram.record(std::hint::black_box(0.001));
-                    }
-                    t.elapsed()
-                };
-                // Two new threads: consecutive shard numbers, so two different shards.
-                let (a, b) = (s.spawn(each), s.spawn(each));
-                a.join().unwrap().max(b.join().unwrap())
-            })
+            on_two_threads(
+                iters,
+                || (),
+                |_| histogram.record(std::hint::black_box(0.001)),
+            )
         })
     });
     // A gauge set from two threads at once, as the load shedder's utilization is on every
     // admission and release.
-    let gauge = {
-        use metrics::Recorder;
-        static META: metrics::Metadata<'static> =
-            metrics::Metadata::new("bench", metrics::Level::INFO, None);
-        recorder.register_gauge(&metrics::Key::from_name("bench_utilization_ratio"), &META)
-    };
+    let gauge = recorder.register_gauge(&metrics::Key::from_name("bench_utilization_ratio"), &META);
     g.bench_function("gauge_set_two_threads", |b| {
         b.iter_custom(|iters| {
-            let start = std::sync::Barrier::new(2);
-            std::thread::scope(|s| {
-                let each = || {
-                    start.wait();
-                    let t = std::time::Instant::now();
-                    for i in 0..iters {
-                        gauge.set(std::hint::black_box((i % 8) as f64 / 8.0));
-                    }
-                    t.elapsed()
-                };
-                let (a, b) = (s.spawn(each), s.spawn(each));
-                a.join().unwrap().max(b.join().unwrap())
-            })
+            on_two_threads(
+                iters,
+                || 0u64,
+                |i| {
+                    *i += 1;
+                    gauge.set(std::hint::black_box((*i % 8) as f64 / 8.0));
+                },
+            )
         })
     });
     g.finish();

@@ -66,3 +66,28 @@ pub fn bench_added(
         })
     });
 }
+
+/// Runs `each` `iters` times on each of two new threads started together (as two workers; two
+/// new threads also take two different metric shards), on the state `setup` makes for each
+/// thread: the slower thread's time, for criterion's `iter_custom`.
+#[allow(dead_code)] // not every bench runs two threads
+pub fn on_two_threads<T>(
+    iters: u64,
+    setup: impl Fn() -> T + Sync,
+    each: impl Fn(&mut T) + Sync,
+) -> std::time::Duration {
+    let start = std::sync::Barrier::new(2);
+    std::thread::scope(|s| {
+        let run = || {
+            let mut state = setup();
+            start.wait();
+            let t = std::time::Instant::now();
+            for _ in 0..iters {
+                each(&mut state);
+            }
+            t.elapsed()
+        };
+        let (a, b) = (s.spawn(run), s.spawn(run));
+        a.join().unwrap().max(b.join().unwrap())
+    })
+}
