@@ -1,6 +1,7 @@
 //! Request log cost in process: the same trivial service with and without the request log,
 //! the record going through the JSON layer and the non-blocking writer (to a sink), and the
-//! cost of a record that is filtered out (level) or sampled out.
+//! cost of a record that is filtered out (level) or sampled out; a line into the writer and a
+//! new request id, each from one thread and from two at once (as two workers).
 
 use std::convert::Infallible;
 

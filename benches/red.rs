@@ -1,8 +1,10 @@
 //! In-process cost of the RED layer: the same axum router with and without it, driven on the
 //! benchmark thread (the handlers never wait), so the difference is the layer's per-request
-//! cost. Also the plain Tower service case, where axum's own per-layer boxing is absent; and
-//! one histogram series recorded from one thread and from two at once (each thread has its own
-//! shard: two threads should cost what one does, unless their shards share a cache line).
+//! cost. Also the plain Tower service case, where axum's own per-layer boxing is absent, driven
+//! from one thread and from two at once (as two workers: what both write shows there); and the
+//! metric storage from two threads: one histogram series recorded (each thread has its own
+//! shard: two threads should cost what one does, unless their shards share a cache line) and
+//! one gauge set.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -86,12 +88,10 @@ fn bench(c: &mut Criterion) {
     use metrics::Recorder;
     static META: metrics::Metadata<'static> =
         metrics::Metadata::new("bench", metrics::Level::INFO, None);
-    let histogram = {
-        recorder.register_histogram(
-            &metrics::Key::from_name("bench_request_duration_seconds"),
-            &META,
-        )
-    };
+    let histogram = recorder.register_histogram(
+        &metrics::Key::from_name("bench_request_duration_seconds"),
+        &META,
+    );
     let mut g = c.benchmark_group("histogram");
     g.bench_function("record_one_thread", |b| {
         b.iter(|| histogram.record(std::hint::black_box(0.001)))

@@ -371,9 +371,11 @@ mod tests {
                         go.wait();
                         let mut svc = svc.clone();
                         let fut = svc.call(Request::get("/work").body(()).unwrap());
-                        let mut fut = std::pin::pin!(fut);
-                        // Ready at once: the slot is released as the response comes out.
-                        assert!(fut.as_mut().poll(&mut cx).is_ready());
+                        // Ready at once: the slot is released as the response comes out
+                        // (a future still pending would hold it: the round's check sees it).
+                        // No assertion here: a thread that panicked would leave the others
+                        // waiting at the barrier.
+                        let _ = std::pin::pin!(fut).poll(&mut cx);
                         done.wait();
                     }
                 });
