@@ -56,6 +56,7 @@ mod prefetch;
 pub mod redact;
 #[cfg(feature = "resources")]
 pub mod resources;
+mod shard;
 pub mod shed;
 #[cfg(any(feature = "log", feature = "health"))]
 mod time;

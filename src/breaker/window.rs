@@ -123,21 +123,6 @@ const CALLS: usize = 0;
 const FAILS: usize = 1;
 const SLOWS: usize = 2;
 
-fn shard_count() -> usize {
-    std::thread::available_parallelism()
-        .map_or(4, |n| n.get())
-        .clamp(1, 16)
-}
-
-thread_local! {
-    static SHARD_SEED: usize = {
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_usize(0);
-        h.finish() as usize
-    };
-}
-
 impl TimeWindow {
     pub(crate) fn new(window: Duration, buckets: u32) -> Self {
         let buckets = buckets.max(1) as usize;
@@ -145,7 +130,7 @@ impl TimeWindow {
         Self {
             width_nanos: u64::try_from(width).unwrap_or(u64::MAX),
             buckets,
-            shards: (0..shard_count())
+            shards: (0..crate::shard::count())
                 .map(|_| {
                     Shard(
                         (0..buckets)
@@ -165,7 +150,7 @@ impl TimeWindow {
 
     pub(crate) fn record(&self, since_start_nanos: u64, failure: bool, slow: bool) {
         let e = self.epoch(since_start_nanos);
-        let shard = &self.shards[SHARD_SEED.with(|s| *s) % self.shards.len()];
+        let shard = &self.shards[crate::shard::mine(self.shards.len())];
         let b = &shard.0[e as usize % self.buckets];
         bump(&b[CALLS], e);
         if failure {

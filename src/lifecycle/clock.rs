@@ -10,7 +10,7 @@ use std::{cell::Cell, time::SystemTime};
 /// Cheaper than `quanta::Instant::now()` on the request path: that call checks a per-thread
 /// mock-clock slot and scales every reading; this reads the process's one clock directly, and
 /// scales once per duration.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Tick(u64);
 
 static CLOCK: std::sync::OnceLock<quanta::Clock> = std::sync::OnceLock::new();

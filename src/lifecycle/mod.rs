@@ -67,10 +67,10 @@ pub const PROBE_ROUTES: &[&str] = &[
     "/health/{name}",
     "/metrics",
 ];
-#[cfg(feature = "log")]
-pub(crate) use clock::unix_now;
 #[cfg(feature = "otel")]
 pub(crate) use clock::wall_now;
+#[cfg(feature = "log")]
+pub(crate) use clock::{unix_now, Tick};
 pub use observer::{Observer, RequestMeta, ResponseHead};
 pub use outcome::{End, ErrorType, Outcome};
 pub use route::{AddrHasher, RouteEntry, MAX_ROUTES};

@@ -87,10 +87,12 @@ impl LogConfig {
         self
     }
 
-    /// Bytes waiting for stdout at most (default 8 MiB). When full, new lines are dropped and
-    /// counted in `log_records_dropped_total`; with `blocking(true)` the caller waits instead.
-    /// A single line longer than this is dropped too (counted), or, with `blocking(true)`,
-    /// written alone once the queue is empty.
+    /// Bytes waiting for stdout at most (default 8 MiB), split evenly among the queue's
+    /// per-thread shards (as many as the cores, at most 8; at least 1 KiB each). When a
+    /// thread's shard is full, its new lines are dropped and counted in
+    /// `log_records_dropped_total`; with `blocking(true)` the caller waits instead. A single
+    /// line longer than a shard is dropped too (counted), or, with `blocking(true)`, written
+    /// alone once its shard is empty.
     pub fn queue_bytes(mut self, n: usize) -> Self {
         self.queue_bytes = n;
         self

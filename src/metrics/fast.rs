@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
 
 use metrics::{
@@ -20,31 +20,7 @@ use metrics::{
 };
 use metrics_exporter_prometheus::PrometheusRecorder;
 
-/// One cache line (two, on CPUs that prefetch pairs) per shard.
-#[repr(align(128))]
-struct Padded<T>(T);
-
-/// A power of two (at most 8), so a thread finds its shard with a mask instead of a division
-/// (the division was about 4% of a histogram record's samples, perf).
-fn shard_count() -> usize {
-    std::thread::available_parallelism()
-        .map_or(4, |n| n.get())
-        .clamp(1, 8)
-        .next_power_of_two()
-}
-
-static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    /// This thread's shard: threads are spread round-robin, so two busy threads do not share.
-    static SHARD: usize = NEXT_SHARD.fetch_add(1, Relaxed);
-}
-
-/// This thread's shard among `n`, a power of two (`shard_count`).
-fn my_shard(n: usize) -> usize {
-    debug_assert!(n.is_power_of_two());
-    SHARD.with(|s| *s) & (n - 1)
-}
+use crate::shard::{self, Padded};
 
 /// A counter summed over per-thread shards.
 pub(crate) struct FastCounter {
@@ -54,7 +30,7 @@ pub(crate) struct FastCounter {
 impl FastCounter {
     fn new() -> Self {
         Self {
-            shards: (0..shard_count())
+            shards: (0..shard::count())
                 .map(|_| Padded(AtomicU64::new(0)))
                 .collect(),
         }
@@ -67,7 +43,7 @@ impl FastCounter {
 
 impl CounterFn for FastCounter {
     fn increment(&self, value: u64) {
-        self.shards[my_shard(self.shards.len())]
+        self.shards[shard::mine(self.shards.len())]
             .0
             .fetch_add(value, Relaxed);
     }
@@ -105,7 +81,7 @@ const EXACT: f64 = 9_007_199_254_740_992.0;
 impl FastGauge {
     fn new() -> Self {
         Self {
-            shards: (0..shard_count())
+            shards: (0..shard::count())
                 .map(|_| {
                     Padded(GaugeShard {
                         whole: AtomicI64::new(0),
@@ -127,7 +103,7 @@ impl FastGauge {
     }
 
     fn add(&self, delta: f64) {
-        let shard = &self.shards[my_shard(self.shards.len())].0;
+        let shard = &self.shards[shard::mine(self.shards.len())].0;
         // A whole number when it converts to an integer and back unchanged (inline
         // conversions, no call): `fract()` called libm's `trunc` on every increment and
         // decrement (callgrind). NaN and the infinities fail either test.
@@ -200,7 +176,7 @@ pub(crate) struct FastHistogram {
 
 impl FastHistogram {
     fn new(bounds: Arc<[f64]>) -> Self {
-        let shards = shard_count();
+        let shards = shard::count();
         let stride = (bounds.len() + 2).div_ceil(SLOTS);
         Self {
             blocks: (0..shards * stride)
@@ -238,7 +214,7 @@ impl FastHistogram {
 
 impl HistogramFn for FastHistogram {
     fn record(&self, value: f64) {
-        let shard = my_shard(self.shards);
+        let shard = shard::mine(self.shards);
         // `le` is inclusive: the first bound not below the value (+Inf, the last count, when
         // none is; NaN too, as Prometheus's Go client does). A scan from the smallest bound:
         // most requests fall in the first few buckets, where it stops after a compare or two
