@@ -81,6 +81,9 @@ fn bench(c: &mut Criterion) {
         towerscope::lifecycle::ObserveLayer::with_observer(()).route_fn(|_, _| Some("/users/{id}"));
     let mut observed = core.layer(plain());
     g.bench_function("core_only", |b| b.iter(|| one(&mut observed, "/users/7")));
+    g.bench_function("core_only_two_threads", |b| {
+        b.iter_custom(|iters| on_two_threads(iters, || observed.clone(), |s| one(s, "/users/7")))
+    });
     g.finish();
 
     // One series, as the duration histogram of a busy route: from one thread, and from two
