@@ -5,7 +5,6 @@
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 /// One cache line (two, on CPUs that prefetch pairs) per shard.
-#[cfg(any(feature = "prometheus", feature = "log"))]
 #[repr(align(128))]
 #[derive(Debug, Default)]
 pub(crate) struct Padded<T>(pub(crate) T);

@@ -3,7 +3,7 @@
 
 use http::{HeaderMap, Request, StatusCode};
 
-use super::{End, KnownMethod, RouteEntry};
+use super::{End, KnownMethod};
 
 /// What the core knows about a request when it starts.
 ///
@@ -177,7 +177,7 @@ pub(crate) struct Entered<'a> {
 
 /// The per-request state the core carries from `call` to the end of the body.
 pub(crate) struct Tracker<O: Observer> {
-    pub(crate) route: std::sync::Arc<RouteEntry<O::Route>>,
+    pub(crate) route: super::route::Held<O::Route>,
     pub(crate) obs: O::Observation,
     pub(crate) start: super::clock::Tick,
     pub(crate) status: Option<StatusCode>,

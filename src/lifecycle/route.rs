@@ -7,6 +7,8 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use http::{Method, Request, Uri};
 
+use crate::shard::{self, Padded};
+
 /// How the layer finds a request's route template.
 #[derive(Clone, Default)]
 pub(crate) enum RouteSource {
@@ -42,6 +44,49 @@ impl<R> RouteEntry<R> {
     }
 }
 
+/// A route entry as a request holds it, from `call` to the end of its body.
+///
+/// Each entry has one of these per thread shard (see `crate::shard`), each its own cache
+/// line, and a request clones its thread's: the reference count every request moves up and
+/// down is not one line that every worker writes (an atomic read-modify-write on a line
+/// another core just wrote waits for it to come over), and the entry itself is only read.
+pub(crate) struct Held<R>(Arc<Padded<Arc<RouteEntry<R>>>>);
+
+impl<R> Clone for Held<R> {
+    #[inline]
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<R> std::ops::Deref for Held<R> {
+    type Target = RouteEntry<R>;
+    #[inline]
+    fn deref(&self) -> &RouteEntry<R> {
+        &self.0 .0
+    }
+}
+
+/// An entry's handles, one per thread shard.
+struct Handles<R>(Box<[Held<R>]>);
+
+impl<R> Handles<R> {
+    fn new(entry: RouteEntry<R>) -> Arc<Self> {
+        let entry = Arc::new(entry);
+        Arc::new(Self(
+            (0..shard::count())
+                .map(|_| Held(Arc::new(Padded(entry.clone()))))
+                .collect(),
+        ))
+    }
+
+    /// The calling thread's handle.
+    #[inline]
+    fn held(&self) -> Held<R> {
+        self.0[shard::mine(self.0.len())].clone()
+    }
+}
+
 /// Maps a route template to its shared entry.
 ///
 /// The hot path is keyed by the address of the template string, not its contents: axum hands
@@ -52,10 +97,10 @@ impl<R> RouteEntry<R> {
 pub(crate) struct RouteTable<R> {
     /// Lock-free front of `by_addr`: write-once slots, probed linearly from the address hash.
     fast: Box<[FastSlot<R>]>,
-    by_addr: RwLock<HashMap<usize, Arc<RouteEntry<R>>, BuildHasherDefault<AddrHasher>>>,
-    by_name: RwLock<HashMap<Arc<str>, Arc<RouteEntry<R>>>>,
-    unmatched: Arc<RouteEntry<R>>,
-    overflow: Arc<RouteEntry<R>>,
+    by_addr: RwLock<HashMap<usize, Arc<Handles<R>>, BuildHasherDefault<AddrHasher>>>,
+    by_name: RwLock<HashMap<Arc<str>, Arc<Handles<R>>>>,
+    unmatched: Arc<Handles<R>>,
+    overflow: Arc<Handles<R>>,
     // Keeps the `Arc<str>` of each addr key alive (see above).
     pins: RwLock<Vec<Pin>>,
 }
@@ -68,7 +113,7 @@ enum Pin {
 }
 
 /// A write-once (template address, entry) pair.
-type FastSlot<R> = OnceLock<(usize, Arc<RouteEntry<R>>)>;
+type FastSlot<R> = OnceLock<(usize, Arc<Handles<R>>)>;
 
 const FAST_SLOTS: usize = 512;
 const FAST_PROBES: usize = 8;
@@ -89,11 +134,11 @@ impl<R> RouteTable<R> {
             fast: (0..FAST_SLOTS).map(|_| OnceLock::new()).collect(),
             by_addr: RwLock::default(),
             by_name: RwLock::default(),
-            unmatched: Arc::new(RouteEntry {
+            unmatched: Handles::new(RouteEntry {
                 template: None,
                 data: make(None),
             }),
-            overflow: Arc::new(RouteEntry {
+            overflow: Handles::new(RouteEntry {
                 data: make(Some(&overflow)),
                 template: Some(overflow),
             }),
@@ -107,25 +152,25 @@ impl<R> RouteTable<R> {
         source: &RouteSource,
         req: &Request<B>,
         make: &dyn Fn(Option<&str>) -> R,
-    ) -> Arc<RouteEntry<R>> {
+    ) -> Held<R> {
         match source {
             #[cfg(feature = "axum")]
             RouteSource::MatchedPath => {
                 match req.extensions().get::<axum::extract::MatchedPath>() {
                     Some(m) => self.lookup(m.as_str(), || Pin::Matched(m.clone()), make),
-                    None => self.unmatched.clone(),
+                    None => self.unmatched.held(),
                 }
             }
             #[cfg(not(feature = "axum"))]
-            RouteSource::MatchedPath => self.unmatched.clone(),
+            RouteSource::MatchedPath => self.unmatched.held(),
             RouteSource::Fn(f) => match f(req.method(), req.uri()) {
                 Some(t) => self.lookup(t, || Pin::Static, make),
-                None => self.unmatched.clone(),
+                None => self.unmatched.held(),
             },
             // The templates live in the source, which lives as long as this table.
             RouteSource::Templates(router) => match router.at(req.uri().path()) {
                 Ok(m) => self.lookup(m.value, || Pin::Static, make),
-                Err(_) => self.unmatched.clone(),
+                Err(_) => self.unmatched.held(),
             },
         }
     }
@@ -135,19 +180,19 @@ impl<R> RouteTable<R> {
         template: &str,
         pin: impl FnOnce() -> Pin,
         make: &dyn Fn(Option<&str>) -> R,
-    ) -> Arc<RouteEntry<R>> {
+    ) -> Held<R> {
         let addr = template.as_ptr() as usize;
         // Same address, kept alive by `pins`: same template.
         let start = fast_slot(addr);
         for i in 0..FAST_PROBES {
             match self.fast[(start + i) % FAST_SLOTS].get() {
-                Some((a, e)) if *a == addr => return e.clone(),
+                Some((a, e)) if *a == addr => return e.held(),
                 Some(_) => continue,
                 None => break,
             }
         }
         if let Some(e) = read(&self.by_addr).get(&addr) {
-            return e.clone();
+            return e.held();
         }
         self.lookup_slow(template, addr, pin, make)
     }
@@ -159,19 +204,19 @@ impl<R> RouteTable<R> {
         addr: usize,
         pin: impl FnOnce() -> Pin,
         make: &dyn Fn(Option<&str>) -> R,
-    ) -> Arc<RouteEntry<R>> {
+    ) -> Held<R> {
         if let Some(e) = read(&self.by_name).get(template) {
-            return e.clone();
+            return e.held();
         }
         let mut by_name = self.by_name.write().unwrap_or_else(|e| e.into_inner());
         if let Some(e) = by_name.get(template) {
-            return e.clone();
+            return e.held();
         }
         if by_name.len() >= MAX_ROUTES {
-            return self.overflow.clone();
+            return self.overflow.held();
         }
         let name: Arc<str> = Arc::from(template);
-        let entry = Arc::new(RouteEntry {
+        let entry = Handles::new(RouteEntry {
             data: make(Some(&name)),
             template: Some(name.clone()),
         });
@@ -194,7 +239,7 @@ impl<R> RouteTable<R> {
                 break;
             }
         }
-        entry
+        entry.held()
     }
 
     #[cfg(test)]
@@ -245,17 +290,38 @@ mod tests {
         let req = Request::get("/a").body(()).unwrap();
         let a1 = table.resolve(&src, &req, &make);
         let a2 = table.resolve(&src, &req, &make);
-        assert!(Arc::ptr_eq(&a1, &a2));
+        assert!(std::ptr::eq(&*a1, &*a2));
         assert_eq!(a1.template(), Some("/a"));
         assert_eq!(a1.data(), "/a");
         // Same contents at another address: found by name, not duplicated.
         let other = String::from("/a");
         let a3 = table.lookup(&other, || Pin::Static, &make);
-        assert!(Arc::ptr_eq(&a1, &a3));
+        assert!(std::ptr::eq(&*a1, &*a3));
         assert_eq!(table.len(), 1);
         let none = table.resolve(&src, &Request::get("/zzz").body(()).unwrap(), &make);
         assert_eq!(none.template(), None);
         assert_eq!(none.data(), "<none>");
+    }
+
+    /// A request holds its route through its thread shard's handle: one per shard, each its
+    /// own allocation (so its own reference count), all to the one entry.
+    #[test]
+    fn each_thread_shard_has_its_own_handle_to_the_one_entry() {
+        let handles = Handles::new(RouteEntry {
+            template: None,
+            data: 7u8,
+        });
+        let n = handles.0.len();
+        assert_eq!(n, shard::count());
+        for (i, h) in handles.0.iter().enumerate() {
+            assert!(Arc::ptr_eq(&h.0 .0, &handles.0[0].0 .0));
+            for other in &handles.0[i + 1..] {
+                assert!(!Arc::ptr_eq(&h.0, &other.0));
+            }
+        }
+        let held = handles.held();
+        assert!(Arc::ptr_eq(&held.0, &handles.0[shard::mine(n)].0));
+        assert_eq!(*held.data(), 7);
     }
 
     #[test]
