@@ -3,6 +3,7 @@
 //! threads write different cache lines, and summed or merged only when it is read.
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
 
 /// One cache line (two, on CPUs that prefetch pairs) per shard.
 #[repr(align(128))]
@@ -31,4 +32,77 @@ thread_local! {
 pub(crate) fn mine(n: usize) -> usize {
     debug_assert!(n.is_power_of_two());
     MINE.with(|s| *s) & (n - 1)
+}
+
+/// A value shared by every worker and held per request (a route entry, a breaker), through one
+/// handle per thread shard, each an `Arc` of its own in its own 128-byte block.
+///
+/// A request clones its thread's handle: the reference count every request moves up and down
+/// is then not one line that every worker writes (an atomic read-modify-write on a line another
+/// core just wrote waits for it to come over), and the value itself is only read.
+pub(crate) struct Handles<T>(Box<[Held<T>]>);
+
+/// One thread shard's handle to a value (see [`Handles`]).
+pub(crate) struct Held<T>(Arc<Padded<Arc<T>>>);
+
+impl<T> Handles<T> {
+    pub(crate) fn new(value: Arc<T>) -> Self {
+        Self(
+            (0..count())
+                .map(|_| Held(Arc::new(Padded(value.clone()))))
+                .collect(),
+        )
+    }
+
+    /// The calling thread's handle.
+    #[inline]
+    pub(crate) fn held(&self) -> Held<T> {
+        self.0[mine(self.0.len())].clone()
+    }
+}
+
+impl<T> std::ops::Deref for Handles<T> {
+    type Target = T;
+    #[inline]
+    fn deref(&self) -> &T {
+        &self.0[0]
+    }
+}
+
+impl<T> Clone for Held<T> {
+    #[inline]
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<T> std::ops::Deref for Held<T> {
+    type Target = T;
+    #[inline]
+    fn deref(&self) -> &T {
+        &self.0 .0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One handle per shard, each its own allocation (so its own reference count), all to the
+    /// one value; a thread gets its shard's.
+    #[test]
+    fn each_thread_shard_has_its_own_handle_to_the_one_value() {
+        let handles = Handles::new(Arc::new(7u8));
+        let n = handles.0.len();
+        assert_eq!(n, count());
+        for (i, h) in handles.0.iter().enumerate() {
+            assert!(Arc::ptr_eq(&h.0 .0, &handles.0[0].0 .0));
+            for other in &handles.0[i + 1..] {
+                assert!(!Arc::ptr_eq(&h.0, &other.0));
+            }
+        }
+        let held = handles.held();
+        assert!(Arc::ptr_eq(&held.0, &handles.0[mine(n)].0));
+        assert_eq!((*held, *handles), (7, 7));
+    }
 }

@@ -17,6 +17,7 @@ type Instant = tokio::time::Instant;
 use super::config::{BreakerBuilder, BreakerConfig, Window};
 use super::window::{CountWindow, TimeWindow, Totals};
 use super::{BreakerOpen, CallOutcome};
+use crate::shard::{Handles, Held};
 
 /// A breaker's state, as reported in metrics, logs and events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -131,7 +132,9 @@ pub struct Transition {
 /// downstream, and use it for manual control.
 #[derive(Clone)]
 pub struct Breaker {
-    pub(crate) inner: Arc<Inner>,
+    /// One handle per thread shard (see `crate::shard::Handles`): a call's ticket holds its
+    /// thread's, so the calls of two workers do not count references on one line.
+    pub(crate) inner: Arc<Handles<Inner>>,
 }
 
 impl std::fmt::Debug for Breaker {
@@ -198,7 +201,7 @@ pub(crate) enum Admission {
 /// A call in flight. Dropping it without [`Ticket::complete`] is a cancellation: ignored, and
 /// its half-open permit is released.
 pub(crate) struct Ticket {
-    inner: Arc<Inner>,
+    inner: Held<Inner>,
     generation: u32,
     /// Record the outcome (false for disabled breakers and shadow-rejected calls).
     record: bool,
@@ -229,7 +232,7 @@ impl Breaker {
         telemetry.set_state(State::Closed);
         let (events, _) = broadcast::channel(64);
         Self {
-            inner: Arc::new_cyclic(|me| Inner {
+            inner: Arc::new(Handles::new(Arc::new_cyclic(|me| Inner {
                 me: me.clone(),
                 name,
                 created: Instant::now(),
@@ -249,7 +252,7 @@ impl Breaker {
                 telemetry,
                 events,
                 cfg: b.cfg,
-            }),
+            }))),
         }
     }
 
@@ -382,7 +385,7 @@ impl Inner {
         self.announce(from, State::Closed, Reason::Manual);
     }
 
-    fn admit(&self, this: &Arc<Inner>) -> Admission {
+    fn admit(&self, this: &Handles<Inner>) -> Admission {
         let mode = self.mode.load(Acquire);
         let (gen, state) = unpack(self.word.load(Acquire));
         let shadow = mode == State::MetricsOnly as u8;
@@ -441,7 +444,7 @@ impl Inner {
 
     fn reject_or_shadow(
         &self,
-        this: &Arc<Inner>,
+        this: &Handles<Inner>,
         gen: u32,
         state: State,
         retry_after: Duration,
@@ -463,9 +466,9 @@ impl Inner {
         }
     }
 
-    fn ticket(&self, this: &Arc<Inner>, generation: u32, record: bool, probe: bool) -> Ticket {
+    fn ticket(&self, this: &Handles<Inner>, generation: u32, record: bool, probe: bool) -> Ticket {
         Ticket {
-            inner: this.clone(),
+            inner: this.held(),
             generation,
             record,
             probe,

@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use http::{Method, Request, Uri};
 
-use crate::shard::{self, Padded};
+use crate::shard;
 
 /// How the layer finds a request's route template.
 #[derive(Clone, Default)]
@@ -44,47 +44,14 @@ impl<R> RouteEntry<R> {
     }
 }
 
-/// A route entry as a request holds it, from `call` to the end of its body.
-///
-/// Each entry has one of these per thread shard (see `crate::shard`), each its own cache
-/// line, and a request clones its thread's: the reference count every request moves up and
-/// down is not one line that every worker writes (an atomic read-modify-write on a line
-/// another core just wrote waits for it to come over), and the entry itself is only read.
-pub(crate) struct Held<R>(Arc<Padded<Arc<RouteEntry<R>>>>);
+/// A route entry as a request holds it, from `call` to the end of its body: through its
+/// thread shard's handle (see `crate::shard::Handles`).
+pub(crate) type Held<R> = shard::Held<RouteEntry<R>>;
 
-impl<R> Clone for Held<R> {
-    #[inline]
-    fn clone(&self) -> Self {
-        Self(self.0.clone())
-    }
-}
+type Handles<R> = shard::Handles<RouteEntry<R>>;
 
-impl<R> std::ops::Deref for Held<R> {
-    type Target = RouteEntry<R>;
-    #[inline]
-    fn deref(&self) -> &RouteEntry<R> {
-        &self.0 .0
-    }
-}
-
-/// An entry's handles, one per thread shard.
-struct Handles<R>(Box<[Held<R>]>);
-
-impl<R> Handles<R> {
-    fn new(entry: RouteEntry<R>) -> Arc<Self> {
-        let entry = Arc::new(entry);
-        Arc::new(Self(
-            (0..shard::count())
-                .map(|_| Held(Arc::new(Padded(entry.clone()))))
-                .collect(),
-        ))
-    }
-
-    /// The calling thread's handle.
-    #[inline]
-    fn held(&self) -> Held<R> {
-        self.0[shard::mine(self.0.len())].clone()
-    }
+fn handles<R>(entry: RouteEntry<R>) -> Arc<Handles<R>> {
+    Arc::new(Handles::new(Arc::new(entry)))
 }
 
 /// Maps a route template to its shared entry.
@@ -134,11 +101,11 @@ impl<R> RouteTable<R> {
             fast: (0..FAST_SLOTS).map(|_| OnceLock::new()).collect(),
             by_addr: RwLock::default(),
             by_name: RwLock::default(),
-            unmatched: Handles::new(RouteEntry {
+            unmatched: handles(RouteEntry {
                 template: None,
                 data: make(None),
             }),
-            overflow: Handles::new(RouteEntry {
+            overflow: handles(RouteEntry {
                 data: make(Some(&overflow)),
                 template: Some(overflow),
             }),
@@ -216,7 +183,7 @@ impl<R> RouteTable<R> {
             return self.overflow.held();
         }
         let name: Arc<str> = Arc::from(template);
-        let entry = Handles::new(RouteEntry {
+        let entry = handles(RouteEntry {
             data: make(Some(&name)),
             template: Some(name.clone()),
         });
@@ -301,27 +268,6 @@ mod tests {
         let none = table.resolve(&src, &Request::get("/zzz").body(()).unwrap(), &make);
         assert_eq!(none.template(), None);
         assert_eq!(none.data(), "<none>");
-    }
-
-    /// A request holds its route through its thread shard's handle: one per shard, each its
-    /// own allocation (so its own reference count), all to the one entry.
-    #[test]
-    fn each_thread_shard_has_its_own_handle_to_the_one_entry() {
-        let handles = Handles::new(RouteEntry {
-            template: None,
-            data: 7u8,
-        });
-        let n = handles.0.len();
-        assert_eq!(n, shard::count());
-        for (i, h) in handles.0.iter().enumerate() {
-            assert!(Arc::ptr_eq(&h.0 .0, &handles.0[0].0 .0));
-            for other in &handles.0[i + 1..] {
-                assert!(!Arc::ptr_eq(&h.0, &other.0));
-            }
-        }
-        let held = handles.held();
-        assert!(Arc::ptr_eq(&held.0, &handles.0[shard::mine(n)].0));
-        assert_eq!(*held.data(), 7);
     }
 
     #[test]
