@@ -496,43 +496,93 @@ impl Observer for RequestLog {
         // and the other layers there ignore this target. The event then carries the message
         // alone: the fields are not made twice.
         if deferred && (handing || (!r.sampled && level > Level::WARN)) {
-            macro_rules! lean {
-                ($lvl:expr) => {
-                    tracing::event!(target: REQUEST_TARGET, parent: None, $lvl, message)
-                };
-            }
-            at_level!(level, lean);
+            lean_event(level, message);
             return;
         }
-        let client_ip = client_ip.as_ref().map(IpText::as_str);
         // The request span as explicit parent: its context without entering it. Without a
         // span, no parent (the record carries the context itself).
-        let parent = r.span.as_ref().and_then(Span::id);
-        macro_rules! record {
-            ($lvl:expr) => {
-                tracing::event!(
-                    target: REQUEST_TARGET,
-                    parent: parent.clone(),
-                    $lvl,
-                    method = r.method.as_str(),
-                    path,
-                    query = query.as_deref(),
-                    status,
-                    duration_ms,
-                    outcome = end.outcome.as_str(),
-                    error_type,
-                    client_ip,
-                    user_agent,
-                    request_bytes = r.request_bytes,
-                    response_bytes = end.response_bytes,
-                    headers = r.headers.as_deref(),
-                    slow = slow.then_some(true),
-                    message,
-                )
-            };
-        }
-        at_level!(level, record);
+        full_event(
+            level,
+            &Record {
+                parent: r.span.as_ref().and_then(Span::id),
+                data: &r,
+                end,
+                path,
+                query: query.as_deref(),
+                status,
+                duration_ms,
+                error_type,
+                client_ip: client_ip.as_ref().map(IpText::as_str),
+                user_agent,
+                slow,
+                message,
+            },
+        );
     }
+}
+
+/// The request's event, its fields written already (handed to the JSON layer): the message
+/// alone.
+///
+/// Out of line, as `full_event`: each is five `tracing` events (one per level) of which one
+/// runs; inlined, they made `end` a 16 KB function (6 KB without them). Callgrind, `red+log`:
+/// 51 fewer instructions and 29 fewer first-level instruction misses per request (of 1,850:
+/// the request's code is more than the cache holds, whatever its layout).
+#[inline(never)]
+fn lean_event(level: Level, message: &str) {
+    macro_rules! lean {
+        ($lvl:expr) => {
+            tracing::event!(target: REQUEST_TARGET, parent: None, $lvl, message)
+        };
+    }
+    at_level!(level, lean);
+}
+
+/// What the request's full event carries.
+struct Record<'a> {
+    parent: Option<tracing::Id>,
+    data: &'a RecordData,
+    end: &'a End,
+    path: &'a str,
+    query: Option<&'a str>,
+    status: Option<u16>,
+    duration_ms: f64,
+    error_type: Option<&'a str>,
+    client_ip: Option<&'a str>,
+    user_agent: Option<&'a str>,
+    slow: bool,
+    message: &'a str,
+}
+
+/// The request's event with all its fields (under subscribers other than `LogConfig`'s, or
+/// when the JSON layer was not handed the record). Out of line: see `lean_event`.
+#[inline(never)]
+fn full_event(level: Level, f: &Record<'_>) {
+    let (r, end) = (f.data, f.end);
+    macro_rules! record {
+        ($lvl:expr) => {
+            tracing::event!(
+                target: REQUEST_TARGET,
+                parent: f.parent.clone(),
+                $lvl,
+                method = r.method.as_str(),
+                path = f.path,
+                query = f.query,
+                status = f.status,
+                duration_ms = f.duration_ms,
+                outcome = end.outcome.as_str(),
+                error_type = f.error_type,
+                client_ip = f.client_ip,
+                user_agent = f.user_agent,
+                request_bytes = r.request_bytes,
+                response_bytes = end.response_bytes,
+                headers = r.headers.as_deref(),
+                slow = f.slow.then_some(true),
+                message = f.message,
+            )
+        };
+    }
+    at_level!(level, record);
 }
 
 /// The request's path, query (when logged) and user agent, copied at its start into a buffer
