@@ -52,7 +52,8 @@ pub struct ResponseHead<'a> {
 ///
 /// `response` and `end` receive the route data rather than `&self`: everything an observer
 /// needs after `call` lives in its route data or its observation, so the response future and
-/// body carry a single `Arc` (the route entry) whatever the number of observers.
+/// body carry a single `Arc` (their thread's handle to the route entry) whatever the number
+/// of observers.
 pub trait Observer: Send + Sync + 'static {
     /// Data built once per route template and shared by all its requests: metric handles,
     /// span names, configuration.
