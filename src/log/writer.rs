@@ -7,8 +7,9 @@
 //! into a buffer under a short lock, makes no system call, and the writer thread writes
 //! batches. A dropped line is counted where it is dropped, exactly. And the buffer is one per
 //! thread shard (see `crate::shard`), so workers on different cores do not take the same lock
-//! and write the same cache lines for every line (one shared buffer: 22 ns a line on one
-//! thread, 107-154 ns with two, criterion `writer/line_two_threads`).
+//! and write the same cache lines for every line (criterion `writer/line_two_threads`, per
+//! line with two threads: 107-154 ns with one shared buffer, 51-58 ns with the shards; one
+//! thread, `writer/line`: 22-24 ns, 29 ns with the shards' stamp).
 //!
 //! Order: each line is stamped with the clock (the lifecycle's TSC reading) under its shard's
 //! lock, the writer thread takes every shard at one instant (all locks held together) and
@@ -70,9 +71,9 @@ struct Shared {
     worker: std::sync::OnceLock<std::thread::Thread>,
 }
 
-impl Shared {
-    fn lock(slot: &Slot) -> MutexGuard<'_, Lines> {
-        slot.lines.lock().unwrap_or_else(|e| e.into_inner())
+impl Slot {
+    fn lock(&self) -> MutexGuard<'_, Lines> {
+        self.lines.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -86,7 +87,7 @@ impl std::fmt::Debug for NonBlocking {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NonBlocking")
             .field("shards", &self.shared.shards.len())
-            .field("capacity", &self.shared.capacity)
+            .field("shard_capacity", &self.shared.capacity)
             .field("lossy", &self.shared.lossy)
             .finish_non_exhaustive()
     }
@@ -181,7 +182,7 @@ impl NonBlocking {
     fn push(&self, line: &[u8]) {
         let s = &*self.shared;
         let slot = &s.shards[shard::mine(s.shards.len())].0;
-        let mut q = Shared::lock(slot);
+        let mut q = slot.lock();
         // A line longer than the shard never fits: dropped (lossy), or, for a caller that
         // waits, taken alone into the emptied shard (waiting for more room would never end).
         while q.bytes.len() + line.len() > s.capacity && (s.lossy || !q.bytes.is_empty()) {
@@ -245,7 +246,7 @@ fn run<W: Write>(s: Arc<Shared>, mut sink: W) {
             // Every shard at one instant: a line in this batch was written before every line
             // of the next, so a request's lines cannot come out of order across batches.
             let mut held: Vec<MutexGuard<'_, Lines>> =
-                s.shards.iter().map(|p| Shared::lock(&p.0)).collect();
+                s.shards.iter().map(|p| p.0.lock()).collect();
             for (q, t) in held.iter_mut().zip(&mut taken) {
                 std::mem::swap(&mut **q, t);
             }
@@ -285,9 +286,7 @@ fn run<W: Write>(s: Arc<Shared>, mut sink: W) {
             let _ = sink.flush();
         }
         taken.iter_mut().for_each(Lines::clear);
-        if s.stop.load(Ordering::Acquire)
-            && s.shards.iter().all(|p| Shared::lock(&p.0).bytes.is_empty())
-        {
+        if s.stop.load(Ordering::Acquire) && s.shards.iter().all(|p| p.0.lock().bytes.is_empty()) {
             return;
         }
     }
