@@ -12,11 +12,17 @@ pub(crate) struct Padded<T>(pub(crate) T);
 
 /// How many shards: a power of two (at most 8), so that a thread finds its shard with a mask
 /// instead of a division (the division was about 4% of a histogram record's samples, perf).
+///
+/// Read once per process: `available_parallelism` reads the cgroup's CPU quota (files under
+/// `/sys/fs/cgroup`), and a route's handles are made on its first request.
 pub(crate) fn count() -> usize {
-    std::thread::available_parallelism()
-        .map_or(4, |n| n.get())
-        .clamp(1, 8)
-        .next_power_of_two()
+    static COUNT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *COUNT.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(4, |n| n.get())
+            .clamp(1, 8)
+            .next_power_of_two()
+    })
 }
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
