@@ -45,7 +45,9 @@ pub(crate) fn mine(n: usize) -> usize {
 ///
 /// A request clones its thread's handle: the reference count every request moves up and down
 /// is then not one line that every worker writes (an atomic read-modify-write on a line another
-/// core just wrote waits for it to come over), and the value itself is only read.
+/// core just wrote waits for it to come over), and the value itself is only read. The price is
+/// memory: 256 bytes per shard and value (the `Arc`'s counts and the pointer, each in a block
+/// of its own), so 2 KiB per route with 8 shards.
 pub(crate) struct Handles<T>(Box<[Held<T>]>);
 
 /// One thread shard's handle to a value (see [`Handles`]).
