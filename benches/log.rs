@@ -1,7 +1,8 @@
 //! Request log cost in process: the same trivial service with and without the request log,
 //! the record going through the JSON layer and the non-blocking writer (to a sink), and the
-//! cost of a record that is filtered out (level) or sampled out; a line into the writer and a
-//! new request id, each from one thread and from two at once (as two workers).
+//! cost of a record that is filtered out (level) or sampled out; a handler's record (rate
+//! limited and not), a line into the writer and a new request id, each from one thread and
+//! from two at once (as two workers).
 
 use std::convert::Infallible;
 
@@ -104,6 +105,33 @@ fn bench(c: &mut Criterion) {
     tracing::subscriber::with_default(json(0.0), || {
         g.bench_function("sampled_out", |b| b.iter(record));
     });
+    g.finish();
+
+    // A handler's record (not the request log's own) through the JSON layer, with its
+    // default rate limit (100 per call site per minute: past that, counted and dropped) and
+    // without, from one thread and from two at once (as two workers).
+    let mut g = c.benchmark_group("handler_record");
+    for (name, limit) in [
+        ("rate_limited", Some(towerscope::log::RateLimit::default())),
+        ("unlimited", None),
+    ] {
+        let dispatch = tracing::Dispatch::new(
+            tracing_subscriber::registry()
+                .with(JsonLayer::new("bench", writer.clone()).rate_limit(limit)),
+        );
+        tracing::dispatcher::with_default(&dispatch, || {
+            g.bench_function(name, |b| b.iter(record));
+        });
+        g.bench_function(format!("{name}_two_threads"), |b| {
+            b.iter_custom(|iters| {
+                on_two_threads(
+                    iters,
+                    || tracing::dispatcher::set_default(&dispatch),
+                    |_| record(),
+                )
+            })
+        });
+    }
     g.finish();
 
     // One 370-byte line into the non-blocking writer (its writer thread drains to a sink),
