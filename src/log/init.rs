@@ -7,7 +7,8 @@ use std::time::Duration;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::EnvFilter;
 
-use super::json::{JsonLayer, RateLimit, Sampling};
+use super::json::{JsonLayer, Sampling};
+use super::limit::RateLimit;
 use super::scope::Deferring;
 use super::writer::{NonBlocking, WriterGuard};
 

@@ -2,11 +2,10 @@
 //! level, sampling and per-call-site rate limiting before any formatting happens.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use metrics::{Counter, Key, KeyName, Label, Metadata as MetricsMetadata};
 use tracing::field::{Field, Visit};
@@ -18,6 +17,7 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
 use super::context::{handoff, RequestContext, REQUEST_SPAN, REQUEST_TARGET, REQUEST_TARGET_JSON};
+use super::limit::{Limiter, RateLimit};
 
 /// Bytes that cannot appear raw in a JSON string (and DEL, escaped for readability).
 const ESCAPE: [bool; 256] = {
@@ -446,49 +446,6 @@ impl Default for Sampling {
     }
 }
 
-/// At most `max` records per call site per `window`, ERROR included.
-///
-/// The request log's own records (target `towerscope::request`, one per request) are not
-/// rate limited: their volume is the request rate, and an access log that keeps 100 requests
-/// a minute is no access log. Levels, route exclusion and sampling bound them instead.
-#[derive(Debug, Clone, Copy)]
-pub struct RateLimit {
-    /// Records per window and call site.
-    pub max: u32,
-    /// The window.
-    pub window: Duration,
-}
-
-impl Default for RateLimit {
-    fn default() -> Self {
-        Self {
-            max: 100,
-            window: Duration::from_secs(60),
-        }
-    }
-}
-
-/// The bound on call sites the rate limiter tracks (call sites are static code locations, so
-/// this is a safety net, not a limit reached in practice).
-const MAX_CALLSITES: usize = 10_000;
-
-struct SiteWindow {
-    start: Instant,
-    count: u32,
-    suppressed: u64,
-    level: Level,
-    target: String,
-    location: String,
-}
-
-type Sites =
-    HashMap<usize, SiteWindow, std::hash::BuildHasherDefault<crate::lifecycle::AddrHasher>>;
-
-pub(crate) struct Limiter {
-    cfg: RateLimit,
-    sites: Mutex<Sites>,
-}
-
 static METADATA: MetricsMetadata<'static> = MetricsMetadata::new(
     "towerscope::log",
     metrics::Level::INFO,
@@ -579,10 +536,7 @@ where
             service: Arc::from(service),
             service_json: Arc::from(service_json),
             sampling: Sampling::default(),
-            limiter: Some(Arc::new(Limiter {
-                cfg: RateLimit::default(),
-                sites: Mutex::default(),
-            })),
+            limiter: Some(Arc::new(Limiter::new(RateLimit::default()))),
             counters: Counters::new(),
             rng: Mutex::new(fastrand::Rng::with_seed(Sampling::default().seed)),
         }
@@ -598,12 +552,7 @@ where
 
     /// The per-call-site rate limit (`None`: unlimited).
     pub fn rate_limit(mut self, limit: Option<RateLimit>) -> Self {
-        self.limiter = limit.map(|cfg| {
-            Arc::new(Limiter {
-                cfg,
-                sites: Mutex::default(),
-            })
-        });
+        self.limiter = limit.map(|cfg| Arc::new(Limiter::new(cfg)));
         self
     }
 
@@ -611,20 +560,8 @@ where
     /// [`crate::log::LogConfig::init`] calls it every second.
     pub fn flush_suppressed(&self) {
         let Some(limiter) = &self.limiter else { return };
-        let now = Instant::now();
-        let closed: Vec<_> = {
-            let mut sites = limiter.sites.lock().unwrap_or_else(|e| e.into_inner());
-            sites
-                .values_mut()
-                .filter(|w| w.suppressed > 0 && now.duration_since(w.start) >= limiter.cfg.window)
-                .map(|w| {
-                    let n = std::mem::take(&mut w.suppressed);
-                    (w.level, w.target.clone(), w.location.clone(), n)
-                })
-                .collect()
-        };
-        for (level, target, location, n) in closed {
-            self.write_summary(level, &target, &location, n);
+        for w in limiter.closed() {
+            self.write_summary(w.level, &w.target, &w.location, w.suppressed);
         }
     }
 
@@ -666,45 +603,9 @@ where
         if meta.target() == REQUEST_TARGET {
             return true;
         }
-        let now = Instant::now();
-        let mut summary = None;
-        let allowed = {
-            let mut sites = limiter.sites.lock().unwrap_or_else(|e| e.into_inner());
-            let full = sites.len() >= MAX_CALLSITES;
-            let w = match sites.entry(key) {
-                std::collections::hash_map::Entry::Vacant(_) if full => return true,
-                e => e,
-            };
-            let w = w.or_insert_with(|| SiteWindow {
-                start: now,
-                count: 0,
-                suppressed: 0,
-                level: *meta.level(),
-                target: meta.target().to_owned(),
-                location: format!(
-                    "{}:{}",
-                    meta.file().unwrap_or("?"),
-                    meta.line().unwrap_or(0)
-                ),
-            });
-            if now.duration_since(w.start) >= limiter.cfg.window {
-                if w.suppressed > 0 {
-                    summary = Some((w.level, w.target.clone(), w.location.clone(), w.suppressed));
-                }
-                w.start = now;
-                w.count = 0;
-                w.suppressed = 0;
-            }
-            if w.count < limiter.cfg.max {
-                w.count += 1;
-                true
-            } else {
-                w.suppressed += 1;
-                false
-            }
-        };
-        if let Some((level, target, location, n)) = summary {
-            self.write_summary(level, &target, &location, n);
+        let (allowed, summary) = limiter.admit(key, meta);
+        if let Some(w) = summary {
+            self.write_summary(w.level, &w.target, &w.location, w.suppressed);
         }
         if !allowed {
             self.counters.rate_limited.increment(1);

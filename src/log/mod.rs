@@ -53,6 +53,7 @@ mod context;
 mod init;
 mod json;
 mod layer;
+mod limit;
 mod request_id;
 mod scope;
 mod writer;
@@ -60,10 +61,11 @@ mod writer;
 pub use crate::redact::{redact_query, SENSITIVE_HEADERS, SENSITIVE_PARAMS};
 pub use context::{add_context, current_request_id, REQUEST_SPAN, REQUEST_TARGET};
 pub use init::{Format, InitError, LogConfig, LogGuard};
-pub use json::{write_json_str, write_timestamp, JsonLayer, RateLimit, Sampling};
+pub use json::{write_json_str, write_timestamp, JsonLayer, Sampling};
 pub use layer::{
     LogObservation, LogRoute, RequestLog, RequestLogBuilder, RequestLogLayer, DEFAULT_EXCLUDED,
 };
+pub use limit::RateLimit;
 pub use request_id::RequestId;
 pub use scope::RequestScope;
 pub(crate) use scope::ScopeGuard;

@@ -703,6 +703,66 @@ fn rate_limit_suppresses_exactly_and_summarises() {
     );
 }
 
+/// Threads logging at one call site at once share its window: exactly `max` records are
+/// written, and every other one is counted as suppressed, in the metric and in the summary.
+#[test]
+fn rate_limit_is_exact_across_threads() {
+    const THREADS: usize = 4;
+    const EACH: usize = 500;
+    let capture = Capture::default();
+    let (recorder, prometheus) = crate::metrics::Prometheus::builder().build();
+    let layer = metrics::with_local_recorder(&recorder, || {
+        JsonLayer::new("s", capture.clone()).rate_limit(Some(RateLimit {
+            max: 300,
+            window: Duration::from_secs(1),
+        }))
+    });
+    let layer = Arc::new(layer);
+    let dispatch = tracing::Dispatch::new(
+        tracing_subscriber::registry()
+            .with(tracing_subscriber::filter::LevelFilter::TRACE)
+            .with(init_shared(layer.clone())),
+    );
+    fn one_site(i: usize) {
+        tracing::warn!(i, "one call site, many threads");
+    }
+    let start = std::sync::Barrier::new(THREADS);
+    std::thread::scope(|s| {
+        for _ in 0..THREADS {
+            s.spawn(|| {
+                tracing::dispatcher::with_default(&dispatch, || {
+                    start.wait();
+                    for i in 0..EACH {
+                        one_site(i);
+                    }
+                })
+            });
+        }
+    });
+    let written = capture
+        .lines()
+        .iter()
+        .filter(|l| l["message"] == "one call site, many threads")
+        .count();
+    // All within one window: the threads take far less than a second.
+    assert_eq!(written, 300);
+    std::thread::sleep(Duration::from_millis(1050));
+    layer.flush_suppressed();
+    let suppressed: u64 = capture
+        .lines()
+        .iter()
+        .filter_map(|l| l.get("suppressed").and_then(Value::as_u64))
+        .sum();
+    assert_eq!(written as u64 + suppressed, (THREADS * EACH) as u64);
+    let text = prometheus.render();
+    assert!(
+        text.contains(&format!(
+            "log_records_suppressed_total{{reason=\"rate_limited\"}} {suppressed}"
+        )),
+        "{text}"
+    );
+}
+
 fn init_shared<S>(l: Arc<JsonLayer<Capture>>) -> impl tracing_subscriber::Layer<S>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
