@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 /// One cache line (two, on CPUs that prefetch pairs) per shard.
 #[repr(align(128))]
-#[derive(Debug, Default)]
 pub(crate) struct Padded<T>(pub(crate) T);
 
 /// How many shards: a power of two (at most 8), so that a thread finds its shard with a mask

@@ -631,19 +631,8 @@ async fn request_records_are_not_rate_limited() {
 
 #[test]
 fn rate_limit_suppresses_exactly_and_summarises() {
-    let capture = Capture::default();
-    let (recorder, prometheus) = crate::metrics::Prometheus::builder().build();
-    let layer = metrics::with_local_recorder(&recorder, || {
-        JsonLayer::new("s", capture.clone()).rate_limit(Some(RateLimit {
-            max: 5,
-            window: Duration::from_millis(200),
-        }))
-    });
-    let layer = Arc::new(layer);
-    let sub = tracing_subscriber::registry()
-        .with(tracing_subscriber::filter::LevelFilter::TRACE)
-        .with(init_shared(layer.clone()));
-    tracing::subscriber::with_default(sub, || {
+    let (capture, prometheus, layer, dispatch) = rate_limited(5, Duration::from_millis(200));
+    tracing::dispatcher::with_default(&dispatch, || {
         for i in 0..12 {
             tracing::error!(i, "same call site");
         }
@@ -709,20 +698,7 @@ fn rate_limit_suppresses_exactly_and_summarises() {
 fn rate_limit_is_exact_across_threads() {
     const THREADS: usize = 4;
     const EACH: usize = 500;
-    let capture = Capture::default();
-    let (recorder, prometheus) = crate::metrics::Prometheus::builder().build();
-    let layer = metrics::with_local_recorder(&recorder, || {
-        JsonLayer::new("s", capture.clone()).rate_limit(Some(RateLimit {
-            max: 300,
-            window: Duration::from_secs(1),
-        }))
-    });
-    let layer = Arc::new(layer);
-    let dispatch = tracing::Dispatch::new(
-        tracing_subscriber::registry()
-            .with(tracing_subscriber::filter::LevelFilter::TRACE)
-            .with(init_shared(layer.clone())),
-    );
+    let (capture, prometheus, layer, dispatch) = rate_limited(300, Duration::from_secs(1));
     fn one_site(i: usize) {
         tracing::warn!(i, "one call site, many threads");
     }
@@ -761,6 +737,30 @@ fn rate_limit_is_exact_across_threads() {
         )),
         "{text}"
     );
+}
+
+/// A JSON layer capturing its lines, rate limited to `max` records per `window` and with its
+/// metrics in a recorder of its own; and a subscriber over it that passes every level.
+fn rate_limited(
+    max: u32,
+    window: Duration,
+) -> (
+    Capture,
+    crate::metrics::Prometheus,
+    Arc<JsonLayer<Capture>>,
+    tracing::Dispatch,
+) {
+    let capture = Capture::default();
+    let (recorder, prometheus) = crate::metrics::Prometheus::builder().build();
+    let layer = Arc::new(metrics::with_local_recorder(&recorder, || {
+        JsonLayer::new("s", capture.clone()).rate_limit(Some(RateLimit { max, window }))
+    }));
+    let dispatch = tracing::Dispatch::new(
+        tracing_subscriber::registry()
+            .with(tracing_subscriber::filter::LevelFilter::TRACE)
+            .with(init_shared(layer.clone())),
+    );
+    (capture, prometheus, layer, dispatch)
 }
 
 fn init_shared<S>(l: Arc<JsonLayer<Capture>>) -> impl tracing_subscriber::Layer<S>

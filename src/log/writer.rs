@@ -33,7 +33,7 @@ pub const DROPPED: &str = "log_records_dropped_total";
 
 /// One shard's lines, in the order they came; with more than one shard, where each ends and
 /// when it came (the key the writer thread merges the shards by).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Lines {
     bytes: Vec<u8>,
     ends: Vec<(Tick, usize)>,
@@ -54,7 +54,7 @@ impl Lines {
 }
 
 /// A shard of the queue, and what its waiting writers (blocking mode) wait on.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Slot {
     lines: Mutex<Lines>,
     drained: Condvar,
@@ -254,13 +254,11 @@ fn run<W: Write>(s: Arc<Shared>, mut sink: W) {
         for p in s.shards.iter() {
             p.0.drained.notify_all();
         }
-        let batch: &[u8] = match taken.iter().filter(|t| !t.bytes.is_empty()).count() {
-            0 => &[],
-            1 => taken
-                .iter()
-                .map(|t| &t.bytes[..])
-                .find(|b| !b.is_empty())
-                .unwrap_or(&[]),
+        let mut filled = taken.iter().filter(|t| !t.bytes.is_empty());
+        let batch: &[u8] = match (filled.next(), filled.next()) {
+            (None, _) => &[],
+            // One shard's lines: as they are.
+            (Some(one), None) => &one.bytes,
             _ => {
                 merged.clear();
                 merge(&taken, &mut merged);
