@@ -2,7 +2,7 @@
 //! histograms, the breaker's window, the log writer's buffer) is split so that two busy
 //! threads write different cache lines, and summed or merged only when it is read.
 
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 /// One cache line (two, on CPUs that prefetch pairs) per shard.
@@ -38,6 +38,55 @@ thread_local! {
 pub(crate) fn mine(n: usize) -> usize {
     debug_assert!(n.is_power_of_two());
     MINE.with(|s| *s) & (n - 1)
+}
+
+/// `per_shard` counters for each thread shard, shard after shard in one allocation of whole
+/// 128-byte blocks: no two shards share a cache line. Each shard was once a separate
+/// allocation, whose edges could share a line with another shard's, moved between cores on
+/// every record (`histogram/record_two_threads`). For state of several counters per shard (a
+/// histogram's buckets, the breaker's window).
+#[derive(Debug)]
+pub(crate) struct Slots {
+    shards: usize,
+    /// Blocks per shard.
+    stride: usize,
+    blocks: Box<[Padded<[AtomicU64; SLOTS]>]>,
+}
+
+/// Counters per block: 16 of 8 bytes fill its 128.
+const SLOTS: usize = 16;
+
+impl Slots {
+    pub(crate) fn new(per_shard: usize) -> Self {
+        let shards = count();
+        let stride = per_shard.div_ceil(SLOTS);
+        Self {
+            shards,
+            stride,
+            blocks: (0..shards * stride)
+                .map(|_| Padded(std::array::from_fn(|_| AtomicU64::new(0))))
+                .collect(),
+        }
+    }
+
+    /// How many shards (a power of two, for [`mine`]).
+    #[inline]
+    pub(crate) fn shards(&self) -> usize {
+        self.shards
+    }
+
+    /// Counter `i` of shard `shard`.
+    #[inline]
+    pub(crate) fn get(&self, shard: usize, i: usize) -> &AtomicU64 {
+        &self.blocks[shard * self.stride + i / SLOTS].0[i % SLOTS]
+    }
+
+    /// Every counter of every shard to zero.
+    pub(crate) fn clear(&self) {
+        for c in self.blocks.iter().flat_map(|b| &b.0) {
+            c.store(0, Relaxed);
+        }
+    }
 }
 
 /// A value shared by every worker and held per request (a route entry, a breaker), through one
@@ -95,6 +144,29 @@ impl<T> std::ops::Deref for Held<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slot_shards_never_share_a_cache_line() {
+        // Each shard is written by its own threads; a line shared with the next shard's
+        // counters would move between cores on every record.
+        for width in [1usize, 2, 3, 4, 15, 16, 17, 18, 32, 180] {
+            let slots = Slots::new(width);
+            let at = |s: usize, i: usize| slots.get(s, i) as *const AtomicU64 as usize;
+            let mut end_of_previous = 0;
+            for s in 0..slots.shards() {
+                let (first, last) = (at(s, 0), at(s, width - 1) + 8);
+                assert_eq!(first % 128, 0, "{width} wide: shard {s} starts a line pair");
+                assert!(first >= end_of_previous, "{width} wide: shard {s} overlaps");
+                // Its counters are one run of memory, and the next shard begins past its line.
+                assert_eq!(
+                    last - first,
+                    width * 8,
+                    "{width} wide: shard {s} is contiguous"
+                );
+                end_of_previous = last.next_multiple_of(128);
+            }
+        }
+    }
 
     /// One handle per shard, each its own allocation (so its own reference count), all to the
     /// one value; a thread gets its shard's.

@@ -4,8 +4,6 @@
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::shard::Padded;
-
 /// Totals over the window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Totals {
@@ -113,19 +111,9 @@ fn add(counter: &AtomicU64, new: bool, evicted: bool) {
 pub(crate) struct TimeWindow {
     width_nanos: u64,
     buckets: usize,
-    shards: usize,
-    /// Blocks per shard.
-    stride: usize,
-    /// Shard after shard, `stride` blocks each: `[calls, failures, slow]` per bucket. Whole
-    /// 128-byte blocks in one allocation, so no two shards share a cache line (each shard's
-    /// ring was once a separate allocation, whose edges could share a line with another's).
-    blocks: Box<[Block]>,
+    /// Per shard: `[calls, failures, slow]` per bucket.
+    slots: crate::shard::Slots,
 }
-
-type Block = Padded<[AtomicU64; SLOTS]>;
-
-/// Counters per block: 16 of 8 bytes fill its 128.
-const SLOTS: usize = 16;
 
 const CALLS: usize = 0;
 const FAILS: usize = 1;
@@ -135,24 +123,17 @@ impl TimeWindow {
     pub(crate) fn new(window: Duration, buckets: u32) -> Self {
         let buckets = buckets.max(1) as usize;
         let width = (window.as_nanos() / buckets as u128).max(1);
-        let shards = crate::shard::count();
-        let stride = (buckets * 3).div_ceil(SLOTS);
         Self {
             width_nanos: u64::try_from(width).unwrap_or(u64::MAX),
             buckets,
-            shards,
-            stride,
-            blocks: (0..shards * stride)
-                .map(|_| Padded(std::array::from_fn(|_| AtomicU64::new(0))))
-                .collect(),
+            slots: crate::shard::Slots::new(buckets * 3),
         }
     }
 
     /// Counter `kind` of bucket `bucket` in shard `shard`.
     #[inline]
     fn counter(&self, shard: usize, bucket: usize, kind: usize) -> &AtomicU64 {
-        let i = bucket * 3 + kind;
-        &self.blocks[shard * self.stride + i / SLOTS].0[i % SLOTS]
+        self.slots.get(shard, bucket * 3 + kind)
     }
 
     /// The epoch (bucket number) of a time since the breaker was created. Starts at 1 so that a
@@ -163,7 +144,10 @@ impl TimeWindow {
 
     pub(crate) fn record(&self, since_start_nanos: u64, failure: bool, slow: bool) {
         let e = self.epoch(since_start_nanos);
-        let (shard, bucket) = (crate::shard::mine(self.shards), e as usize % self.buckets);
+        let (shard, bucket) = (
+            crate::shard::mine(self.slots.shards()),
+            e as usize % self.buckets,
+        );
         bump(self.counter(shard, bucket, CALLS), e);
         if failure {
             bump(self.counter(shard, bucket, FAILS), e);
@@ -186,7 +170,7 @@ impl TimeWindow {
             }
         };
         let mut t = Totals::default();
-        for shard in 0..self.shards {
+        for shard in 0..self.slots.shards() {
             for b in 0..self.buckets {
                 t.calls += live(self.counter(shard, b, CALLS));
                 t.failures += live(self.counter(shard, b, FAILS));
@@ -199,11 +183,7 @@ impl TimeWindow {
     pub(crate) fn reset(&self) {
         // Epoch 0 is never live. Calls still in flight from before the reset belong to an
         // earlier breaker generation, whose results are ignored anyway.
-        for block in self.blocks.iter() {
-            for c in &block.0 {
-                c.store(0, Relaxed);
-            }
-        }
+        self.slots.clear();
     }
 }
 
@@ -300,24 +280,6 @@ mod tests {
         assert_eq!(t.totals(ms(300)), Totals::default());
         t.record(ms(300), true, false);
         assert_eq!(t.totals(ms(700)).failures, 1);
-    }
-
-    /// Each shard's counters start a 128-byte block of their own and end before the next
-    /// shard's block: two threads recording never write one cache line.
-    #[test]
-    fn shards_share_no_cache_line() {
-        for buckets in [1u32, 5, 6, 10, 60] {
-            let w = TimeWindow::new(Duration::from_secs(60), buckets);
-            let addr = |s, b, k| w.counter(s, b, k) as *const AtomicU64 as usize;
-            let last = w.buckets - 1;
-            for s in 0..w.shards {
-                assert_eq!(addr(s, 0, CALLS) % 128, 0, "{buckets} buckets, shard {s}");
-                if s + 1 < w.shards {
-                    let end = addr(s, last, SLOWS) + 8;
-                    assert!(end <= addr(s + 1, 0, CALLS), "{buckets} buckets, shard {s}");
-                }
-            }
-        }
     }
 
     #[test]

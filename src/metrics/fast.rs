@@ -156,34 +156,17 @@ fn add_f64(cell: &AtomicU64, delta: f64) {
     }
 }
 
-/// A histogram's slots in one padded cache-line pair (16 slots of 8 bytes fill its 128).
-type Block = Padded<[AtomicU64; SLOTS]>;
-
-const SLOTS: usize = 16;
-
 /// A histogram with fixed buckets, summed over per-thread shards.
 pub(crate) struct FastHistogram {
     bounds: Arc<[f64]>,
-    shards: usize,
-    /// Blocks per shard.
-    stride: usize,
-    /// Shard after shard, `stride` blocks each: one count per bound, one for +Inf, then the
-    /// sum's bits. Whole blocks, so no two shards share a cache line: when each shard was a
-    /// separate allocation, one thread's sum and the next shard's first buckets could sit in
-    /// one line, moved between cores on every record (`histogram/record_two_threads`).
-    blocks: Box<[Block]>,
+    /// Per shard: one count per bound, one for +Inf, then the sum's bits.
+    slots: shard::Slots,
 }
 
 impl FastHistogram {
     fn new(bounds: Arc<[f64]>) -> Self {
-        let shards = shard::count();
-        let stride = (bounds.len() + 2).div_ceil(SLOTS);
         Self {
-            blocks: (0..shards * stride)
-                .map(|_| Padded(std::array::from_fn(|_| AtomicU64::new(0))))
-                .collect(),
-            shards,
-            stride,
+            slots: shard::Slots::new(bounds.len() + 2),
             bounds,
         }
     }
@@ -191,7 +174,7 @@ impl FastHistogram {
     /// Slot `i` of shard `shard`.
     #[inline]
     fn slot(&self, shard: usize, i: usize) -> &AtomicU64 {
-        &self.blocks[shard * self.stride + i / SLOTS].0[i % SLOTS]
+        self.slots.get(shard, i)
     }
 
     /// Cumulative bucket counts (the last is +Inf, the total) and the sum.
@@ -199,7 +182,7 @@ impl FastHistogram {
         let n = self.bounds.len() + 1;
         let mut counts = vec![0u64; n];
         let mut sum = 0.0;
-        for s in 0..self.shards {
+        for s in 0..self.slots.shards() {
             for (i, c) in counts.iter_mut().enumerate() {
                 *c += self.slot(s, i).load(Relaxed);
             }
@@ -214,7 +197,7 @@ impl FastHistogram {
 
 impl HistogramFn for FastHistogram {
     fn record(&self, value: f64) {
-        let shard = shard::mine(self.shards);
+        let shard = shard::mine(self.slots.shards());
         // `le` is inclusive: the first bound not below the value (+Inf, the last count, when
         // none is; NaN too, as Prometheus's Go client does). A scan from the smallest bound:
         // most requests fall in the first few buckets, where it stops after a compare or two
@@ -556,31 +539,6 @@ mod tests {
         let (counts, sum) = h.snapshot();
         assert_eq!(counts, (1..=21).map(|i| 4 * i).collect::<Vec<u64>>());
         assert_eq!(sum, 4.0 * 231.0);
-    }
-
-    #[test]
-    fn histogram_shards_never_share_a_cache_line() {
-        // Each shard is written by its own threads; a line shared with the next shard's slots
-        // would move between cores on every record.
-        for n in [0usize, 2, 14, 15, 30] {
-            let bounds: Vec<f64> = (0..n).map(|i| i as f64).collect();
-            let h = FastHistogram::new(Arc::from(bounds));
-            let width = n + 2;
-            let at = |s: usize, i: usize| h.slot(s, i) as *const AtomicU64 as usize;
-            let mut end_of_previous = 0;
-            for s in 0..h.shards {
-                let (first, last) = (at(s, 0), at(s, width - 1) + 8);
-                assert_eq!(first % 128, 0, "{n} bounds: shard {s} starts a line pair");
-                assert!(first >= end_of_previous, "{n} bounds: shard {s} overlaps");
-                // Its slots are one run of memory, and the next shard begins past its line.
-                assert_eq!(
-                    last - first,
-                    width * 8,
-                    "{n} bounds: shard {s} is contiguous"
-                );
-                end_of_previous = last.next_multiple_of(128);
-            }
-        }
     }
 
     #[test]
