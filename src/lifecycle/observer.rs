@@ -74,6 +74,15 @@ pub trait Observer: Send + Sync + 'static {
         meta: &RequestMeta<'_>,
     ) -> Self::Observation;
 
+    /// Whether this observer reports the request body's size ([`End::request_bytes`]).
+    /// When any observer of a stack does, the lifecycle takes it from `Content-Length` (or a
+    /// body whose size is known exactly), or else counts the bytes the service reads from
+    /// axum's `Body`: one check per request, and two allocations for a request of unknown
+    /// length (chunked, or HTTP/2 without `Content-Length`). Default: no.
+    fn wants_request_bytes(&self) -> bool {
+        false
+    }
+
     /// The inner service produced a response head.
     fn response(route: &Self::Route, obs: &mut Self::Observation, head: &mut ResponseHead<'_>) {
         let _ = (route, obs, head);
@@ -136,6 +145,11 @@ macro_rules! tuple_observer {
                 ($(self.$i.start(&route.$i, req, meta),)+)
             }
 
+            #[inline]
+            fn wants_request_bytes(&self) -> bool {
+                false $(|| self.$i.wants_request_bytes())+
+            }
+
             fn response(route: &Self::Route, obs: &mut Self::Observation, head: &mut ResponseHead<'_>) {
                 $($t::response(&route.$i, &mut obs.$i, head);)+
             }
@@ -183,6 +197,7 @@ pub(crate) struct Tracker<O: Observer> {
     pub(crate) start: super::clock::Tick,
     pub(crate) status: Option<StatusCode>,
     pub(crate) response_bytes: u64,
+    pub(crate) request_size: super::request_size::RequestSize,
 }
 
 impl<O: Observer> Tracker<O> {
@@ -216,6 +231,7 @@ impl<O: Observer> Tracker<O> {
             #[cfg(feature = "otel")]
             at,
             response_bytes: self.response_bytes + last_bytes,
+            request_bytes: self.request_size.bytes(),
         };
         O::end(self.route.data(), self.obs, &end);
     }

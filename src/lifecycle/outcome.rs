@@ -155,6 +155,12 @@ pub struct End {
     pub duration: Duration,
     /// Response body bytes that passed through the layer.
     pub response_bytes: u64,
+    /// The request body's size, when an observer of the stack asked for it
+    /// ([`Observer::wants_request_bytes`](super::Observer::wants_request_bytes)) and it is
+    /// known: declared (`Content-Length`, or a body of exactly known size) or, for a body of
+    /// unknown length, the bytes the service read (axum's `Body` only; `None` for other body
+    /// types).
+    pub request_bytes: Option<u64>,
     /// When it ended (the clock is read once, here).
     #[cfg(feature = "otel")]
     pub(crate) at: super::clock::Tick,

@@ -12,6 +12,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::observer::Tracker;
+use super::request_size::RequestSize;
 use super::route::{RouteSource, RouteTable};
 use super::{ErrorType, KnownMethod, Observer, Outcome, RequestMeta, ResponseHead};
 
@@ -166,6 +167,7 @@ where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
     S::Error: 'static,
     O: Observer,
+    ReqB: 'static,
     ResB: Body,
 {
     type Response = Response<ResponseBody<ResB, O>>;
@@ -191,6 +193,11 @@ where
             #[cfg(any(feature = "log", feature = "otel"))]
             start,
         };
+        let request_size = if shared.observer.wants_request_bytes() {
+            RequestSize::measure(&mut req)
+        } else {
+            RequestSize::Unknown
+        };
         let obs = shared.observer.start(route.data(), &mut req, &meta);
         let head_only = req.method() == Method::HEAD;
         let tracker = Tracker {
@@ -199,6 +206,7 @@ where
             start,
             status: None,
             response_bytes: 0,
+            request_size,
         };
         // Not entered here: services build their future in `call` and do the work in `poll`,
         // which runs in the request's span.

@@ -6,9 +6,7 @@ use std::sync::{Arc, Once, OnceLock, RwLock};
 use http::{Request, StatusCode};
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, Unit};
 
-use crate::lifecycle::{
-    content_length, End, ErrorType, KnownMethod, ObserveLayer, Observer, Outcome, RequestMeta,
-};
+use crate::lifecycle::{End, ErrorType, KnownMethod, ObserveLayer, Observer, Outcome, RequestMeta};
 
 /// `http_server_request_duration_seconds`
 pub const REQUEST_DURATION: &str = "http_server_request_duration_seconds";
@@ -141,8 +139,15 @@ impl RedBuilder {
         self
     }
 
-    /// Also record `http_server_request_body_size_bytes` (from `Content-Length`) and
+    /// Also record `http_server_request_body_size_bytes` and
     /// `http_server_response_body_size_bytes` (bytes sent).
+    ///
+    /// A request's size is its `Content-Length`, or its body's exact size when known (0 for
+    /// a request without a body); for a body of unknown length (chunked HTTP/1, HTTP/2 without
+    /// `Content-Length`) it is the number of bytes the service read, counted through axum's
+    /// `Body` (two allocations for such a request). A request of unknown length with another
+    /// body type, in front of which the layer cannot count, has no sample
+    /// ([`End::request_bytes`]).
     pub fn body_sizes(mut self, enabled: bool) -> Self {
         self.body_sizes = enabled;
         self
@@ -276,10 +281,10 @@ struct StatusHandles {
 }
 
 impl StatusHandles {
-    fn record(&self, end: &End, request_bytes: Option<u64>) {
+    fn record(&self, end: &End) {
         self.duration.record(end.duration.as_secs_f64());
         if let Some(h) = &self.request_size {
-            if let Some(n) = request_bytes {
+            if let Some(n) = end.request_bytes {
                 h.record(n as f64);
             }
         }
@@ -342,7 +347,7 @@ impl RedRoute {
         })
     }
 
-    fn record(&self, m: &MethodHandles, end: &End, request_bytes: Option<u64>) {
+    fn record(&self, m: &MethodHandles, end: &End) {
         let (status, kind) = match end.outcome {
             Outcome::ServerError(ErrorType::Status(s)) => (Some(s), None),
             Outcome::ServerError(ErrorType::Kind(k)) => (end.status, Some(k)),
@@ -356,7 +361,7 @@ impl RedRoute {
                 let error = s.is_server_error().then(|| s.as_str());
                 class[usize::from(code % 100)]
                     .get_or_init(|| self.status_handles(m, Some(s), error))
-                    .record(end, request_bytes);
+                    .record(end);
             }
             (status, kind) => {
                 let kind = kind.unwrap_or("_OTHER");
@@ -376,7 +381,7 @@ impl RedRoute {
                     }
                     h
                 });
-                handles.record(end, request_bytes);
+                handles.record(end);
             }
         }
     }
@@ -384,9 +389,8 @@ impl RedRoute {
 
 impl Observer for Red {
     type Route = RedRoute;
-    /// The method (its handles are in the route) and, with body sizes on, the request's
-    /// `Content-Length`; `None` when the route is excluded.
-    type Observation = Option<(KnownMethod, Option<u64>)>;
+    /// The method (its handles are in the route); `None` when the route is excluded.
+    type Observation = Option<KnownMethod>;
 
     fn route(&self, template: Option<&str>) -> RedRoute {
         self.cfg.described.call_once(|| self.cfg.describe());
@@ -406,23 +410,23 @@ impl Observer for Red {
     fn start<B>(
         &self,
         route: &RedRoute,
-        req: &mut Request<B>,
+        _req: &mut Request<B>,
         meta: &RequestMeta<'_>,
     ) -> Self::Observation {
         if route.excluded {
             return None;
         }
         route.method(meta.method).active.increment(1.0);
-        let size = if self.cfg.body_sizes {
-            content_length(req)
-        } else {
-            None
-        };
-        Some((meta.method, size))
+        Some(meta.method)
+    }
+
+    #[inline]
+    fn wants_request_bytes(&self) -> bool {
+        self.cfg.body_sizes
     }
 
     fn end(route: &RedRoute, obs: Self::Observation, end: &End) {
-        let Some((method, request_bytes)) = obs else {
+        let Some(method) = obs else {
             return;
         };
         let m = route.method(method);
@@ -430,7 +434,7 @@ impl Observer for Red {
         if end.outcome == Outcome::Cancelled {
             m.cancelled.increment(1);
         } else {
-            route.record(m, end, request_bytes);
+            route.record(m, end);
         }
     }
 }

@@ -338,3 +338,123 @@ fn install_never_panics_when_a_recorder_exists() {
         });
     assert!(text.contains("http_route=\"/users/{id}\""), "{text}");
 }
+
+/// A request body of unknown length (no exact size hint): hyper sends it chunked over HTTP/1
+/// and without `Content-Length` over HTTP/2.
+struct Chunks(std::collections::VecDeque<bytes::Bytes>);
+
+impl http_body::Body for Chunks {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+fn chunks(sizes: &[usize]) -> Chunks {
+    Chunks(
+        sizes
+            .iter()
+            .map(|&n| bytes::Bytes::from(vec![b'x'; n]))
+            .collect(),
+    )
+}
+
+#[tokio::test]
+async fn request_body_sizes_declared_or_counted_over_http1_and_http2() {
+    use http_body_util::BodyExt;
+    let (red, prometheus) = local_red();
+    let app = Router::new()
+        .route(
+            "/upload",
+            axum::routing::any(|body: Body| async move {
+                let n = body.collect().await.unwrap().to_bytes().len();
+                n.to_string()
+            }),
+        )
+        // Answers without reading the body.
+        .route("/ignore", axum::routing::any(|| async { "ignored" }))
+        .layer(red.body_sizes(true).layer());
+    let addr = crate::support::serve(app).await;
+    let uri = |path: &str| format!("http://{addr}{path}");
+
+    // HTTP/1: declared (`Content-Length`), none (a GET: 0), chunked (counted as read).
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut h1, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let declared = Request::post(uri("/upload"))
+        .body(http_body_util::Either::Left(http_body_util::Full::new(
+            bytes::Bytes::from_static(b"hello"),
+        )))
+        .unwrap();
+    let get = Request::get(uri("/upload"))
+        .body(http_body_util::Either::Left(http_body_util::Full::new(
+            bytes::Bytes::new(),
+        )))
+        .unwrap();
+    let chunked = Request::post(uri("/upload"))
+        .body(http_body_util::Either::Right(chunks(&[300, 1, 699])))
+        .unwrap();
+    let unread = Request::post(uri("/ignore"))
+        .body(http_body_util::Either::Right(chunks(&[10])))
+        .unwrap();
+    let mut answers = Vec::new();
+    for req in [declared, get, chunked, unread] {
+        let res = h1.send_request(req).await.unwrap();
+        answers.push(collect(res.into_body()).await);
+    }
+    assert_eq!(
+        answers
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect::<Vec<_>>(),
+        ["5", "0", "1000", "ignored"]
+    );
+
+    // HTTP/2 without `Content-Length`: counted.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let res = h2
+        .send_request(
+            Request::post(uri("/upload"))
+                .body(chunks(&[64, 36]))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(&collect(res.into_body()).await[..], b"100");
+
+    let text = prometheus.render();
+    let labels = |method, route| {
+        [
+            ("http_request_method", method),
+            ("http_route", route),
+            ("http_response_status_code", "200"),
+        ]
+    };
+    let size = "http_server_request_body_size_bytes";
+    let (sum, count) = (format!("{size}_sum"), format!("{size}_count"));
+    // POST /upload: 5 declared, 1000 and 100 counted.
+    assert_eq!(
+        sample(&text, &sum, &labels("POST", "/upload")),
+        Some(1105.0),
+        "{text}"
+    );
+    assert_eq!(sample(&text, &count, &labels("POST", "/upload")), Some(3.0));
+    assert_eq!(sample(&text, &sum, &labels("GET", "/upload")), Some(0.0));
+    assert_eq!(sample(&text, &count, &labels("GET", "/upload")), Some(1.0));
+    // A body the service never read: nothing transferred to it.
+    assert_eq!(sample(&text, &count, &labels("POST", "/ignore")), Some(1.0));
+    assert_eq!(sample(&text, &sum, &labels("POST", "/ignore")), Some(0.0));
+}
