@@ -1098,3 +1098,84 @@ fn init_routes_log_crate_records_to_the_output() {
     assert_eq!(records[0]["level"], "WARN");
     assert_eq!(records[0]["service"], "child");
 }
+
+/// `client_ip`: the peer address; the first hop of `Forwarded` or `X-Forwarded-For` only when
+/// the proxies are declared trusted, and the peer again when that hop is not an address.
+#[tokio::test(flavor = "current_thread")]
+async fn client_ip_is_the_peer_unless_proxies_are_trusted() {
+    use axum::extract::ConnectInfo;
+    use std::net::SocketAddr;
+    let peer: SocketAddr = "192.0.2.1:50000".parse().unwrap();
+    let req = |headers: &[(&str, &str)], with_peer: bool| {
+        let mut b = Request::get("/ok?session=abc&page=1");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        if with_peer {
+            b = b.extension(ConnectInfo(peer));
+        }
+        b.body(Body::empty()).unwrap()
+    };
+    let cases: [(&[(&str, &str)], bool); 5] = [
+        (&[("x-forwarded-for", "203.0.113.9, 10.0.0.1")], true),
+        (
+            &[(
+                "forwarded",
+                "for=\"[2001:db8::7]:4711\";proto=https, for=10.0.0.1",
+            )],
+            true,
+        ),
+        (&[("x-forwarded-for", "unknown")], true),
+        (&[], true),
+        (&[("x-forwarded-for", "203.0.113.9")], false),
+    ];
+    let run = |trusted: bool| {
+        async move {
+            let capture = Capture::default();
+            let _g = tracing::subscriber::set_default(subscriber(
+                &capture,
+                JsonLayer::new("s", capture.clone()),
+            ));
+            let app = app(RequestLog::builder()
+                .trust_forwarded_headers(trusted)
+                .log_query(true)
+                .sensitive_param("session")
+                .layer());
+            for (headers, with_peer) in cases {
+                send(&app, req(headers, with_peer)).await;
+            }
+            let records = capture.requests();
+            assert_eq!(records[0]["query"], "session=REDACTED&page=1");
+            records
+                .iter()
+                .map(|r| {
+                    r.get("client_ip")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let some = |s: &str| Some(s.to_owned());
+    assert_eq!(
+        run(false).await,
+        [
+            some("192.0.2.1"),
+            some("192.0.2.1"),
+            some("192.0.2.1"),
+            some("192.0.2.1"),
+            None
+        ],
+        "untrusted: forwarded headers are ignored"
+    );
+    assert_eq!(
+        run(true).await,
+        [
+            some("203.0.113.9"),
+            some("2001:db8::7"),
+            some("192.0.2.1"),
+            some("192.0.2.1"),
+            some("203.0.113.9")
+        ],
+    );
+}
