@@ -1129,32 +1129,30 @@ async fn client_ip_is_the_peer_unless_proxies_are_trusted() {
         (&[], true),
         (&[("x-forwarded-for", "203.0.113.9")], false),
     ];
-    let run = |trusted: bool| {
-        async move {
-            let capture = Capture::default();
-            let _g = tracing::subscriber::set_default(subscriber(
-                &capture,
-                JsonLayer::new("s", capture.clone()),
-            ));
-            let app = app(RequestLog::builder()
-                .trust_forwarded_headers(trusted)
-                .log_query(true)
-                .sensitive_param("session")
-                .layer());
-            for (headers, with_peer) in cases {
-                send(&app, req(headers, with_peer)).await;
-            }
-            let records = capture.requests();
-            assert_eq!(records[0]["query"], "session=REDACTED&page=1");
-            records
-                .iter()
-                .map(|r| {
-                    r.get("client_ip")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned)
-                })
-                .collect::<Vec<_>>()
+    let run = |trusted: bool| async move {
+        let capture = Capture::default();
+        let _g = tracing::subscriber::set_default(subscriber(
+            &capture,
+            JsonLayer::new("s", capture.clone()),
+        ));
+        let app = app(RequestLog::builder()
+            .trust_forwarded_headers(trusted)
+            .log_query(true)
+            .sensitive_param("session")
+            .layer());
+        for (headers, with_peer) in cases {
+            send(&app, req(headers, with_peer)).await;
         }
+        let records = capture.requests();
+        assert_eq!(records[0]["query"], "session=REDACTED&page=1");
+        records
+            .iter()
+            .map(|r| {
+                r.get("client_ip")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+            .collect::<Vec<_>>()
     };
     let some = |s: &str| Some(s.to_owned());
     assert_eq!(
