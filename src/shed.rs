@@ -40,7 +40,8 @@ pub const UTILIZATION: &str = "http_server_concurrency_utilization_ratio";
 /// `http_server_concurrency_limit`
 pub const LIMIT: &str = "http_server_concurrency_limit";
 
-/// Paths exempt by default: the health probes and the metrics endpoint.
+/// Paths exempt by default: the health probes and the metrics endpoint (each with the paths
+/// under it, such as `/readyz/db`).
 pub const DEFAULT_EXEMPT: &[&str] = &["/livez", "/readyz", "/startupz", "/health", "/metrics"];
 
 struct Shared {
@@ -130,7 +131,8 @@ impl LoadShedLayer {
         self
     }
 
-    /// Another path that is never limited.
+    /// Another path that is never limited, with the paths under it (`/internal/status` also
+    /// exempts `/internal/status/db`, not `/internal/statuses`).
     pub fn exempt_path(mut self, path: impl Into<String>) -> Self {
         self.exempt.push(path.into());
         self.shared = Arc::default();
@@ -243,7 +245,7 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let shared = &self.shared;
-        if shared.exempt.iter().any(|p| p == req.uri().path()) {
+        if shared.exempt.iter().any(|p| is_under(req.uri().path(), p)) {
             return ResponseFuture {
                 state: State::Inner {
                     inner: self.inner.call(req),
@@ -321,6 +323,12 @@ where
             }
         }
     }
+}
+
+/// Whether `path` is `exempt` or a path under it.
+fn is_under(path: &str, exempt: &str) -> bool {
+    path.strip_prefix(exempt)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || exempt.ends_with('/'))
 }
 
 #[cfg(test)]
@@ -423,12 +431,16 @@ mod tests {
         assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(shed.headers()[http::header::RETRY_AFTER], "1");
         assert_eq!(shed.body(), "");
-        // Probes are exempt: they wait like normal requests instead of being shed.
+        // Probes are exempt, with the paths under them: they wait like normal requests
+        // instead of being shed. A path that only begins with a probe's name is not.
         let probe = tokio::spawn(call("/readyz"));
+        let check = tokio::spawn(call("/readyz/db"));
         tokio::task::yield_now().await;
-        assert!(!probe.is_finished());
+        assert!(!probe.is_finished() && !check.is_finished());
+        let lookalike = call("/readyzz").await.unwrap();
+        assert_eq!(lookalike.status(), StatusCode::SERVICE_UNAVAILABLE);
         release.send(true).unwrap();
-        for h in [a, b, probe] {
+        for h in [a, b, probe, check] {
             assert_eq!(h.await.unwrap().unwrap().status(), StatusCode::OK);
         }
         // The slots are free again.
