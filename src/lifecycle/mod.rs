@@ -47,6 +47,8 @@
 //! let layer = ObserveLayer::with_observer(Cancellations::default());
 //! ```
 
+#[cfg(any(feature = "log", feature = "otel"))]
+mod client;
 mod clock;
 pub(crate) mod headers;
 mod method;
@@ -71,6 +73,8 @@ pub const PROBE_ROUTES: &[&str] = &[
     "/health/{name}",
     "/metrics",
 ];
+#[cfg(any(feature = "log", feature = "otel"))]
+pub(crate) use client::client_ip;
 #[cfg(feature = "otel")]
 pub(crate) use clock::wall_now;
 #[cfg(feature = "log")]

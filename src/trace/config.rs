@@ -163,6 +163,7 @@ pub struct TraceConfig {
     propagators: Propagators,
     queue: QueueSettings,
     traceresponse: bool,
+    trust_forwarded: bool,
     baggage_keys: Vec<String>,
     sensitive: Vec<String>,
     excluded: Vec<String>,
@@ -268,6 +269,7 @@ impl TraceConfig {
                 ),
             },
             traceresponse: false,
+            trust_forwarded: false,
             baggage_keys: Vec::new(),
             sensitive: crate::redact::SENSITIVE_PARAMS
                 .iter()
@@ -418,6 +420,16 @@ impl TraceConfig {
         self
     }
 
+    /// The application's proxies are trusted: a server span's `client.address` is the first
+    /// hop of `Forwarded` or `X-Forwarded-For` when present (and an address), and
+    /// `network.peer.address` the proxy's; by default `client.address` is the peer. As the
+    /// request log's [`trust_forwarded_headers`](crate::log::RequestLogBuilder::trust_forwarded_headers),
+    /// so both name the same client.
+    pub fn trust_forwarded_headers(mut self, trust: bool) -> Self {
+        self.trust_forwarded = trust;
+        self
+    }
+
     /// Copies the baggage member `key` onto server spans as `baggage.{key}` (none by default:
     /// baggage is never copied into telemetry unless allow-listed).
     pub fn baggage_attribute(mut self, key: impl Into<String>) -> Self {
@@ -529,6 +541,7 @@ impl TraceConfig {
                 span_limits: opentelemetry_sdk::trace::Config::default().span_limits,
                 propagators: self.propagators,
                 traceresponse: self.traceresponse,
+                trust_forwarded: self.trust_forwarded,
                 baggage_keys: self.baggage_keys,
                 sensitive: self.sensitive,
                 excluded: self.excluded,
@@ -582,6 +595,8 @@ pub(crate) struct Inner {
     pub(crate) span_limits: opentelemetry_sdk::trace::SpanLimits,
     pub(crate) propagators: Propagators,
     pub(crate) traceresponse: bool,
+    /// `client.address` from the proxies' `Forwarded` / `X-Forwarded-For`.
+    pub(crate) trust_forwarded: bool,
     pub(crate) baggage_keys: Vec<String>,
     /// Query parameters whose values are redacted in `url.query` and `url.full`.
     pub(crate) sensitive: Vec<String>,

@@ -48,6 +48,9 @@ pub(crate) struct RequestAttrs {
     pub(crate) host: String,
     pub(crate) port: Option<u16>,
     pub(crate) client: Option<IpAddr>,
+    /// `network.peer.address`, set only when `client` is another host's (a trusted proxy's
+    /// forwarded client): otherwise it would repeat `client.address`.
+    pub(crate) peer: Option<IpAddr>,
     /// Whether `user_agent.original` was sent (as valid header text).
     pub(crate) has_user_agent: bool,
     pub(crate) user_agent: String,
@@ -69,6 +72,7 @@ impl Default for RequestAttrs {
             host: String::new(),
             port: None,
             client: None,
+            peer: None,
             has_user_agent: false,
             user_agent: String::new(),
             version: Version::HTTP_11,
@@ -111,6 +115,7 @@ impl RequestAttrs {
         self.has_host = false;
         reuse(&mut self.host);
         self.client = None;
+        self.peer = None;
         self.has_user_agent = false;
         reuse(&mut self.user_agent);
         self.baggage.clear();
@@ -189,6 +194,12 @@ impl RequestAttrs {
         }
         if let Some(ip) = self.client {
             f("client.address", AttrVal::Str(IpText::of(ip).as_str()));
+        }
+        if let Some(ip) = self.peer {
+            f(
+                "network.peer.address",
+                AttrVal::Str(IpText::of(ip).as_str()),
+            );
         }
         if self.has_user_agent {
             f("user_agent.original", AttrVal::Str(&self.user_agent));

@@ -337,13 +337,7 @@ fn fill_request<B>(
         Some(auth) => Some(auth.as_str()),
         None => host.and_then(|v| v.to_str().ok()),
     });
-    #[cfg(feature = "axum")]
-    {
-        a.client = req
-            .extensions()
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0.ip());
-    }
+    (a.client, a.peer) = crate::lifecycle::client_ip(req, inner.trust_forwarded);
     a.set_user_agent(user_agent.and_then(|v| v.to_str().ok()));
     a.version = req.version();
     if let Some(b) = base

@@ -1080,3 +1080,59 @@ async fn http2_server_spans_take_the_authority_and_protocol() {
     assert_eq!(attr_int(server, "http.response.status_code"), Some(200));
     tracing.shutdown(Duration::from_secs(5));
 }
+
+/// `client.address` is the peer unless the proxies are trusted; then it is the forwarded
+/// client, and the proxy (the peer) is `network.peer.address`. Untrusted, forwarded headers
+/// are ignored.
+#[tokio::test(flavor = "current_thread")]
+async fn client_address_behind_trusted_proxies() {
+    for trusted in [false, true] {
+        let (rx, url) = receiver(Mode::Accept).await;
+        let tracing = TraceConfig::from_env("it")
+            .endpoint(url)
+            .export_delay(Duration::from_millis(20))
+            .trust_forwarded_headers(trusted)
+            .install();
+        let app = Router::new()
+            .route("/who/{n}", get(|| async { "ok" }))
+            .layer(ObserveLayer::with_observer(tracing.observer()));
+        let addr = serve(app).await;
+        let mut h2 = h2_connect(addr).await;
+        for (n, forwarded) in [
+            (1, Some(("x-forwarded-for", "203.0.113.9:4711, 10.0.0.1"))),
+            (2, Some(("forwarded", "for=\"[2001:db8::7]\";proto=https"))),
+            (3, Some(("x-forwarded-for", "unknown"))),
+            (4, None),
+        ] {
+            let mut req =
+                crate::support::empty_request(http::Method::GET, addr, &format!("/who/{n}"));
+            if let Some((k, v)) = forwarded {
+                req.headers_mut().insert(k, v.parse().unwrap());
+            }
+            assert_eq!(h2.send_request(req).await.unwrap().status(), 200);
+        }
+        assert!(tracing.flush());
+        let spans = rx.wait_for(4).await;
+        let addresses = |n: u32| {
+            let s = spans
+                .iter()
+                .find(|s| attr_str(s, "url.path") == Some(&format!("/who/{n}")))
+                .unwrap_or_else(|| panic!("no span for /who/{n}"));
+            (
+                attr_str(s, "client.address"),
+                attr_str(s, "network.peer.address"),
+            )
+        };
+        let peer = (Some("127.0.0.1"), None);
+        if trusted {
+            assert_eq!(addresses(1), (Some("203.0.113.9"), Some("127.0.0.1")));
+            assert_eq!(addresses(2), (Some("2001:db8::7"), Some("127.0.0.1")));
+        } else {
+            assert_eq!(addresses(1), peer, "untrusted: the header is ignored");
+            assert_eq!(addresses(2), peer);
+        }
+        assert_eq!(addresses(3), peer, "not an address: the peer");
+        assert_eq!(addresses(4), peer);
+        tracing.shutdown(Duration::from_secs(5));
+    }
+}
