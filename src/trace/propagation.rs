@@ -114,6 +114,7 @@ impl Propagators {
                 Format::TraceContext => {
                     if let Some(parent) = present.traceparent(headers) {
                         out.parent = Some(parent);
+                        out.sampled = Some(parent.flags.sampled());
                         // Ignored unless the traceparent was valid; dropped whole if invalid.
                         if present.tracestate {
                             let values: Option<Vec<&str>> = headers
@@ -125,8 +126,13 @@ impl Propagators {
                         }
                     }
                 }
-                Format::B3 => out.parent = b3_single(headers),
-                Format::B3Multi => out.parent = b3_multi(headers),
+                Format::B3 => b3_single(headers, out),
+                Format::B3Multi => {
+                    if let Some((parent, sampled)) = b3_multi(headers) {
+                        out.parent = Some(parent);
+                        out.sampled = sampled;
+                    }
+                }
             }
         }
     }
@@ -191,6 +197,12 @@ pub struct Extracted {
     pub state: TraceState,
     /// The caller's baggage.
     pub baggage: Baggage,
+    /// The caller's sampling decision: its span's sampled flag, or B3's sampling state sent
+    /// alone (`b3: 0` denies, `1` or `d` accepts, without ids). `None` when the caller left
+    /// the decision to this service: no caller, or B3 ids without a sampling state
+    /// ("defer"); the service's own sampler then decides, as for a new trace (the caller's
+    /// trace id kept).
+    pub sampled: Option<bool>,
 }
 
 /// Which W3C headers a request may carry: with few headers, from one pass over them, which
@@ -257,44 +269,61 @@ fn b3_sampled(s: &str) -> Option<bool> {
     }
 }
 
-/// `b3: {trace}-{span}[-{sampled}[-{parent}]]`; a lone sampling state carries no parent.
-fn b3_single(headers: &HeaderMap) -> Option<TraceParent> {
-    let v = headers.get(&B3)?.to_str().ok()?.trim();
-    let mut parts = v.split('-');
-    let trace_id = b3_trace_id(parts.next()?)?;
-    let parent_id = SpanId::from_hex(parts.next()?)?;
-    let sampled = match parts.next() {
-        Some(s) => b3_sampled(s)?,
-        None => true,
+/// `b3: {trace}-{span}[-{sampled}[-{parent}]]`, or a sampling state alone (a decision without
+/// ids); without a sampling state the decision is deferred (`sampled` stays `None`).
+fn b3_single(headers: &HeaderMap, out: &mut Extracted) {
+    let Some(v) = headers.get(&B3).and_then(|v| v.to_str().ok()) else {
+        return;
     };
-    if let Some(p) = parts.next() {
-        SpanId::from_hex(p)?;
+    let v = v.trim();
+    if let s @ ("0" | "1" | "d") = v {
+        out.sampled = b3_sampled(s);
+        return;
     }
-    if parts.next().is_some() {
-        return None;
+    let parse = || {
+        let mut parts = v.split('-');
+        let trace_id = b3_trace_id(parts.next()?)?;
+        let parent_id = SpanId::from_hex(parts.next()?)?;
+        let sampled = match parts.next() {
+            Some(s) => Some(b3_sampled(s)?),
+            None => None,
+        };
+        if let Some(p) = parts.next() {
+            SpanId::from_hex(p)?;
+        }
+        if parts.next().is_some() {
+            return None;
+        }
+        let parent = TraceParent {
+            version: 0,
+            trace_id,
+            parent_id,
+            flags: TraceFlags(u8::from(sampled == Some(true))),
+        };
+        Some((parent, sampled))
+    };
+    if let Some((parent, sampled)) = parse() {
+        out.parent = Some(parent);
+        out.sampled = sampled;
     }
-    Some(TraceParent {
-        version: 0,
-        trace_id,
-        parent_id,
-        flags: TraceFlags(u8::from(sampled)),
-    })
 }
 
-/// `X-B3-TraceId`, `X-B3-SpanId`, `X-B3-Sampled`, `X-B3-Flags` (`1`: debug, sampled).
-fn b3_multi(headers: &HeaderMap) -> Option<TraceParent> {
+/// `X-B3-TraceId`, `X-B3-SpanId`, `X-B3-Sampled`, `X-B3-Flags` (`1`: debug, which implies
+/// sampled); neither sampled nor debug: the decision is deferred (`None`).
+fn b3_multi(headers: &HeaderMap) -> Option<(TraceParent, Option<bool>)> {
     let get = |n: &HeaderName| headers.get(n).and_then(|v| v.to_str().ok()).map(str::trim);
     let trace_id = b3_trace_id(get(&B3_TRACE_ID)?)?;
     let parent_id = SpanId::from_hex(get(&B3_SPAN_ID)?)?;
-    let debug = get(&B3_FLAGS) == Some("1");
-    let sampled = match get(&B3_SAMPLED) {
-        Some(s) => b3_sampled(s)?,
-        None => true,
+    let sampled = match (get(&B3_FLAGS) == Some("1"), get(&B3_SAMPLED)) {
+        (true, _) => Some(true),
+        (false, Some(s)) => Some(b3_sampled(s)?),
+        (false, None) => None,
     };
-    Some(TraceParent {
+    let parent = TraceParent {
         version: 0,
         trace_id,
         parent_id,
-        flags: TraceFlags(u8::from(sampled || debug)),
-    })
+        flags: TraceFlags(u8::from(sampled == Some(true))),
+    };
+    Some((parent, sampled))
 }

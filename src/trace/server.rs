@@ -208,7 +208,9 @@ impl Observer for Trace {
         if !got.baggage.is_empty() {
             base = base.with_value(got.baggage);
         }
-        let caller_sampled = got.parent.map(|p| p.flags.sampled());
+        // The caller's decision; `None` (no caller, or a B3 caller that deferred): this
+        // service's sampler decides, as for a root.
+        let caller_sampled = got.sampled;
         let trace_id = match &got.parent {
             Some(p) => OtelTraceId::from_bytes(p.trace_id.0),
             None => OtelTraceId::from_bytes(random_nonzero::<16>()),

@@ -370,11 +370,32 @@ fn b3_single_and_multi() {
         "64-bit ids are left-padded"
     );
     assert!(!parent.flags.sampled());
-    assert_eq!(
-        p.extract(&headers(&[("b3", "0")])).parent,
-        None,
-        "sampling only"
-    );
+    assert_eq!(got.sampled, Some(false));
+    // A sampling state alone: a decision without ids.
+    for (state, decision) in [("0", false), ("1", true), ("d", true)] {
+        let got = p.extract(&headers(&[("b3", state)]));
+        assert_eq!(got.parent, None, "sampling only");
+        assert_eq!(got.sampled, Some(decision), "b3: {state}");
+    }
+    // Ids without a sampling state: the decision is deferred to this service.
+    let got = p.extract(&headers(&[("b3", &format!("{TRACE}-{SPAN}"))]));
+    assert_eq!(got.parent.unwrap().trace_id.to_string(), TRACE);
+    assert_eq!(got.sampled, None, "deferred");
+    let got = p.extract(&headers(&[("x-b3-traceid", TRACE), ("x-b3-spanid", SPAN)]));
+    assert!(got.parent.is_some());
+    assert_eq!(got.sampled, None, "deferred (multi)");
+    // W3C: the parent's flag.
+    let w3c = Propagators::default().extract(&headers(&[(
+        "traceparent",
+        &format!("00-{TRACE}-{SPAN}-00"),
+    )]));
+    assert_eq!(w3c.sampled, Some(false));
+    // A later format's parent replaces an earlier lone decision.
+    let both = Propagators::new([Format::B3, Format::TraceContext]).extract(&headers(&[
+        ("b3", "0"),
+        ("traceparent", &format!("00-{TRACE}-{SPAN}-01")),
+    ]));
+    assert_eq!(both.sampled, Some(true));
     assert_eq!(
         p.extract(&headers(&[("b3", &format!("{TRACE}-{SPAN}-x"))]))
             .parent,
@@ -388,6 +409,7 @@ fn b3_single_and_multi() {
         ("x-b3-flags", "1"),
     ]));
     assert!(got.parent.unwrap().flags.sampled(), "debug implies sampled");
+    assert_eq!(got.sampled, Some(true));
     // Injection writes every configured format.
     let mut out = HeaderMap::new();
     let all = Propagators::new([

@@ -1136,3 +1136,47 @@ async fn client_address_behind_trusted_proxies() {
         tracing.shutdown(Duration::from_secs(5));
     }
 }
+
+/// B3 callers: a sampling state is the caller's decision, with or without ids; ids without
+/// one defer the decision to this service's own sampler (the root sampler of
+/// `parentbased_always_on` / `_off`), keeping the caller's trace id.
+#[tokio::test(flavor = "current_thread")]
+async fn b3_sampling_states_and_deferral() {
+    use towerscope::trace::{Format, Propagators, Sampler};
+    const T: &str = "463ac35c9f6413ad48485a3953bb6124";
+    const S: &str = "a2fb4a1d1a96d312";
+    for (sampler, root) in [
+        (Sampler::ParentBasedAlwaysOff, false),
+        (Sampler::ParentBasedAlwaysOn, true),
+    ] {
+        let tracing = TraceConfig::from_env("it")
+            .propagators(Propagators::new([Format::B3]))
+            .sampler(sampler)
+            .traceresponse(true)
+            .install();
+        let app = Router::new()
+            .route("/work", get(|| async { "ok" }))
+            .layer(ObserveLayer::with_observer(tracing.observer()));
+        let addr = serve(app).await;
+        for (b3, same_trace, sampled) in [
+            (format!("{T}-{S}-1"), true, true),
+            (format!("{T}-{S}-0"), true, false),
+            (format!("{T}-{S}"), true, root),
+            ("1".to_owned(), false, true),
+            ("d".to_owned(), false, true),
+            ("0".to_owned(), false, false),
+        ] {
+            let req = http::Request::get(format!("http://{addr}/work"))
+                .header("b3", b3.as_str())
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            let res = client().request(req).await.unwrap();
+            let tr = res.headers()["traceresponse"].to_str().unwrap().to_owned();
+            let parts: Vec<&str> = tr.split('-').collect();
+            assert_eq!(parts.len(), 4, "{tr}");
+            assert_eq!(parts[1] == T, same_trace, "{sampler:?}, b3: {b3} -> {tr}");
+            let flags = if sampled { "01" } else { "00" };
+            assert_eq!(parts[3], flags, "{sampler:?}, b3: {b3} -> {tr}");
+        }
+    }
+}
