@@ -99,6 +99,7 @@ impl RequestContext {
 
     /// Appends a member whose key is not there yet (the request log building the context
     /// directly): its `,"key":` text and key, and `value` writes its JSON value.
+    #[inline]
     pub(crate) fn append(
         &mut self,
         (prefix, key): (&'static str, &'static str),
@@ -203,6 +204,7 @@ thread_local! {
 
 /// Runs `f` on this thread's hand-over slot: `None` when the slot is in use further up the
 /// stack or already gone (thread exit), and the caller does without it.
+#[inline]
 pub(crate) fn handoff<R>(f: impl FnOnce(&mut Handoff) -> R) -> Option<R> {
     HANDOFF
         .try_with(|h| h.try_borrow_mut().ok().map(|mut h| f(&mut h)))
