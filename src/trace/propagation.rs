@@ -126,10 +126,13 @@ impl Propagators {
                         }
                     }
                 }
-                Format::B3 => b3_single(headers, out),
-                Format::B3Multi => {
-                    if let Some((parent, sampled)) = b3_multi(headers) {
-                        out.parent = Some(parent);
+                Format::B3 | Format::B3Multi => {
+                    let found = match f {
+                        Format::B3 => b3_single(headers),
+                        _ => b3_multi(headers),
+                    };
+                    if let Some((parent, sampled)) = found {
+                        out.parent = parent;
                         out.sampled = sampled;
                     }
                 }
@@ -269,48 +272,48 @@ fn b3_sampled(s: &str) -> Option<bool> {
     }
 }
 
+/// What a B3 header says: the caller's span (none for a sampling state sent alone) and its
+/// sampling decision (`None`: deferred to this service).
+type B3Context = (Option<TraceParent>, Option<bool>);
+
+/// The caller's span and decision; its flags say sampled only on an accept.
+fn b3_found(trace_id: TraceId, parent_id: SpanId, sampled: Option<bool>) -> B3Context {
+    let flags = TraceFlags(u8::from(sampled == Some(true)));
+    let parent = TraceParent {
+        version: 0,
+        trace_id,
+        parent_id,
+        flags,
+    };
+    (Some(parent), sampled)
+}
+
 /// `b3: {trace}-{span}[-{sampled}[-{parent}]]`, or a sampling state alone (a decision without
-/// ids); without a sampling state the decision is deferred (`sampled` stays `None`).
-fn b3_single(headers: &HeaderMap, out: &mut Extracted) {
-    let Some(v) = headers.get(&B3).and_then(|v| v.to_str().ok()) else {
-        return;
-    };
-    let v = v.trim();
+/// ids); without a sampling state the decision is deferred.
+fn b3_single(headers: &HeaderMap) -> Option<B3Context> {
+    let v = headers.get(&B3)?.to_str().ok()?.trim();
     if let s @ ("0" | "1" | "d") = v {
-        out.sampled = b3_sampled(s);
-        return;
+        return Some((None, b3_sampled(s)));
     }
-    let parse = || {
-        let mut parts = v.split('-');
-        let trace_id = b3_trace_id(parts.next()?)?;
-        let parent_id = SpanId::from_hex(parts.next()?)?;
-        let sampled = match parts.next() {
-            Some(s) => Some(b3_sampled(s)?),
-            None => None,
-        };
-        if let Some(p) = parts.next() {
-            SpanId::from_hex(p)?;
-        }
-        if parts.next().is_some() {
-            return None;
-        }
-        let parent = TraceParent {
-            version: 0,
-            trace_id,
-            parent_id,
-            flags: TraceFlags(u8::from(sampled == Some(true))),
-        };
-        Some((parent, sampled))
+    let mut parts = v.split('-');
+    let trace_id = b3_trace_id(parts.next()?)?;
+    let parent_id = SpanId::from_hex(parts.next()?)?;
+    let sampled = match parts.next() {
+        Some(s) => Some(b3_sampled(s)?),
+        None => None,
     };
-    if let Some((parent, sampled)) = parse() {
-        out.parent = Some(parent);
-        out.sampled = sampled;
+    if let Some(p) = parts.next() {
+        SpanId::from_hex(p)?;
     }
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(b3_found(trace_id, parent_id, sampled))
 }
 
 /// `X-B3-TraceId`, `X-B3-SpanId`, `X-B3-Sampled`, `X-B3-Flags` (`1`: debug, which implies
-/// sampled); neither sampled nor debug: the decision is deferred (`None`).
-fn b3_multi(headers: &HeaderMap) -> Option<(TraceParent, Option<bool>)> {
+/// sampled); neither sampled nor debug: the decision is deferred.
+fn b3_multi(headers: &HeaderMap) -> Option<B3Context> {
     let get = |n: &HeaderName| headers.get(n).and_then(|v| v.to_str().ok()).map(str::trim);
     let trace_id = b3_trace_id(get(&B3_TRACE_ID)?)?;
     let parent_id = SpanId::from_hex(get(&B3_SPAN_ID)?)?;
@@ -319,11 +322,5 @@ fn b3_multi(headers: &HeaderMap) -> Option<(TraceParent, Option<bool>)> {
         (false, Some(s)) => Some(b3_sampled(s)?),
         (false, None) => None,
     };
-    let parent = TraceParent {
-        version: 0,
-        trace_id,
-        parent_id,
-        flags: TraceFlags(u8::from(sampled == Some(true))),
-    };
-    Some((parent, sampled))
+    Some(b3_found(trace_id, parent_id, sampled))
 }
