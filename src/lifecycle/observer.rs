@@ -74,12 +74,13 @@ pub trait Observer: Send + Sync + 'static {
         meta: &RequestMeta<'_>,
     ) -> Self::Observation;
 
-    /// Whether this observer reports the request body's size ([`End::request_bytes`]).
-    /// When any observer of a stack does, the lifecycle takes it from `Content-Length` (or a
-    /// body whose size is known exactly), or else counts the bytes the service reads from
-    /// axum's `Body`: one check per request, and two allocations for a request of unknown
-    /// length (chunked, or HTTP/2 without `Content-Length`). Default: no.
-    fn wants_request_bytes(&self) -> bool {
+    /// Whether this observer reports the request body's size ([`End::request_bytes`]) for
+    /// requests of this route. When any observer of a stack does, the lifecycle takes it from
+    /// `Content-Length` (or a body whose size is known exactly), or else counts the bytes the
+    /// service reads from axum's `Body`: one check per request, and two allocations for a
+    /// request of unknown length (chunked, or HTTP/2 without `Content-Length`). Default: no.
+    fn wants_request_bytes(route: &Self::Route) -> bool {
+        let _ = route;
         false
     }
 
@@ -146,8 +147,8 @@ macro_rules! tuple_observer {
             }
 
             #[inline]
-            fn wants_request_bytes(&self) -> bool {
-                false $(|| self.$i.wants_request_bytes())+
+            fn wants_request_bytes(route: &Self::Route) -> bool {
+                false $(|| $t::wants_request_bytes(&route.$i))+
             }
 
             fn response(route: &Self::Route, obs: &mut Self::Observation, head: &mut ResponseHead<'_>) {

@@ -88,10 +88,8 @@ impl<B: Body> Body for CountingBody<B> {
         let this = self.project();
         let poll = this.inner.poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &poll {
-            if let Some(data) = frame.data_ref() {
-                let n = bytes::Buf::remaining(data) as u64;
-                this.read.fetch_add(n, Ordering::Relaxed);
-            }
+            this.read
+                .fetch_add(super::service::data_bytes(frame), Ordering::Relaxed);
         }
         poll
     }

@@ -193,7 +193,7 @@ where
             #[cfg(any(feature = "log", feature = "otel"))]
             start,
         };
-        let request_size = if shared.observer.wants_request_bytes() {
+        let request_size = if O::wants_request_bytes(route.data()) {
             RequestSize::measure(&mut req)
         } else {
             RequestSize::Unknown
@@ -288,6 +288,12 @@ where
     }
 }
 
+/// The data bytes a frame carries (none for trailers).
+#[inline]
+pub(super) fn data_bytes<D: bytes::Buf>(frame: &Frame<D>) -> u64 {
+    frame.data_ref().map_or(0, |d| d.remaining() as u64)
+}
+
 fn bodyless(status: StatusCode) -> bool {
     status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -338,7 +344,7 @@ impl<B: Body, O: Observer> Body for ResponseBody<B, O> {
         // are handed to the end rather than added to the tracker just before it is moved out.
         let (failed, last_bytes) = match frame {
             Some(Ok(f)) => {
-                let n = f.data_ref().map_or(0, |d| bytes::Buf::remaining(d) as u64);
+                let n = data_bytes(f);
                 if !f.is_trailers() && !this.inner.is_end_stream() {
                     tracker.response_bytes += n;
                     return poll;

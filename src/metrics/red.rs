@@ -421,8 +421,8 @@ impl Observer for Red {
     }
 
     #[inline]
-    fn wants_request_bytes(&self) -> bool {
-        self.cfg.body_sizes
+    fn wants_request_bytes(route: &RedRoute) -> bool {
+        route.cfg.body_sizes && !route.excluded
     }
 
     fn end(route: &RedRoute, obs: Self::Observation, end: &End) {
