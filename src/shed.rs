@@ -245,7 +245,8 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let shared = &self.shared;
-        if shared.exempt.iter().any(|p| is_under(req.uri().path(), p)) {
+        let path = req.uri().path();
+        if shared.exempt.iter().any(|p| is_under(path, p)) {
             return ResponseFuture {
                 state: State::Inner {
                     inner: self.inner.call(req),
