@@ -13,10 +13,9 @@ use super::json::{decide_sampling, key_bit, write_int, write_json_str, write_mil
 use super::request_id::RequestId;
 use super::scope::{deferral, register_callsite, request_span, RequestScope};
 use crate::ip_text::IpText;
-use crate::lifecycle::client_ip;
 use crate::lifecycle::{
-    content_length_value, End, KnownMethod, ObserveLayer, Observer, Outcome, RequestMeta,
-    ResponseHead,
+    client_ip, content_length_value, End, KnownMethod, ObserveLayer, Observer, Outcome,
+    RequestMeta, ResponseHead,
 };
 use crate::redact::{is_sensitive, redact_query, SENSITIVE_PARAMS};
 
