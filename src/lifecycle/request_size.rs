@@ -32,11 +32,11 @@ pub(crate) enum RequestSize {
 impl RequestSize {
     /// The declared size, or else (axum's `Body` of unknown length: chunked HTTP/1, HTTP/2
     /// without `Content-Length`) the body swapped for one that counts what the service reads.
-    /// One allocation for the counter and one for axum's box, only for such requests.
+    /// One allocation for the counter and one for axum's box, only for such requests. For
+    /// axum's `Body` the size hint declares the size: hyper's is exact from `Content-Length`
+    /// (and 0 without a body), so no header is looked up; other body types are declared by
+    /// their `Content-Length` header alone.
     pub(crate) fn measure<B: 'static>(req: &mut Request<B>) -> Self {
-        if let Some(n) = super::content_length(req) {
-            return Self::Declared(n);
-        }
         #[cfg(feature = "axum")]
         if let Some(body) =
             (req.body_mut() as &mut dyn std::any::Any).downcast_mut::<axum::body::Body>()
@@ -52,7 +52,10 @@ impl RequestSize {
             });
             return Self::Counted(read);
         }
-        Self::Unknown
+        match super::content_length(req) {
+            Some(n) => Self::Declared(n),
+            None => Self::Unknown,
+        }
     }
 
     /// The size to report when the request ends.
@@ -134,7 +137,12 @@ mod tests {
         assert_eq!(&body[..], b"abcdefgh");
         assert_eq!(size.bytes(), Some(8));
 
-        // A body type the lifecycle cannot wrap, without a declared size: unknown.
+        // A body type the lifecycle cannot wrap: its `Content-Length`, or unknown.
+        let mut req = Request::post("/")
+            .header("content-length", "3")
+            .body(String::from("xyz"))
+            .unwrap();
+        assert_eq!(RequestSize::measure(&mut req).bytes(), Some(3));
         let mut req = Request::post("/").body(String::from("xyz")).unwrap();
         assert_eq!(RequestSize::measure(&mut req).bytes(), None);
     }
