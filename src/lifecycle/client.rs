@@ -1,10 +1,43 @@
 //! The client's address, one definition for the request log (`client_ip`) and the server span
-//! (`client.address`): the peer, or, behind proxies the application trusts, the first hop they
+//! (`client.address`): the peer, or, behind proxies the application trusts, the hop they
 //! forwarded.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::NonZeroUsize;
 
-use http::{HeaderMap, Request};
+use http::header::{GetAll, FORWARDED};
+use http::{HeaderMap, HeaderValue, Request};
+
+/// Which proxies the application trusts with the client's address.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum ForwardedTrust {
+    /// None: the client is the peer (the default).
+    #[default]
+    None,
+    /// Every proxy the request passed: the client is the first (leftmost) forwarded hop. A
+    /// client can write that hop itself unless the outermost proxy replaces the header.
+    All,
+    /// The `n` proxies nearest the service, the peer being the first: the client is the hop
+    /// the outermost of them appended, the `n`-th from the right (the leftmost when there are
+    /// fewer), so hops a client wrote in front of it are not believed.
+    Hops(NonZeroUsize),
+}
+
+impl ForwardedTrust {
+    /// `trust_forwarded_headers(trust)`.
+    pub(crate) fn all(trust: bool) -> Self {
+        if trust {
+            Self::All
+        } else {
+            Self::None
+        }
+    }
+
+    /// `trusted_proxy_hops(n)`; 0 trusts none.
+    pub(crate) fn hops(n: usize) -> Self {
+        NonZeroUsize::new(n).map_or(Self::None, Self::Hops)
+    }
+}
 
 /// The peer's address: axum's `ConnectInfo<SocketAddr>` (served with
 /// `into_make_service_with_connect_info`), or a `SocketAddr` extension (what a plain hyper
@@ -20,35 +53,77 @@ fn peer_ip<B>(req: &Request<B>) -> Option<IpAddr> {
     req.extensions().get::<SocketAddr>().map(SocketAddr::ip)
 }
 
-/// The client's address: with trusted proxies, the first hop of `Forwarded` or
-/// `X-Forwarded-For` when it is an address, and then also the peer's (the proxy's, second);
-/// otherwise (and by default) the peer's alone.
+/// The client's address: with trusted proxies, the forwarded hop `trust` names when it is an
+/// address, and then also the peer's (the proxy's, second); otherwise (and by default) the
+/// peer's alone.
 pub(crate) fn client_ip<B>(
     req: &Request<B>,
-    trust_forwarded: bool,
+    trust: ForwardedTrust,
 ) -> (Option<IpAddr>, Option<IpAddr>) {
     let peer = peer_ip(req);
-    if trust_forwarded {
-        if let Some(ip) = forwarded_for(req.headers()) {
+    if trust != ForwardedTrust::None {
+        if let Some(ip) = forwarded_for(req.headers(), trust) {
             return (Some(ip), peer);
         }
     }
     (peer, None)
 }
 
-/// The first hop of `Forwarded` (RFC 7239 `for=`), else of `X-Forwarded-For`, when it is an
-/// address (obfuscated identifiers and `unknown` are not).
-fn forwarded_for(headers: &HeaderMap) -> Option<IpAddr> {
-    if let Some(v) = headers.get("forwarded").and_then(|v| v.to_str().ok()) {
-        for part in v.split(',').next()?.split(';') {
-            let (k, val) = part.trim().split_once('=')?;
-            if k.trim().eq_ignore_ascii_case("for") {
-                return hop(val.trim().trim_matches('"'));
+/// The trusted hop of `Forwarded` (RFC 7239 `for=`), else of `X-Forwarded-For`, when it is an
+/// address (obfuscated identifiers and `unknown` are not). Several lines of a header are one
+/// list, in order (RFC 9110 section 5.3).
+fn forwarded_for(headers: &HeaderMap, trust: ForwardedTrust) -> Option<IpAddr> {
+    if headers.contains_key(FORWARDED) {
+        let element = pick(headers.get_all(FORWARDED), trust)?;
+        return hop(for_param(element)?);
+    }
+    hop(pick(headers.get_all("x-forwarded-for"), trust)?)
+}
+
+/// The list element `trust` names: the first, or the `n`-th from the end (the first when there
+/// are fewer). Empty elements are not hops; a line that is not visible ASCII names none.
+fn pick(lines: GetAll<'_, HeaderValue>, trust: ForwardedTrust) -> Option<&str> {
+    match trust {
+        ForwardedTrust::None => None,
+        ForwardedTrust::All => {
+            for v in lines {
+                if let Some(e) = elements(v)?.next() {
+                    return Some(e);
+                }
             }
+            None
+        }
+        ForwardedTrust::Hops(n) => {
+            let mut seen = 0;
+            let mut leftmost = None;
+            for v in lines.iter().rev() {
+                for e in elements(v)?.rev() {
+                    seen += 1;
+                    if seen == n.get() {
+                        return Some(e);
+                    }
+                    leftmost = Some(e);
+                }
+            }
+            leftmost
         }
     }
-    let xff = headers.get("x-forwarded-for")?.to_str().ok()?;
-    hop(xff.split(',').next()?)
+}
+
+/// A line's elements, empty ones left out; none when the line is not visible ASCII.
+fn elements(v: &HeaderValue) -> Option<impl DoubleEndedIterator<Item = &str>> {
+    let list = v.to_str().ok()?.split(',').map(str::trim);
+    Some(list.filter(|e| !e.is_empty()))
+}
+
+/// A `Forwarded` element's `for` parameter, unquoted.
+fn for_param(element: &str) -> Option<&str> {
+    element.split(';').find_map(|part| {
+        let (k, v) = part.split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case("for")
+            .then(|| v.trim().trim_matches('"'))
+    })
 }
 
 /// An address with or without a port: `192.0.2.1`, `192.0.2.1:4711`, `2001:db8::1`,
@@ -100,13 +175,21 @@ mod tests {
         }
     }
 
+    const ALL: ForwardedTrust = ForwardedTrust::All;
+
+    fn hops(n: usize) -> ForwardedTrust {
+        ForwardedTrust::hops(n)
+    }
+
     #[test]
-    fn forwarded_headers() {
+    fn forwarded_headers_first_hop() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", "203.0.113.7, 10.0.0.1".parse().unwrap());
-        assert_eq!(forwarded_for(&h), ip("203.0.113.7"));
+        assert_eq!(forwarded_for(&h, ALL), ip("203.0.113.7"));
         h.insert("x-forwarded-for", "203.0.113.8:50123".parse().unwrap());
-        assert_eq!(forwarded_for(&h), ip("203.0.113.8"));
+        assert_eq!(forwarded_for(&h, ALL), ip("203.0.113.8"));
+        h.insert("x-forwarded-for", " , 203.0.113.9".parse().unwrap());
+        assert_eq!(forwarded_for(&h, ALL), ip("203.0.113.9"), "empty elements");
         // `Forwarded` first, when present.
         h.insert(
             "forwarded",
@@ -114,30 +197,94 @@ mod tests {
                 .parse()
                 .unwrap(),
         );
-        assert_eq!(forwarded_for(&h), ip("2001:db8::1"));
+        assert_eq!(forwarded_for(&h, ALL), ip("2001:db8::1"));
         h.insert("forwarded", "proto=http;For=192.0.2.60".parse().unwrap());
-        assert_eq!(forwarded_for(&h), ip("192.0.2.60"));
+        assert_eq!(forwarded_for(&h, ALL), ip("192.0.2.60"));
         h.insert("forwarded", "for=unknown".parse().unwrap());
-        assert_eq!(forwarded_for(&h), None);
+        assert_eq!(forwarded_for(&h, ALL), None);
+        h.insert("forwarded", "proto=https, for=192.0.2.61".parse().unwrap());
+        assert_eq!(forwarded_for(&h, ALL), None, "the first hop has no `for`");
+        assert_eq!(forwarded_for(&h, ForwardedTrust::None), None);
+    }
 
+    #[test]
+    fn forwarded_headers_counted_hops() {
+        // A client wrote 198.51.100.66 itself; the CDN appended what it saw (203.0.113.7), the
+        // load balancer (the peer) the CDN's address (10.0.0.1).
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            "198.51.100.66, 203.0.113.7, 10.0.0.1".parse().unwrap(),
+        );
+        assert_eq!(forwarded_for(&h, ALL), ip("198.51.100.66"), "believed");
+        assert_eq!(forwarded_for(&h, hops(1)), ip("10.0.0.1"));
+        assert_eq!(forwarded_for(&h, hops(2)), ip("203.0.113.7"), "not forged");
+        assert_eq!(forwarded_for(&h, hops(3)), ip("198.51.100.66"));
+        assert_eq!(
+            forwarded_for(&h, hops(4)),
+            ip("198.51.100.66"),
+            "fewer hops"
+        );
+        assert_eq!(hops(0), ForwardedTrust::None);
+
+        // Several lines are one list, in order.
+        h.insert("x-forwarded-for", "198.51.100.66".parse().unwrap());
+        h.append("x-forwarded-for", "203.0.113.7, ".parse().unwrap());
+        h.append("x-forwarded-for", "10.0.0.1".parse().unwrap());
+        assert_eq!(forwarded_for(&h, hops(2)), ip("203.0.113.7"));
+        assert_eq!(forwarded_for(&h, hops(3)), ip("198.51.100.66"));
+        assert_eq!(forwarded_for(&h, ALL), ip("198.51.100.66"));
+
+        h.insert(
+            "forwarded",
+            "for=198.51.100.66, for=\"[2001:db8::1]:4711\";proto=https"
+                .parse()
+                .unwrap(),
+        );
+        h.append("forwarded", "for=10.0.0.1;by=10.0.0.2".parse().unwrap());
+        assert_eq!(forwarded_for(&h, hops(1)), ip("10.0.0.1"));
+        assert_eq!(forwarded_for(&h, hops(2)), ip("2001:db8::1"));
+        h.append("forwarded", "for=_hidden".parse().unwrap());
+        assert_eq!(
+            forwarded_for(&h, hops(1)),
+            None,
+            "an obfuscated hop is not an address"
+        );
+        // A line that is not ASCII names no hop.
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"203.0.113.7, 10.0.0.\xff").unwrap(),
+        );
+        h.remove("forwarded");
+        assert_eq!(forwarded_for(&h, hops(2)), None);
+    }
+
+    #[test]
+    fn client_and_proxy() {
         let peer: SocketAddr = "192.0.2.1:50000".parse().unwrap();
         let mut req = Request::get("/")
-            .header("x-forwarded-for", "203.0.113.7")
+            .header("x-forwarded-for", "198.51.100.66, 203.0.113.7")
             .body(())
             .unwrap();
-        assert_eq!(client_ip(&req, false), (None, None), "untrusted by default");
-        assert_eq!(client_ip(&req, true), (ip("203.0.113.7"), None));
+        let none = ForwardedTrust::None;
+        assert_eq!(client_ip(&req, none), (None, None), "untrusted by default");
+        assert_eq!(client_ip(&req, ALL), (ip("198.51.100.66"), None));
         req.extensions_mut().insert(peer);
-        assert_eq!(client_ip(&req, false), (ip("192.0.2.1"), None), "the peer");
+        assert_eq!(client_ip(&req, none), (ip("192.0.2.1"), None), "the peer");
         assert_eq!(
-            client_ip(&req, true),
-            (ip("203.0.113.7"), ip("192.0.2.1")),
+            client_ip(&req, ALL),
+            (ip("198.51.100.66"), ip("192.0.2.1")),
             "the forwarded client, then the proxy"
+        );
+        assert_eq!(
+            client_ip(&req, hops(1)),
+            (ip("203.0.113.7"), ip("192.0.2.1")),
+            "the hop the peer appended"
         );
         req.headers_mut()
             .insert("x-forwarded-for", "unknown".parse().unwrap());
         assert_eq!(
-            client_ip(&req, true),
+            client_ip(&req, ALL),
             (ip("192.0.2.1"), None),
             "not an address"
         );

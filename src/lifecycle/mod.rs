@@ -74,7 +74,7 @@ pub const PROBE_ROUTES: &[&str] = &[
     "/metrics",
 ];
 #[cfg(any(feature = "log", feature = "otel"))]
-pub(crate) use client::client_ip;
+pub(crate) use client::{client_ip, ForwardedTrust};
 #[cfg(feature = "otel")]
 pub(crate) use clock::wall_now;
 #[cfg(feature = "log")]

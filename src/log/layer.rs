@@ -14,8 +14,8 @@ use super::request_id::RequestId;
 use super::scope::{deferral, register_callsite, request_span, RequestScope};
 use crate::ip_text::IpText;
 use crate::lifecycle::{
-    client_ip, content_length_value, End, KnownMethod, ObserveLayer, Observer, Outcome,
-    RequestMeta, ResponseHead,
+    client_ip, content_length_value, End, ForwardedTrust, KnownMethod, ObserveLayer, Observer,
+    Outcome, RequestMeta, ResponseHead,
 };
 use crate::redact::{is_sensitive, redact_query, SENSITIVE_PARAMS};
 
@@ -75,7 +75,7 @@ struct Config {
     cancelled: Level,
     slow: Option<Duration>,
     exclude: Vec<String>,
-    trust_forwarded: bool,
+    trust_forwarded: ForwardedTrust,
     log_query: bool,
     sensitive_params: Vec<String>,
     log_headers: bool,
@@ -105,7 +105,7 @@ impl RequestLog {
                 cancelled: Level::INFO,
                 slow: Some(Duration::from_secs(2)),
                 exclude: DEFAULT_EXCLUDED.iter().map(|s| s.to_string()).collect(),
-                trust_forwarded: false,
+                trust_forwarded: ForwardedTrust::None,
                 log_query: false,
                 sensitive_params: SENSITIVE_PARAMS.iter().map(|s| s.to_string()).collect(),
                 log_headers: false,
@@ -157,10 +157,23 @@ impl RequestLogBuilder {
         self
     }
 
-    /// The application's proxies are trusted: `client_ip` comes from `Forwarded` or
-    /// `X-Forwarded-For` (first hop) when present.
+    /// Every proxy in front of the application is trusted: `client_ip` is the first hop of
+    /// `Forwarded` or `X-Forwarded-For` when present (and an address); by default it is the
+    /// peer. Only right when the outermost proxy replaces these headers: a proxy that appends
+    /// to them keeps what the client wrote in front, and that is the first hop. Then prefer
+    /// [`trusted_proxy_hops`](Self::trusted_proxy_hops). The last of the two calls counts.
     pub fn trust_forwarded_headers(mut self, trust: bool) -> Self {
-        self.cfg.trust_forwarded = trust;
+        self.cfg.trust_forwarded = ForwardedTrust::all(trust);
+        self
+    }
+
+    /// The `n` proxies nearest the application are trusted, the peer being the first (`1`: one
+    /// load balancer): `client_ip` is the hop the outermost of them appended to `Forwarded` or
+    /// `X-Forwarded-For`, the `n`-th from the right (the leftmost when there are fewer), so a
+    /// client cannot choose it by sending the header itself. `0` trusts none (the default).
+    /// The last of this and [`trust_forwarded_headers`](Self::trust_forwarded_headers) counts.
+    pub fn trusted_proxy_hops(mut self, n: usize) -> Self {
+        self.cfg.trust_forwarded = ForwardedTrust::hops(n);
         self
     }
 

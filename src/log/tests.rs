@@ -1099,8 +1099,9 @@ fn init_routes_log_crate_records_to_the_output() {
     assert_eq!(records[0]["service"], "child");
 }
 
-/// `client_ip`: the peer address; the first hop of `Forwarded` or `X-Forwarded-For` only when
-/// the proxies are declared trusted, and the peer again when that hop is not an address.
+/// `client_ip`: the peer address; a hop of `Forwarded` or `X-Forwarded-For` only when the
+/// proxies are declared trusted (all of them: the first hop; the nearest one: the hop it
+/// appended, the last), and the peer again when that hop is not an address.
 #[tokio::test(flavor = "current_thread")]
 async fn client_ip_is_the_peer_unless_proxies_are_trusted() {
     use axum::extract::ConnectInfo;
@@ -1129,17 +1130,19 @@ async fn client_ip_is_the_peer_unless_proxies_are_trusted() {
         (&[], true),
         (&[("x-forwarded-for", "203.0.113.9")], false),
     ];
-    let run = |trusted: bool| async move {
+    let run = |trusted: bool, hops: usize| async move {
         let capture = Capture::default();
         let _g = tracing::subscriber::set_default(subscriber(
             &capture,
             JsonLayer::new("s", capture.clone()),
         ));
-        let app = app(RequestLog::builder()
-            .trust_forwarded_headers(trusted)
-            .log_query(true)
-            .sensitive_param("session")
-            .layer());
+        let builder = RequestLog::builder();
+        let builder = if hops > 0 {
+            builder.trusted_proxy_hops(hops)
+        } else {
+            builder.trust_forwarded_headers(trusted)
+        };
+        let app = app(builder.log_query(true).sensitive_param("session").layer());
         for (headers, with_peer) in cases {
             send(&app, req(headers, with_peer)).await;
         }
@@ -1156,7 +1159,7 @@ async fn client_ip_is_the_peer_unless_proxies_are_trusted() {
     };
     let some = |s: &str| Some(s.to_owned());
     assert_eq!(
-        run(false).await,
+        run(false, 0).await,
         [
             some("192.0.2.1"),
             some("192.0.2.1"),
@@ -1167,7 +1170,7 @@ async fn client_ip_is_the_peer_unless_proxies_are_trusted() {
         "untrusted: forwarded headers are ignored"
     );
     assert_eq!(
-        run(true).await,
+        run(true, 0).await,
         [
             some("203.0.113.9"),
             some("2001:db8::7"),
@@ -1175,5 +1178,16 @@ async fn client_ip_is_the_peer_unless_proxies_are_trusted() {
             some("192.0.2.1"),
             some("203.0.113.9")
         ],
+    );
+    assert_eq!(
+        run(false, 1).await,
+        [
+            some("10.0.0.1"),
+            some("10.0.0.1"),
+            some("192.0.2.1"),
+            some("192.0.2.1"),
+            some("203.0.113.9")
+        ],
+        "one trusted proxy: the hop it appended"
     );
 }

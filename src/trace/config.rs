@@ -14,6 +14,7 @@ use super::export::{ConsoleExporter, ExportCounters, QueueHandle, QueueProcessor
 const TRACER: &str = "towerscope";
 use super::otlp::{OtlpExporter, OtlpSettings, Retry, TlsFiles};
 use super::propagation::Propagators;
+use crate::lifecycle::ForwardedTrust;
 
 /// Which spans are recorded (`OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -163,7 +164,7 @@ pub struct TraceConfig {
     propagators: Propagators,
     queue: QueueSettings,
     traceresponse: bool,
-    trust_forwarded: bool,
+    trust_forwarded: ForwardedTrust,
     baggage_keys: Vec<String>,
     sensitive: Vec<String>,
     excluded: Vec<String>,
@@ -269,7 +270,7 @@ impl TraceConfig {
                 ),
             },
             traceresponse: false,
-            trust_forwarded: false,
+            trust_forwarded: ForwardedTrust::None,
             baggage_keys: Vec::new(),
             sensitive: crate::redact::SENSITIVE_PARAMS
                 .iter()
@@ -420,13 +421,26 @@ impl TraceConfig {
         self
     }
 
-    /// The application's proxies are trusted: a server span's `client.address` is the first
-    /// hop of `Forwarded` or `X-Forwarded-For` when present (and an address), and
-    /// `network.peer.address` the proxy's; by default `client.address` is the peer. As the
-    /// request log's [`trust_forwarded_headers`](crate::log::RequestLogBuilder::trust_forwarded_headers),
-    /// so both name the same client.
+    /// Every proxy in front of the application is trusted: a server span's `client.address` is
+    /// the first hop of `Forwarded` or `X-Forwarded-For` when present (and an address), and
+    /// `network.peer.address` the proxy's; by default `client.address` is the peer. Only right
+    /// when the outermost proxy replaces these headers; otherwise prefer
+    /// [`trusted_proxy_hops`](Self::trusted_proxy_hops). As the request log's
+    /// [`trust_forwarded_headers`](crate::log::RequestLogBuilder::trust_forwarded_headers),
+    /// so both name the same client. The last of the two calls counts.
     pub fn trust_forwarded_headers(mut self, trust: bool) -> Self {
-        self.trust_forwarded = trust;
+        self.trust_forwarded = ForwardedTrust::all(trust);
+        self
+    }
+
+    /// The `n` proxies nearest the application are trusted, the peer being the first: a server
+    /// span's `client.address` is the hop the outermost of them appended to `Forwarded` or
+    /// `X-Forwarded-For`, the `n`-th from the right (the leftmost when there are fewer), and
+    /// `network.peer.address` the proxy's. `0` trusts none (the default). As the request
+    /// log's [`trusted_proxy_hops`](crate::log::RequestLogBuilder::trusted_proxy_hops). The
+    /// last of this and [`trust_forwarded_headers`](Self::trust_forwarded_headers) counts.
+    pub fn trusted_proxy_hops(mut self, n: usize) -> Self {
+        self.trust_forwarded = ForwardedTrust::hops(n);
         self
     }
 
@@ -596,7 +610,7 @@ pub(crate) struct Inner {
     pub(crate) propagators: Propagators,
     pub(crate) traceresponse: bool,
     /// `client.address` from the proxies' `Forwarded` / `X-Forwarded-For`.
-    pub(crate) trust_forwarded: bool,
+    pub(crate) trust_forwarded: ForwardedTrust,
     pub(crate) baggage_keys: Vec<String>,
     /// Query parameters whose values are redacted in `url.query` and `url.full`.
     pub(crate) sensitive: Vec<String>,

@@ -1082,17 +1082,22 @@ async fn http2_server_spans_take_the_authority_and_protocol() {
 }
 
 /// `client.address` is the peer unless the proxies are trusted; then it is the forwarded
-/// client, and the proxy (the peer) is `network.peer.address`. Untrusted, forwarded headers
+/// client (all trusted: the first hop; the nearest one trusted: the hop it appended, the
+/// last), and the proxy (the peer) is `network.peer.address`. Untrusted, forwarded headers
 /// are ignored.
 #[tokio::test(flavor = "current_thread")]
 async fn client_address_behind_trusted_proxies() {
-    for trusted in [false, true] {
+    for (trusted, hops) in [(false, 0), (true, 0), (false, 1)] {
         let (rx, url) = receiver(Mode::Accept).await;
-        let tracing = TraceConfig::from_env("it")
+        let config = TraceConfig::from_env("it")
             .endpoint(url)
-            .export_delay(Duration::from_millis(20))
-            .trust_forwarded_headers(trusted)
-            .install();
+            .export_delay(Duration::from_millis(20));
+        let tracing = if hops > 0 {
+            config.trusted_proxy_hops(hops)
+        } else {
+            config.trust_forwarded_headers(trusted)
+        }
+        .install();
         let app = Router::new()
             .route("/who/{n}", get(|| async { "ok" }))
             .layer(ObserveLayer::with_observer(tracing.observer()));
@@ -1126,6 +1131,9 @@ async fn client_address_behind_trusted_proxies() {
         let peer = (Some("127.0.0.1"), None);
         if trusted {
             assert_eq!(addresses(1), (Some("203.0.113.9"), Some("127.0.0.1")));
+            assert_eq!(addresses(2), (Some("2001:db8::7"), Some("127.0.0.1")));
+        } else if hops == 1 {
+            assert_eq!(addresses(1), (Some("10.0.0.1"), Some("127.0.0.1")));
             assert_eq!(addresses(2), (Some("2001:db8::7"), Some("127.0.0.1")));
         } else {
             assert_eq!(addresses(1), peer, "untrusted: the header is ignored");
