@@ -260,12 +260,16 @@ fn inject(inner: &Inner, cx: &Context, headers: &mut HeaderMap) {
     let empty = Baggage::default();
     let baggage = cx.get::<Baggage>().unwrap_or(&empty);
     let flags = TraceFlags(u8::from(sc.is_sampled()));
-    inner.propagators.inject(
-        TraceId(sc.trace_id().to_bytes()),
-        SpanId(sc.span_id().to_bytes()),
-        flags,
+    let debug = inner.propagators.b3() && cx.get::<super::propagation::B3Debug>().is_some();
+    inner.propagators.inject_with_debug(
+        (
+            TraceId(sc.trace_id().to_bytes()),
+            SpanId(sc.span_id().to_bytes()),
+            flags,
+        ),
         &state,
         baggage,
+        debug,
         headers,
     );
 }

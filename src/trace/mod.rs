@@ -31,7 +31,9 @@
 //! W3C Trace Context (`traceparent`, `tracestate`) and W3C Baggage by default; B3 single and
 //! multi header with `OTEL_PROPAGATORS` (or [`TraceConfig::propagators`]): a B3 sampling state
 //! is the caller's decision, even sent alone (`b3: 0` turns tracing off downstream), and B3
-//! ids without one leave the decision to this service's sampler. Invalid input never
+//! ids without one leave the decision to this service's sampler. A B3 caller's debug flag
+//! (`b3: …-d`, `X-B3-Flags: 1`) is passed on by the client layers in the B3 formats. Invalid
+//! input never
 //! fails a request: an invalid `traceparent` (wrong length, uppercase, all zeros, version `ff`,
 //! two headers, …) yields no parent and the trace restarts; an invalid `tracestate` is dropped
 //! whole; malformed baggage members are dropped, and members beyond 64 or 8192 bytes are

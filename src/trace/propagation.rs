@@ -115,6 +115,7 @@ impl Propagators {
                     if let Some(parent) = present.traceparent(headers) {
                         out.parent = Some(parent);
                         out.sampled = Some(parent.flags.sampled());
+                        out.debug = false;
                         // Ignored unless the traceparent was valid; dropped whole if invalid.
                         if present.tracestate {
                             let values: Option<Vec<&str>> = headers
@@ -131,16 +132,18 @@ impl Propagators {
                         Format::B3 => b3_single(headers),
                         _ => b3_multi(headers),
                     };
-                    if let Some((parent, sampled)) = found {
-                        out.parent = parent;
-                        out.sampled = sampled;
+                    if let Some(b3) = found {
+                        out.parent = b3.parent;
+                        out.sampled = b3.sampled;
+                        out.debug = b3.debug;
                     }
                 }
             }
         }
     }
 
-    /// Writes the current context for a downstream call in every configured format.
+    /// Writes the current context for a downstream call in every configured format. (The
+    /// client layers also pass on a B3 caller's debug flag, which this leaves out.)
     pub fn inject(
         &self,
         trace_id: TraceId,
@@ -150,6 +153,30 @@ impl Propagators {
         baggage: &Baggage,
         headers: &mut HeaderMap,
     ) {
+        let ids = (trace_id, span_id, flags);
+        self.inject_with_debug(ids, state, baggage, false, headers);
+    }
+
+    /// Whether a B3 format is configured (only then is a caller's debug flag looked for).
+    pub(crate) fn b3(&self) -> bool {
+        self.0
+            .iter()
+            .any(|f| matches!(f, Format::B3 | Format::B3Multi))
+    }
+
+    /// [`inject`](Self::inject), and with `debug` (a B3 caller asked for debug tracing) B3's
+    /// debug state in place of its sampling state: `-d` in `b3`, `X-B3-Flags: 1` without
+    /// `X-B3-Sampled` ("debug implies an accept decision, so don't also send the
+    /// X-B3-Sampled header").
+    pub(crate) fn inject_with_debug(
+        &self,
+        (trace_id, span_id, flags): (TraceId, SpanId, TraceFlags),
+        state: &TraceState,
+        baggage: &Baggage,
+        debug: bool,
+        headers: &mut HeaderMap,
+    ) {
+        let sampled = if flags.sampled() { "1" } else { "0" };
         for f in &self.0 {
             match f {
                 Format::TraceContext => {
@@ -170,15 +197,20 @@ impl Propagators {
                         set(headers, &BAGGAGE, b);
                     }
                 }
-                Format::B3 => set(
-                    headers,
-                    &B3,
-                    format!("{trace_id}-{span_id}-{}", u8::from(flags.sampled())),
-                ),
+                Format::B3 => {
+                    let state = if debug { "d" } else { sampled };
+                    set(headers, &B3, format!("{trace_id}-{span_id}-{state}"));
+                }
                 Format::B3Multi => {
                     set(headers, &B3_TRACE_ID, trace_id.to_string());
                     set(headers, &B3_SPAN_ID, span_id.to_string());
-                    set(headers, &B3_SAMPLED, u8::from(flags.sampled()).to_string());
+                    let (name, other, value) = if debug {
+                        (&B3_FLAGS, &B3_SAMPLED, "1")
+                    } else {
+                        (&B3_SAMPLED, &B3_FLAGS, sampled)
+                    };
+                    headers.insert(name, HeaderValue::from_static(value));
+                    headers.remove(other);
                 }
             }
         }
@@ -206,7 +238,15 @@ pub struct Extracted {
     /// ("defer"); the service's own sampler then decides, as for a new trace (the caller's
     /// trace id kept).
     pub sampled: Option<bool>,
+    /// A B3 caller asked for debug tracing (`b3: …-d` or `d`, `X-B3-Flags: 1`), which also
+    /// accepts. The server span keeps it in its context, and the client layers pass it on in
+    /// the B3 formats, as B3 asks.
+    pub debug: bool,
 }
+
+/// In a request's OpenTelemetry context: its B3 caller asked for debug tracing.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct B3Debug;
 
 /// Which W3C headers a request may carry: with few headers, from one pass over them, which
 /// also finds the `traceparent` value (and whether there are two: then none is valid); with
@@ -272,12 +312,18 @@ fn b3_sampled(s: &str) -> Option<bool> {
     }
 }
 
-/// What a B3 header says: the caller's span (none for a sampling state sent alone) and its
-/// sampling decision (`None`: deferred to this service).
-type B3Context = (Option<TraceParent>, Option<bool>);
+/// What a B3 header says.
+struct B3Context {
+    /// The caller's span; none for a sampling state sent alone.
+    parent: Option<TraceParent>,
+    /// The caller's decision; `None`: deferred to this service.
+    sampled: Option<bool>,
+    /// Debug (`d`, `X-B3-Flags: 1`), an accept.
+    debug: bool,
+}
 
 /// The caller's span and decision; its flags say sampled only on an accept.
-fn b3_found(trace_id: TraceId, parent_id: SpanId, sampled: Option<bool>) -> B3Context {
+fn b3_found(trace_id: TraceId, parent_id: SpanId, sampled: Option<bool>, debug: bool) -> B3Context {
     let flags = TraceFlags(u8::from(sampled == Some(true)));
     let parent = TraceParent {
         version: 0,
@@ -285,7 +331,11 @@ fn b3_found(trace_id: TraceId, parent_id: SpanId, sampled: Option<bool>) -> B3Co
         parent_id,
         flags,
     };
-    (Some(parent), sampled)
+    B3Context {
+        parent: Some(parent),
+        sampled,
+        debug,
+    }
 }
 
 /// `b3: {trace}-{span}[-{sampled}[-{parent}]]`, or a sampling state alone (a decision without
@@ -293,12 +343,17 @@ fn b3_found(trace_id: TraceId, parent_id: SpanId, sampled: Option<bool>) -> B3Co
 fn b3_single(headers: &HeaderMap) -> Option<B3Context> {
     let v = headers.get(&B3)?.to_str().ok()?.trim();
     if let s @ ("0" | "1" | "d") = v {
-        return Some((None, b3_sampled(s)));
+        return Some(B3Context {
+            parent: None,
+            sampled: b3_sampled(s),
+            debug: s == "d",
+        });
     }
     let mut parts = v.split('-');
     let trace_id = b3_trace_id(parts.next()?)?;
     let parent_id = SpanId::from_hex(parts.next()?)?;
-    let sampled = match parts.next() {
+    let state = parts.next();
+    let sampled = match state {
         Some(s) => Some(b3_sampled(s)?),
         None => None,
     };
@@ -308,7 +363,7 @@ fn b3_single(headers: &HeaderMap) -> Option<B3Context> {
     if parts.next().is_some() {
         return None;
     }
-    Some(b3_found(trace_id, parent_id, sampled))
+    Some(b3_found(trace_id, parent_id, sampled, state == Some("d")))
 }
 
 /// `X-B3-TraceId`, `X-B3-SpanId`, `X-B3-Sampled`, `X-B3-Flags` (`1`: debug, which implies
@@ -317,10 +372,11 @@ fn b3_multi(headers: &HeaderMap) -> Option<B3Context> {
     let get = |n: &HeaderName| headers.get(n).and_then(|v| v.to_str().ok()).map(str::trim);
     let trace_id = b3_trace_id(get(&B3_TRACE_ID)?)?;
     let parent_id = SpanId::from_hex(get(&B3_SPAN_ID)?)?;
-    let sampled = match (get(&B3_FLAGS) == Some("1"), get(&B3_SAMPLED)) {
+    let debug = get(&B3_FLAGS) == Some("1");
+    let sampled = match (debug, get(&B3_SAMPLED)) {
         (true, _) => Some(true),
         (false, Some(s)) => Some(b3_sampled(s)?),
         (false, None) => None,
     };
-    Some(b3_found(trace_id, parent_id, sampled))
+    Some(b3_found(trace_id, parent_id, sampled, debug))
 }

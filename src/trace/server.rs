@@ -208,6 +208,9 @@ impl Observer for Trace {
         if !got.baggage.is_empty() {
             base = base.with_value(got.baggage);
         }
+        if got.debug {
+            base = base.with_value(super::propagation::B3Debug);
+        }
         // The caller's decision; `None` (no caller, or a B3 caller that deferred): this
         // service's sampler decides, as for a root.
         let caller_sampled = got.sampled;

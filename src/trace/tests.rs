@@ -410,6 +410,27 @@ fn b3_single_and_multi() {
     ]));
     assert!(got.parent.unwrap().flags.sampled(), "debug implies sampled");
     assert_eq!(got.sampled, Some(true));
+    assert!(got.debug);
+    // Debug in the single header, with or without ids; only `d` is debug.
+    for (b3, debug) in [
+        (format!("{TRACE}-{SPAN}-d"), true),
+        (format!("{TRACE}-{SPAN}-d-05e3ac9a4f6e3b90"), true),
+        ("d".to_owned(), true),
+        (format!("{TRACE}-{SPAN}-1"), false),
+        ("1".to_owned(), false),
+        (format!("{TRACE}-{SPAN}"), false),
+    ] {
+        let got = p.extract(&headers(&[("b3", &b3)]));
+        assert_eq!(got.debug, debug, "b3: {b3}");
+        let accept = debug || b3 == "1" || b3.ends_with("-1");
+        assert_eq!(got.sampled.unwrap_or(false), accept, "b3: {b3}");
+    }
+    // A later format's parent replaces a lone debug decision, debug included.
+    let both = Propagators::new([Format::B3, Format::TraceContext]).extract(&headers(&[
+        ("b3", "d"),
+        ("traceparent", &format!("00-{TRACE}-{SPAN}-00")),
+    ]));
+    assert_eq!((both.sampled, both.debug), (Some(false), false));
     // Injection writes every configured format.
     let mut out = HeaderMap::new();
     let all = Propagators::new([
@@ -432,6 +453,19 @@ fn b3_single_and_multi() {
     let back = Propagators::default().extract(&out);
     assert_eq!(back.parent.unwrap().parent_id, span);
     assert_eq!(back.baggage.get("k"), Some("v"));
+    // Debug replaces the sampling state in both B3 formats (and the header it replaces goes).
+    let ids = (id, span, TraceFlags(1));
+    all.inject_with_debug(ids, &state, &bag, true, &mut out);
+    assert_eq!(out["b3"], format!("{TRACE}-{SPAN}-d").as_str());
+    assert_eq!(out["x-b3-flags"], "1");
+    assert!(!out.contains_key("x-b3-sampled"), "debug implies accept");
+    assert_eq!(out["traceparent"], format!("00-{TRACE}-{SPAN}-01").as_str());
+    let back = Propagators::new([Format::B3Multi]).extract(&out);
+    assert!(back.debug);
+    all.inject_with_debug(ids, &state, &bag, false, &mut out);
+    assert_eq!(out["x-b3-sampled"], "1");
+    assert!(!out.contains_key("x-b3-flags"));
+    assert!(!Propagators::new([Format::B3]).extract(&out).debug);
 }
 
 #[test]

@@ -496,6 +496,106 @@ async fn the_context_is_current_across_awaits() {
     tracing.shutdown(Duration::from_secs(1));
 }
 
+/// A B3 caller's debug flag (`b3: …-d`, `X-B3-Flags: 1`) is passed on to the calls the
+/// handler makes, in both B3 formats (`-d`; `X-B3-Flags: 1` without `X-B3-Sampled`), and only
+/// for that request.
+#[tokio::test(flavor = "current_thread")]
+async fn b3_debug_is_passed_on() {
+    use towerscope::trace::{Format, Propagators};
+    const T: &str = "463ac35c9f6413ad48485a3953bb6124";
+    const S: &str = "a2fb4a1d1a96d312";
+    let tracing = TraceConfig::from_env("it")
+        .exporter(towerscope::trace::Exporter::None)
+        .propagators(Propagators::new([Format::B3, Format::B3Multi]))
+        .install();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    let b = Router::new().route(
+        "/b",
+        get(move |headers: http::HeaderMap| {
+            let get = |n: &str| headers.get(n).map(|v| v.to_str().unwrap().to_owned());
+            seen2.lock().unwrap().push([
+                get("b3"),
+                get("x-b3-traceid"),
+                get("x-b3-sampled"),
+                get("x-b3-flags"),
+            ]);
+            async { "b" }
+        }),
+    );
+    let b_addr = serve(b).await;
+    let calls = tower::Layer::layer(&tracing.client_layer(), client());
+    let a = Router::new()
+        .route(
+            "/a",
+            get(move || {
+                let calls = calls.clone();
+                async move {
+                    let req = http::Request::get(format!("http://{b_addr}/b"))
+                        .body(Empty::new())
+                        .unwrap();
+                    calls
+                        .oneshot(req)
+                        .await
+                        .unwrap()
+                        .status()
+                        .as_u16()
+                        .to_string()
+                }
+            }),
+        )
+        .layer(ObserveLayer::with_observer(tracing.observer()));
+    let a_addr = serve(a).await;
+    let single = |v: String| vec![("b3", v)];
+    let multi = |flags: &str| {
+        vec![
+            ("x-b3-traceid", T.to_owned()),
+            ("x-b3-spanid", S.to_owned()),
+            ("x-b3-flags", flags.to_owned()),
+        ]
+    };
+    let cases = [
+        (single(format!("{T}-{S}-d")), true),
+        (single(format!("{T}-{S}-1")), false),
+        (multi("1"), true),
+        (multi("0"), false),
+        (single("d".to_owned()), true),
+        (single("1".to_owned()), false),
+    ];
+    for (headers, _) in &cases {
+        let mut req = http::Request::get(format!("http://{a_addr}/a"));
+        for (k, v) in headers {
+            req = req.header(*k, v.as_str());
+        }
+        let res = client()
+            .request(req.body(Empty::<Bytes>::new()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), cases.len());
+    for ((headers, debug), [b3, trace_id, sampled, flags]) in cases.iter().zip(seen.iter()) {
+        let b3 = b3.as_deref().expect("b3 sent");
+        let state = b3.rsplit('-').next().unwrap();
+        if *debug {
+            assert_eq!(state, "d", "{headers:?}: {b3}");
+            assert_eq!(flags.as_deref(), Some("1"), "{headers:?}");
+            assert_eq!(sampled, &None, "{headers:?}: debug implies accept");
+        } else {
+            assert_eq!(state, "1", "{headers:?}: {b3}");
+            assert_eq!(sampled.as_deref(), Some("1"), "{headers:?}");
+            assert_eq!(flags, &None, "{headers:?}");
+        }
+        // The caller's trace when it sent ids; a new one for a lone sampling state.
+        let same_trace = headers.len() > 1 || headers[0].1.len() > 1;
+        assert_eq!(trace_id.as_deref() == Some(T), same_trace, "{headers:?}");
+        assert_eq!(b3.starts_with(T), same_trace, "{headers:?}");
+    }
+    drop(seen);
+    tracing.shutdown(Duration::from_secs(1));
+}
+
 // ---- collectors that misbehave ----
 
 /// The example server with tracing exporting to `endpoint`, a small queue and short timeouts.
