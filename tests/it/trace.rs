@@ -383,25 +383,18 @@ async fn client_spans_mark_4xx_as_errors() {
     tracing.shutdown(Duration::from_secs(5));
 }
 
-/// A `tracestate` the W3C grammar allows but OpenTelemetry's `TraceState` refuses (a tenant of
-/// 241 characters with a system id of 14; found by the W3C test harness,
-/// `test_tracestate_key_length_limit`) still reaches the next service whole, from a sampled
-/// and from an unsampled caller.
-#[tokio::test(flavor = "current_thread")]
-async fn tracestate_that_opentelemetry_refuses_is_still_sent_on() {
-    let tracing = TraceConfig::from_env("it")
-        .exporter(towerscope::trace::Exporter::None)
-        .install();
+/// Two services: `/a` calls `/b` through the client layer; `/b` keeps what `record` takes from
+/// the headers it receives. Returns A's address and what B kept.
+async fn relay<T: Send + 'static>(
+    tracing: &Tracing,
+    record: impl Fn(&http::HeaderMap) -> T + Clone + Send + Sync + 'static,
+) -> (SocketAddr, Arc<Mutex<Vec<T>>>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let seen2 = seen.clone();
     let b = Router::new().route(
         "/b",
         get(move |headers: http::HeaderMap| {
-            seen2.lock().unwrap().push(
-                headers
-                    .get("tracestate")
-                    .map(|v| v.to_str().unwrap().to_owned()),
-            );
+            seen2.lock().unwrap().push(record(&headers));
             async { "b" }
         }),
     );
@@ -427,7 +420,24 @@ async fn tracestate_that_opentelemetry_refuses_is_still_sent_on() {
             }),
         )
         .layer(ObserveLayer::with_observer(tracing.observer()));
-    let a_addr = serve(a).await;
+    (serve(a).await, seen)
+}
+
+/// A `tracestate` the W3C grammar allows but OpenTelemetry's `TraceState` refuses (a tenant of
+/// 241 characters with a system id of 14; found by the W3C test harness,
+/// `test_tracestate_key_length_limit`) still reaches the next service whole, from a sampled
+/// and from an unsampled caller.
+#[tokio::test(flavor = "current_thread")]
+async fn tracestate_that_opentelemetry_refuses_is_still_sent_on() {
+    let tracing = TraceConfig::from_env("it")
+        .exporter(towerscope::trace::Exporter::None)
+        .install();
+    let (a_addr, seen) = relay(&tracing, |headers| {
+        headers
+            .get("tracestate")
+            .map(|v| v.to_str().unwrap().to_owned())
+    })
+    .await;
     let state = format!("foo=1,{}@{}=2", "t".repeat(241), "v".repeat(14));
     for flags in ["01", "00"] {
         let req = http::Request::get(format!("http://{a_addr}/a"))
@@ -508,44 +518,16 @@ async fn b3_debug_is_passed_on() {
         .exporter(towerscope::trace::Exporter::None)
         .propagators(Propagators::new([Format::B3, Format::B3Multi]))
         .install();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let seen2 = seen.clone();
-    let b = Router::new().route(
-        "/b",
-        get(move |headers: http::HeaderMap| {
-            let get = |n: &str| headers.get(n).map(|v| v.to_str().unwrap().to_owned());
-            seen2.lock().unwrap().push([
-                get("b3"),
-                get("x-b3-traceid"),
-                get("x-b3-sampled"),
-                get("x-b3-flags"),
-            ]);
-            async { "b" }
-        }),
-    );
-    let b_addr = serve(b).await;
-    let calls = tower::Layer::layer(&tracing.client_layer(), client());
-    let a = Router::new()
-        .route(
-            "/a",
-            get(move || {
-                let calls = calls.clone();
-                async move {
-                    let req = http::Request::get(format!("http://{b_addr}/b"))
-                        .body(Empty::new())
-                        .unwrap();
-                    calls
-                        .oneshot(req)
-                        .await
-                        .unwrap()
-                        .status()
-                        .as_u16()
-                        .to_string()
-                }
-            }),
-        )
-        .layer(ObserveLayer::with_observer(tracing.observer()));
-    let a_addr = serve(a).await;
+    let (a_addr, seen) = relay(&tracing, |headers| {
+        let get = |n: &str| headers.get(n).map(|v| v.to_str().unwrap().to_owned());
+        [
+            get("b3"),
+            get("x-b3-traceid"),
+            get("x-b3-sampled"),
+            get("x-b3-flags"),
+        ]
+    })
+    .await;
     let single = |v: String| vec![("b3", v)];
     let multi = |flags: &str| {
         vec![
