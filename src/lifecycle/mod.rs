@@ -15,8 +15,9 @@
 //! - **Cancelled**: the response future or body was dropped before the end (the client went
 //!   away). A panic unwinding through the layer is a 500 instead.
 //! - **Request size**, for observers that ask ([`Observer::wants_request_bytes`]):
-//!   `Content-Length` or a body of exactly known size (0 without a body); for a body of unknown
-//!   length, the bytes the service read from axum's `Body` ([`End::request_bytes`]).
+//!   `Content-Length` or a body of exactly known size (0 without a body; axum's `Body` and
+//!   hyper's `Incoming` say so); for a body of unknown length, the bytes the service read from
+//!   axum's `Body` ([`End::request_bytes`]).
 //!
 //! Capabilities implement [`Observer`] and run inside one [`ObserveLayer`]: the layer reads the
 //! clock, resolves the route and wraps the future and body once, whatever the number of

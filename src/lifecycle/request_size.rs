@@ -35,7 +35,8 @@ impl RequestSize {
     /// One allocation for the counter and one for axum's box, only for such requests. For
     /// axum's `Body` the size hint declares the size: hyper's is exact from `Content-Length`
     /// (and 0 without a body), so no header is looked up; other body types are declared by
-    /// their `Content-Length` header alone.
+    /// their `Content-Length` header alone, except hyper's `Incoming` (a plain hyper service's),
+    /// declared by its size hint as axum's is, and without a size when that is not exact.
     pub(crate) fn measure<B: 'static>(req: &mut Request<B>) -> Self {
         #[cfg(feature = "axum")]
         if let Some(body) =
@@ -51,6 +52,18 @@ impl RequestSize {
                 read: read.clone(),
             });
             return Self::Counted(read);
+        }
+        // hyper's own body (a plain hyper service): its exact size hint, from `Content-Length`
+        // or 0 without a body. A body of unknown length cannot be swapped for a counting one
+        // here (the service takes `Incoming` itself): it has no size.
+        #[cfg(feature = "hyper")]
+        if let Some(body) =
+            (req.body() as &dyn std::any::Any).downcast_ref::<hyper::body::Incoming>()
+        {
+            return match hyper::body::Body::size_hint(body).exact() {
+                Some(n) => Self::Declared(n),
+                None => Self::Unknown,
+            };
         }
         match super::content_length(req) {
             Some(n) => Self::Declared(n),

@@ -146,7 +146,8 @@ impl RedBuilder {
     /// a request without a body); for a body of unknown length (chunked HTTP/1, HTTP/2 without
     /// `Content-Length`) it is the number of bytes the service read, counted through axum's
     /// `Body` (two allocations for such a request). A request of unknown length with another
-    /// body type, in front of which the layer cannot count, has no sample
+    /// body type (hyper's `Incoming` under a plain hyper service, whose exact size it takes
+    /// otherwise), in front of which the layer cannot count, has no sample
     /// ([`End::request_bytes`]).
     pub fn body_sizes(mut self, enabled: bool) -> Self {
         self.body_sizes = enabled;
@@ -225,7 +226,8 @@ impl Config {
                 r.describe_histogram(
                     self.names[REQ_SIZE].clone(),
                     Some(Unit::Bytes),
-                    "Size of HTTP server request bodies (from Content-Length).".into(),
+                    "Size of HTTP server request bodies: declared, or the bytes the service read."
+                        .into(),
                 );
                 r.describe_histogram(
                     self.names[RESP_SIZE].clone(),

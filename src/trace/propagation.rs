@@ -158,6 +158,7 @@ impl Propagators {
     }
 
     /// Whether a B3 format is configured (only then is a caller's debug flag looked for).
+    #[cfg(feature = "otel")]
     pub(crate) fn b3(&self) -> bool {
         self.0
             .iter()
@@ -245,6 +246,7 @@ pub struct Extracted {
 }
 
 /// In a request's OpenTelemetry context: its B3 caller asked for debug tracing.
+#[cfg(feature = "otel")]
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct B3Debug;
 

@@ -363,6 +363,78 @@ fn chunks(sizes: &[usize]) -> Chunks {
     )
 }
 
+/// Under a plain hyper service (hyper's `Incoming`, no axum), a request's size is its body's
+/// exact size hint: `Content-Length`, or 0 without a body (so every GET has a sample, as under
+/// axum); a chunked body, which only the service reads, has none.
+#[tokio::test]
+async fn request_body_sizes_under_plain_hyper() {
+    use http_body_util::{BodyExt, Either, Full};
+    use hyper::body::Incoming;
+    let (red, prometheus) = local_red();
+    let svc = red
+        .body_sizes(true)
+        .layer()
+        .route_fn(|_, uri| (uri.path() == "/upload").then_some("/upload"))
+        .layer(tower::service_fn(|req: Request<Incoming>| async move {
+            let n = req.into_body().collect().await.unwrap().to_bytes().len();
+            let body = Full::new(bytes::Bytes::from(n.to_string()));
+            Ok::<_, std::convert::Infallible>(http::Response::new(body))
+        }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let svc = hyper_util::service::TowerToHyperService::new(svc.clone());
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc),
+            );
+        }
+    });
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut h1, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let uri = format!("http://{addr}/upload");
+    let full = |b: &'static [u8]| Either::Left(Full::new(bytes::Bytes::from_static(b)));
+    let requests = [
+        Request::post(&uri).body(full(b"hello")).unwrap(),
+        Request::get(&uri).body(full(b"")).unwrap(),
+        Request::post(&uri)
+            .body(Either::Right(chunks(&[300, 1, 699])))
+            .unwrap(),
+    ];
+    let mut answers = Vec::new();
+    for req in requests {
+        let res = h1.send_request(req).await.unwrap();
+        answers.push(String::from_utf8_lossy(&collect(res.into_body()).await).into_owned());
+    }
+    assert_eq!(answers, ["5", "0", "1000"]);
+
+    let text = prometheus.render();
+    let labels = |method| {
+        [
+            ("http_request_method", method),
+            ("http_route", "/upload"),
+            ("http_response_status_code", "200"),
+        ]
+    };
+    let size = "http_server_request_body_size_bytes";
+    let (sum, count) = (format!("{size}_sum"), format!("{size}_count"));
+    assert_eq!(sample(&text, &count, &labels("GET")), Some(1.0), "{text}");
+    assert_eq!(sample(&text, &sum, &labels("GET")), Some(0.0));
+    assert_eq!(
+        sample(&text, &count, &labels("POST")),
+        Some(1.0),
+        "chunked: none"
+    );
+    assert_eq!(sample(&text, &sum, &labels("POST")), Some(5.0));
+    let duration = format!("{REQUEST_DURATION}_count");
+    assert_eq!(sample(&text, &duration, &labels("POST")), Some(2.0));
+}
+
 #[tokio::test]
 async fn request_body_sizes_declared_or_counted_over_http1_and_http2() {
     use http_body_util::BodyExt;
