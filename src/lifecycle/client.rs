@@ -4,12 +4,15 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use ipnet::IpNet;
 
 use http::header::{GetAll, FORWARDED};
 use http::{HeaderMap, HeaderValue, Request};
 
 /// Which proxies the application trusts with the client's address.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) enum ForwardedTrust {
     /// None: the client is the peer (the default).
     #[default]
@@ -21,6 +24,10 @@ pub(crate) enum ForwardedTrust {
     /// the outermost of them appended, the `n`-th from the right (the leftmost when there are
     /// fewer), so hops a client wrote in front of it are not believed.
     Hops(NonZeroUsize),
+    /// Proxies at these addresses: when the peer is one, the client is the hop nearest the
+    /// service that is not (walking from the right; the leftmost when all are), whatever the
+    /// number of proxies a request passed.
+    Networks(Arc<[IpNet]>),
 }
 
 impl ForwardedTrust {
@@ -37,6 +44,42 @@ impl ForwardedTrust {
     pub(crate) fn hops(n: usize) -> Self {
         NonZeroUsize::new(n).map_or(Self::None, Self::Hops)
     }
+
+    /// `trusted_proxies(networks)`: addresses (`10.0.0.7`, `2001:db8::1`) or CIDR networks
+    /// (`10.0.0.0/8`, `2001:db8::/32`); none trusts none.
+    ///
+    /// # Panics
+    ///
+    /// When one is neither (a configuration error, found at start-up).
+    pub(crate) fn networks<I, S>(networks: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let nets: Arc<[IpNet]> = networks
+            .into_iter()
+            .map(|s| {
+                let s = s.as_ref().trim();
+                s.parse::<IpNet>()
+                    .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                    .unwrap_or_else(|_| {
+                        panic!("trusted proxy {s:?}: neither an address nor a CIDR network")
+                    })
+            })
+            .collect();
+        if nets.is_empty() {
+            Self::None
+        } else {
+            Self::Networks(nets)
+        }
+    }
+}
+
+/// Whether one of the networks holds the address (an IPv4-mapped IPv6 address, as a
+/// dual-stack listener reports IPv4 peers, as the IPv4 address it is).
+fn trusted(nets: &[IpNet], ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    nets.iter().any(|n| n.contains(&ip))
 }
 
 /// The peer's address: axum's `ConnectInfo<SocketAddr>` (served with
@@ -58,10 +101,16 @@ fn peer_ip<B>(req: &Request<B>) -> Option<IpAddr> {
 /// peer's alone.
 pub(crate) fn client_ip<B>(
     req: &Request<B>,
-    trust: ForwardedTrust,
+    trust: &ForwardedTrust,
 ) -> (Option<IpAddr>, Option<IpAddr>) {
     let peer = peer_ip(req);
-    if trust != ForwardedTrust::None {
+    let consult = match trust {
+        ForwardedTrust::None => false,
+        // Only a trusted peer's headers; without a peer, none can be told apart.
+        ForwardedTrust::Networks(nets) => peer.is_some_and(|p| trusted(nets, p)),
+        ForwardedTrust::All | ForwardedTrust::Hops(_) => true,
+    };
+    if consult {
         if let Some(ip) = forwarded_for(req.headers(), trust) {
             return (Some(ip), peer);
         }
@@ -72,19 +121,45 @@ pub(crate) fn client_ip<B>(
 /// The trusted hop of `Forwarded` (RFC 7239 `for=`), else of `X-Forwarded-For`, when it is an
 /// address (obfuscated identifiers and `unknown` are not). Several lines of a header are one
 /// list, in order (RFC 9110 section 5.3).
-fn forwarded_for(headers: &HeaderMap, trust: ForwardedTrust) -> Option<IpAddr> {
-    if headers.contains_key(FORWARDED) {
-        let element = pick(headers.get_all(FORWARDED), trust)?;
-        return hop(for_param(element)?);
+fn forwarded_for(headers: &HeaderMap, trust: &ForwardedTrust) -> Option<IpAddr> {
+    let forwarded = headers.contains_key(FORWARDED);
+    let lines = if forwarded {
+        headers.get_all(FORWARDED)
+    } else {
+        headers.get_all("x-forwarded-for")
+    };
+    let ip = |e: &str| {
+        if forwarded {
+            hop(for_param(e)?)
+        } else {
+            hop(e)
+        }
+    };
+    match trust {
+        ForwardedTrust::Networks(nets) => {
+            // From the right: past the trusted proxies to the first hop that is not one. A
+            // hop that is not an address ends the walk with no client (the peer stands).
+            let mut leftmost = None;
+            for v in lines.iter().rev() {
+                for e in elements(v)?.rev() {
+                    let ip = ip(e)?;
+                    if !trusted(nets, ip) {
+                        return Some(ip);
+                    }
+                    leftmost = Some(ip);
+                }
+            }
+            leftmost
+        }
+        _ => ip(pick(lines, trust)?),
     }
-    hop(pick(headers.get_all("x-forwarded-for"), trust)?)
 }
 
 /// The list element `trust` names: the first, or the `n`-th from the end (the first when there
 /// are fewer). Empty elements are not hops; a line that is not visible ASCII names none.
-fn pick(lines: GetAll<'_, HeaderValue>, trust: ForwardedTrust) -> Option<&str> {
+fn pick<'a>(lines: GetAll<'a, HeaderValue>, trust: &ForwardedTrust) -> Option<&'a str> {
     match trust {
-        ForwardedTrust::None => None,
+        ForwardedTrust::None | ForwardedTrust::Networks(_) => None,
         ForwardedTrust::All => {
             for v in lines {
                 if let Some(e) = elements(v)?.next() {
@@ -185,11 +260,11 @@ mod tests {
     fn forwarded_headers_first_hop() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", "203.0.113.7, 10.0.0.1".parse().unwrap());
-        assert_eq!(forwarded_for(&h, ALL), ip("203.0.113.7"));
+        assert_eq!(forwarded_for(&h, &ALL), ip("203.0.113.7"));
         h.insert("x-forwarded-for", "203.0.113.8:50123".parse().unwrap());
-        assert_eq!(forwarded_for(&h, ALL), ip("203.0.113.8"));
+        assert_eq!(forwarded_for(&h, &ALL), ip("203.0.113.8"));
         h.insert("x-forwarded-for", " , 203.0.113.9".parse().unwrap());
-        assert_eq!(forwarded_for(&h, ALL), ip("203.0.113.9"), "empty elements");
+        assert_eq!(forwarded_for(&h, &ALL), ip("203.0.113.9"), "empty elements");
         // `Forwarded` first, when present.
         h.insert(
             "forwarded",
@@ -197,14 +272,14 @@ mod tests {
                 .parse()
                 .unwrap(),
         );
-        assert_eq!(forwarded_for(&h, ALL), ip("2001:db8::1"));
+        assert_eq!(forwarded_for(&h, &ALL), ip("2001:db8::1"));
         h.insert("forwarded", "proto=http;For=192.0.2.60".parse().unwrap());
-        assert_eq!(forwarded_for(&h, ALL), ip("192.0.2.60"));
+        assert_eq!(forwarded_for(&h, &ALL), ip("192.0.2.60"));
         h.insert("forwarded", "for=unknown".parse().unwrap());
-        assert_eq!(forwarded_for(&h, ALL), None);
+        assert_eq!(forwarded_for(&h, &ALL), None);
         h.insert("forwarded", "proto=https, for=192.0.2.61".parse().unwrap());
-        assert_eq!(forwarded_for(&h, ALL), None, "the first hop has no `for`");
-        assert_eq!(forwarded_for(&h, ForwardedTrust::None), None);
+        assert_eq!(forwarded_for(&h, &ALL), None, "the first hop has no `for`");
+        assert_eq!(forwarded_for(&h, &ForwardedTrust::None), None);
     }
 
     #[test]
@@ -216,12 +291,12 @@ mod tests {
             "x-forwarded-for",
             "198.51.100.66, 203.0.113.7, 10.0.0.1".parse().unwrap(),
         );
-        assert_eq!(forwarded_for(&h, ALL), ip("198.51.100.66"), "believed");
-        assert_eq!(forwarded_for(&h, hops(1)), ip("10.0.0.1"));
-        assert_eq!(forwarded_for(&h, hops(2)), ip("203.0.113.7"), "not forged");
-        assert_eq!(forwarded_for(&h, hops(3)), ip("198.51.100.66"));
+        assert_eq!(forwarded_for(&h, &ALL), ip("198.51.100.66"), "believed");
+        assert_eq!(forwarded_for(&h, &hops(1)), ip("10.0.0.1"));
+        assert_eq!(forwarded_for(&h, &hops(2)), ip("203.0.113.7"), "not forged");
+        assert_eq!(forwarded_for(&h, &hops(3)), ip("198.51.100.66"));
         assert_eq!(
-            forwarded_for(&h, hops(4)),
+            forwarded_for(&h, &hops(4)),
             ip("198.51.100.66"),
             "fewer hops"
         );
@@ -231,9 +306,9 @@ mod tests {
         h.insert("x-forwarded-for", "198.51.100.66".parse().unwrap());
         h.append("x-forwarded-for", "203.0.113.7, ".parse().unwrap());
         h.append("x-forwarded-for", "10.0.0.1".parse().unwrap());
-        assert_eq!(forwarded_for(&h, hops(2)), ip("203.0.113.7"));
-        assert_eq!(forwarded_for(&h, hops(3)), ip("198.51.100.66"));
-        assert_eq!(forwarded_for(&h, ALL), ip("198.51.100.66"));
+        assert_eq!(forwarded_for(&h, &hops(2)), ip("203.0.113.7"));
+        assert_eq!(forwarded_for(&h, &hops(3)), ip("198.51.100.66"));
+        assert_eq!(forwarded_for(&h, &ALL), ip("198.51.100.66"));
 
         h.insert(
             "forwarded",
@@ -242,11 +317,11 @@ mod tests {
                 .unwrap(),
         );
         h.append("forwarded", "for=10.0.0.1;by=10.0.0.2".parse().unwrap());
-        assert_eq!(forwarded_for(&h, hops(1)), ip("10.0.0.1"));
-        assert_eq!(forwarded_for(&h, hops(2)), ip("2001:db8::1"));
+        assert_eq!(forwarded_for(&h, &hops(1)), ip("10.0.0.1"));
+        assert_eq!(forwarded_for(&h, &hops(2)), ip("2001:db8::1"));
         h.append("forwarded", "for=_hidden".parse().unwrap());
         assert_eq!(
-            forwarded_for(&h, hops(1)),
+            forwarded_for(&h, &hops(1)),
             None,
             "an obfuscated hop is not an address"
         );
@@ -256,7 +331,7 @@ mod tests {
             HeaderValue::from_bytes(b"203.0.113.7, 10.0.0.\xff").unwrap(),
         );
         h.remove("forwarded");
-        assert_eq!(forwarded_for(&h, hops(2)), None);
+        assert_eq!(forwarded_for(&h, &hops(2)), None);
     }
 
     #[test]
@@ -267,26 +342,89 @@ mod tests {
             .body(())
             .unwrap();
         let none = ForwardedTrust::None;
-        assert_eq!(client_ip(&req, none), (None, None), "untrusted by default");
-        assert_eq!(client_ip(&req, ALL), (ip("198.51.100.66"), None));
+        assert_eq!(client_ip(&req, &none), (None, None), "untrusted by default");
+        assert_eq!(client_ip(&req, &ALL), (ip("198.51.100.66"), None));
         req.extensions_mut().insert(peer);
-        assert_eq!(client_ip(&req, none), (ip("192.0.2.1"), None), "the peer");
+        assert_eq!(client_ip(&req, &none), (ip("192.0.2.1"), None), "the peer");
         assert_eq!(
-            client_ip(&req, ALL),
+            client_ip(&req, &ALL),
             (ip("198.51.100.66"), ip("192.0.2.1")),
             "the forwarded client, then the proxy"
         );
         assert_eq!(
-            client_ip(&req, hops(1)),
+            client_ip(&req, &hops(1)),
             (ip("203.0.113.7"), ip("192.0.2.1")),
             "the hop the peer appended"
         );
         req.headers_mut()
             .insert("x-forwarded-for", "unknown".parse().unwrap());
         assert_eq!(
-            client_ip(&req, ALL),
+            client_ip(&req, &ALL),
             (ip("192.0.2.1"), None),
             "not an address"
         );
+    }
+
+    #[test]
+    fn trusted_networks() {
+        let nets = ForwardedTrust::networks(["10.0.0.0/8", " 2001:db8::/32", "192.0.2.1"]);
+        let req = |peer: &str, xff: &[&str]| {
+            let mut b = Request::get("/");
+            for v in xff {
+                b = b.header("x-forwarded-for", *v);
+            }
+            let mut r = b.body(()).unwrap();
+            let peer: IpAddr = peer.parse().unwrap();
+            r.extensions_mut().insert(SocketAddr::new(peer, 443));
+            r
+        };
+        // A forged hop in front, a CDN (203.0.113.7 saw the client), two trusted proxies.
+        let chain = ["198.51.100.66, 203.0.113.7", "10.1.2.3"];
+        assert_eq!(
+            client_ip(&req("10.0.0.1", &chain), &nets),
+            (ip("203.0.113.7"), ip("10.0.0.1")),
+            "the first untrusted hop from the right"
+        );
+        assert_eq!(
+            client_ip(&req("192.0.2.1", &["203.0.113.9"]), &nets),
+            (ip("203.0.113.9"), ip("192.0.2.1")),
+            "a single address"
+        );
+        assert_eq!(
+            client_ip(&req("::ffff:10.9.9.9", &["203.0.113.9"]), &nets),
+            (ip("203.0.113.9"), ip("::ffff:10.9.9.9")),
+            "an IPv4-mapped peer is the IPv4 address it maps"
+        );
+        assert_eq!(
+            client_ip(&req("2001:db8::5", &["10.0.0.2, 10.0.0.3"]), &nets),
+            (ip("10.0.0.2"), ip("2001:db8::5")),
+            "all trusted: the leftmost"
+        );
+        assert_eq!(
+            client_ip(&req("203.0.113.50", &chain), &nets),
+            (ip("203.0.113.50"), None),
+            "an untrusted peer's headers are ignored"
+        );
+        assert_eq!(
+            client_ip(&req("10.0.0.1", &["203.0.113.7, unknown"]), &nets),
+            (ip("10.0.0.1"), None),
+            "a hop that is not an address ends the walk"
+        );
+        assert_eq!(
+            client_ip(&req("10.0.0.1", &[]), &nets),
+            (ip("10.0.0.1"), None),
+            "no header"
+        );
+        let no_peer = Request::get("/")
+            .header("x-forwarded-for", "203.0.113.7")
+            .body(())
+            .unwrap();
+        assert_eq!(client_ip(&no_peer, &nets), (None, None), "no peer to trust");
+        assert_eq!(
+            ForwardedTrust::networks(Vec::<String>::new()),
+            ForwardedTrust::None
+        );
+        let bad = std::panic::catch_unwind(|| ForwardedTrust::networks(["10.0.0.0/33"]));
+        assert!(bad.is_err(), "not a network");
     }
 }

@@ -161,7 +161,8 @@ impl RequestLogBuilder {
     /// `Forwarded` or `X-Forwarded-For` when present (and an address); by default it is the
     /// peer. Only right when the outermost proxy replaces these headers: a proxy that appends
     /// to them keeps what the client wrote in front, and that is the first hop. Then prefer
-    /// [`trusted_proxy_hops`](Self::trusted_proxy_hops). The last of the two calls counts.
+    /// [`trusted_proxies`](Self::trusted_proxies) or
+    /// [`trusted_proxy_hops`](Self::trusted_proxy_hops). The last of the three calls counts.
     pub fn trust_forwarded_headers(mut self, trust: bool) -> Self {
         self.cfg.trust_forwarded = ForwardedTrust::all(trust);
         self
@@ -171,9 +172,30 @@ impl RequestLogBuilder {
     /// load balancer): `client_ip` is the hop the outermost of them appended to `Forwarded` or
     /// `X-Forwarded-For`, the `n`-th from the right (the leftmost when there are fewer), so a
     /// client cannot choose it by sending the header itself. `0` trusts none (the default).
-    /// The last of this and [`trust_forwarded_headers`](Self::trust_forwarded_headers) counts.
+    /// The last of this, [`trusted_proxies`](Self::trusted_proxies) and
+    /// [`trust_forwarded_headers`](Self::trust_forwarded_headers) counts.
     pub fn trusted_proxy_hops(mut self, n: usize) -> Self {
         self.cfg.trust_forwarded = ForwardedTrust::hops(n);
+        self
+    }
+
+    /// Proxies at these addresses or CIDR networks are trusted (`["10.0.0.0/8",
+    /// "2001:db8::7"]`): when the peer is one of them, `client_ip` is the hop of `Forwarded`
+    /// or `X-Forwarded-For` nearest the application that is not (the leftmost when all are),
+    /// however many proxies a request passed; a client's own hops in front are not believed.
+    /// From any other peer the headers are ignored. An empty list trusts none (the default).
+    /// The last of this, [`trusted_proxy_hops`](Self::trusted_proxy_hops) and
+    /// [`trust_forwarded_headers`](Self::trust_forwarded_headers) counts.
+    ///
+    /// # Panics
+    ///
+    /// When an item is neither an address nor a CIDR network.
+    pub fn trusted_proxies<I, S>(mut self, networks: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.cfg.trust_forwarded = ForwardedTrust::networks(networks);
         self
     }
 
@@ -324,7 +346,7 @@ impl Observer for RequestLog {
                 user_agent.as_ref(),
                 cfg.log_query,
             ),
-            client_ip: client_ip(req, cfg.trust_forwarded).0,
+            client_ip: client_ip(req, &cfg.trust_forwarded).0,
             request_bytes,
             headers: cfg
                 .log_headers

@@ -1130,18 +1130,14 @@ async fn client_ip_is_the_peer_unless_proxies_are_trusted() {
         (&[], true),
         (&[("x-forwarded-for", "203.0.113.9")], false),
     ];
-    let run = |trusted: bool, hops: usize| async move {
+    type Trust = fn(crate::log::RequestLogBuilder) -> crate::log::RequestLogBuilder;
+    let run = |trust: Trust| async move {
         let capture = Capture::default();
         let _g = tracing::subscriber::set_default(subscriber(
             &capture,
             JsonLayer::new("s", capture.clone()),
         ));
-        let builder = RequestLog::builder();
-        let builder = if hops > 0 {
-            builder.trusted_proxy_hops(hops)
-        } else {
-            builder.trust_forwarded_headers(trusted)
-        };
+        let builder = trust(RequestLog::builder());
         let app = app(builder.log_query(true).sensitive_param("session").layer());
         for (headers, with_peer) in cases {
             send(&app, req(headers, with_peer)).await;
@@ -1159,7 +1155,7 @@ async fn client_ip_is_the_peer_unless_proxies_are_trusted() {
     };
     let some = |s: &str| Some(s.to_owned());
     assert_eq!(
-        run(false, 0).await,
+        run(|b| b).await,
         [
             some("192.0.2.1"),
             some("192.0.2.1"),
@@ -1170,7 +1166,7 @@ async fn client_ip_is_the_peer_unless_proxies_are_trusted() {
         "untrusted: forwarded headers are ignored"
     );
     assert_eq!(
-        run(true, 0).await,
+        run(|b| b.trust_forwarded_headers(true)).await,
         [
             some("203.0.113.9"),
             some("2001:db8::7"),
@@ -1180,7 +1176,7 @@ async fn client_ip_is_the_peer_unless_proxies_are_trusted() {
         ],
     );
     assert_eq!(
-        run(false, 1).await,
+        run(|b| b.trusted_proxy_hops(1)).await,
         [
             some("10.0.0.1"),
             some("10.0.0.1"),
@@ -1189,5 +1185,27 @@ async fn client_ip_is_the_peer_unless_proxies_are_trusted() {
             some("203.0.113.9")
         ],
         "one trusted proxy: the hop it appended"
+    );
+    assert_eq!(
+        run(|b| b.trusted_proxies(["192.0.2.1", "10.0.0.0/8"])).await,
+        [
+            some("203.0.113.9"),
+            some("2001:db8::7"),
+            some("192.0.2.1"),
+            some("192.0.2.1"),
+            None
+        ],
+        "trusted networks: past them to the first other hop; without a peer, nothing trusted"
+    );
+    assert_eq!(
+        run(|b| b.trusted_proxies(["10.0.0.0/8"])).await,
+        [
+            some("192.0.2.1"),
+            some("192.0.2.1"),
+            some("192.0.2.1"),
+            some("192.0.2.1"),
+            None
+        ],
+        "a peer outside the trusted networks: its headers are ignored"
     );
 }

@@ -425,9 +425,10 @@ impl TraceConfig {
     /// the first hop of `Forwarded` or `X-Forwarded-For` when present (and an address), and
     /// `network.peer.address` the proxy's; by default `client.address` is the peer. Only right
     /// when the outermost proxy replaces these headers; otherwise prefer
+    /// [`trusted_proxies`](Self::trusted_proxies) or
     /// [`trusted_proxy_hops`](Self::trusted_proxy_hops). As the request log's
     /// [`trust_forwarded_headers`](crate::log::RequestLogBuilder::trust_forwarded_headers),
-    /// so both name the same client. The last of the two calls counts.
+    /// so both name the same client. The last of the three calls counts.
     pub fn trust_forwarded_headers(mut self, trust: bool) -> Self {
         self.trust_forwarded = ForwardedTrust::all(trust);
         self
@@ -438,9 +439,31 @@ impl TraceConfig {
     /// `X-Forwarded-For`, the `n`-th from the right (the leftmost when there are fewer), and
     /// `network.peer.address` the proxy's. `0` trusts none (the default). As the request
     /// log's [`trusted_proxy_hops`](crate::log::RequestLogBuilder::trusted_proxy_hops). The
-    /// last of this and [`trust_forwarded_headers`](Self::trust_forwarded_headers) counts.
+    /// last of this, [`trusted_proxies`](Self::trusted_proxies) and
+    /// [`trust_forwarded_headers`](Self::trust_forwarded_headers) counts.
     pub fn trusted_proxy_hops(mut self, n: usize) -> Self {
         self.trust_forwarded = ForwardedTrust::hops(n);
+        self
+    }
+
+    /// Proxies at these addresses or CIDR networks are trusted (`["10.0.0.0/8",
+    /// "2001:db8::7"]`): when the peer is one of them, a server span's `client.address` is the
+    /// hop of `Forwarded` or `X-Forwarded-For` nearest the application that is not (the
+    /// leftmost when all are), and `network.peer.address` the proxy's. From any other peer
+    /// the headers are ignored. An empty list trusts none (the default). As the request log's
+    /// [`trusted_proxies`](crate::log::RequestLogBuilder::trusted_proxies). The last of this,
+    /// [`trusted_proxy_hops`](Self::trusted_proxy_hops) and
+    /// [`trust_forwarded_headers`](Self::trust_forwarded_headers) counts.
+    ///
+    /// # Panics
+    ///
+    /// When an item is neither an address nor a CIDR network.
+    pub fn trusted_proxies<I, S>(mut self, networks: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.trust_forwarded = ForwardedTrust::networks(networks);
         self
     }
 

@@ -45,9 +45,9 @@
 //! Named `{method} {route}` (`{method}` without a route, `HTTP` for unknown methods), kind
 //! SERVER, with `http.request.method`, `url.path`, `url.scheme`, `url.query` (sensitive values
 //! redacted), `http.route`, `http.response.status_code`, `server.address`, `server.port`,
-//! `client.address` (the peer's, or with [`TraceConfig::trusted_proxy_hops`] or
-//! [`TraceConfig::trust_forwarded_headers`] the client a trusted proxy forwarded, then with the
-//! proxy's as `network.peer.address`), `user_agent.original`,
+//! `client.address` (the peer's, or with [`TraceConfig::trusted_proxies`],
+//! [`TraceConfig::trusted_proxy_hops`] or [`TraceConfig::trust_forwarded_headers`] the client a
+//! trusted proxy forwarded, then with the proxy's as `network.peer.address`), `user_agent.original`,
 //! `network.protocol.version`, `error.type`. 5xx sets
 //! the Error status; 4xx is left unset; a cancelled request is not an error. The span ends
 //! when the response body is finished, and is the current OpenTelemetry context while the

@@ -342,7 +342,7 @@ fn fill_request<B>(
         Some(auth) => Some(auth.as_str()),
         None => host.and_then(|v| v.to_str().ok()),
     });
-    (a.client, a.peer) = crate::lifecycle::client_ip(req, inner.trust_forwarded);
+    (a.client, a.peer) = crate::lifecycle::client_ip(req, &inner.trust_forwarded);
     a.set_user_agent(user_agent.and_then(|v| v.to_str().ok()));
     a.version = req.version();
     if let Some(b) = base

@@ -1169,17 +1169,21 @@ async fn http2_server_spans_take_the_authority_and_protocol() {
 /// are ignored.
 #[tokio::test(flavor = "current_thread")]
 async fn client_address_behind_trusted_proxies() {
-    for (trusted, hops) in [(false, 0), (true, 0), (false, 1)] {
+    type Trust = fn(TraceConfig) -> TraceConfig;
+    let modes: [(&str, Trust); 4] = [
+        ("untrusted", |c| c),
+        ("all", |c| c.trust_forwarded_headers(true)),
+        ("one hop", |c| c.trusted_proxy_hops(1)),
+        ("networks", |c| {
+            c.trusted_proxies(["127.0.0.1", "10.0.0.0/8"])
+        }),
+    ];
+    for (mode, trust) in modes {
         let (rx, url) = receiver(Mode::Accept).await;
         let config = TraceConfig::from_env("it")
             .endpoint(url)
             .export_delay(Duration::from_millis(20));
-        let tracing = if hops > 0 {
-            config.trusted_proxy_hops(hops)
-        } else {
-            config.trust_forwarded_headers(trusted)
-        }
-        .install();
+        let tracing = trust(config).install();
         let app = Router::new()
             .route("/who/{n}", get(|| async { "ok" }))
             .layer(ObserveLayer::with_observer(tracing.observer()));
@@ -1211,10 +1215,18 @@ async fn client_address_behind_trusted_proxies() {
             )
         };
         let peer = (Some("127.0.0.1"), None);
-        if trusted {
-            assert_eq!(addresses(1), (Some("203.0.113.9"), Some("127.0.0.1")));
-            assert_eq!(addresses(2), (Some("2001:db8::7"), Some("127.0.0.1")));
-        } else if hops == 1 {
+        if mode == "all" || mode == "networks" {
+            assert_eq!(
+                addresses(1),
+                (Some("203.0.113.9"), Some("127.0.0.1")),
+                "{mode}"
+            );
+            assert_eq!(
+                addresses(2),
+                (Some("2001:db8::7"), Some("127.0.0.1")),
+                "{mode}"
+            );
+        } else if mode == "one hop" {
             assert_eq!(addresses(1), (Some("10.0.0.1"), Some("127.0.0.1")));
             assert_eq!(addresses(2), (Some("2001:db8::7"), Some("127.0.0.1")));
         } else {
