@@ -136,53 +136,49 @@ fn forwarded_for(headers: &HeaderMap, trust: &ForwardedTrust) -> Option<IpAddr> 
         }
     };
     match trust {
-        ForwardedTrust::Networks(nets) => {
-            // From the right: past the trusted proxies to the first hop that is not one. A
-            // hop that is not an address ends the walk with no client (the peer stands).
-            let mut leftmost = None;
-            for v in lines.iter().rev() {
-                for e in elements(v)?.rev() {
-                    let ip = ip(e)?;
-                    if !trusted(nets, ip) {
-                        return Some(ip);
-                    }
-                    leftmost = Some(ip);
-                }
-            }
-            leftmost
-        }
-        _ => ip(pick(lines, trust)?),
-    }
-}
-
-/// The list element `trust` names: the first, or the `n`-th from the end (the first when there
-/// are fewer). Empty elements are not hops; a line that is not visible ASCII names none.
-fn pick<'a>(lines: GetAll<'a, HeaderValue>, trust: &ForwardedTrust) -> Option<&'a str> {
-    match trust {
-        ForwardedTrust::None | ForwardedTrust::Networks(_) => None,
+        ForwardedTrust::None => None,
         ForwardedTrust::All => {
             for v in lines {
                 if let Some(e) = elements(v)?.next() {
-                    return Some(e);
+                    return ip(e);
                 }
             }
             None
         }
         ForwardedTrust::Hops(n) => {
             let mut seen = 0;
-            let mut leftmost = None;
-            for v in lines.iter().rev() {
-                for e in elements(v)?.rev() {
-                    seen += 1;
-                    if seen == n.get() {
-                        return Some(e);
-                    }
-                    leftmost = Some(e);
-                }
+            ip(from_right(lines, |e| {
+                seen += 1;
+                Some((e, seen == n.get()))
+            })?)
+        }
+        // Past the trusted proxies to the first hop that is not one. A hop that is not an
+        // address ends the walk with no client (the peer stands).
+        ForwardedTrust::Networks(nets) => from_right(lines, |e| {
+            let ip = ip(e)?;
+            Some((ip, !trusted(nets, ip)))
+        }),
+    }
+}
+
+/// Walks the list from its end: the first element `step` stops at (`(value, true)`), else the
+/// last one it passed (the list's first). `None` when `step` gives up on an element, or when
+/// a line is not visible ASCII.
+fn from_right<'a, T>(
+    lines: GetAll<'a, HeaderValue>,
+    mut step: impl FnMut(&'a str) -> Option<(T, bool)>,
+) -> Option<T> {
+    let mut leftmost = None;
+    for v in lines.iter().rev() {
+        for e in elements(v)?.rev() {
+            let (value, stop) = step(e)?;
+            if stop {
+                return Some(value);
             }
-            leftmost
+            leftmost = Some(value);
         }
     }
+    leftmost
 }
 
 /// A line's elements, empty ones left out; none when the line is not visible ASCII.
