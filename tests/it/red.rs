@@ -18,7 +18,10 @@ use towerscope::lifecycle::KnownMethod;
 use towerscope::lifecycle::ObserveLayer;
 use towerscope::metrics::{Prometheus, Red, RedLayer, REQUEST_DURATION};
 
-use crate::support::{allocations, block_on, collect, drain_sync, local_red, sample, series_count};
+use crate::support::{
+    allocations, block_on, collect, drain_sync, h1_connect, h2_connect, local_red, sample,
+    series_count,
+};
 
 fn app() -> Router {
     Router::new()
@@ -392,11 +395,7 @@ async fn request_body_sizes_under_plain_hyper() {
             );
         }
     });
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut h1, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut h1 = h1_connect(addr).await;
     let uri = format!("http://{addr}/upload");
     let full = |b: &'static [u8]| Either::Left(Full::new(bytes::Bytes::from_static(b)));
     let requests = [
@@ -414,25 +413,31 @@ async fn request_body_sizes_under_plain_hyper() {
     assert_eq!(answers, ["5", "0", "1000"]);
 
     let text = prometheus.render();
-    let labels = |method| {
-        [
-            ("http_request_method", method),
-            ("http_route", "/upload"),
-            ("http_response_status_code", "200"),
-        ]
-    };
-    let size = "http_server_request_body_size_bytes";
-    let (sum, count) = (format!("{size}_sum"), format!("{size}_count"));
-    assert_eq!(sample(&text, &count, &labels("GET")), Some(1.0), "{text}");
-    assert_eq!(sample(&text, &sum, &labels("GET")), Some(0.0));
-    assert_eq!(
-        sample(&text, &count, &labels("POST")),
-        Some(1.0),
-        "chunked: none"
-    );
-    assert_eq!(sample(&text, &sum, &labels("POST")), Some(5.0));
+    let sizes = |method| request_sizes(&text, method, "/upload");
+    assert_eq!(sizes("GET"), (Some(0.0), Some(1.0)), "{text}");
+    assert_eq!(sizes("POST"), (Some(5.0), Some(1.0)), "chunked: none");
     let duration = format!("{REQUEST_DURATION}_count");
-    assert_eq!(sample(&text, &duration, &labels("POST")), Some(2.0));
+    let labels = [
+        ("http_request_method", "POST"),
+        ("http_route", "/upload"),
+        ("http_response_status_code", "200"),
+    ];
+    assert_eq!(sample(&text, &duration, &labels), Some(2.0));
+}
+
+/// `http_server_request_body_size_bytes`'s `_sum` and `_count` for a method and route (status
+/// 200).
+fn request_sizes(text: &str, method: &str, route: &str) -> (Option<f64>, Option<f64>) {
+    let labels = [
+        ("http_request_method", method),
+        ("http_route", route),
+        ("http_response_status_code", "200"),
+    ];
+    let size = "http_server_request_body_size_bytes";
+    (
+        sample(text, &format!("{size}_sum"), &labels),
+        sample(text, &format!("{size}_count"), &labels),
+    )
 }
 
 #[tokio::test]
@@ -454,11 +459,7 @@ async fn request_body_sizes_declared_or_counted_over_http1_and_http2() {
     let uri = |path: &str| format!("http://{addr}{path}");
 
     // HTTP/1: declared (`Content-Length`), none (a GET: 0), chunked (counted as read).
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut h1, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut h1 = h1_connect(addr).await;
     let declared = Request::post(uri("/upload"))
         .body(http_body_util::Either::Left(http_body_util::Full::new(
             bytes::Bytes::from_static(b"hello"),
@@ -489,14 +490,7 @@ async fn request_body_sizes_declared_or_counted_over_http1_and_http2() {
     );
 
     // HTTP/2 without `Content-Length`: counted.
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut h2, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut h2 = h2_connect(addr).await;
     let res = h2
         .send_request(
             Request::post(uri("/upload"))
@@ -508,25 +502,14 @@ async fn request_body_sizes_declared_or_counted_over_http1_and_http2() {
     assert_eq!(&collect(res.into_body()).await[..], b"100");
 
     let text = prometheus.render();
-    let labels = |method, route| {
-        [
-            ("http_request_method", method),
-            ("http_route", route),
-            ("http_response_status_code", "200"),
-        ]
-    };
-    let size = "http_server_request_body_size_bytes";
-    let (sum, count) = (format!("{size}_sum"), format!("{size}_count"));
     // POST /upload: 5 declared, 1000 and 100 counted.
+    let sizes = |method, route| request_sizes(&text, method, route);
     assert_eq!(
-        sample(&text, &sum, &labels("POST", "/upload")),
-        Some(1105.0),
+        sizes("POST", "/upload"),
+        (Some(1105.0), Some(3.0)),
         "{text}"
     );
-    assert_eq!(sample(&text, &count, &labels("POST", "/upload")), Some(3.0));
-    assert_eq!(sample(&text, &sum, &labels("GET", "/upload")), Some(0.0));
-    assert_eq!(sample(&text, &count, &labels("GET", "/upload")), Some(1.0));
+    assert_eq!(sizes("GET", "/upload"), (Some(0.0), Some(1.0)));
     // A body the service never read: nothing transferred to it.
-    assert_eq!(sample(&text, &count, &labels("POST", "/ignore")), Some(1.0));
-    assert_eq!(sample(&text, &sum, &labels("POST", "/ignore")), Some(0.0));
+    assert_eq!(sizes("POST", "/ignore"), (Some(0.0), Some(1.0)));
 }
