@@ -30,13 +30,14 @@ pub(crate) enum RequestSize {
 }
 
 impl RequestSize {
-    /// The declared size, or else (axum's `Body` of unknown length: chunked HTTP/1, HTTP/2
-    /// without `Content-Length`) the body swapped for one that counts what the service reads.
-    /// One allocation for the counter and one for axum's box, only for such requests. For
-    /// axum's `Body` the size hint declares the size: hyper's is exact from `Content-Length`
-    /// (and 0 without a body), so no header is looked up; other body types are declared by
-    /// their `Content-Length` header alone, except hyper's `Incoming` (a plain hyper service's),
-    /// declared by its size hint as axum's is, and without a size when that is not exact.
+    /// How the request declares its size, by body type:
+    /// - axum's `Body` and hyper's `Incoming`: their exact size hint (hyper takes it from
+    ///   `Content-Length`, and it is 0 without a body), no header looked up. When it is not
+    ///   exact (chunked HTTP/1, HTTP/2 without `Content-Length`), axum's `Body` is swapped for
+    ///   one that counts what the service reads (one allocation for the counter and one for
+    ///   axum's box, only for such requests); `Incoming`, which the service takes as it is,
+    ///   has no size.
+    /// - Any other body: its `Content-Length` header, or no size.
     pub(crate) fn measure<B: 'static>(req: &mut Request<B>) -> Self {
         #[cfg(feature = "axum")]
         if let Some(body) =

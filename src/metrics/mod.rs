@@ -12,8 +12,8 @@
 //! The duration runs until the response body was fully sent; its `_count` is the request rate
 //! and `error_type` gives the error rate. Cancelled requests are counted only in
 //! `http_server_cancelled_requests_total`. A request's body size is its `Content-Length` (0
-//! without a body) or, for a body of unknown length, the bytes the service read
-//! ([`RedBuilder::body_sizes`]). Requests that matched no route have an empty
+//! without a body) or, for a body of unknown length, the bytes the service read from axum's
+//! `Body` ([`RedBuilder::body_sizes`]). Requests that matched no route have an empty
 //! `http_route` (or [`RedBuilder::unmatched_route`]); unknown methods are `_OTHER`; so the
 //! number of series is bounded by routes x 10 methods x status codes whatever clients send.
 //!

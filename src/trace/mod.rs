@@ -32,12 +32,12 @@
 //! multi header with `OTEL_PROPAGATORS` (or [`TraceConfig::propagators`]): a B3 sampling state
 //! is the caller's decision, even sent alone (`b3: 0` turns tracing off downstream), and B3
 //! ids without one leave the decision to this service's sampler. A B3 caller's debug flag
-//! (`b3: …-d`, `X-B3-Flags: 1`) is passed on by the client layers in the B3 formats. Invalid
-//! input never
-//! fails a request: an invalid `traceparent` (wrong length, uppercase, all zeros, version `ff`,
-//! two headers, …) yields no parent and the trace restarts; an invalid `tracestate` is dropped
-//! whole; malformed baggage members are dropped, and members beyond 64 or 8192 bytes are
-//! dropped whole, never cut. Baggage never reaches telemetry unless allow-listed
+//! (`b3: …-d`, `X-B3-Flags: 1`) is passed on by the client layers in the B3 formats.
+//!
+//! Invalid input never fails a request: an invalid `traceparent` (wrong length, uppercase, all
+//! zeros, version `ff`, two headers, …) yields no parent and the trace restarts; an invalid
+//! `tracestate` is dropped whole; malformed baggage members are dropped, and members beyond 64
+//! or 8192 bytes are dropped whole, never cut. Baggage never reaches telemetry unless allow-listed
 //! ([`TraceConfig::baggage_attribute`]).
 //!
 //! ## Server spans
@@ -47,9 +47,9 @@
 //! redacted), `http.route`, `http.response.status_code`, `server.address`, `server.port`,
 //! `client.address` (the peer's, or with [`TraceConfig::trusted_proxies`],
 //! [`TraceConfig::trusted_proxy_hops`] or [`TraceConfig::trust_forwarded_headers`] the client a
-//! trusted proxy forwarded, then with the proxy's as `network.peer.address`), `user_agent.original`,
-//! `network.protocol.version`, `error.type`. 5xx sets
-//! the Error status; 4xx is left unset; a cancelled request is not an error. The span ends
+//! trusted proxy forwarded, then with the proxy's as `network.peer.address`),
+//! `user_agent.original`, `network.protocol.version`, `error.type`. 5xx sets the Error status;
+//! 4xx is left unset; a cancelled request is not an error. The span ends
 //! when the response body is finished, and is the current OpenTelemetry context while the
 //! handler runs, so `#[instrument]` spans (through [`Tracing::otel_layer`]) and client calls
 //! are its children. The probes and `/metrics` are not traced by default
