@@ -84,5 +84,4 @@ pub use observer::{Observer, RequestMeta, ResponseHead};
 pub use outcome::{End, ErrorType, Outcome};
 pub use route::{AddrHasher, RouteEntry, MAX_ROUTES};
 #[cfg(feature = "log")]
-pub(crate) use service::content_length_value;
 pub use service::{content_length, Observe, ObserveLayer, ResponseBody, ResponseFuture};

@@ -220,12 +220,12 @@ where
 
 /// The request's declared body size (`Content-Length`), for observers that report it.
 pub fn content_length<B>(req: &Request<B>) -> Option<u64> {
-    content_length_value(req.headers().get(http::header::CONTENT_LENGTH)?)
-}
-
-/// A `Content-Length` value as a number (observers that found the header themselves).
-pub(crate) fn content_length_value(v: &http::HeaderValue) -> Option<u64> {
-    v.to_str().ok()?.parse().ok()
+    req.headers()
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 pin_project! {

@@ -14,8 +14,8 @@ use super::request_id::RequestId;
 use super::scope::{deferral, register_callsite, request_span, RequestScope};
 use crate::ip_text::IpText;
 use crate::lifecycle::{
-    client_ip, content_length_value, End, ForwardedTrust, KnownMethod, ObserveLayer, Observer,
-    Outcome, RequestMeta, ResponseHead,
+    client_ip, End, ForwardedTrust, KnownMethod, ObserveLayer, Observer, Outcome, RequestMeta,
+    ResponseHead,
 };
 use crate::redact::{is_sensitive, redact_query, SENSITIVE_PARAMS};
 
@@ -270,7 +270,9 @@ pub(crate) struct RecordData {
     method: KnownMethod,
     text: RequestText,
     client_ip: Option<IpAddr>,
-    request_bytes: Option<u64>,
+    /// Whether the request declared its body's length (`Content-Length`): then its size is
+    /// logged even when 0; without, a size of 0 means no body (or none read) and is left out.
+    declared_length: bool,
     headers: Option<String>,
 }
 
@@ -302,7 +304,7 @@ impl Observer for RequestLog {
         let incoming = heads.id.and_then(RequestId::parse);
         // Dropped at the end of this call, while its buffer is still in cache.
         let user_agent = heads.user_agent.cloned();
-        let request_bytes = heads.content_length.and_then(content_length_value);
+        let declared_length = heads.content_length.is_some();
         let id = match incoming {
             Some(id) => id,
             None => {
@@ -347,7 +349,7 @@ impl Observer for RequestLog {
                 cfg.log_query,
             ),
             client_ip: client_ip(req, &cfg.trust_forwarded).0,
-            request_bytes,
+            declared_length,
             headers: cfg
                 .log_headers
                 .then(|| render_headers(req.headers(), &cfg.redact_headers)),
@@ -399,6 +401,13 @@ impl Observer for RequestLog {
             id,
             record: RequestScope(std::cell::Cell::new(Some(record))),
         }
+    }
+
+    /// The body's size as the lifecycle learns it: declared, or counted as the service reads a
+    /// body of unknown length (a chunked upload), so such requests get `request_bytes` too.
+    #[inline]
+    fn wants_request_bytes(route: &LogRoute) -> bool {
+        !route.excluded
     }
 
     fn response(route: &LogRoute, obs: &mut LogObservation, head: &mut ResponseHead<'_>) {
@@ -460,6 +469,7 @@ impl Observer for RequestLog {
         let duration_ms = micros as f64 / 1000.0;
         let (message, message_member) = message(end.outcome);
         let client_ip = r.client_ip.map(IpText::of);
+        let request_bytes = end.request_bytes.filter(|&n| n > 0 || r.declared_length);
         // The record's fields written once as JSON from the typed values, for the JSON layer
         // (the same fields as the event below, in the same order).
         // Not for a record the JSON layer drops (INFO and lower of a request sampled out).
@@ -494,7 +504,7 @@ impl Observer for RequestLog {
                 if let Some(ua) = user_agent {
                     w.key(member!("user_agent")).str(ua);
                 }
-                if let Some(b) = r.request_bytes {
+                if let Some(b) = request_bytes {
                     w.key(member!("request_bytes")).int(b);
                 }
                 w.key(member!("response_bytes")).int(end.response_bytes);
@@ -549,6 +559,7 @@ impl Observer for RequestLog {
                 error_type,
                 client_ip: client_ip.as_ref().map(IpText::as_str),
                 user_agent,
+                request_bytes,
                 slow,
                 message,
             },
@@ -585,6 +596,7 @@ struct Record<'a> {
     error_type: Option<&'a str>,
     client_ip: Option<&'a str>,
     user_agent: Option<&'a str>,
+    request_bytes: Option<u64>,
     slow: bool,
     message: &'a str,
 }
@@ -609,7 +621,7 @@ fn full_event(level: Level, f: &Record<'_>) {
                 error_type = f.error_type,
                 client_ip = f.client_ip,
                 user_agent = f.user_agent,
-                request_bytes = r.request_bytes,
+                request_bytes = f.request_bytes,
                 response_bytes = end.response_bytes,
                 headers = r.headers.as_deref(),
                 slow = f.slow.then_some(true),

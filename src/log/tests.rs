@@ -201,6 +201,75 @@ async fn one_record_per_request_with_fields_and_levels() {
     assert_eq!(inside["step"], 1);
 }
 
+/// A request body of unknown length (as a chunked upload arrives): no exact size hint.
+struct Chunks(std::collections::VecDeque<bytes::Bytes>);
+
+impl http_body::Body for Chunks {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn request_bytes_declared_or_counted_as_read() {
+    let capture = Capture::default();
+    let _g = tracing::subscriber::set_default(subscriber(
+        &capture,
+        JsonLayer::new("shop", capture.clone()),
+    ));
+    let app = Router::new()
+        .route(
+            "/upload",
+            axum::routing::post(|body: String| async move { body.len().to_string() }),
+        )
+        .route("/ignore", axum::routing::post(|| async { "ignored" }))
+        .layer(RequestLogLayer::new());
+    let chunked = |parts: &[&'static str]| {
+        Request::post("/upload")
+            .body(Body::new(Chunks(
+                parts
+                    .iter()
+                    .map(|p| bytes::Bytes::from_static(p.as_bytes()))
+                    .collect(),
+            )))
+            .unwrap()
+    };
+    // Chunked: the bytes the handler read.
+    let (_, _, answer) = send(&app, chunked(&["{\"name\":", "\"ada\"}"])).await;
+    assert_eq!(answer, "14");
+    // Declared: `Content-Length`, 0 included.
+    let declared = Request::post("/upload")
+        .header("content-length", "5")
+        .body(Body::from("hello"))
+        .unwrap();
+    send(&app, declared).await;
+    let empty = Request::post("/upload")
+        .header("content-length", "0")
+        .body(Body::empty())
+        .unwrap();
+    send(&app, empty).await;
+    // No body: no size. A chunked body the handler never read: nothing counted, no size.
+    send(&app, Request::post("/upload").body(Body::empty()).unwrap()).await;
+    let unread = Request::post("/ignore")
+        .body(Body::new(Chunks(
+            [bytes::Bytes::from_static(b"xyz")].into(),
+        )))
+        .unwrap();
+    send(&app, unread).await;
+    let sizes: Vec<_> = capture
+        .requests()
+        .iter()
+        .map(|r| r.get("request_bytes").and_then(Value::as_u64))
+        .collect();
+    assert_eq!(sizes, [Some(14), Some(5), Some(0), None, None]);
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn levels_per_outcome_under_a_filter() {
     // Successes at DEBUG under an INFO filter: no record for them, the records after them
