@@ -83,5 +83,4 @@ pub(crate) use clock::{unix_now, Tick};
 pub use observer::{Observer, RequestMeta, ResponseHead};
 pub use outcome::{End, ErrorType, Outcome};
 pub use route::{AddrHasher, RouteEntry, MAX_ROUTES};
-#[cfg(feature = "log")]
 pub use service::{content_length, Observe, ObserveLayer, ResponseBody, ResponseFuture};
