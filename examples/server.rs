@@ -668,15 +668,13 @@ async fn serve(
             };
             serve_with_shutdown(listener, app, health, cfg).await?;
         }
+        // The peer's address for the log's `client_ip`, kept per connection.
         None if args.stack.logs() => {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await?
+            axum::serve(listener, towerscope::lifecycle::WithPeer::new(app))
+                .with_graceful_shutdown(async {
+                    let _ = tokio::signal::ctrl_c().await;
+                })
+                .await?
         }
         None => {
             axum::serve(listener, app)

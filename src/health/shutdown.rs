@@ -47,6 +47,10 @@ impl Default for ShutdownConfig {
 /// 503 at once (liveness stays 200), the drain delay lets load balancers stop sending, the
 /// listener closes, in-flight requests finish (bounded by `grace`), the flush hooks run, and
 /// this returns.
+///
+/// Each connection's peer address reaches towerscope's layers and handlers through
+/// [`peer_addr`](crate::lifecycle::peer_addr) ([`WithPeer`](crate::lifecycle::WithPeer)), not
+/// as axum's `ConnectInfo` extension.
 pub async fn serve_with_shutdown(
     listener: tokio::net::TcpListener,
     app: axum::Router,
@@ -67,8 +71,9 @@ pub async fn serve_with_shutdown(
         tracing::info!("shutdown: closing the listener, waiting for in-flight requests");
         let _ = closed_tx.send(());
     };
-    // Peer addresses for the request log's `client_ip`.
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    // Peer addresses for the request log's `client_ip` and the span's `client.address`, kept
+    // per connection (no `ConnectInfo` extension per request).
+    let app = crate::lifecycle::WithPeer::new(app);
     let server = axum::serve(listener, app).with_graceful_shutdown(signal);
     let mut server = std::pin::pin!(server.into_future());
     tokio::select! {

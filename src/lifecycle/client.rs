@@ -82,10 +82,15 @@ fn trusted(nets: &[IpNet], ip: IpAddr) -> bool {
     nets.iter().any(|n| n.contains(&ip))
 }
 
-/// The peer's address: axum's `ConnectInfo<SocketAddr>` (served with
+/// The peer's address: the connection's under [`PeerService`](super::PeerService) (served
+/// with `WithPeer`), axum's `ConnectInfo<SocketAddr>` (served with
 /// `into_make_service_with_connect_info`), or a `SocketAddr` extension (what a plain hyper
 /// service can insert itself).
 fn peer_ip<B>(req: &Request<B>) -> Option<IpAddr> {
+    // The connection's, current on this thread (`PeerService`): no extension lookup.
+    if let Some(addr) = super::peer_addr() {
+        return Some(addr.ip());
+    }
     #[cfg(feature = "axum")]
     if let Some(axum::extract::ConnectInfo(addr)) = req
         .extensions()

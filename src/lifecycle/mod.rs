@@ -19,6 +19,10 @@
 //!   hyper's `Incoming` say so); for a body of unknown length, the bytes the service read from
 //!   axum's `Body` ([`End::request_bytes`]).
 //!
+//! - **Peer**: the connection's address, for the client's address in logs and spans: kept per
+//!   connection by [`WithPeer`] (`axum::serve`) or [`PeerService`] (any accept loop) and read
+//!   with [`peer_addr`], or axum's `ConnectInfo` extension.
+//!
 //! Capabilities implement [`Observer`] and run inside one [`ObserveLayer`]: the layer reads the
 //! clock, resolves the route and wraps the future and body once, whatever the number of
 //! observers (a tuple of observers is an observer).
@@ -55,6 +59,7 @@ pub(crate) mod headers;
 mod method;
 mod observer;
 mod outcome;
+mod peer;
 mod request_size;
 mod route;
 mod service;
@@ -82,5 +87,8 @@ pub(crate) use clock::wall_now;
 pub(crate) use clock::{unix_now, Tick};
 pub use observer::{Observer, RequestMeta, ResponseHead};
 pub use outcome::{End, ErrorType, Outcome};
+pub use peer::{peer_addr, PeerFuture, PeerService};
+#[cfg(feature = "axum")]
+pub use peer::{WithPeer, WithPeerFuture};
 pub use route::{AddrHasher, RouteEntry, MAX_ROUTES};
 pub use service::{content_length, Observe, ObserveLayer, ResponseBody, ResponseFuture};

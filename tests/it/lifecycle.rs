@@ -788,6 +788,40 @@ async fn the_example_server_speaks_http2() {
     );
 }
 
+/// The example server's request records carry the peer's address, kept per connection
+/// (`WithPeer`: with `axum::serve` for `red+log`, inside `serve_with_shutdown` for `full`),
+/// over HTTP/1 and HTTP/2.
+#[tokio::test]
+async fn the_example_servers_records_carry_the_peer() {
+    for stack in ["red+log", "full"] {
+        let (_server, addr, logs) = crate::support::start_server_logs(stack, &[], &[]);
+        assert_eq!(crate::support::http(addr, "GET", "/echo/1").0, 200);
+        let mut h2 = h2_connect(addr).await;
+        let res = h2
+            .send_request(empty_request(http::Method::GET, addr, "/echo/2"))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let mut seen = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while seen.len() < 2 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = logs
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("{stack}: records seen: {seen:?}"));
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if v["target"] == "towerscope::request" {
+                seen.push(v);
+            }
+        }
+        for v in &seen {
+            assert_eq!(v["client_ip"], "127.0.0.1", "{stack}: {v}");
+        }
+    }
+}
+
 /// Many concurrent HTTP/2 streams on one connection, each completed, reset half-way through its
 /// body, or reset before its head, in a seeded random mix: every request ends exactly once, as
 /// what it was, and the gauge comes back to zero.

@@ -114,6 +114,17 @@ pub async fn serve(app: axum::Router) -> SocketAddr {
     addr
 }
 
+/// Serves `app` as [`serve`] does, with the peer's address kept per connection
+/// (`towerscope::lifecycle::WithPeer`) instead of axum's `ConnectInfo` extension.
+pub async fn serve_with_peer(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        async move { axum::serve(listener, towerscope::lifecycle::WithPeer::new(app)).await },
+    );
+    addr
+}
+
 /// One HTTP/1 connection to `addr`, for requests with bodies of type `B`.
 pub async fn h1_connect<B>(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<B>
 where

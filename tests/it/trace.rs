@@ -1167,6 +1167,78 @@ async fn http2_server_spans_take_the_authority_and_protocol() {
 /// client (all trusted: the first hop; the nearest one trusted: the hop it appended, the
 /// last), and the proxy (the peer) is `network.peer.address`. Untrusted, forwarded headers
 /// are ignored.
+/// Served with `WithPeer`: the peer's address per connection, no `ConnectInfo` extension. The
+/// server span's `client.address` and a handler's `peer_addr()` have it, over HTTP/1 and over
+/// HTTP/2 (where each request's future is a task of its own), with each connection's port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_address_from_the_connection_with_peer() {
+    let (rx, url) = receiver(Mode::Accept).await;
+    let tracing = TraceConfig::from_env("it")
+        .endpoint(url)
+        .export_delay(Duration::from_millis(20))
+        .install();
+    let app = Router::new()
+        .route(
+            "/peer/{n}",
+            get(|| async {
+                let extension_free = towerscope::lifecycle::peer_addr();
+                tokio::task::yield_now().await;
+                assert_eq!(towerscope::lifecycle::peer_addr(), extension_free);
+                extension_free.map_or("none".to_string(), |a| a.to_string())
+            }),
+        )
+        .layer(ObserveLayer::with_observer(tracing.observer()));
+    let addr = crate::support::serve_with_peer(app).await;
+    let body = |res: http::Response<hyper::body::Incoming>| async move {
+        assert_eq!(res.status(), 200);
+        let b = crate::support::collect(res.into_body()).await;
+        String::from_utf8(b.to_vec()).unwrap()
+    };
+    let get =
+        |n: u32| crate::support::empty_request(http::Method::GET, addr, &format!("/peer/{n}"));
+    let mut h1 = crate::support::h1_connect(addr).await;
+    let mut h2 = h2_connect(addr).await;
+    let mut seen = Vec::new();
+    for n in 0..4 {
+        let res = if n % 2 == 0 {
+            h1.ready().await.unwrap();
+            h1.send_request(get(n)).await.unwrap()
+        } else {
+            h2.ready().await.unwrap();
+            h2.send_request(get(n)).await.unwrap()
+        };
+        seen.push(body(res).await);
+    }
+    let peers: Vec<SocketAddr> = seen.iter().map(|s| s.parse().expect(s)).collect();
+    assert!(
+        peers.iter().all(|p| p.ip().to_string() == "127.0.0.1"),
+        "{seen:?}"
+    );
+    assert_eq!(peers[0], peers[2], "one HTTP/1 connection, one peer");
+    assert_eq!(peers[1], peers[3], "one HTTP/2 connection, one peer");
+    assert_ne!(
+        peers[0].port(),
+        peers[1].port(),
+        "two connections, two ports"
+    );
+    assert!(tracing.flush());
+    let spans = rx.wait_for(4).await;
+    for n in 0..4 {
+        let s = spans
+            .iter()
+            .find(|s| attr_str(s, "url.path") == Some(&format!("/peer/{n}")))
+            .unwrap_or_else(|| panic!("no span for /peer/{n}"));
+        assert_eq!(
+            attr_str(s, "client.address"),
+            Some("127.0.0.1"),
+            "/peer/{n}"
+        );
+    }
+    // Outside a connection's service: nothing.
+    assert_eq!(towerscope::lifecycle::peer_addr(), None);
+    tracing.shutdown(Duration::from_secs(5));
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn client_address_behind_trusted_proxies() {
     type Trust = fn(TraceConfig) -> TraceConfig;
