@@ -121,6 +121,14 @@ fn attr<'a>(s: &'a Span, key: &str) -> Option<&'a Value> {
         .and_then(|v| v.value.as_ref())
 }
 
+/// Tracing that exports every span to `url` within 20 ms.
+fn exporting_to(url: String) -> Tracing {
+    TraceConfig::from_env("it")
+        .endpoint(url)
+        .export_delay(Duration::from_millis(20))
+        .install()
+}
+
 fn attr_str<'a>(s: &'a Span, key: &str) -> Option<&'a str> {
     match attr(s, key) {
         Some(Value::StringValue(v)) => Some(v),
@@ -348,10 +356,7 @@ async fn one_trace_across_two_services() {
 #[tokio::test(flavor = "current_thread")]
 async fn client_spans_mark_4xx_as_errors() {
     let (rx, url) = receiver(Mode::Accept).await;
-    let tracing: Tracing = TraceConfig::from_env("it")
-        .endpoint(url)
-        .export_delay(Duration::from_millis(20))
-        .install();
+    let tracing = exporting_to(url);
     let seen = Arc::new(Mutex::new(None));
     let seen2 = seen.clone();
     let b = Router::new().route(
@@ -748,10 +753,7 @@ async fn records_carry_the_exported_ids(
     subscriber: impl FnOnce(&Tracing, Lines) -> (tracing::Dispatch, Option<towerscope::log::LogGuard>),
 ) {
     let (rx, url) = receiver(Mode::Accept).await;
-    let tracing = TraceConfig::from_env("it")
-        .endpoint(url)
-        .export_delay(Duration::from_millis(20))
-        .install();
+    let tracing = exporting_to(url);
     let lines = Lines::default();
     let (dispatch, log_guard) = subscriber(&tracing, lines.clone());
     let _guard = tracing::dispatcher::set_default(&dispatch);
@@ -807,10 +809,7 @@ async fn records_carry_the_exported_ids(
 #[tokio::test(flavor = "current_thread")]
 async fn operations_export_internal_spans_with_exceptions() {
     let (rx, url) = receiver(Mode::Accept).await;
-    let tracing = TraceConfig::from_env("it")
-        .endpoint(url)
-        .export_delay(Duration::from_millis(20))
-        .install();
+    let tracing = exporting_to(url);
     let _guard =
         tracing::subscriber::set_default(tracing_subscriber::registry().with(tracing.otel_layer()));
     let charge = towerscope::ops::Operation::new("charge");
@@ -893,10 +892,7 @@ async fn without_an_endpoint_ids_exist_and_nothing_is_exported() {
 #[tokio::test(flavor = "current_thread")]
 async fn reqwest_middleware_propagates() {
     let (rx, url) = receiver(Mode::Accept).await;
-    let tracing = TraceConfig::from_env("it")
-        .endpoint(url)
-        .export_delay(Duration::from_millis(20))
-        .install();
+    let tracing = exporting_to(url);
     let b = Router::new()
         .route("/hello", get(|| async { "hi" }))
         .layer(ObserveLayer::with_observer(tracing.observer()));
@@ -1118,10 +1114,7 @@ async fn probes_are_not_traced_by_default() {
 #[tokio::test(flavor = "current_thread")]
 async fn http2_server_spans_take_the_authority_and_protocol() {
     let (rx, url) = receiver(Mode::Accept).await;
-    let tracing = TraceConfig::from_env("it")
-        .endpoint(url)
-        .export_delay(Duration::from_millis(20))
-        .install();
+    let tracing = exporting_to(url);
     let app = Router::new()
         .route(
             "/orders/{id}",
@@ -1173,10 +1166,7 @@ async fn http2_server_spans_take_the_authority_and_protocol() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_address_from_the_connection_with_peer() {
     let (rx, url) = receiver(Mode::Accept).await;
-    let tracing = TraceConfig::from_env("it")
-        .endpoint(url)
-        .export_delay(Duration::from_millis(20))
-        .install();
+    let tracing = exporting_to(url);
     let app = Router::new()
         .route(
             "/peer/{n}",
