@@ -18,7 +18,6 @@
 //!   `Content-Length` or a body of exactly known size (0 without a body; axum's `Body` and
 //!   hyper's `Incoming` say so); for a body of unknown length, the bytes the service read from
 //!   axum's `Body` ([`End::request_bytes`]).
-//!
 //! - **Peer**: the connection's address, for the client's address in logs and spans: kept per
 //!   connection by [`WithPeer`] (`axum::serve`) or [`PeerService`] (any accept loop) and read
 //!   with [`peer_addr`], or axum's `ConnectInfo` extension.

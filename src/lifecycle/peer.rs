@@ -26,6 +26,10 @@ thread_local! {
 /// The peer address of the connection whose request is being served on this thread: set by
 /// [`PeerService`] while it calls and polls the service for a request (handlers included; work
 /// spawned onto other tasks does not see it). `None` elsewhere.
+///
+/// It is the connection's, so it comes before a request's own `ConnectInfo` or `SocketAddr`
+/// extension in towerscope's `client_ip`, and a request a handler serves in process (calling
+/// another router directly) sees the address of the connection that handler serves.
 pub fn peer_addr() -> Option<SocketAddr> {
     PEER.try_with(Cell::get).ok().flatten()
 }

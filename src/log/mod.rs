@@ -8,8 +8,9 @@
 //!   `request_bytes` (its `Content-Length`, or for a body of unknown length such as a chunked
 //!   upload the bytes the service read from axum's `Body`; absent without a body),
 //!   `response_bytes`, `outcome` (`success`, `client_error`, `server_error`, `cancelled`),
-//!   `error_type`, `slow`, and whatever the handler added (`user_id`, `tenant`, …). Level by outcome (ERROR, WARN, INFO by default; configurable), WARN with `slow=true`
-//!   past a threshold. Probe routes and `/metrics` are excluded by default.
+//!   `error_type`, `slow`, and whatever the handler added (`user_id`, `tenant`, …). Level by
+//!   outcome (ERROR, WARN, INFO by default; configurable), WARN with `slow=true` past a
+//!   threshold. Probe routes and `/metrics` are excluded by default.
 //! - Every record written while the request is served (handlers, spawned work that carries the
 //!   request's span) has `request_id`, `route` (and `trace_id`, `span_id`) at its top level;
 //!   [`add_context`] adds key/values to the rest of the request. Context lives with the
