@@ -31,6 +31,11 @@ cargo clippy --all-targets --all-features -- -D warnings
 cargo clippy --all-targets -- -D warnings
 echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
+# As docs.rs builds them (nightly with `--cfg docsrs`, the features of Cargo.toml's
+# [package.metadata.docs.rs]): the crate's nightly-only `doc_cfg` switched on for it alone.
+RUSTC_BOOTSTRAP=towerscope RUSTDOCFLAGS="--cfg docsrs -D warnings" cargo doc --no-deps --features reqwest,postgres
+# Without the default features: the links to their items stay text, nothing else may warn.
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --no-default-features
 echo "== cargo test (all features, including the tests that need real services)"
 cargo test --all-features -- --include-ignored
 echo "== cargo test (no default features: the crate builds and its unit tests pass without axum)"
