@@ -28,8 +28,9 @@
 //! let prometheus = Prometheus::install()?; // the global `metrics` recorder
 //! let app = Router::new()
 //!     .route("/users/{id}", get(|| async { "user" }))
-//!     .route_layer(RedLayer::new())
-//!     .merge(prometheus.router());
+//!     .merge(prometheus.router()) // GET /metrics (not measured: excluded by default)
+//!     // `layer`, not `route_layer`: unmatched requests (404s) are counted too, with no route.
+//!     .layer(RedLayer::new());
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
 //! axum::serve(listener, app).await?;
 //! # Ok(())
