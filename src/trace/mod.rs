@@ -32,7 +32,8 @@
 //! multi header with `OTEL_PROPAGATORS` (or [`TraceConfig::propagators`]): a B3 sampling state
 //! is the caller's decision, even sent alone (`b3: 0` turns tracing off downstream), and B3
 //! ids without one leave the decision to this service's sampler. A B3 caller's debug flag
-//! (`b3: …-d`, `X-B3-Flags: 1`) is passed on by the client layers in the B3 formats.
+//! (`b3: …-d`, `X-B3-Flags: 1`) is passed on by the client layers in the B3 formats (and by
+//! [`Propagators::inject_debug`] for calls made without them).
 //!
 //! Invalid input never fails a request: an invalid `traceparent` (wrong length, uppercase, all
 //! zeros, version `ff`, two headers, …) yields no parent and the trace restarts; an invalid

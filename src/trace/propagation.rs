@@ -142,8 +142,9 @@ impl Propagators {
         }
     }
 
-    /// Writes the current context for a downstream call in every configured format. (The
-    /// client layers also pass on a B3 caller's debug flag, which this leaves out.)
+    /// Writes the current context for a downstream call in every configured format. For a
+    /// request whose B3 caller asked for debug tracing ([`Extracted::debug`]), use
+    /// [`inject_debug`](Self::inject_debug), as the client layers do.
     pub fn inject(
         &self,
         trace_id: TraceId,
@@ -155,6 +156,22 @@ impl Propagators {
     ) {
         let ids = (trace_id, span_id, flags);
         self.inject_with_debug(ids, state, baggage, false, headers);
+    }
+
+    /// [`inject`](Self::inject) passing on a B3 caller's debug flag ([`Extracted::debug`]): in
+    /// the B3 formats, B3's debug state in place of the sampling state (`-d` in `b3`,
+    /// `X-B3-Flags: 1` without `X-B3-Sampled`). The other formats are written as by `inject`.
+    pub fn inject_debug(
+        &self,
+        trace_id: TraceId,
+        span_id: SpanId,
+        flags: TraceFlags,
+        state: &TraceState,
+        baggage: &Baggage,
+        headers: &mut HeaderMap,
+    ) {
+        let ids = (trace_id, span_id, flags);
+        self.inject_with_debug(ids, state, baggage, true, headers);
     }
 
     /// Whether a B3 format is configured (only then is a caller's debug flag looked for).

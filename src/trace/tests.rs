@@ -454,15 +454,14 @@ fn b3_single_and_multi() {
     assert_eq!(back.parent.unwrap().parent_id, span);
     assert_eq!(back.baggage.get("k"), Some("v"));
     // Debug replaces the sampling state in both B3 formats (and the header it replaces goes).
-    let ids = (id, span, TraceFlags(1));
-    all.inject_with_debug(ids, &state, &bag, true, &mut out);
+    all.inject_debug(id, span, TraceFlags(1), &state, &bag, &mut out);
     assert_eq!(out["b3"], format!("{TRACE}-{SPAN}-d").as_str());
     assert_eq!(out["x-b3-flags"], "1");
     assert!(!out.contains_key("x-b3-sampled"), "debug implies accept");
     assert_eq!(out["traceparent"], format!("00-{TRACE}-{SPAN}-01").as_str());
     let back = Propagators::new([Format::B3Multi]).extract(&out);
     assert!(back.debug);
-    all.inject_with_debug(ids, &state, &bag, false, &mut out);
+    all.inject(id, span, TraceFlags(1), &state, &bag, &mut out);
     assert_eq!(out["x-b3-sampled"], "1");
     assert!(!out.contains_key("x-b3-flags"));
     assert!(!Propagators::new([Format::B3]).extract(&out).debug);
