@@ -33,7 +33,8 @@ echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
 # As docs.rs builds them (nightly with `--cfg docsrs`, the features of Cargo.toml's
 # [package.metadata.docs.rs]): the crate's nightly-only `doc_cfg` switched on for it alone.
-RUSTC_BOOTSTRAP=towerscope RUSTDOCFLAGS="--cfg docsrs -D warnings" cargo doc --no-deps --features reqwest,postgres
+docsrs_features=$(sed -n '/^\[package.metadata.docs.rs\]/,/^\[/s/^features = \[\(.*\)\]/\1/p' Cargo.toml | tr -d '" ')
+RUSTC_BOOTSTRAP=towerscope RUSTDOCFLAGS="--cfg docsrs -D warnings" cargo doc --no-deps --features "$docsrs_features"
 # Without the default features: the links to their items stay text, nothing else may warn.
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --no-default-features
 echo "== cargo test (all features, including the tests that need real services)"
