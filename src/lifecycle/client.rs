@@ -11,9 +11,31 @@ use ipnet::IpNet;
 use http::header::{GetAll, FORWARDED};
 use http::{HeaderMap, HeaderValue, Request};
 
-/// Which proxies the application trusts with the client's address.
+/// The header the application's proxies write the client's address into
+/// ([`RequestLogBuilder::proxy_header`](crate::log::RequestLogBuilder::proxy_header),
+/// [`TraceConfig::proxy_header`](crate::trace::TraceConfig::proxy_header)). Counted hops and
+/// trusted networks read only this one: the other header reaches the service as the client
+/// sent it, so reading it would let a client name its own address.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProxyHeader {
+    /// `X-Forwarded-For` (nginx, HAProxy, Envoy, cloud load balancers): the default.
+    #[default]
+    XForwardedFor,
+    /// `Forwarded` (RFC 7239), its `for=` parameters.
+    Forwarded,
+}
+
+/// Which proxies the application trusts with the client's address, and the header they write.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) enum ForwardedTrust {
+pub(crate) struct ForwardedTrust {
+    proxies: Proxies,
+    /// Set by the application; unset, counted hops and networks read `X-Forwarded-For`, and
+    /// trusting every proxy reads `Forwarded`, else `X-Forwarded-For`.
+    header: Option<ProxyHeader>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+enum Proxies {
     /// None: the client is the peer (the default).
     #[default]
     None,
@@ -32,17 +54,13 @@ pub(crate) enum ForwardedTrust {
 
 impl ForwardedTrust {
     /// `trust_forwarded_headers(trust)`.
-    pub(crate) fn all(trust: bool) -> Self {
-        if trust {
-            Self::All
-        } else {
-            Self::None
-        }
+    pub(crate) fn trust_all(&mut self, trust: bool) {
+        self.proxies = if trust { Proxies::All } else { Proxies::None };
     }
 
     /// `trusted_proxy_hops(n)`; 0 trusts none.
-    pub(crate) fn hops(n: usize) -> Self {
-        NonZeroUsize::new(n).map_or(Self::None, Self::Hops)
+    pub(crate) fn trust_hops(&mut self, n: usize) {
+        self.proxies = NonZeroUsize::new(n).map_or(Proxies::None, Proxies::Hops);
     }
 
     /// `trusted_proxies(networks)`: addresses (`10.0.0.7`, `2001:db8::1`) or CIDR networks
@@ -51,7 +69,7 @@ impl ForwardedTrust {
     /// # Panics
     ///
     /// When one is neither (a configuration error, found at start-up).
-    pub(crate) fn networks<I, S>(networks: I) -> Self
+    pub(crate) fn trust_networks<I, S>(&mut self, networks: I)
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
@@ -67,10 +85,24 @@ impl ForwardedTrust {
                     })
             })
             .collect();
-        if nets.is_empty() {
-            Self::None
+        self.proxies = if nets.is_empty() {
+            Proxies::None
         } else {
-            Self::Networks(nets)
+            Proxies::Networks(nets)
+        };
+    }
+
+    /// `proxy_header(header)`, whichever proxies are trusted.
+    pub(crate) fn set_header(&mut self, header: ProxyHeader) {
+        self.header = Some(header);
+    }
+
+    /// Whether the client's address comes from `Forwarded` (else `X-Forwarded-For`).
+    fn reads_forwarded(&self, headers: &HeaderMap) -> bool {
+        match (self.header, &self.proxies) {
+            (Some(h), _) => h == ProxyHeader::Forwarded,
+            (None, Proxies::All) => headers.contains_key(FORWARDED),
+            (None, _) => false,
         }
     }
 }
@@ -109,11 +141,11 @@ pub(crate) fn client_ip<B>(
     trust: &ForwardedTrust,
 ) -> (Option<IpAddr>, Option<IpAddr>) {
     let peer = peer_ip(req);
-    let consult = match trust {
-        ForwardedTrust::None => false,
+    let consult = match &trust.proxies {
+        Proxies::None => false,
         // Only a trusted peer's headers; without a peer, none can be told apart.
-        ForwardedTrust::Networks(nets) => peer.is_some_and(|p| trusted(nets, p)),
-        ForwardedTrust::All | ForwardedTrust::Hops(_) => true,
+        Proxies::Networks(nets) => peer.is_some_and(|p| trusted(nets, p)),
+        Proxies::All | Proxies::Hops(_) => true,
     };
     if consult {
         if let Some(ip) = forwarded_for(req.headers(), trust) {
@@ -123,11 +155,11 @@ pub(crate) fn client_ip<B>(
     (peer, None)
 }
 
-/// The trusted hop of `Forwarded` (RFC 7239 `for=`), else of `X-Forwarded-For`, when it is an
-/// address (obfuscated identifiers and `unknown` are not). Several lines of a header are one
-/// list, in order (RFC 9110 section 5.3).
+/// The trusted hop of `Forwarded` (RFC 7239 `for=`) or `X-Forwarded-For`, whichever `trust`
+/// reads, when it is an address (obfuscated identifiers and `unknown` are not). Several lines
+/// of a header are one list, in order (RFC 9110 section 5.3).
 fn forwarded_for(headers: &HeaderMap, trust: &ForwardedTrust) -> Option<IpAddr> {
-    let forwarded = headers.contains_key(FORWARDED);
+    let forwarded = trust.reads_forwarded(headers);
     let lines = if forwarded {
         headers.get_all(FORWARDED)
     } else {
@@ -140,9 +172,9 @@ fn forwarded_for(headers: &HeaderMap, trust: &ForwardedTrust) -> Option<IpAddr> 
             hop(e)
         }
     };
-    match trust {
-        ForwardedTrust::None => None,
-        ForwardedTrust::All => {
+    match &trust.proxies {
+        Proxies::None => None,
+        Proxies::All => {
             for v in lines {
                 if let Some(e) = elements(v)?.next() {
                     return ip(e);
@@ -150,7 +182,7 @@ fn forwarded_for(headers: &HeaderMap, trust: &ForwardedTrust) -> Option<IpAddr> 
             }
             None
         }
-        ForwardedTrust::Hops(n) => {
+        Proxies::Hops(n) => {
             let mut seen = 0;
             ip(from_right(lines, |e| {
                 seen += 1;
@@ -159,7 +191,7 @@ fn forwarded_for(headers: &HeaderMap, trust: &ForwardedTrust) -> Option<IpAddr> 
         }
         // Past the trusted proxies to the first hop that is not one. A hop that is not an
         // address ends the walk with no client (the peer stands).
-        ForwardedTrust::Networks(nets) => from_right(lines, |e| {
+        Proxies::Networks(nets) => from_right(lines, |e| {
             let ip = ip(e)?;
             Some((ip, !trusted(nets, ip)))
         }),
@@ -251,10 +283,30 @@ mod tests {
         }
     }
 
-    const ALL: ForwardedTrust = ForwardedTrust::All;
+    const NONE: ForwardedTrust = ForwardedTrust {
+        proxies: Proxies::None,
+        header: None,
+    };
+    const ALL: ForwardedTrust = ForwardedTrust {
+        proxies: Proxies::All,
+        header: None,
+    };
 
     fn hops(n: usize) -> ForwardedTrust {
-        ForwardedTrust::hops(n)
+        let mut t = NONE;
+        t.trust_hops(n);
+        t
+    }
+
+    fn networks<const N: usize>(list: [&str; N]) -> ForwardedTrust {
+        let mut t = NONE;
+        t.trust_networks(list);
+        t
+    }
+
+    fn reading(mut trust: ForwardedTrust, header: ProxyHeader) -> ForwardedTrust {
+        trust.set_header(header);
+        trust
     }
 
     #[test]
@@ -280,7 +332,12 @@ mod tests {
         assert_eq!(forwarded_for(&h, &ALL), None);
         h.insert("forwarded", "proto=https, for=192.0.2.61".parse().unwrap());
         assert_eq!(forwarded_for(&h, &ALL), None, "the first hop has no `for`");
-        assert_eq!(forwarded_for(&h, &ForwardedTrust::None), None);
+        assert_eq!(
+            forwarded_for(&h, &reading(ALL, ProxyHeader::XForwardedFor)),
+            ip("203.0.113.9"),
+            "the header the application names, only"
+        );
+        assert_eq!(forwarded_for(&h, &NONE), None);
     }
 
     #[test]
@@ -301,7 +358,7 @@ mod tests {
             ip("198.51.100.66"),
             "fewer hops"
         );
-        assert_eq!(hops(0), ForwardedTrust::None);
+        assert_eq!(hops(0), NONE);
 
         // Several lines are one list, in order.
         h.insert("x-forwarded-for", "198.51.100.66".parse().unwrap());
@@ -311,18 +368,25 @@ mod tests {
         assert_eq!(forwarded_for(&h, &hops(3)), ip("198.51.100.66"));
         assert_eq!(forwarded_for(&h, &ALL), ip("198.51.100.66"));
 
+        // The proxies write `X-Forwarded-For`; a `Forwarded` header is the client's own.
+        h.insert("forwarded", "for=198.51.100.99".parse().unwrap());
+        assert_eq!(forwarded_for(&h, &hops(1)), ip("10.0.0.1"), "not forged");
+        assert_eq!(forwarded_for(&h, &hops(2)), ip("203.0.113.7"));
+
+        // Proxies that write `Forwarded`, when the application says so.
+        let fwd = |n| reading(hops(n), ProxyHeader::Forwarded);
         h.insert(
             "forwarded",
             "for=198.51.100.66, for=\"[2001:db8::1]:4711\";proto=https"
                 .parse()
                 .unwrap(),
         );
-        h.append("forwarded", "for=10.0.0.1;by=10.0.0.2".parse().unwrap());
-        assert_eq!(forwarded_for(&h, &hops(1)), ip("10.0.0.1"));
-        assert_eq!(forwarded_for(&h, &hops(2)), ip("2001:db8::1"));
+        h.append("forwarded", "for=10.0.0.9;by=10.0.0.2".parse().unwrap());
+        assert_eq!(forwarded_for(&h, &fwd(1)), ip("10.0.0.9"));
+        assert_eq!(forwarded_for(&h, &fwd(2)), ip("2001:db8::1"));
         h.append("forwarded", "for=_hidden".parse().unwrap());
         assert_eq!(
-            forwarded_for(&h, &hops(1)),
+            forwarded_for(&h, &fwd(1)),
             None,
             "an obfuscated hop is not an address"
         );
@@ -342,7 +406,7 @@ mod tests {
             .header("x-forwarded-for", "198.51.100.66, 203.0.113.7")
             .body(())
             .unwrap();
-        let none = ForwardedTrust::None;
+        let none = NONE;
         assert_eq!(client_ip(&req, &none), (None, None), "untrusted by default");
         assert_eq!(client_ip(&req, &ALL), (ip("198.51.100.66"), None));
         req.extensions_mut().insert(peer);
@@ -368,7 +432,7 @@ mod tests {
 
     #[test]
     fn trusted_networks() {
-        let nets = ForwardedTrust::networks(["10.0.0.0/8", " 2001:db8::/32", "192.0.2.1"]);
+        let nets = networks(["10.0.0.0/8", " 2001:db8::/32", "192.0.2.1"]);
         let req = |peer: &str, xff: &[&str]| {
             let mut b = Request::get("/");
             for v in xff {
@@ -385,6 +449,20 @@ mod tests {
             client_ip(&req("10.0.0.1", &chain), &nets),
             (ip("203.0.113.7"), ip("10.0.0.1")),
             "the first untrusted hop from the right"
+        );
+        let mut forged = req("10.0.0.1", &chain);
+        forged
+            .headers_mut()
+            .insert("forwarded", "for=198.51.100.99".parse().unwrap());
+        assert_eq!(
+            client_ip(&forged, &nets),
+            (ip("203.0.113.7"), ip("10.0.0.1")),
+            "a `Forwarded` header the proxies did not write is not read"
+        );
+        assert_eq!(
+            client_ip(&forged, &reading(nets.clone(), ProxyHeader::Forwarded)),
+            (ip("198.51.100.99"), ip("10.0.0.1")),
+            "unless the application says its proxies write it"
         );
         assert_eq!(
             client_ip(&req("192.0.2.1", &["203.0.113.9"]), &nets),
@@ -421,11 +499,8 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(client_ip(&no_peer, &nets), (None, None), "no peer to trust");
-        assert_eq!(
-            ForwardedTrust::networks(Vec::<String>::new()),
-            ForwardedTrust::None
-        );
-        let bad = std::panic::catch_unwind(|| ForwardedTrust::networks(["10.0.0.0/33"]));
+        assert_eq!(networks([]), NONE);
+        let bad = std::panic::catch_unwind(|| networks(["10.0.0.0/33"]));
         assert!(bad.is_err(), "not a network");
     }
 }

@@ -79,6 +79,8 @@ pub const PROBE_ROUTES: &[&str] = &[
     "/metrics",
 ];
 #[cfg(any(feature = "log", feature = "otel"))]
+pub use client::ProxyHeader;
+#[cfg(any(feature = "log", feature = "otel"))]
 pub(crate) use client::{client_ip, ForwardedTrust};
 #[cfg(feature = "otel")]
 pub(crate) use clock::wall_now;

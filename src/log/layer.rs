@@ -14,8 +14,8 @@ use super::request_id::RequestId;
 use super::scope::{deferral, register_callsite, request_span, RequestScope};
 use crate::ip_text::IpText;
 use crate::lifecycle::{
-    client_ip, End, ForwardedTrust, KnownMethod, ObserveLayer, Observer, Outcome, RequestMeta,
-    ResponseHead,
+    client_ip, End, ForwardedTrust, KnownMethod, ObserveLayer, Observer, Outcome, ProxyHeader,
+    RequestMeta, ResponseHead,
 };
 use crate::redact::{is_sensitive, redact_query, SENSITIVE_PARAMS};
 
@@ -105,7 +105,7 @@ impl RequestLog {
                 cancelled: Level::INFO,
                 slow: Some(Duration::from_secs(2)),
                 exclude: DEFAULT_EXCLUDED.iter().map(|s| s.to_string()).collect(),
-                trust_forwarded: ForwardedTrust::None,
+                trust_forwarded: ForwardedTrust::default(),
                 log_query: false,
                 sensitive_params: SENSITIVE_PARAMS.iter().map(|s| s.to_string()).collect(),
                 log_headers: false,
@@ -158,30 +158,32 @@ impl RequestLogBuilder {
     }
 
     /// Every proxy in front of the application is trusted: `client_ip` is the first hop of
-    /// `Forwarded` or `X-Forwarded-For` when present (and an address); by default it is the
-    /// peer. Only right when the outermost proxy replaces these headers: a proxy that appends
+    /// `Forwarded` or `X-Forwarded-For` when present (and an address; the one
+    /// [`proxy_header`](Self::proxy_header) names, when set); by default it is the peer. Only right when the outermost proxy replaces these headers: a proxy that appends
     /// to them keeps what the client wrote in front, and that is the first hop. Then prefer
     /// [`trusted_proxies`](Self::trusted_proxies) or
     /// [`trusted_proxy_hops`](Self::trusted_proxy_hops). The last of the three calls counts.
     pub fn trust_forwarded_headers(mut self, trust: bool) -> Self {
-        self.cfg.trust_forwarded = ForwardedTrust::all(trust);
+        self.cfg.trust_forwarded.trust_all(trust);
         self
     }
 
     /// The `n` proxies nearest the application are trusted, the peer being the first (`1`: one
-    /// load balancer): `client_ip` is the hop the outermost of them appended to `Forwarded` or
-    /// `X-Forwarded-For`, the `n`-th from the right (the leftmost when there are fewer), so a
-    /// client cannot choose it by sending the header itself. `0` trusts none (the default).
+    /// load balancer): `client_ip` is the hop the outermost of them appended to
+    /// `X-Forwarded-For` (or the header [`proxy_header`](Self::proxy_header) names), the
+    /// `n`-th from the right (the leftmost when there are fewer), so a client cannot choose it
+    /// by sending the header itself. `0` trusts none (the default).
     /// The last of this, [`trusted_proxies`](Self::trusted_proxies) and
     /// [`trust_forwarded_headers`](Self::trust_forwarded_headers) counts.
     pub fn trusted_proxy_hops(mut self, n: usize) -> Self {
-        self.cfg.trust_forwarded = ForwardedTrust::hops(n);
+        self.cfg.trust_forwarded.trust_hops(n);
         self
     }
 
     /// Proxies at these addresses or CIDR networks are trusted (`["10.0.0.0/8",
-    /// "2001:db8::7"]`): when the peer is one of them, `client_ip` is the hop of `Forwarded`
-    /// or `X-Forwarded-For` nearest the application that is not (the leftmost when all are),
+    /// "2001:db8::7"]`): when the peer is one of them, `client_ip` is the hop of
+    /// `X-Forwarded-For` (or the header [`proxy_header`](Self::proxy_header) names) nearest
+    /// the application that is not (the leftmost when all are),
     /// however many proxies a request passed; a client's own hops in front are not believed.
     /// From any other peer the headers are ignored. An empty list trusts none (the default).
     /// The last of this, [`trusted_proxy_hops`](Self::trusted_proxy_hops) and
@@ -195,7 +197,15 @@ impl RequestLogBuilder {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        self.cfg.trust_forwarded = ForwardedTrust::networks(networks);
+        self.cfg.trust_forwarded.trust_networks(networks);
+        self
+    }
+
+    /// The header the trusted proxies write the client's address into: `X-Forwarded-For` (the
+    /// default) or `Forwarded`. Counted hops and trusted networks read only this one: the
+    /// other reaches the application as the client sent it.
+    pub fn proxy_header(mut self, header: ProxyHeader) -> Self {
+        self.cfg.trust_forwarded.set_header(header);
         self
     }
 

@@ -1157,6 +1157,7 @@ fn init_routes_log_crate_records_to_the_output() {
 /// appended, the last), and the peer again when that hop is not an address.
 #[tokio::test(flavor = "current_thread")]
 async fn client_ip_is_the_peer_unless_proxies_are_trusted() {
+    use crate::lifecycle::ProxyHeader;
     use axum::extract::ConnectInfo;
     use std::net::SocketAddr;
     let peer: SocketAddr = "192.0.2.1:50000".parse().unwrap();
@@ -1232,23 +1233,49 @@ async fn client_ip_is_the_peer_unless_proxies_are_trusted() {
         run(|b| b.trusted_proxy_hops(1)).await,
         [
             some("10.0.0.1"),
-            some("10.0.0.1"),
+            some("192.0.2.1"),
             some("192.0.2.1"),
             some("192.0.2.1"),
             some("203.0.113.9")
         ],
-        "one trusted proxy: the hop it appended"
+        "one trusted proxy: the hop it appended to X-Forwarded-For (`Forwarded` not read)"
+    );
+    assert_eq!(
+        run(|b| b.trusted_proxy_hops(1).proxy_header(ProxyHeader::Forwarded)).await,
+        [
+            some("192.0.2.1"),
+            some("10.0.0.1"),
+            some("192.0.2.1"),
+            some("192.0.2.1"),
+            None
+        ],
+        "proxies that write `Forwarded`: only it is read"
     );
     assert_eq!(
         run(|b| b.trusted_proxies(["192.0.2.1", "10.0.0.0/8"])).await,
         [
             some("203.0.113.9"),
-            some("2001:db8::7"),
+            some("192.0.2.1"),
             some("192.0.2.1"),
             some("192.0.2.1"),
             None
         ],
         "trusted networks: past them to the first other hop; without a peer, nothing trusted"
+    );
+    assert_eq!(
+        run(|b| {
+            b.proxy_header(ProxyHeader::Forwarded)
+                .trusted_proxies(["192.0.2.1", "10.0.0.0/8"])
+        })
+        .await,
+        [
+            some("192.0.2.1"),
+            some("2001:db8::7"),
+            some("192.0.2.1"),
+            some("192.0.2.1"),
+            None
+        ],
+        "the header named before or after the proxies"
     );
     assert_eq!(
         run(|b| b.trusted_proxies(["10.0.0.0/8"])).await,

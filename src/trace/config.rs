@@ -14,7 +14,7 @@ use super::export::{ConsoleExporter, ExportCounters, QueueHandle, QueueProcessor
 const TRACER: &str = "towerscope";
 use super::otlp::{OtlpExporter, OtlpSettings, Retry, TlsFiles};
 use super::propagation::Propagators;
-use crate::lifecycle::ForwardedTrust;
+use crate::lifecycle::{ForwardedTrust, ProxyHeader};
 
 /// Which spans are recorded (`OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -270,7 +270,7 @@ impl TraceConfig {
                 ),
             },
             traceresponse: false,
-            trust_forwarded: ForwardedTrust::None,
+            trust_forwarded: ForwardedTrust::default(),
             baggage_keys: Vec::new(),
             sensitive: crate::redact::SENSITIVE_PARAMS
                 .iter()
@@ -422,7 +422,8 @@ impl TraceConfig {
     }
 
     /// Every proxy in front of the application is trusted: a server span's `client.address` is
-    /// the first hop of `Forwarded` or `X-Forwarded-For` when present (and an address), and
+    /// the first hop of `Forwarded` or `X-Forwarded-For` when present (and an address; the one
+    /// [`proxy_header`](Self::proxy_header) names, when set), and
     /// `network.peer.address` the proxy's; by default `client.address` is the peer. Only right
     /// when the outermost proxy replaces these headers; otherwise prefer
     /// [`trusted_proxies`](Self::trusted_proxies) or
@@ -430,25 +431,26 @@ impl TraceConfig {
     /// [`trust_forwarded_headers`](crate::log::RequestLogBuilder::trust_forwarded_headers),
     /// so both name the same client. The last of the three calls counts.
     pub fn trust_forwarded_headers(mut self, trust: bool) -> Self {
-        self.trust_forwarded = ForwardedTrust::all(trust);
+        self.trust_forwarded.trust_all(trust);
         self
     }
 
     /// The `n` proxies nearest the application are trusted, the peer being the first: a server
-    /// span's `client.address` is the hop the outermost of them appended to `Forwarded` or
-    /// `X-Forwarded-For`, the `n`-th from the right (the leftmost when there are fewer), and
+    /// span's `client.address` is the hop the outermost of them appended to `X-Forwarded-For`
+    /// (or the header [`proxy_header`](Self::proxy_header) names), the `n`-th from the right (the leftmost when there are fewer), and
     /// `network.peer.address` the proxy's. `0` trusts none (the default). As the request
     /// log's [`trusted_proxy_hops`](crate::log::RequestLogBuilder::trusted_proxy_hops). The
     /// last of this, [`trusted_proxies`](Self::trusted_proxies) and
     /// [`trust_forwarded_headers`](Self::trust_forwarded_headers) counts.
     pub fn trusted_proxy_hops(mut self, n: usize) -> Self {
-        self.trust_forwarded = ForwardedTrust::hops(n);
+        self.trust_forwarded.trust_hops(n);
         self
     }
 
     /// Proxies at these addresses or CIDR networks are trusted (`["10.0.0.0/8",
     /// "2001:db8::7"]`): when the peer is one of them, a server span's `client.address` is the
-    /// hop of `Forwarded` or `X-Forwarded-For` nearest the application that is not (the
+    /// hop of `X-Forwarded-For` (or the header [`proxy_header`](Self::proxy_header) names)
+    /// nearest the application that is not (the
     /// leftmost when all are), and `network.peer.address` the proxy's. From any other peer
     /// the headers are ignored. An empty list trusts none (the default). As the request log's
     /// [`trusted_proxies`](crate::log::RequestLogBuilder::trusted_proxies). The last of this,
@@ -463,7 +465,16 @@ impl TraceConfig {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        self.trust_forwarded = ForwardedTrust::networks(networks);
+        self.trust_forwarded.trust_networks(networks);
+        self
+    }
+
+    /// The header the trusted proxies write the client's address into: `X-Forwarded-For` (the
+    /// default) or `Forwarded`. Counted hops and trusted networks read only this one: the
+    /// other reaches the application as the client sent it. As the request log's
+    /// [`proxy_header`](crate::log::RequestLogBuilder::proxy_header).
+    pub fn proxy_header(mut self, header: ProxyHeader) -> Self {
+        self.trust_forwarded.set_header(header);
         self
     }
 

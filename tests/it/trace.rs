@@ -20,7 +20,7 @@ use opentelemetry_proto::tonic::trace::v1::{
 };
 use prost::Message;
 use tower::ServiceExt;
-use towerscope::lifecycle::ObserveLayer;
+use towerscope::lifecycle::{ObserveLayer, ProxyHeader};
 use towerscope::trace::{TraceConfig, TraceIds, Tracing};
 use tracing_subscriber::layer::SubscriberExt;
 
@@ -1232,12 +1232,16 @@ async fn client_address_from_the_connection_with_peer() {
 #[tokio::test(flavor = "current_thread")]
 async fn client_address_behind_trusted_proxies() {
     type Trust = fn(TraceConfig) -> TraceConfig;
-    let modes: [(&str, Trust); 4] = [
+    let modes: [(&str, Trust); 5] = [
         ("untrusted", |c| c),
         ("all", |c| c.trust_forwarded_headers(true)),
         ("one hop", |c| c.trusted_proxy_hops(1)),
         ("networks", |c| {
             c.trusted_proxies(["127.0.0.1", "10.0.0.0/8"])
+        }),
+        ("networks, Forwarded", |c| {
+            c.trusted_proxies(["127.0.0.1", "10.0.0.0/8"])
+                .proxy_header(ProxyHeader::Forwarded)
         }),
     ];
     for (mode, trust) in modes {
@@ -1277,20 +1281,22 @@ async fn client_address_behind_trusted_proxies() {
             )
         };
         let peer = (Some("127.0.0.1"), None);
-        if mode == "all" || mode == "networks" {
+        if mode == "all" {
+            assert_eq!(addresses(1), (Some("203.0.113.9"), Some("127.0.0.1")));
+            assert_eq!(addresses(2), (Some("2001:db8::7"), Some("127.0.0.1")));
+        } else if mode == "networks" {
+            assert_eq!(addresses(1), (Some("203.0.113.9"), Some("127.0.0.1")));
+            assert_eq!(addresses(2), peer, "`Forwarded` is not the proxies' header");
+        } else if mode == "networks, Forwarded" {
             assert_eq!(
                 addresses(1),
-                (Some("203.0.113.9"), Some("127.0.0.1")),
-                "{mode}"
+                peer,
+                "`X-Forwarded-For` is not the proxies' header"
             );
-            assert_eq!(
-                addresses(2),
-                (Some("2001:db8::7"), Some("127.0.0.1")),
-                "{mode}"
-            );
+            assert_eq!(addresses(2), (Some("2001:db8::7"), Some("127.0.0.1")));
         } else if mode == "one hop" {
             assert_eq!(addresses(1), (Some("10.0.0.1"), Some("127.0.0.1")));
-            assert_eq!(addresses(2), (Some("2001:db8::7"), Some("127.0.0.1")));
+            assert_eq!(addresses(2), peer, "`Forwarded` is not the proxies' header");
         } else {
             assert_eq!(addresses(1), peer, "untrusted: the header is ignored");
             assert_eq!(addresses(2), peer);
