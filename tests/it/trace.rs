@@ -1156,10 +1156,6 @@ async fn http2_server_spans_take_the_authority_and_protocol() {
     tracing.shutdown(Duration::from_secs(5));
 }
 
-/// `client.address` is the peer unless the proxies are trusted; then it is the forwarded
-/// client (all trusted: the first hop; the nearest one trusted: the hop it appended, the
-/// last), and the proxy (the peer) is `network.peer.address`. Untrusted, forwarded headers
-/// are ignored.
 /// Served with `WithPeer`: the peer's address per connection, no `ConnectInfo` extension. The
 /// server span's `client.address` and a handler's `peer_addr()` have it, over HTTP/1 and over
 /// HTTP/2 (where each request's future is a task of its own), with each connection's port.
@@ -1229,6 +1225,11 @@ async fn client_address_from_the_connection_with_peer() {
     tracing.shutdown(Duration::from_secs(5));
 }
 
+/// `client.address` is the peer unless the proxies are trusted; then it is the forwarded
+/// client (all trusted: the first hop; the nearest one trusted: the hop it appended, the
+/// last; trusted networks: the first hop from the right outside them), and the proxy (the
+/// peer) is `network.peer.address`. Counted hops and networks read only the proxies' header
+/// (`X-Forwarded-For` unless told `Forwarded`). Untrusted, forwarded headers are ignored.
 #[tokio::test(flavor = "current_thread")]
 async fn client_address_behind_trusted_proxies() {
     type Trust = fn(TraceConfig) -> TraceConfig;
