@@ -20,6 +20,13 @@ pub struct ShutdownConfig {
     pub flush: Vec<FlushHook>,
     /// Bound of each flush hook (default 5 s).
     pub flush_timeout: Duration,
+    /// Also give every request axum's `ConnectInfo<SocketAddr>` extension, for handlers or
+    /// layers that extract it (a rate limiter keyed by the peer, say), as
+    /// `into_make_service_with_connect_info` does. Default: no, as with
+    /// `axum::serve(listener, router)`: the peer is kept per connection for towerscope and
+    /// [`peer_addr`](crate::lifecycle::peer_addr), and the extension (430 instructions per
+    /// request on the example server) is not made.
+    pub connect_info: bool,
 }
 
 impl std::fmt::Debug for ShutdownConfig {
@@ -28,6 +35,7 @@ impl std::fmt::Debug for ShutdownConfig {
             .field("drain_delay", &self.drain_delay)
             .field("grace", &self.grace)
             .field("flush", &self.flush.len())
+            .field("connect_info", &self.connect_info)
             .finish()
     }
 }
@@ -39,6 +47,7 @@ impl Default for ShutdownConfig {
             grace: Duration::from_secs(30),
             flush: Vec::new(),
             flush_timeout: Duration::from_secs(5),
+            connect_info: false,
         }
     }
 }
@@ -49,8 +58,8 @@ impl Default for ShutdownConfig {
 /// this returns.
 ///
 /// Each connection's peer address reaches towerscope's layers and handlers through
-/// [`peer_addr`](crate::lifecycle::peer_addr) ([`WithPeer`](crate::lifecycle::WithPeer)), not
-/// as axum's `ConnectInfo` extension.
+/// [`peer_addr`](crate::lifecycle::peer_addr) ([`WithPeer`](crate::lifecycle::WithPeer)); as
+/// axum's `ConnectInfo` extension too with [`ShutdownConfig::connect_info`].
 pub async fn serve_with_shutdown(
     listener: tokio::net::TcpListener,
     app: axum::Router,
@@ -72,10 +81,17 @@ pub async fn serve_with_shutdown(
         let _ = closed_tx.send(());
     };
     // Peer addresses for the request log's `client_ip` and the span's `client.address`, kept
-    // per connection (no `ConnectInfo` extension per request).
-    let app = crate::lifecycle::WithPeer::new(app);
-    let server = axum::serve(listener, app).with_graceful_shutdown(signal);
-    let mut server = std::pin::pin!(server.into_future());
+    // per connection; the `ConnectInfo` extension per request only when asked for.
+    use crate::lifecycle::WithPeer;
+    let mut server: Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = if cfg.connect_info
+    {
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let server = axum::serve(listener, WithPeer::new(app)).with_graceful_shutdown(signal);
+        Box::pin(server.into_future())
+    } else {
+        let server = axum::serve(listener, WithPeer::new(app)).with_graceful_shutdown(signal);
+        Box::pin(server.into_future())
+    };
     tokio::select! {
         r = &mut server => r?,
         _ = async {

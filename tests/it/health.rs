@@ -130,3 +130,52 @@ fn assert_exits_cleanly(server: &mut crate::support::Proc) {
     };
     assert!(status.success(), "{status:?}");
 }
+
+/// `serve_with_shutdown` keeps each connection's peer for towerscope and `peer_addr()`; a
+/// handler that extracts axum's `ConnectInfo` gets it only with `ShutdownConfig::connect_info`
+/// (without, axum answers 500 for the missing extension, as under `axum::serve(router)`).
+#[test]
+fn serve_with_shutdown_gives_connect_info_when_asked() {
+    use axum::extract::ConnectInfo;
+    use axum::routing::get;
+    use towerscope::health::{serve_with_shutdown, Health, ShutdownConfig};
+    for connect_info in [false, true] {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app =
+            axum::Router::new()
+                .route(
+                    "/connect-info",
+                    get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move {
+                        peer.ip().to_string()
+                    }),
+                )
+                .route(
+                    "/peer",
+                    get(|| async {
+                        towerscope::lifecycle::peer_addr()
+                            .map_or(String::new(), |p| p.ip().to_string())
+                    }),
+                );
+        let health = Health::new();
+        let cfg = ShutdownConfig {
+            drain_delay: Duration::ZERO,
+            grace: Duration::from_secs(5),
+            connect_info,
+            ..ShutdownConfig::default()
+        };
+        let served = rt.spawn(serve_with_shutdown(listener, app, health.clone(), cfg));
+        assert_eq!(http(addr, "GET", "/peer"), (200, "127.0.0.1".to_owned()));
+        let (code, body) = http(addr, "GET", "/connect-info");
+        if connect_info {
+            assert_eq!((code, body.as_str()), (200, "127.0.0.1"));
+        } else {
+            assert_eq!(code, 500, "no ConnectInfo unless asked for: {body}");
+        }
+        health.trigger_shutdown();
+        rt.block_on(served).unwrap().unwrap();
+    }
+}
