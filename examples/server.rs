@@ -76,6 +76,17 @@ enum Stack {
 }
 
 impl Stack {
+    /// The name `--stack` takes.
+    fn name(self) -> &'static str {
+        match self {
+            Stack::Bare => "bare",
+            Stack::Identity => "identity",
+            Stack::Red => "red",
+            Stack::RedLog => "red+log",
+            Stack::Full => "full",
+        }
+    }
+
     fn logs(self) -> bool {
         matches!(self, Stack::RedLog | Stack::Full)
     }
@@ -655,10 +666,17 @@ async fn serve(
         Stack::Identity => app.layer(tower::layer::util::Identity::new()),
         _ => app,
     };
-    println!(
-        "{{\"message\":\"listening\",\"addr\":\"{local}\",\"stack\":\"{:?}\",\"workers\":{}}}",
-        args.stack, args.workers
-    );
+    // A log record like any other when the stack logs; a bare JSON line otherwise (the
+    // benchmark and test scripts read the address from it either way).
+    if args.stack.logs() {
+        tracing::info!(addr = %local, stack = args.stack.name(), workers = args.workers, "listening");
+    } else {
+        println!(
+            "{{\"message\":\"listening\",\"addr\":\"{local}\",\"stack\":\"{}\",\"workers\":{}}}",
+            args.stack.name(),
+            args.workers
+        );
+    }
     match health {
         Some(health) => {
             let cfg = ShutdownConfig {

@@ -304,6 +304,9 @@ pub fn start_server_logs(
     let mut child = Command::new(example_binary("server"))
         .args(["--addr", "127.0.0.1:0", "--stack", stack, "--workers", "2"])
         .args(extra)
+        // The "listening" record is INFO: a `RUST_LOG` above that in the test's environment
+        // would hide it (and the address with it).
+        .env("RUST_LOG", "info")
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
