@@ -418,11 +418,13 @@ impl Entry {
         };
         if before != Some(after) {
             self.telemetry.set(after);
-            let detail = self.cached().and_then(|r| r.message).unwrap_or_default();
+            // No `detail` member when the check said nothing (rather than an empty one).
+            let detail = self.cached().and_then(|r| r.message);
+            let detail = detail.as_deref();
             if after == Status::Down {
-                tracing::warn!(check = %self.reg.name, from = before.unwrap_or(Status::Unknown).as_str(), to = after.as_str(), %detail, "health check down");
+                tracing::warn!(check = %self.reg.name, from = before.unwrap_or(Status::Unknown).as_str(), to = after.as_str(), detail, "health check down");
             } else {
-                tracing::info!(check = %self.reg.name, from = before.unwrap_or(Status::Unknown).as_str(), to = after.as_str(), %detail, "health check status changed");
+                tracing::info!(check = %self.reg.name, from = before.unwrap_or(Status::Unknown).as_str(), to = after.as_str(), detail, "health check status changed");
             }
         }
     }

@@ -516,3 +516,58 @@ fn runtime_check_can_be_built_outside_a_runtime() {
         assert_eq!(r.status, Status::Up, "{r:?}");
     });
 }
+
+/// An event's fields, as text.
+type Fields = Vec<(String, String)>;
+
+/// The fields of every event.
+#[derive(Clone, Default)]
+struct Events(Arc<std::sync::Mutex<Vec<Fields>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Events {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Visitor(Fields);
+        impl tracing::field::Visit for Visitor {
+            fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                self.0.push((f.name().to_owned(), format!("{v:?}")));
+            }
+            fn record_str(&mut self, f: &tracing::field::Field, v: &str) {
+                self.0.push((f.name().to_owned(), v.to_owned()));
+            }
+        }
+        let mut fields = Visitor(Vec::new());
+        event.record(&mut fields);
+        self.0.lock().unwrap().push(fields.0);
+    }
+}
+
+#[test]
+fn transitions_are_logged_with_the_checks_detail_only_when_it_has_one() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let events = Events::default();
+    let subscriber = tracing_subscriber::registry().with(events.clone());
+    tracing::subscriber::with_default(subscriber, || {
+        let health = Health::new();
+        let handle = health.register(Registration::passive("queue"));
+        handle.set(CheckResult::up());
+        handle.set(CheckResult::down("broker unreachable"));
+    });
+    let events = events.0.lock().unwrap();
+    let get =
+        |e: &Vec<(String, String)>, k: &str| e.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let transitions: Vec<_> = events
+        .iter()
+        .filter(|e| get(e, "check").as_deref() == Some("queue"))
+        .collect();
+    assert_eq!(transitions.len(), 2, "{events:?}");
+    let (up, down) = (transitions[0], transitions[1]);
+    assert_eq!(
+        get(up, "message").as_deref(),
+        Some("health check status changed")
+    );
+    assert_eq!(get(up, "to").as_deref(), Some("up"));
+    assert_eq!(get(up, "detail"), None, "no empty detail: {up:?}");
+    assert_eq!(get(down, "message").as_deref(), Some("health check down"));
+    assert_eq!(get(down, "from").as_deref(), Some("up"));
+    assert_eq!(get(down, "detail").as_deref(), Some("broker unreachable"));
+}
