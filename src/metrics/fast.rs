@@ -245,6 +245,9 @@ pub(crate) struct Store {
     gauges: RwLock<Series<FastGauge>>,
     histograms: RwLock<Series<FastHistogram>>,
     help: RwLock<HashMap<String, String>>,
+    /// Names described as counters: a gauge of one of these is rendered as a counter (see
+    /// `render`).
+    counter_names: RwLock<std::collections::HashSet<String>>,
 }
 
 impl Store {
@@ -263,6 +266,7 @@ impl Store {
             gauges: RwLock::default(),
             histograms: RwLock::default(),
             help: RwLock::default(),
+            counter_names: RwLock::default(),
         }
     }
 
@@ -315,8 +319,17 @@ impl Store {
             out.push('\n');
         }
         let gauges = self.gauges.read().unwrap_or_else(|e| e.into_inner());
+        let counter_names = self.counter_names.read().unwrap_or_else(|e| e.into_inner());
         for (name, series) in grouped(&gauges.by_key) {
-            header(&mut out, name, &help, "gauge");
+            // A gauge described as a counter is a counter set to its total: the `metrics`
+            // facade's counters are integers, so a counter with a fraction (CPU seconds) can
+            // only be set through a gauge.
+            let kind = if counter_names.contains(name) {
+                "counter"
+            } else {
+                "gauge"
+            };
+            header(&mut out, name, &help, kind);
             for (key, g) in series {
                 self.line(&mut out, name, "", key, None, g.value());
             }
@@ -456,6 +469,11 @@ impl std::fmt::Debug for TowerscopeRecorder {
 impl Recorder for TowerscopeRecorder {
     fn describe_counter(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
         self.store.describe(&key, &description);
+        self.store
+            .counter_names
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.as_str().to_owned());
         self.inner.describe_counter(key, unit, description);
     }
 
@@ -590,6 +608,22 @@ mod tests {
         let g = FastGauge::new();
         g.increment(f64::NAN);
         assert!(g.value().is_nan());
+    }
+
+    #[test]
+    fn a_gauge_described_as_a_counter_renders_as_a_counter_with_its_fraction() {
+        let (recorder, prometheus) = crate::metrics::Prometheus::builder().build();
+        metrics::with_local_recorder(&recorder, || {
+            metrics::describe_counter!("cpu_seconds_total", Unit::Seconds, "CPU time.");
+            metrics::gauge!("cpu_seconds_total").set(12.34);
+            metrics::gauge!("in_use").set(2.5);
+        });
+        let text = prometheus.render();
+        assert!(
+            text.contains("# TYPE cpu_seconds_total counter\ncpu_seconds_total 12.34\n"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE in_use gauge\nin_use 2.5\n"), "{text}");
     }
 
     #[test]

@@ -59,10 +59,11 @@ impl Cgroup {
 
 pub(super) struct CgroupCollector {
     dir: PathBuf,
-    usage: Counter,
+    /// Counters of seconds, set as gauges: see the module's notes.
+    usage: Gauge,
     periods: Counter,
     throttled_periods: Counter,
-    throttled: Counter,
+    throttled: Gauge,
     throttled_ratio: Gauge,
     memory: Gauge,
     last: Option<Cgroup>,
@@ -75,7 +76,7 @@ impl CgroupCollector {
         describe_counter!(
             "container_cpu_usage_seconds_total",
             Unit::Seconds,
-            "CPU time used by the container (cgroup), in whole seconds."
+            "CPU time used by the container (cgroup)."
         );
         describe_counter!(
             "container_cpu_cfs_periods_total",
@@ -88,7 +89,7 @@ impl CgroupCollector {
         describe_counter!(
             "container_cpu_cfs_throttled_seconds_total",
             Unit::Seconds,
-            "Time the container was throttled, in whole seconds."
+            "Time the container was throttled."
         );
         describe_gauge!(
             "container_cpu_throttled_ratio",
@@ -101,10 +102,10 @@ impl CgroupCollector {
         );
         Some(Self {
             dir,
-            usage: counter!("container_cpu_usage_seconds_total"),
+            usage: gauge!("container_cpu_usage_seconds_total"),
             periods: counter!("container_cpu_cfs_periods_total"),
             throttled_periods: counter!("container_cpu_cfs_throttled_periods_total"),
-            throttled: counter!("container_cpu_cfs_throttled_seconds_total"),
+            throttled: gauge!("container_cpu_cfs_throttled_seconds_total"),
             throttled_ratio: gauge!("container_cpu_throttled_ratio"),
             memory: gauge!("container_memory_usage_bytes"),
             last: None,
@@ -115,10 +116,10 @@ impl CgroupCollector {
         let Some(c) = Cgroup::read(&self.dir) else {
             return;
         };
-        self.usage.absolute(c.cpu_usage.as_secs());
+        self.usage.set(c.cpu_usage.as_secs_f64());
         self.periods.absolute(c.periods);
         self.throttled_periods.absolute(c.throttled_periods);
-        self.throttled.absolute(c.throttled.as_secs());
+        self.throttled.set(c.throttled.as_secs_f64());
         if let Some(prev) = self.last {
             let periods = c.periods.saturating_sub(prev.periods);
             if periods > 0 {

@@ -16,14 +16,14 @@
 //!
 //! | metric | type | labels |
 //! |---|---|---|
-//! | `process_cpu_seconds_total` | counter (whole seconds) | |
+//! | `process_cpu_seconds_total` | counter (see below) | |
 //! | `process_cpu_utilization_ratio` | gauge: CPU time over wall time in the last interval (1 = one core) | |
 //! | `process_resident_memory_bytes`, `process_virtual_memory_bytes` | gauge | |
 //! | `process_open_fds`, `process_max_fds`, `process_threads` | gauge | |
 //! | `process_start_time_seconds` | gauge (Unix time) | |
-//! | `container_cpu_usage_seconds_total` | counter (whole seconds; cgroup v2) | |
+//! | `container_cpu_usage_seconds_total` | counter (see below; cgroup v2) | |
 //! | `container_cpu_cfs_periods_total`, `container_cpu_cfs_throttled_periods_total` | counter | |
-//! | `container_cpu_cfs_throttled_seconds_total` | counter (whole seconds) | |
+//! | `container_cpu_cfs_throttled_seconds_total` | counter (see below) | |
 //! | `container_cpu_throttled_ratio` | gauge: throttled periods over periods in the last interval | |
 //! | `container_memory_usage_bytes` | gauge | |
 //! | `container_spec_memory_limit_bytes`, `container_memory_utilization_ratio` | gauge, only with a limit | |
@@ -31,8 +31,15 @@
 //! | `tokio_workers`, `tokio_alive_tasks`, `tokio_global_queue_depth` | gauge | |
 //! | `tokio_worker_busy_ratio` | gauge: busy time over workers x interval | |
 //!
-//! Counters of seconds are whole seconds (the `metrics` facade's counters are integers, as in
-//! the metrics-process crate); the `_ratio` gauges carry the precise per-interval values.
+//! Counters of seconds keep their fraction (`/proc`'s 10 ms ticks, cgroup's microseconds), as
+//! Prometheus' client libraries publish them: in whole seconds, as the metrics-process crate
+//! has them (the `metrics` facade's counters are integers), `rate()` over a minute of a
+//! service using 1% of a core is a step between 0 and 1.7%. The facade carries them as gauges
+//! set to the total, described as counters; towerscope's Prometheus recorder
+//! (`towerscope::metrics::Prometheus`) renders a gauge described as a counter as a counter, so
+//! they read `# TYPE ... counter`. Under another recorder they show as gauges with the same
+//! values.
+//!
 //! Names never end in `_count` for gauges, which Prometheus' linter rejects (tokio-metrics'
 //! `tokio_workers_count`).
 //!

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use metrics::{counter, describe_counter, describe_gauge, gauge, Counter, Gauge, Unit};
+use metrics::{describe_counter, describe_gauge, gauge, Gauge, Unit};
 
 /// What `/proc/self` says about the process.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -74,7 +74,8 @@ impl ProcessStats {
 const USER_HZ: u64 = 100;
 
 pub(super) struct ProcessCollector {
-    cpu_total: Counter,
+    /// A counter of seconds, set as a gauge: see the module's notes.
+    cpu_total: Gauge,
     cpu_ratio: Gauge,
     resident: Gauge,
     virt: Gauge,
@@ -90,7 +91,7 @@ impl ProcessCollector {
         describe_counter!(
             "process_cpu_seconds_total",
             Unit::Seconds,
-            "Total user and system CPU time spent, in whole seconds."
+            "Total user and system CPU time spent in seconds."
         );
         describe_gauge!(
             "process_cpu_utilization_ratio",
@@ -118,7 +119,7 @@ impl ProcessCollector {
             "Start time of the process since the Unix epoch."
         );
         Self {
-            cpu_total: counter!("process_cpu_seconds_total"),
+            cpu_total: gauge!("process_cpu_seconds_total"),
             cpu_ratio: gauge!("process_cpu_utilization_ratio"),
             resident: gauge!("process_resident_memory_bytes"),
             virt: gauge!("process_virtual_memory_bytes"),
@@ -135,7 +136,7 @@ impl ProcessCollector {
             return;
         };
         let now = Instant::now();
-        self.cpu_total.absolute(s.cpu.as_secs());
+        self.cpu_total.set(s.cpu.as_secs_f64());
         if let Some((cpu, at)) = self.last {
             let wall = now.duration_since(at).as_secs_f64();
             if wall > 0.0 {

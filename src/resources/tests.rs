@@ -57,15 +57,37 @@ fn a_collection_fills_the_series() {
         .enable_all()
         .build()
         .unwrap();
+    // CPU time that is not a whole number of seconds (unless by a 1-in-100 chance).
+    let start = Instant::now();
+    let mut x = 0u64;
+    while start.elapsed() < Duration::from_millis(30) {
+        x = x.wrapping_mul(31).wrapping_add(7);
+    }
+    std::hint::black_box(x);
+    let mut cpu = (0.0, 0.0);
     metrics::with_local_recorder(&recorder, || {
         let mut c = Resources::builder()
             .disk(std::env::temp_dir())
             .runtime(rt.handle().clone())
             .build();
         c.collect();
+        cpu.0 = ProcessStats::read().unwrap().cpu.as_secs_f64();
         c.collect();
+        cpu.1 = ProcessStats::read().unwrap().cpu.as_secs_f64();
     });
     let text = prometheus.render();
+    // CPU seconds keep their fraction (not truncated to whole seconds), and read as a counter.
+    let total: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("process_cpu_seconds_total "))
+        .expect("process_cpu_seconds_total")
+        .parse()
+        .unwrap();
+    assert!(cpu.0 <= total && total <= cpu.1, "{total} not in {cpu:?}");
+    assert!(
+        text.contains("# TYPE process_cpu_seconds_total counter\n"),
+        "{text}"
+    );
     for series in [
         "process_resident_memory_bytes ",
         "process_cpu_seconds_total ",
