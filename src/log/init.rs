@@ -17,7 +17,7 @@ use super::writer::{NonBlocking, WriterGuard};
 pub enum Format {
     /// One JSON object per line.
     Json,
-    /// Human-readable lines, for terminals.
+    /// Human-readable lines, for terminals (colored only on one).
     Pretty,
 }
 
@@ -204,11 +204,22 @@ impl LogConfig {
                 }
             }
             Format::Pretty => tracing::Dispatch::new(
-                registry.with(tracing_subscriber::fmt::layer().with_writer(writer)),
+                registry.with(
+                    tracing_subscriber::fmt::layer()
+                        .with_ansi(colors())
+                        .with_writer(writer),
+                ),
             ),
         };
         Ok((result, LogGuard { _writer: guard }))
     }
+}
+
+/// Whether the human-readable format is colored: only on a terminal (pretty logs asked for
+/// with `TOWERSCOPE_LOG_FORMAT=pretty` into a file or a pipe are plain text), and never with
+/// `NO_COLOR` set to anything but the empty string (no-color.org).
+fn colors() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn spawn_every(period: Duration, name: &str, mut f: impl FnMut() + Send + 'static) {

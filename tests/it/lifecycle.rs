@@ -903,3 +903,37 @@ async fn concurrent_http2_streams_each_end_once_as_what_they_were() {
         assert_eq!(of_get(&text, ACTIVE_REQUESTS, route), Some(0.0), "{route}");
     }
 }
+
+/// Pretty logs asked for with `TOWERSCOPE_LOG_FORMAT=pretty` into a pipe (a file, a log
+/// collector) are plain text: no terminal color codes.
+#[test]
+fn pretty_logs_into_a_pipe_have_no_color_codes() {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(crate::support::example_binary("server"))
+        .args([
+            "--addr",
+            "127.0.0.1:0",
+            "--stack",
+            "red+log",
+            "--workers",
+            "1",
+        ])
+        .env("TOWERSCOPE_LOG_FORMAT", "pretty")
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the example server");
+    let stdout = child.stdout.take().expect("stdout");
+    let _server = crate::support::Proc(child);
+    let line = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.contains("listening"))
+        .expect("the listening line");
+    assert!(
+        line.contains(" INFO ") && line.contains("addr=127.0.0.1:"),
+        "{line:?}"
+    );
+    assert!(!line.contains('\u{1b}'), "color codes in {line:?}");
+}
