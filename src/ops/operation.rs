@@ -14,7 +14,7 @@ use super::{describe, register_histogram};
 /// A named operation: `{name}_duration_seconds{outcome="success|error|cancelled"}` plus the
 /// constant labels, and a span `operation` (INFO, `otel.name` = the name, kind INTERNAL) that
 /// records `otel.status_code="error"` and an ERROR event `exception` with `exception.message`
-/// on failure (an OpenTelemetry exception event when spans are exported).
+/// on failure, an `Err` or a panic (an OpenTelemetry exception event when spans are exported).
 ///
 /// Handles are resolved when it is built: build it once (after installing the recorder) and
 /// keep it.
@@ -99,7 +99,8 @@ impl Operation {
     }
 
     /// Runs `fut` in the operation's span and records its duration and outcome. A future
-    /// dropped before it completes is recorded as `cancelled`.
+    /// dropped before it completes is recorded as `cancelled`; one that panics, as an `error`
+    /// (exception message `panicked`).
     pub fn run<F, T, E>(&self, fut: F) -> Instrumented<F>
     where
         F: Future<Output = Result<T, E>>,
@@ -116,7 +117,8 @@ impl Operation {
         }
     }
 
-    /// Runs `f` in the operation's span and records its duration and outcome.
+    /// Runs `f` in the operation's span and records its duration and outcome (a panic is an
+    /// `error`, exception message `panicked`, and goes on unwinding).
     pub fn run_sync<T, E: Display>(&self, f: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
         let mut state = State {
             op: self.clone(),
@@ -155,25 +157,35 @@ impl State {
         let secs = self.start.elapsed().as_secs_f64();
         match error {
             None => self.op.success.record(secs),
-            Some(e) => {
-                self.op.error.record(secs);
-                self.span.record("otel.status_code", "error");
-                let _entered = self.span.enter();
-                tracing::error!(
-                    target: "towerscope::ops",
-                    operation = self.op.name,
-                    "exception.message" = %e,
-                    "exception"
-                );
-            }
+            Some(e) => self.fail(secs, e),
         }
+    }
+
+    fn fail(&self, secs: f64, e: &dyn Display) {
+        self.op.error.record(secs);
+        self.span.record("otel.status_code", "error");
+        let _entered = self.span.enter();
+        tracing::error!(
+            target: "towerscope::ops",
+            operation = self.op.name,
+            "exception.message" = %e,
+            "exception"
+        );
     }
 }
 
 impl Drop for State {
     fn drop(&mut self) {
-        if !self.done {
-            self.op.cancelled.record(self.start.elapsed().as_secs_f64());
+        if self.done {
+            return;
+        }
+        let secs = self.start.elapsed().as_secs_f64();
+        // Dropped while unwinding: the call panicked (the payload is not reachable from
+        // here), an error like any other; dropped otherwise: cancelled.
+        if std::thread::panicking() {
+            self.fail(secs, &"panicked");
+        } else {
+            self.op.cancelled.record(secs);
         }
     }
 }

@@ -45,6 +45,28 @@ fn operations_caches_queues_and_business_counters() {
     assert_eq!(outcome("error"), Some(2.0));
     assert_eq!(outcome("cancelled"), Some(1.0));
 
+    // A panic, in a closure or while polling a future, is an error (not a cancellation), and
+    // goes on unwinding.
+    fn bug() -> Result<(), String> {
+        panic!("bug")
+    }
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op.run_sync(bug)));
+    assert!(panicked.is_err());
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        block_on(op.run(async { bug() }))
+    }));
+    assert!(panicked.is_err());
+    let text = prometheus.render();
+    let outcome = |o: &str| {
+        sample(
+            &text,
+            "payment_charge_duration_seconds_count",
+            &[("provider", "acme"), ("outcome", o)],
+        )
+    };
+    assert_eq!(outcome("error"), Some(4.0), "{text}");
+    assert_eq!(outcome("cancelled"), Some(1.0));
+
     // Caches: hits and misses; undeclared operations are `_other`.
     assert_eq!(block_on(cache.lookup("get", async { Some(7) })), Some(7));
     assert_eq!(block_on(cache.lookup("get", async { None::<u8> })), None);
