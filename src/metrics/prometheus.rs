@@ -143,6 +143,10 @@ impl PrometheusBuilder {
     /// Counters, gauges and the histograms with configured buckets are kept in towerscope's
     /// own sharded storage (see `TowerscopeRecorder`); other histograms (summaries) in
     /// metrics-exporter-prometheus. Both are rendered together.
+    ///
+    /// A gauge whose name is described as a counter (`describe_counter!`) is rendered as a
+    /// counter: the `metrics` facade's counters are integers, so a counter with a fraction,
+    /// such as `process_cpu_seconds_total`, is set through a gauge to its total.
     pub fn build(self) -> (TowerscopeRecorder, Prometheus) {
         let interval = self.upkeep_interval;
         let mut b = metrics_exporter_prometheus::PrometheusBuilder::new()
