@@ -62,6 +62,8 @@ mod fs_space;
 pub mod health;
 #[cfg(any(feature = "log", feature = "otel"))]
 mod ip_text;
+#[cfg(any(feature = "log", feature = "otel"))]
+mod json_str;
 pub mod lifecycle;
 #[cfg(feature = "log")]
 pub mod log;
