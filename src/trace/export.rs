@@ -24,6 +24,7 @@ use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
 
 use super::record::ServerRecord;
+use crate::json_str::write_json_str;
 
 /// `trace_spans_exported_total`
 pub const SPANS_EXPORTED: &str = "trace_spans_exported_total";
@@ -416,40 +417,10 @@ impl Export for ConsoleExporter {
     fn export(&mut self, batch: &[Item]) -> Exported {
         let mut out = String::new();
         for item in batch {
-            let server;
-            let s = match item {
-                Item::Sdk(s) => s,
-                Item::Server(r) => {
-                    server = r.to_span_data(&self.scope);
-                    &server
-                }
-            };
-            let start = s
-                .start_time
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
-            let dur = s.end_time.duration_since(s.start_time).unwrap_or_default();
-            let _ = write!(
-                out,
-                "{{\"trace_id\":\"{}\",\"span_id\":\"{}\",\"parent_span_id\":\"{}\",\"name\":{:?},\
-                 \"kind\":\"{:?}\",\"start_unix_nano\":{},\"duration_ns\":{},\"status\":{:?}",
-                s.span_context.trace_id(),
-                s.span_context.span_id(),
-                s.parent_span_id,
-                s.name,
-                s.span_kind,
-                start.as_nanos(),
-                dur.as_nanos(),
-                format!("{:?}", s.status),
-            );
-            out.push_str(",\"attributes\":{");
-            for (i, kv) in s.attributes.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                let _ = write!(out, "{:?}:{:?}", kv.key.as_str(), kv.value.to_string());
+            match item {
+                Item::Sdk(s) => write_span_json(&mut out, s),
+                Item::Server(r) => write_span_json(&mut out, &r.to_span_data(&self.scope)),
             }
-            out.push_str("}}\n");
         }
         // A failed write (a closed pipe) fails the batch: its spans are counted as dropped.
         std::io::stdout()
@@ -457,6 +428,120 @@ impl Export for ConsoleExporter {
             .write_all(out.as_bytes())
             .map(|()| None)
             .map_err(|e| OTelSdkError::InternalFailure(format!("console export: {e}")))
+    }
+}
+
+/// One span as one line of JSON: names and strings escaped whatever they hold, attribute
+/// values with their types (numbers, booleans, arrays), the status and its message, and the
+/// span's events (an `exception` among them).
+fn write_span_json(out: &mut String, s: &SpanData) {
+    use opentelemetry::trace::Status;
+    let nanos = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+    };
+    let dur = s.end_time.duration_since(s.start_time).unwrap_or_default();
+    let _ = write!(
+        out,
+        "{{\"trace_id\":\"{}\",\"span_id\":\"{}\",\"parent_span_id\":\"{}\",\"name\":",
+        s.span_context.trace_id(),
+        s.span_context.span_id(),
+        s.parent_span_id,
+    );
+    write_json_str(out, &s.name);
+    let _ = write!(
+        out,
+        ",\"kind\":\"{:?}\",\"start_unix_nano\":{},\"duration_ns\":{},\"status\":",
+        s.span_kind,
+        nanos(s.start_time),
+        dur.as_nanos(),
+    );
+    match &s.status {
+        Status::Unset => out.push_str("\"Unset\""),
+        Status::Ok => out.push_str("\"Ok\""),
+        Status::Error { description } => {
+            out.push_str("\"Error\"");
+            if !description.is_empty() {
+                out.push_str(",\"status_message\":");
+                write_json_str(out, description);
+            }
+        }
+    }
+    out.push_str(",\"attributes\":");
+    write_attributes_json(out, &s.attributes);
+    if !s.events.is_empty() {
+        out.push_str(",\"events\":[");
+        for (i, e) in s.events.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str("{\"name\":");
+            write_json_str(out, &e.name);
+            let _ = write!(
+                out,
+                ",\"time_unix_nano\":{},\"attributes\":",
+                nanos(e.timestamp)
+            );
+            write_attributes_json(out, &e.attributes);
+            out.push('}');
+        }
+        out.push(']');
+    }
+    out.push_str("}\n");
+}
+
+fn write_attributes_json(out: &mut String, attributes: &[opentelemetry::KeyValue]) {
+    out.push('{');
+    for (i, kv) in attributes.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_json_str(out, kv.key.as_str());
+        out.push(':');
+        write_value_json(out, &kv.value);
+    }
+    out.push('}');
+}
+
+/// An attribute value as JSON of its type; a float that JSON cannot hold (NaN, infinities) as
+/// its text.
+fn write_value_json(out: &mut String, v: &opentelemetry::Value) {
+    use opentelemetry::{Array, Value};
+    fn float(out: &mut String, f: f64) {
+        if f.is_finite() {
+            let _ = write!(out, "{f}");
+        } else {
+            write_json_str(out, &f.to_string());
+        }
+    }
+    fn list<T>(out: &mut String, items: &[T], mut each: impl FnMut(&mut String, &T)) {
+        out.push('[');
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            each(out, item);
+        }
+        out.push(']');
+    }
+    match v {
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::I64(n) => {
+            let _ = write!(out, "{n}");
+        }
+        Value::F64(f) => float(out, *f),
+        Value::String(t) => write_json_str(out, t.as_str()),
+        Value::Array(Array::Bool(a)) => {
+            list(out, a, |o, b| o.push_str(if *b { "true" } else { "false" }))
+        }
+        Value::Array(Array::I64(a)) => list(out, a, |o, n| {
+            let _ = write!(o, "{n}");
+        }),
+        Value::Array(Array::F64(a)) => list(out, a, |o, f| float(o, *f)),
+        Value::Array(Array::String(a)) => list(out, a, |o, t| write_json_str(o, t.as_str())),
+        // Kinds added to the (non-exhaustive) enums later: their text.
+        other => write_json_str(out, &other.to_string()),
     }
 }
 
@@ -538,6 +623,77 @@ mod tests {
     use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
 
     use super::*;
+
+    /// The console exporter writes each span as one valid JSON object, whatever its strings
+    /// hold (Rust's `Debug` quoting, used before, writes `\u{301}` for a combining accent and
+    /// `\u{1}` for a control character: not JSON), with typed attribute values and events.
+    #[test]
+    fn console_lines_are_json_with_typed_values_and_events() {
+        use opentelemetry::trace::{Event, SpanKind, Status};
+        use opentelemetry::{Array, KeyValue, StringValue};
+        let t0 = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let mut events = opentelemetry_sdk::trace::SpanEvents::default();
+        events.events.push(Event::new(
+            "exception",
+            t0 + Duration::from_millis(1),
+            vec![KeyValue::new("exception.message", "bad \"input\"\n")],
+            0,
+        ));
+        let span = SpanData {
+            span_context: SpanContext::new(
+                TraceId::from(7),
+                SpanId::from(9),
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::default(),
+            ),
+            parent_span_id: SpanId::INVALID,
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Server,
+            name: "GET /caf\u{e9}/e\u{301}\u{1}".into(),
+            start_time: t0,
+            end_time: t0 + Duration::from_millis(2),
+            attributes: vec![
+                KeyValue::new("server.port", 8080_i64),
+                KeyValue::new("ok", true),
+                KeyValue::new("ratio", 0.25),
+                KeyValue::new("nan", f64::NAN),
+                KeyValue::new("user_agent.original", "a\u{301}\u{2028}\\"),
+                KeyValue::new(
+                    "tags",
+                    opentelemetry::Value::Array(Array::String(vec![StringValue::from("x\u{7}")])),
+                ),
+            ],
+            dropped_attributes_count: 0,
+            events,
+            links: Default::default(),
+            status: Status::error("boom \u{301}"),
+            instrumentation_scope: Default::default(),
+        };
+        let mut out = String::new();
+        write_span_json(&mut out, &span);
+        write_span_json(&mut out, &span);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        let v: serde_json::Value = serde_json::from_str(lines[0]).expect(lines[0]);
+        assert_eq!(v["name"], "GET /caf\u{e9}/e\u{301}\u{1}");
+        assert_eq!(v["kind"], "Server");
+        assert_eq!(v["duration_ns"], 2_000_000);
+        assert_eq!(v["status"], "Error");
+        assert_eq!(v["status_message"], "boom \u{301}");
+        let a = &v["attributes"];
+        assert_eq!(a["server.port"], 8080);
+        assert_eq!(a["ok"], true);
+        assert_eq!(a["ratio"], 0.25);
+        assert_eq!(a["nan"], "NaN");
+        assert_eq!(a["user_agent.original"], "a\u{301}\u{2028}\\");
+        assert_eq!(a["tags"], serde_json::json!(["x\u{7}"]));
+        assert_eq!(v["events"][0]["name"], "exception");
+        assert_eq!(
+            v["events"][0]["attributes"]["exception.message"],
+            "bad \"input\"\n"
+        );
+    }
 
     /// The first failure is reported at once, later ones at most once a minute with what
     /// failed in between; a success after a warning is reported once with the outage's totals,
