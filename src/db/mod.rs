@@ -37,7 +37,8 @@
 //! A span `db.query` (target `towerscope::db`, INFO) per query, named (`otel.name`) by the
 //! summary, kind CLIENT, child of the current span, with `db.system.name`, `db.namespace`,
 //! `db.operation.name`, `db.collection.name`, `db.query.summary`, `db.query.text` (sanitised:
-//! literals are `?`), `server.address`, `server.port`, and on failure `error.type`,
+//! literals are `?`, and for SQLite double-quoted strings in value positions too: see
+//! [`sql::analyze_for`]), `server.address`, `server.port`, and on failure `error.type`,
 //! `db.response.status_code` and `otel.status_code="error"`; `db.response.returned_rows` when
 //! enabled.
 //!

@@ -15,7 +15,7 @@ use sqlx::Either;
 use tracing::{field::Empty, Span};
 
 use super::cache::TextCache;
-use super::sql::{analyze, Analysis};
+use super::sql::{analyze_for, Analysis};
 use super::system::Target;
 
 /// `db_client_operation_duration_seconds`
@@ -171,7 +171,7 @@ impl Shared {
     /// The cached analysis and handles of `sql`.
     pub(crate) fn info(&self, sql: &str) -> Arc<QueryInfo> {
         self.cache.get_or_insert_with(sql, || {
-            let analysis = analyze(sql);
+            let analysis = analyze_for(self.system, sql);
             let name = if analysis.summary.is_empty() {
                 self.system.to_owned()
             } else {

@@ -583,9 +583,66 @@ fn push_tok(out: &mut String, t: &str) {
     out.push_str(t);
 }
 
-/// Analyses a query (uncached).
+/// Analyses a query (uncached), reading double-quoted tokens as identifiers (PostgreSQL and
+/// standard SQL).
 pub fn analyze(sql: &str) -> Analysis {
-    let toks = lex(sql);
+    analyze_tokens(lex(sql))
+}
+
+/// Analyses a query (uncached) as the database `system` (`db.system.name`) reads it. For
+/// `sqlite`, a double-quoted token in a value position (after a comparison or `LIKE`, in a
+/// `VALUES` or `IN` list, and not part of a qualified name) is masked in the sanitised text as
+/// a literal: SQLite reads it as a string when no column has that name (its "DQS" rule, on by
+/// default), so `WHERE email = "a@b.c"` must not keep the address. Identifier positions (`FROM`,
+/// column lists, `SET` targets, `"t"."c"`) keep theirs.
+pub fn analyze_for(system: &str, sql: &str) -> Analysis {
+    let mut toks = lex(sql);
+    if system == "sqlite" {
+        sqlite_strings(sql, &mut toks);
+    }
+    analyze_tokens(toks)
+}
+
+/// Masks the double-quoted tokens SQLite may read as strings (see [`analyze_for`]).
+fn sqlite_strings<'a>(sql: &'a str, toks: &mut [Tok<'a>]) {
+    // Whether a quoted token's text was quoted with `"` (not `` ` `` or `[`): the byte before
+    // it in the query.
+    let double = |q: &str| {
+        let at = (q.as_ptr() as usize).wrapping_sub(sql.as_ptr() as usize);
+        (1..=sql.len()).contains(&at) && sql.as_bytes()[at - 1] == b'"'
+    };
+    // For each open parenthesis, whether it holds a list of values: after VALUES or IN, or
+    // after the comma that follows a VALUES tuple.
+    let mut lists: Vec<bool> = Vec::new();
+    let mut closed_values = false;
+    for i in 0..toks.len() {
+        let prev = i.checked_sub(1).map(|p| toks[p].clone());
+        match toks[i] {
+            Tok::Punct('(') => lists.push(prev.as_ref().is_some_and(|p| {
+                kw(p, "VALUES") || kw(p, "IN") || (*p == Tok::Punct(',') && closed_values)
+            })),
+            Tok::Punct(')') => closed_values = lists.pop().unwrap_or(false),
+            Tok::Quoted(q) if double(q) => {
+                let qualified =
+                    prev == Some(Tok::Punct('.')) || toks.get(i + 1) == Some(&Tok::Punct('.'));
+                let in_list =
+                    lists.last() == Some(&true) && matches!(prev, Some(Tok::Punct('(' | ',')));
+                let after_operator = prev.as_ref().is_some_and(|p| {
+                    matches!(p, Tok::Op(_))
+                        || ["LIKE", "GLOB", "REGEXP", "MATCH", "BETWEEN", "THEN", "ELSE"]
+                            .iter()
+                            .any(|k| kw(p, k))
+                });
+                if !qualified && (in_list || after_operator) {
+                    toks[i] = Tok::Literal;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn analyze_tokens(toks: Vec<Tok<'_>>) -> Analysis {
     let (operation, collection, summary) = summarise(&toks);
     Analysis {
         operation,

@@ -101,6 +101,37 @@ fn real_world_queries() {
     );
 }
 
+/// SQLite reads a double-quoted token as a string when no column has that name: in value
+/// positions such tokens are masked for `sqlite` (PostgreSQL keeps them: identifiers there),
+/// and identifier positions keep theirs (SeaORM quotes every identifier).
+#[test]
+fn sqlite_double_quoted_strings_are_masked_in_value_positions() {
+    #[rustfmt::skip]
+    let cases = [
+        ("SELECT * FROM users WHERE email = \"alice@example.com\"", "SELECT * FROM users WHERE email = ?"),
+        ("UPDATE \"users\" SET \"name\" = \"bob\" WHERE \"users\".\"id\" = 1", "UPDATE \"users\" SET \"name\" = ? WHERE \"users\".\"id\" = ?"),
+        ("INSERT INTO \"t\" (\"a\", \"b\") VALUES (\"x\", \"y\"), (\"z\", \"w\")", "INSERT INTO \"t\" (\"a\", \"b\") VALUES (?), (?)"),
+        ("SELECT * FROM t WHERE name LIKE \"%bob%\" AND tag IN (\"a\", \"b\") AND n <> \"c\"", "SELECT * FROM t WHERE name LIKE ? AND tag IN (?) AND n <> ?"),
+        ("SELECT \"cake\".\"id\", \"cake\".\"name\" AS \"n\" FROM \"cake\" WHERE \"cake\".\"name\" = ? ORDER BY \"cake\".\"id\" ASC", "SELECT \"cake\".\"id\", \"cake\".\"name\" AS \"n\" FROM \"cake\" WHERE \"cake\".\"name\" = ? ORDER BY \"cake\".\"id\" ASC"),
+        ("CREATE TABLE \"t\" (\"a\" TEXT DEFAULT 'x')", "CREATE TABLE \"t\" (\"a\" TEXT DEFAULT ?)"),
+        ("SELECT `t`.`a` FROM `t` WHERE `t`.`a` = 1", "SELECT \"t\".\"a\" FROM \"t\" WHERE \"t\".\"a\" = ?"),
+    ];
+    for (sql, sanitized) in cases {
+        let a = analyze_for("sqlite", sql);
+        assert_eq!(a.sanitized, sanitized, "{sql}");
+        // The operation, the collection and the summary do not depend on the dialect.
+        let b = analyze(sql);
+        assert_eq!(
+            (a.operation, a.collection, a.summary),
+            (b.operation, b.collection, b.summary),
+            "{sql}"
+        );
+    }
+    // PostgreSQL: double quotes are always identifiers.
+    let pg = analyze_for("postgresql", "SELECT * FROM users WHERE email = \"x\"");
+    assert_eq!(pg.sanitized, "SELECT * FROM users WHERE email = \"x\"");
+}
+
 #[test]
 fn summaries_are_bounded_and_never_cut_inside_a_name() {
     let long: String = (0..100)
