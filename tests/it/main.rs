@@ -10,6 +10,7 @@ mod lifecycle;
 mod loadgen;
 mod ops;
 mod prometheus;
+mod readme;
 mod red;
 mod shed;
 mod trace;
