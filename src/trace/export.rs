@@ -471,11 +471,8 @@ fn write_span_json(out: &mut String, s: &SpanData) {
     out.push_str(",\"attributes\":");
     write_attributes_json(out, &s.attributes);
     if !s.events.is_empty() {
-        out.push_str(",\"events\":[");
-        for (i, e) in s.events.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
+        out.push_str(",\"events\":");
+        json_list(out, ['[', ']'], &s.events, |out, e| {
             out.push_str("{\"name\":");
             write_json_str(out, &e.name);
             let _ = write!(
@@ -485,23 +482,34 @@ fn write_span_json(out: &mut String, s: &SpanData) {
             );
             write_attributes_json(out, &e.attributes);
             out.push('}');
-        }
-        out.push(']');
+        });
     }
     out.push_str("}\n");
 }
 
-fn write_attributes_json(out: &mut String, attributes: &[opentelemetry::KeyValue]) {
-    out.push('{');
-    for (i, kv) in attributes.iter().enumerate() {
+/// `items` between `brackets`, separated by commas, each written by `each`.
+fn json_list<T>(
+    out: &mut String,
+    brackets: [char; 2],
+    items: &[T],
+    mut each: impl FnMut(&mut String, &T),
+) {
+    out.push(brackets[0]);
+    for (i, item) in items.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
+        each(out, item);
+    }
+    out.push(brackets[1]);
+}
+
+fn write_attributes_json(out: &mut String, attributes: &[opentelemetry::KeyValue]) {
+    json_list(out, ['{', '}'], attributes, |out, kv| {
         write_json_str(out, kv.key.as_str());
         out.push(':');
         write_value_json(out, &kv.value);
-    }
-    out.push('}');
+    });
 }
 
 /// An attribute value as JSON of its type; a float that JSON cannot hold (NaN, infinities) as
@@ -515,15 +523,8 @@ fn write_value_json(out: &mut String, v: &opentelemetry::Value) {
             write_json_str(out, &f.to_string());
         }
     }
-    fn list<T>(out: &mut String, items: &[T], mut each: impl FnMut(&mut String, &T)) {
-        out.push('[');
-        for (i, item) in items.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            each(out, item);
-        }
-        out.push(']');
+    fn list<T>(out: &mut String, items: &[T], each: impl FnMut(&mut String, &T)) {
+        json_list(out, ['[', ']'], items, each);
     }
     match v {
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
