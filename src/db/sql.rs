@@ -34,10 +34,11 @@ pub const MAX_SUMMARY: usize = 255;
 /// Bound of the sanitised text.
 pub const MAX_SANITIZED: usize = 2048;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 enum Tok<'a> {
     Word(&'a str),
-    Quoted(&'a str),
+    /// A quoted identifier's text, and whether its quotes were `"` (not `` ` `` or `[ ]`).
+    Quoted(&'a str, bool),
     Literal,
     Param(&'a str),
     Punct(char),
@@ -130,7 +131,7 @@ fn lex(sql: &str) -> Vec<Tok<'_>> {
                 while j < n && b[j] != close {
                     j += 1;
                 }
-                out.push(Tok::Quoted(sql.get(s..j).unwrap_or("")));
+                out.push(Tok::Quoted(sql.get(s..j).unwrap_or(""), c == b'"'));
                 i = (j + 1).min(n);
             }
             b'?' => {
@@ -301,12 +302,12 @@ fn name_at(toks: &[Tok<'_>], mut i: usize) -> Option<(String, usize)> {
                 return None
             }
             Tok::Word(w) => name.push_str(w),
-            Tok::Quoted(q) => name.push_str(q),
+            Tok::Quoted(q, _) => name.push_str(q),
             _ => return None,
         }
         i += 1;
         if toks.get(i) == Some(&Tok::Punct('.'))
-            && matches!(toks.get(i + 1), Some(Tok::Word(_) | Tok::Quoted(_)))
+            && matches!(toks.get(i + 1), Some(Tok::Word(_) | Tok::Quoted(..)))
         {
             name.push('.');
             i += 1;
@@ -474,7 +475,7 @@ fn summarise(toks: &[Tok<'_>]) -> (Option<String>, Option<String>, String) {
                         j += 1;
                     }
                     if let Some(t) = toks.get(j) {
-                        if matches!(t, Tok::Word(_) | Tok::Quoted(_))
+                        if matches!(t, Tok::Word(_) | Tok::Quoted(..))
                             && !clause_end(t)
                             && !kw(t, "SET")
                             && !kw(t, "DEFAULT")
@@ -555,7 +556,7 @@ fn sanitize(toks: &[Tok<'_>]) -> String {
         }
         let text: std::borrow::Cow<'_, str> = match &toks[i] {
             Tok::Word(w) => (*w).into(),
-            Tok::Quoted(q) => format!("\"{q}\"").into(),
+            Tok::Quoted(q, _) => format!("\"{q}\"").into(),
             Tok::Literal => "?".into(),
             Tok::Param(p) => (*p).into(),
             Tok::Punct(c) => c.to_string().into(),
@@ -598,40 +599,34 @@ pub fn analyze(sql: &str) -> Analysis {
 pub fn analyze_for(system: &str, sql: &str) -> Analysis {
     let mut toks = lex(sql);
     if system == "sqlite" {
-        sqlite_strings(sql, &mut toks);
+        sqlite_strings(&mut toks);
     }
     analyze_tokens(toks)
 }
 
 /// Masks the double-quoted tokens SQLite may read as strings (see [`analyze_for`]).
-fn sqlite_strings<'a>(sql: &'a str, toks: &mut [Tok<'a>]) {
-    // Whether a quoted token's text was quoted with `"` (not `` ` `` or `[`): the byte before
-    // it in the query.
-    let double = |q: &str| {
-        let at = (q.as_ptr() as usize).wrapping_sub(sql.as_ptr() as usize);
-        (1..=sql.len()).contains(&at) && sql.as_bytes()[at - 1] == b'"'
-    };
+fn sqlite_strings(toks: &mut [Tok<'_>]) {
     // For each open parenthesis, whether it holds a list of values: after VALUES or IN, or
     // after the comma that follows a VALUES tuple.
     let mut lists: Vec<bool> = Vec::new();
     let mut closed_values = false;
     for i in 0..toks.len() {
-        let prev = i.checked_sub(1).map(|p| toks[p].clone());
+        let prev = i.checked_sub(1).map(|p| toks[p]);
         match toks[i] {
-            Tok::Punct('(') => lists.push(prev.as_ref().is_some_and(|p| {
-                kw(p, "VALUES") || kw(p, "IN") || (*p == Tok::Punct(',') && closed_values)
+            Tok::Punct('(') => lists.push(prev.is_some_and(|p| {
+                kw(&p, "VALUES") || kw(&p, "IN") || (p == Tok::Punct(',') && closed_values)
             })),
             Tok::Punct(')') => closed_values = lists.pop().unwrap_or(false),
-            Tok::Quoted(q) if double(q) => {
+            Tok::Quoted(_, true) => {
                 let qualified =
                     prev == Some(Tok::Punct('.')) || toks.get(i + 1) == Some(&Tok::Punct('.'));
                 let in_list =
                     lists.last() == Some(&true) && matches!(prev, Some(Tok::Punct('(' | ',')));
-                let after_operator = prev.as_ref().is_some_and(|p| {
+                let after_operator = prev.is_some_and(|p| {
                     matches!(p, Tok::Op(_))
                         || ["LIKE", "GLOB", "REGEXP", "MATCH", "BETWEEN", "THEN", "ELSE"]
                             .iter()
-                            .any(|k| kw(p, k))
+                            .any(|k| kw(&p, k))
                 });
                 if !qualified && (in_list || after_operator) {
                     toks[i] = Tok::Literal;
