@@ -1,14 +1,18 @@
 use super::*;
 
-#[test]
-fn the_process_reads_itself() {
-    // Burn a little CPU so the counter has something to count.
+/// Keeps this thread busy for `d`, so the process has CPU time to count.
+fn burn_cpu(d: Duration) {
     let start = Instant::now();
     let mut x = 0u64;
-    while start.elapsed() < Duration::from_millis(30) {
+    while start.elapsed() < d {
         x = x.wrapping_mul(31).wrapping_add(7);
     }
     std::hint::black_box(x);
+}
+
+#[test]
+fn the_process_reads_itself() {
+    burn_cpu(Duration::from_millis(30));
     let s = ProcessStats::read().expect("/proc/self on Linux");
     assert!(s.cpu >= Duration::from_millis(10), "{s:?}");
     assert!(s.resident_bytes > 1 << 20, "{s:?}");
@@ -58,12 +62,7 @@ fn a_collection_fills_the_series() {
         .build()
         .unwrap();
     // CPU time that is not a whole number of seconds (unless by a 1-in-100 chance).
-    let start = Instant::now();
-    let mut x = 0u64;
-    while start.elapsed() < Duration::from_millis(30) {
-        x = x.wrapping_mul(31).wrapping_add(7);
-    }
-    std::hint::black_box(x);
+    burn_cpu(Duration::from_millis(30));
     let mut cpu = (0.0, 0.0);
     metrics::with_local_recorder(&recorder, || {
         let mut c = Resources::builder()

@@ -909,19 +909,9 @@ async fn concurrent_http2_streams_each_end_once_as_what_they_were() {
 #[test]
 fn pretty_logs_into_a_pipe_have_no_color_codes() {
     use std::io::BufRead;
-    let mut child = std::process::Command::new(crate::support::example_binary("server"))
-        .args([
-            "--addr",
-            "127.0.0.1:0",
-            "--stack",
-            "red+log",
-            "--workers",
-            "1",
-        ])
+    let mut child = crate::support::example_server("red+log", &[])
         .env("TOWERSCOPE_LOG_FORMAT", "pretty")
-        .env("RUST_LOG", "info")
         .env_remove("NO_COLOR")
-        .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("start the example server");
     let stdout = child.stdout.take().expect("stdout");

@@ -294,6 +294,20 @@ pub fn start_server_with(stack: &str, extra: &[&str]) -> (Proc, SocketAddr) {
     (server, addr)
 }
 
+/// The example server's command on a free port, its stdout piped: `stack`, two workers,
+/// `extra` arguments, `RUST_LOG=info` (the "listening" record is INFO: a `RUST_LOG` above that
+/// in the test's environment would hide it, and the address with it).
+pub fn example_server(stack: &str, extra: &[&str]) -> Command {
+    let mut command = Command::new(example_binary("server"));
+    command
+        .args(["--addr", "127.0.0.1:0", "--stack", stack, "--workers", "2"])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    command
+}
+
 /// The same, with environment variables for the server, and the lines it writes on stdout
 /// after it listens (its JSON logs).
 pub fn start_server_logs(
@@ -301,15 +315,8 @@ pub fn start_server_logs(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> (Proc, SocketAddr, std::sync::mpsc::Receiver<String>) {
-    let mut child = Command::new(example_binary("server"))
-        .args(["--addr", "127.0.0.1:0", "--stack", stack, "--workers", "2"])
-        .args(extra)
-        // The "listening" record is INFO: a `RUST_LOG` above that in the test's environment
-        // would hide it (and the address with it).
-        .env("RUST_LOG", "info")
+    let mut child = example_server(stack, extra)
         .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
         .spawn()
         .expect("start the example server");
     let stdout = child.stdout.take().expect("stdout");
