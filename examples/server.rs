@@ -667,7 +667,7 @@ async fn serve(
         _ => app,
     };
     // A log record like any other when the stack logs; a bare JSON line otherwise (the
-    // benchmark and test scripts read the address from it either way).
+    // integration tests read the address from it either way).
     if args.stack.logs() {
         tracing::info!(addr = %local, stack = args.stack.name(), workers = args.workers, "listening");
     } else {

@@ -159,8 +159,9 @@ impl RequestLogBuilder {
 
     /// Every proxy in front of the application is trusted: `client_ip` is the first hop of
     /// `Forwarded` or `X-Forwarded-For` when present (and an address; the one
-    /// [`proxy_header`](Self::proxy_header) names, when set); by default it is the peer. Only right when the outermost proxy replaces these headers: a proxy that appends
-    /// to them keeps what the client wrote in front, and that is the first hop. Then prefer
+    /// [`proxy_header`](Self::proxy_header) names, when set); by default it is the peer. Only
+    /// right when the outermost proxy replaces these headers: a proxy that appends to them
+    /// keeps what the client wrote in front, and that is the first hop. Then prefer
     /// [`trusted_proxies`](Self::trusted_proxies) or
     /// [`trusted_proxy_hops`](Self::trusted_proxy_hops). The last of the three calls counts.
     pub fn trust_forwarded_headers(mut self, trust: bool) -> Self {
@@ -170,10 +171,10 @@ impl RequestLogBuilder {
 
     /// The `n` proxies nearest the application are trusted, the peer being the first (`1`: one
     /// load balancer): `client_ip` is the hop the outermost of them appended to
-    /// `X-Forwarded-For` (or the header [`proxy_header`](Self::proxy_header) names), the
-    /// `n`-th from the right (the leftmost when there are fewer), so a client cannot choose it
-    /// by sending the header itself. `0` trusts none (the default).
-    /// The last of this, [`trusted_proxies`](Self::trusted_proxies) and
+    /// `X-Forwarded-For` (or the header [`proxy_header`](Self::proxy_header) names), the `n`-th
+    /// from the right (the leftmost when there are fewer), so a client cannot choose it by
+    /// sending the header itself. `0` trusts none (the default). The last of this,
+    /// [`trusted_proxies`](Self::trusted_proxies) and
     /// [`trust_forwarded_headers`](Self::trust_forwarded_headers) counts.
     pub fn trusted_proxy_hops(mut self, n: usize) -> Self {
         self.cfg.trust_forwarded.trust_hops(n);
@@ -182,11 +183,11 @@ impl RequestLogBuilder {
 
     /// Proxies at these addresses or CIDR networks are trusted (`["10.0.0.0/8",
     /// "2001:db8::7"]`): when the peer is one of them, `client_ip` is the hop of
-    /// `X-Forwarded-For` (or the header [`proxy_header`](Self::proxy_header) names) nearest
-    /// the application that is not (the leftmost when all are),
-    /// however many proxies a request passed; a client's own hops in front are not believed.
-    /// From any other peer the headers are ignored. An empty list trusts none (the default).
-    /// The last of this, [`trusted_proxy_hops`](Self::trusted_proxy_hops) and
+    /// `X-Forwarded-For` (or the header [`proxy_header`](Self::proxy_header) names) nearest the
+    /// application that is not (the leftmost when all are), however many proxies a request
+    /// passed; a client's own hops in front are not believed. From any other peer the headers
+    /// are ignored. An empty list trusts none (the default). The last of this,
+    /// [`trusted_proxy_hops`](Self::trusted_proxy_hops) and
     /// [`trust_forwarded_headers`](Self::trust_forwarded_headers) counts.
     ///
     /// # Panics

@@ -423,13 +423,12 @@ impl TraceConfig {
 
     /// Every proxy in front of the application is trusted: a server span's `client.address` is
     /// the first hop of `Forwarded` or `X-Forwarded-For` when present (and an address; the one
-    /// [`proxy_header`](Self::proxy_header) names, when set), and
-    /// `network.peer.address` the proxy's; by default `client.address` is the peer. Only right
-    /// when the outermost proxy replaces these headers; otherwise prefer
-    /// [`trusted_proxies`](Self::trusted_proxies) or
+    /// [`proxy_header`](Self::proxy_header) names, when set), and `network.peer.address` the
+    /// proxy's; by default `client.address` is the peer. Only right when the outermost proxy
+    /// replaces these headers; otherwise prefer [`trusted_proxies`](Self::trusted_proxies) or
     /// [`trusted_proxy_hops`](Self::trusted_proxy_hops). As the request log's
-    /// [`trust_forwarded_headers`](crate::log::RequestLogBuilder::trust_forwarded_headers),
-    /// so both name the same client. The last of the three calls counts.
+    /// [`trust_forwarded_headers`](crate::log::RequestLogBuilder::trust_forwarded_headers), so
+    /// both name the same client. The last of the three calls counts.
     pub fn trust_forwarded_headers(mut self, trust: bool) -> Self {
         self.trust_forwarded.trust_all(trust);
         self
@@ -437,10 +436,11 @@ impl TraceConfig {
 
     /// The `n` proxies nearest the application are trusted, the peer being the first: a server
     /// span's `client.address` is the hop the outermost of them appended to `X-Forwarded-For`
-    /// (or the header [`proxy_header`](Self::proxy_header) names), the `n`-th from the right (the leftmost when there are fewer), and
-    /// `network.peer.address` the proxy's. `0` trusts none (the default). As the request
-    /// log's [`trusted_proxy_hops`](crate::log::RequestLogBuilder::trusted_proxy_hops). The
-    /// last of this, [`trusted_proxies`](Self::trusted_proxies) and
+    /// (or the header [`proxy_header`](Self::proxy_header) names), the `n`-th from the right
+    /// (the leftmost when there are fewer), and `network.peer.address` the proxy's. `0` trusts
+    /// none (the default). As the request log's
+    /// [`trusted_proxy_hops`](crate::log::RequestLogBuilder::trusted_proxy_hops). The last of
+    /// this, [`trusted_proxies`](Self::trusted_proxies) and
     /// [`trust_forwarded_headers`](Self::trust_forwarded_headers) counts.
     pub fn trusted_proxy_hops(mut self, n: usize) -> Self {
         self.trust_forwarded.trust_hops(n);
@@ -450,9 +450,9 @@ impl TraceConfig {
     /// Proxies at these addresses or CIDR networks are trusted (`["10.0.0.0/8",
     /// "2001:db8::7"]`): when the peer is one of them, a server span's `client.address` is the
     /// hop of `X-Forwarded-For` (or the header [`proxy_header`](Self::proxy_header) names)
-    /// nearest the application that is not (the
-    /// leftmost when all are), and `network.peer.address` the proxy's. From any other peer
-    /// the headers are ignored. An empty list trusts none (the default). As the request log's
+    /// nearest the application that is not (the leftmost when all are), and
+    /// `network.peer.address` the proxy's. From any other peer the headers are ignored. An
+    /// empty list trusts none (the default). As the request log's
     /// [`trusted_proxies`](crate::log::RequestLogBuilder::trusted_proxies). The last of this,
     /// [`trusted_proxy_hops`](Self::trusted_proxy_hops) and
     /// [`trust_forwarded_headers`](Self::trust_forwarded_headers) counts.
