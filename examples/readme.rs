@@ -2,7 +2,7 @@
 //! snippet leaves free (`app`, `listener`, a client, ...), so that `cargo test`, which builds the
 //! examples, compiles them; the test `readme::snippets_are_compiled` checks that every snippet
 //! of the README stands here unchanged. Not meant to be run.
-#![allow(unused, clippy::all)]
+#![allow(unused)]
 
 use std::time::Duration;
 
