@@ -10,7 +10,8 @@
 //! - Checks run concurrently, each in its own task: a panic is Down with its message.
 //! - [`Health::router`]: `/livez`, `/readyz`, `/startupz` (a latch), `/health` and
 //!   `/{probe}/{check}`, with the Kubernetes API server's conventions (`ok`; `?verbose`;
-//!   `?exclude=name`) and the IETF `application/health+json` format on `Accept` or
+//!   `?exclude=name`, listed as `[+]name excluded: ok`, with a warning for names that match no
+//!   check) and the IETF `application/health+json` format on `Accept` or
 //!   `?format=json`. Up and Degraded are 200, Down 503. Details are withheld unless the
 //!   [`Details`] policy allows them. `Cache-Control: no-store`. Every probe answers within its
 //!   deadline (800 ms) whatever the checks do.

@@ -187,6 +187,7 @@ async fn answer(
             return plain(StatusCode::NOT_FOUND, format!("no check named {name:?}\n"));
         }
     }
+    let rows = rows(health, probe.group(), &reports, &q.exclude, only.is_none());
     let mut status = Health::aggregate(&reports);
     let mut extra: Option<(&str, &str)> = None;
     match probe {
@@ -217,7 +218,7 @@ async fn answer(
     let mut res = if q.json {
         json(code, status, &reports, extra, details)
     } else {
-        text(code, probe, status, &reports, extra, details, q.verbose)
+        text(code, probe, status, &rows, extra, details, q.verbose)
     };
     res.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -231,12 +232,79 @@ fn plain(code: StatusCode, body: String) -> Response {
     res
 }
 
+/// A line of the text format.
+enum Row<'a> {
+    Checked(&'a Report),
+    /// A check of the probe that `?exclude=` left out.
+    Excluded(Arc<str>),
+    /// `?exclude=` names that match none of the probe's checks (sorted, without repeats).
+    Unmatched(Vec<&'a str>),
+}
+
+/// The text format's lines, as the API server writes them: the probe's checks in the order
+/// they were registered, each excluded one as `[+]name excluded: ok` where it would have
+/// been, then a warning for exclusions that match no check. A path naming one check
+/// (`/readyz/{check}`) has no exclusions.
+fn rows<'a>(
+    health: &Health,
+    group: Option<Group>,
+    reports: &'a [Report],
+    exclude: &'a [String],
+    whole: bool,
+) -> Vec<Row<'a>> {
+    if !whole || exclude.is_empty() {
+        return reports.iter().map(Row::Checked).collect();
+    }
+    let mut rows = Vec::with_capacity(reports.len() + exclude.len());
+    let mut matched = vec![false; exclude.len()];
+    let mut placed = vec![false; reports.len()];
+    for e in health.entries() {
+        if group.as_ref().is_some_and(|g| !e.reg.groups.contains(g)) {
+            continue;
+        }
+        let name = &e.reg.name;
+        let mut excluded = false;
+        for (x, m) in exclude.iter().zip(&mut matched) {
+            if **x == **name {
+                *m = true;
+                excluded = true;
+            }
+        }
+        if excluded {
+            rows.push(Row::Excluded(name.clone()));
+        } else if let Some(i) = reports.iter().position(|r| r.name == *name) {
+            placed[i] = true;
+            rows.push(Row::Checked(&reports[i]));
+        }
+    }
+    // A check registered while the probe ran: its report, after the others.
+    rows.extend(
+        reports
+            .iter()
+            .zip(placed)
+            .filter(|(_, placed)| !placed)
+            .map(|(r, _)| Row::Checked(r)),
+    );
+    let mut unmatched: Vec<&str> = exclude
+        .iter()
+        .zip(matched)
+        .filter(|(_, m)| !m)
+        .map(|(x, _)| x.as_str())
+        .collect();
+    unmatched.sort_unstable();
+    unmatched.dedup();
+    if !unmatched.is_empty() {
+        rows.push(Row::Unmatched(unmatched));
+    }
+    rows
+}
+
 /// The Kubernetes API server's text format.
 fn text(
     code: StatusCode,
     probe: Probe,
     status: Status,
-    reports: &[Report],
+    rows: &[Row<'_>],
     extra: Option<(&str, &str)>,
     details: bool,
     verbose: bool,
@@ -246,7 +314,22 @@ fn text(
         return (code, "ok").into_response();
     }
     let mut body = String::new();
-    for r in reports {
+    for row in rows {
+        let r = match row {
+            Row::Checked(r) => r,
+            Row::Excluded(name) => {
+                body.push_str(&format!("[+]{name} excluded: ok\n"));
+                continue;
+            }
+            Row::Unmatched(names) => {
+                let quoted: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
+                body.push_str(&format!(
+                    "warn: some health checks cannot be excluded: no matches for {}\n",
+                    quoted.join(",")
+                ));
+                continue;
+            }
+        };
         let failing = match r.result.status {
             Status::Down => true,
             Status::Unknown => r.critical,

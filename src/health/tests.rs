@@ -200,6 +200,34 @@ async fn kubernetes_conventions_exclude_verbose_per_check_and_details() {
         get(&health, "/readyz?exclude=db&exclude=queue").await.0,
         StatusCode::OK
     );
+    // As the API server words it: an excluded check where it would have been, and a warning
+    // for names that match no check of the probe (`queue`'s liveness does not count).
+    let (code, body, _) = get(
+        &health,
+        "/readyz?verbose&exclude=db&exclude=zz&exclude=a%22b",
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(
+        body,
+        "[+]db excluded: ok\n[+]queue ok\n\
+         warn: some health checks cannot be excluded: no matches for \"a\\\"b\",\"zz\"\n\
+         readyz check passed\n"
+    );
+    let (code, body, _) = get(&health, "/livez?exclude=db").await;
+    assert_eq!((code, body.as_str()), (StatusCode::OK, "ok"));
+    let (_, body, _) = get(&health, "/livez?verbose&exclude=db").await;
+    assert_eq!(
+        body,
+        "[+]queue ok\nwarn: some health checks cannot be excluded: no matches for \"db\"\n\
+         livez check passed\n"
+    );
+    let (code, body, _) = get(&health, "/readyz?exclude=queue").await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        body, "[-]db failed: reason withheld\n[+]queue excluded: ok\nreadyz check failed\n",
+        "a failing probe lists its exclusions too"
+    );
     assert_eq!(get(&health, "/livez").await.1, "ok");
     assert_eq!(get(&health, "/readyz/queue").await.0, StatusCode::OK);
     assert_eq!(
