@@ -59,6 +59,8 @@ fn promtool_accepts_every_stack() {
     }
 }
 
+/// Prometheus asks for gzip on every scrape (`Accept-Encoding: gzip`), so it reads the
+/// compressed answer here.
 #[test]
 #[ignore = "needs prometheus (Debian package): run scripts/test.sh"]
 fn real_prometheus_scrapes_the_counts() {
