@@ -29,14 +29,17 @@ pub const SENSITIVE_PARAMS: &[&str] = &[
 ];
 
 /// The query with the values of `sensitive` parameters (case-insensitive names) replaced by
-/// `REDACTED`; everything else kept as sent.
+/// `REDACTED`; everything else kept as sent. A name in the bracketed form of nested and list
+/// parameters counts by each of its parts: `user[password]`, `password[]` and `a[b][token]`
+/// are redacted as `password` and `token` are.
 pub fn redact_query(query: &str, sensitive: &[String]) -> String {
     query
         .split('&')
         .map(|pair| {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             let decoded = form_name(name);
-            if !value.is_empty() && sensitive.iter().any(|s| s.eq_ignore_ascii_case(&decoded)) {
+            let listed = |part: &str| sensitive.iter().any(|s| s.eq_ignore_ascii_case(part));
+            if !value.is_empty() && decoded.split(['[', ']']).any(listed) {
                 format!("{name}=REDACTED")
             } else {
                 pair.to_owned()
@@ -97,5 +100,14 @@ mod tests {
         assert_eq!(redact_query("q=token", &s), "q=token");
         assert_eq!(redact_query("token", &s), "token");
         assert_eq!(redact_query("%zz=1&%=2&a%2=3", &s), "%zz=1&%=2&a%2=3");
+        // Nested and list parameters (`qs`, `serde_qs`, Rails, PHP), brackets encoded or not.
+        assert_eq!(
+            redact_query("user[name]=ada&user[password]=x&password[]=y", &s),
+            "user[name]=ada&user[password]=REDACTED&password[]=REDACTED"
+        );
+        assert_eq!(
+            redact_query("a[b][Token]=x&user%5Bsecret%5D=y&tokens[x]=z", &s),
+            "a[b][Token]=REDACTED&user%5Bsecret%5D=REDACTED&tokens[x]=z"
+        );
     }
 }
