@@ -4,7 +4,7 @@
 //! from one thread and from two at once (as two workers: what both write shows there); and the
 //! metric storage from two threads: one histogram series recorded (each thread has its own
 //! shard: two threads should cost what one does, unless their shards share a cache line) and
-//! one gauge set.
+//! one gauge set. And one scrape of `/metrics`, as text and gzipped.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -127,6 +127,51 @@ fn bench(c: &mut Criterion) {
 
     // Keep upkeep honest: render once so the samples recorded above were consumed.
     let _ = prometheus.render();
+
+    scrape(c);
+}
+
+/// One scrape of a service with 20 routes answering 200, 404 and 500: the `/metrics` answer
+/// (rendered on the blocking pool) uncompressed and gzipped, as Prometheus asks for it.
+fn scrape(c: &mut Criterion) {
+    let (recorder, prometheus) = Prometheus::builder().build();
+    metrics::with_local_recorder(&recorder, || {
+        for route in 0..20 {
+            for status in ["200", "404", "500"] {
+                let labels = [
+                    ("http_request_method", "GET".to_owned()),
+                    ("http_route", format!("/api/v1/resource{route}/{{id}}")),
+                    ("http_response_status_code", status.to_owned()),
+                ];
+                let h = metrics::histogram!("http_server_request_duration_seconds", &labels);
+                for i in 0..100 {
+                    h.record(f64::from(i) * 0.003);
+                }
+                metrics::gauge!("http_server_active_requests", &labels[..2]).set(0.0);
+            }
+        }
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut headers = http::HeaderMap::new();
+    let size = |headers: &http::HeaderMap| {
+        let res = runtime.block_on(prometheus.response_to(headers));
+        http_body::Body::size_hint(res.body()).exact().unwrap()
+    };
+    let plain = size(&headers);
+    headers.insert(http::header::ACCEPT_ENCODING, "gzip".parse().unwrap());
+    let gzipped = size(&headers);
+    eprintln!("scrape: {plain} bytes of text, {gzipped} gzipped");
+    let mut g = c.benchmark_group("scrape");
+    g.bench_function("text", |b| {
+        b.iter(|| runtime.block_on(prometheus.response_to(&http::HeaderMap::new())))
+    });
+    g.bench_function("gzip", |b| {
+        b.iter(|| runtime.block_on(prometheus.response_to(&headers)))
+    });
+    g.finish();
 }
 
 criterion_group!(benches, bench);
