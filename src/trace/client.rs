@@ -143,8 +143,22 @@ impl ClientCall {
         headers: &mut HeaderMap,
     ) -> Self {
         let known = KnownMethod::from_method(method);
-        let host: Arc<str> = Arc::from(uri.host().unwrap_or(""));
-        let port = uri.port_u16().unwrap_or_else(|| default_port(uri));
+        // A request sent on a connection made by hand (hyper's `client::conn`) names its
+        // target in `Host`, its URI being only the path: the server is read from there.
+        let from_host;
+        let authority = match uri.authority() {
+            Some(a) => Some(a),
+            None => {
+                from_host = headers
+                    .get(http::header::HOST)
+                    .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok());
+                from_host.as_ref()
+            }
+        };
+        let host: Arc<str> = Arc::from(authority.map_or("", |a| a.host()));
+        let port = authority
+            .and_then(|a| a.port_u16())
+            .unwrap_or_else(|| default_port(uri));
         let parent = Context::current();
         let inner = &*shared.inner;
         let cx = if inner.enabled {
@@ -296,6 +310,10 @@ impl Tracing {
 }
 
 /// Client spans and propagation for a Tower HTTP client ([`Tracing::client_layer`]).
+///
+/// The server (`server.address`, `server.port`) is the request URI's authority, or, for a
+/// request whose URI is only a path (sent on a connection made by hand, as with hyper's
+/// `client::conn`), its `Host` header.
 #[derive(Clone)]
 pub struct ClientTraceLayer {
     shared: Arc<ClientShared>,

@@ -1062,8 +1062,30 @@ fn client_errors_are_classified_like_server_errors() {
         let req = http::Request::get("http://example.test:8080/x")
             .body(())
             .unwrap();
+        assert!(crate::support::block_on(client.clone().oneshot(req)).is_err());
+        // A request for a connection made by hand (hyper's `client::conn`): the path as its
+        // URI, the server in `Host`.
+        let req = http::Request::get("/x")
+            .header("host", "api.test:9090")
+            .body(())
+            .unwrap();
         assert!(crate::support::block_on(client.oneshot(req)).is_err());
     });
+    assert_eq!(
+        sample(
+            &prometheus.render(),
+            "http_client_request_duration_seconds_count",
+            &[
+                ("http_request_method", "GET"),
+                ("server_address", "api.test"),
+                ("server_port", "9090"),
+                ("error_type", "timeout"),
+            ]
+        ),
+        Some(1.0),
+        "{}",
+        prometheus.render()
+    );
     assert_eq!(
         sample(
             &prometheus.render(),
