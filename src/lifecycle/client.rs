@@ -1,6 +1,7 @@
 //! The client's address, one definition for the request log (`client_ip`) and the server span
 //! (`client.address`): the peer, or, behind proxies the application trusts, the hop they
-//! forwarded.
+//! forwarded; and, from the same hop, the scheme and host the client asked for (the server
+//! span's `url.scheme` and `server.address`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroUsize;
@@ -136,10 +137,35 @@ fn peer_ip<B>(req: &Request<B>) -> Option<IpAddr> {
 /// The client's address: with trusted proxies, the forwarded hop `trust` names when it is an
 /// address, and then also the peer's (the proxy's, second); otherwise (and by default) the
 /// peer's alone.
+#[cfg_attr(not(feature = "log"), allow(dead_code))]
 pub(crate) fn client_ip<B>(
     req: &Request<B>,
     trust: &ForwardedTrust,
 ) -> (Option<IpAddr>, Option<IpAddr>) {
+    let (client, peer, _) = client_and_origin(req, trust);
+    (client, peer)
+}
+
+/// What the trusted proxies say the client asked for: the scheme and the host (with its port)
+/// of the request they received.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Origin<'a> {
+    /// `https` (true) or `http` (false).
+    pub(crate) https: Option<bool>,
+    /// `host` or `host:port`, as the proxy received it.
+    pub(crate) host: Option<&'a str>,
+}
+
+/// [`client_ip`], and the [`Origin`] from the same hop: the `proto` and `host` parameters of its
+/// `Forwarded` element, or the values of `X-Forwarded-Proto` and `X-Forwarded-Host` at its
+/// place in `X-Forwarded-For` counted from the right (the leftmost when they are shorter: a
+/// proxy that sets them rather than appending to them). Nothing when no forwarded client is
+/// believed: what the proxies say of the request counts only where what they say of the client
+/// does.
+pub(crate) fn client_and_origin<'a, B>(
+    req: &'a Request<B>,
+    trust: &ForwardedTrust,
+) -> (Option<IpAddr>, Option<IpAddr>, Origin<'a>) {
     let peer = peer_ip(req);
     let consult = match &trust.proxies {
         Proxies::None => false,
@@ -148,52 +174,101 @@ pub(crate) fn client_ip<B>(
         Proxies::All | Proxies::Hops(_) => true,
     };
     if consult {
-        if let Some(ip) = forwarded_for(req.headers(), trust) {
-            return (Some(ip), peer);
+        if let Some(hop) = forwarded_for(req.headers(), trust) {
+            return (Some(hop.ip), peer, origin(req.headers(), &hop));
         }
     }
-    (peer, None)
+    (peer, None, Origin::default())
+}
+
+/// The trusted hop: its address, and where the rest of what the proxy said is.
+struct Hop<'a> {
+    ip: IpAddr,
+    /// Its `Forwarded` element, when the proxies write `Forwarded`.
+    element: Option<&'a str>,
+    /// Its place in `X-Forwarded-For`, 1 for the rightmost (`usize::MAX`: the leftmost).
+    from_right: usize,
 }
 
 /// The trusted hop of `Forwarded` (RFC 7239 `for=`) or `X-Forwarded-For`, whichever `trust`
 /// reads, when it is an address (obfuscated identifiers and `unknown` are not). Several lines
 /// of a header are one list, in order (RFC 9110 section 5.3).
-fn forwarded_for(headers: &HeaderMap, trust: &ForwardedTrust) -> Option<IpAddr> {
+fn forwarded_for<'a>(headers: &'a HeaderMap, trust: &ForwardedTrust) -> Option<Hop<'a>> {
     let forwarded = trust.reads_forwarded(headers);
     let lines = if forwarded {
         headers.get_all(FORWARDED)
     } else {
         headers.get_all("x-forwarded-for")
     };
-    let ip = |e: &str| {
-        if forwarded {
-            hop(for_param(e)?)
-        } else {
-            hop(e)
-        }
+    let hop_at = |e: &'a str, from_right| {
+        Some(Hop {
+            ip: hop(if forwarded { for_param(e)? } else { e })?,
+            element: forwarded.then_some(e),
+            from_right,
+        })
     };
     match &trust.proxies {
         Proxies::None => None,
         Proxies::All => {
             for v in lines {
                 if let Some(e) = elements(v)?.next() {
-                    return ip(e);
+                    return hop_at(e, usize::MAX);
                 }
             }
             None
         }
         Proxies::Hops(n) => {
             let mut seen = 0;
-            ip(from_right(lines, |e| {
+            let (e, at) = from_right(lines, |e| {
                 seen += 1;
-                Some((e, seen == n.get()))
-            })?)
+                Some(((e, seen), seen == n.get()))
+            })?;
+            hop_at(e, at)
         }
         // Past the trusted proxies to the first hop that is not one. A hop that is not an
         // address ends the walk with no client (the peer stands).
-        Proxies::Networks(nets) => from_right(lines, |e| {
-            let ip = ip(e)?;
-            Some((ip, !trusted(nets, ip)))
+        Proxies::Networks(nets) => {
+            let mut seen = 0;
+            from_right(lines, |e| {
+                seen += 1;
+                let hop = hop_at(e, seen)?;
+                let stop = !trusted(nets, hop.ip);
+                Some((hop, stop))
+            })
+        }
+    }
+}
+
+/// The scheme and host the trusted hop's proxy received (see [`client_and_origin`]). A scheme
+/// other than `http` or `https`, or a host that is not a host name or address with an optional
+/// port, is left out.
+fn origin<'a>(headers: &'a HeaderMap, hop: &Hop<'a>) -> Origin<'a> {
+    let (proto, host) = match hop.element {
+        Some(element) => (param(element, "proto"), param(element, "host")),
+        None => {
+            let at = |name| {
+                let mut seen = 0;
+                from_right(headers.get_all(name), |e| {
+                    seen += 1;
+                    Some((e, seen == hop.from_right))
+                })
+            };
+            (at("x-forwarded-proto"), at("x-forwarded-host"))
+        }
+    };
+    Origin {
+        https: proto.and_then(|p| {
+            if p.eq_ignore_ascii_case("https") {
+                Some(true)
+            } else if p.eq_ignore_ascii_case("http") {
+                Some(false)
+            } else {
+                None
+            }
+        }),
+        host: host.filter(|h| {
+            h.parse::<http::uri::Authority>()
+                .is_ok_and(|a| !a.as_str().contains('@'))
         }),
     }
 }
@@ -226,10 +301,15 @@ fn elements(v: &HeaderValue) -> Option<impl DoubleEndedIterator<Item = &str>> {
 
 /// A `Forwarded` element's `for` parameter, unquoted.
 fn for_param(element: &str) -> Option<&str> {
+    param(element, "for")
+}
+
+/// A `Forwarded` element's parameter, unquoted.
+fn param<'a>(element: &'a str, name: &str) -> Option<&'a str> {
     element.split(';').find_map(|part| {
         let (k, v) = part.split_once('=')?;
         k.trim()
-            .eq_ignore_ascii_case("for")
+            .eq_ignore_ascii_case(name)
             .then(|| v.trim().trim_matches('"'))
     })
 }
@@ -283,6 +363,11 @@ mod tests {
         }
     }
 
+    /// The trusted hop's address.
+    fn forwarded_ip(h: &HeaderMap, trust: &ForwardedTrust) -> Option<IpAddr> {
+        forwarded_for(h, trust).map(|hop| hop.ip)
+    }
+
     const NONE: ForwardedTrust = ForwardedTrust {
         proxies: Proxies::None,
         header: None,
@@ -313,11 +398,11 @@ mod tests {
     fn forwarded_headers_first_hop() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", "203.0.113.7, 10.0.0.1".parse().unwrap());
-        assert_eq!(forwarded_for(&h, &ALL), ip("203.0.113.7"));
+        assert_eq!(forwarded_ip(&h, &ALL), ip("203.0.113.7"));
         h.insert("x-forwarded-for", "203.0.113.8:50123".parse().unwrap());
-        assert_eq!(forwarded_for(&h, &ALL), ip("203.0.113.8"));
+        assert_eq!(forwarded_ip(&h, &ALL), ip("203.0.113.8"));
         h.insert("x-forwarded-for", " , 203.0.113.9".parse().unwrap());
-        assert_eq!(forwarded_for(&h, &ALL), ip("203.0.113.9"), "empty elements");
+        assert_eq!(forwarded_ip(&h, &ALL), ip("203.0.113.9"), "empty elements");
         // `Forwarded` first, when present.
         h.insert(
             "forwarded",
@@ -325,19 +410,19 @@ mod tests {
                 .parse()
                 .unwrap(),
         );
-        assert_eq!(forwarded_for(&h, &ALL), ip("2001:db8::1"));
+        assert_eq!(forwarded_ip(&h, &ALL), ip("2001:db8::1"));
         h.insert("forwarded", "proto=http;For=192.0.2.60".parse().unwrap());
-        assert_eq!(forwarded_for(&h, &ALL), ip("192.0.2.60"));
+        assert_eq!(forwarded_ip(&h, &ALL), ip("192.0.2.60"));
         h.insert("forwarded", "for=unknown".parse().unwrap());
-        assert_eq!(forwarded_for(&h, &ALL), None);
+        assert_eq!(forwarded_ip(&h, &ALL), None);
         h.insert("forwarded", "proto=https, for=192.0.2.61".parse().unwrap());
-        assert_eq!(forwarded_for(&h, &ALL), None, "the first hop has no `for`");
+        assert_eq!(forwarded_ip(&h, &ALL), None, "the first hop has no `for`");
         assert_eq!(
-            forwarded_for(&h, &reading(ALL, ProxyHeader::XForwardedFor)),
+            forwarded_ip(&h, &reading(ALL, ProxyHeader::XForwardedFor)),
             ip("203.0.113.9"),
             "the header the application names, only"
         );
-        assert_eq!(forwarded_for(&h, &NONE), None);
+        assert_eq!(forwarded_ip(&h, &NONE), None);
     }
 
     #[test]
@@ -349,12 +434,12 @@ mod tests {
             "x-forwarded-for",
             "198.51.100.66, 203.0.113.7, 10.0.0.1".parse().unwrap(),
         );
-        assert_eq!(forwarded_for(&h, &ALL), ip("198.51.100.66"), "believed");
-        assert_eq!(forwarded_for(&h, &hops(1)), ip("10.0.0.1"));
-        assert_eq!(forwarded_for(&h, &hops(2)), ip("203.0.113.7"), "not forged");
-        assert_eq!(forwarded_for(&h, &hops(3)), ip("198.51.100.66"));
+        assert_eq!(forwarded_ip(&h, &ALL), ip("198.51.100.66"), "believed");
+        assert_eq!(forwarded_ip(&h, &hops(1)), ip("10.0.0.1"));
+        assert_eq!(forwarded_ip(&h, &hops(2)), ip("203.0.113.7"), "not forged");
+        assert_eq!(forwarded_ip(&h, &hops(3)), ip("198.51.100.66"));
         assert_eq!(
-            forwarded_for(&h, &hops(4)),
+            forwarded_ip(&h, &hops(4)),
             ip("198.51.100.66"),
             "fewer hops"
         );
@@ -364,14 +449,14 @@ mod tests {
         h.insert("x-forwarded-for", "198.51.100.66".parse().unwrap());
         h.append("x-forwarded-for", "203.0.113.7, ".parse().unwrap());
         h.append("x-forwarded-for", "10.0.0.1".parse().unwrap());
-        assert_eq!(forwarded_for(&h, &hops(2)), ip("203.0.113.7"));
-        assert_eq!(forwarded_for(&h, &hops(3)), ip("198.51.100.66"));
-        assert_eq!(forwarded_for(&h, &ALL), ip("198.51.100.66"));
+        assert_eq!(forwarded_ip(&h, &hops(2)), ip("203.0.113.7"));
+        assert_eq!(forwarded_ip(&h, &hops(3)), ip("198.51.100.66"));
+        assert_eq!(forwarded_ip(&h, &ALL), ip("198.51.100.66"));
 
         // The proxies write `X-Forwarded-For`; a `Forwarded` header is the client's own.
         h.insert("forwarded", "for=198.51.100.99".parse().unwrap());
-        assert_eq!(forwarded_for(&h, &hops(1)), ip("10.0.0.1"), "not forged");
-        assert_eq!(forwarded_for(&h, &hops(2)), ip("203.0.113.7"));
+        assert_eq!(forwarded_ip(&h, &hops(1)), ip("10.0.0.1"), "not forged");
+        assert_eq!(forwarded_ip(&h, &hops(2)), ip("203.0.113.7"));
 
         // Proxies that write `Forwarded`, when the application says so.
         let fwd = |n| reading(hops(n), ProxyHeader::Forwarded);
@@ -382,11 +467,11 @@ mod tests {
                 .unwrap(),
         );
         h.append("forwarded", "for=10.0.0.9;by=10.0.0.2".parse().unwrap());
-        assert_eq!(forwarded_for(&h, &fwd(1)), ip("10.0.0.9"));
-        assert_eq!(forwarded_for(&h, &fwd(2)), ip("2001:db8::1"));
+        assert_eq!(forwarded_ip(&h, &fwd(1)), ip("10.0.0.9"));
+        assert_eq!(forwarded_ip(&h, &fwd(2)), ip("2001:db8::1"));
         h.append("forwarded", "for=_hidden".parse().unwrap());
         assert_eq!(
-            forwarded_for(&h, &fwd(1)),
+            forwarded_ip(&h, &fwd(1)),
             None,
             "an obfuscated hop is not an address"
         );
@@ -396,7 +481,7 @@ mod tests {
             HeaderValue::from_bytes(b"203.0.113.7, 10.0.0.\xff").unwrap(),
         );
         h.remove("forwarded");
-        assert_eq!(forwarded_for(&h, &hops(2)), None);
+        assert_eq!(forwarded_ip(&h, &hops(2)), None);
     }
 
     #[test]
@@ -428,6 +513,99 @@ mod tests {
             (ip("192.0.2.1"), None),
             "not an address"
         );
+    }
+
+    #[test]
+    fn scheme_and_host_from_the_trusted_hop() {
+        let peer: SocketAddr = "10.0.0.1:50000".parse().unwrap();
+        let req = |headers: &[(&str, &str)]| {
+            let mut b = Request::get("/");
+            for (k, v) in headers {
+                b = b.header(*k, *v);
+            }
+            let mut r = b.body(()).unwrap();
+            r.extensions_mut().insert(peer);
+            r
+        };
+        let origin = |https, host| Origin { https, host };
+        // One proxy that sets the scheme and host and appends the client.
+        let r = req(&[
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-forwarded-proto", "HTTPS"),
+            ("x-forwarded-host", "api.example.com"),
+        ]);
+        let (client, _, got) = client_and_origin(&r, &hops(1));
+        assert_eq!(client, ip("203.0.113.7"));
+        assert_eq!(got, origin(Some(true), Some("api.example.com")));
+        assert_eq!(client_and_origin(&r, &ALL).2, got);
+        assert_eq!(
+            client_and_origin(&r, &NONE).2,
+            Origin::default(),
+            "untrusted: nothing"
+        );
+        // Appended hop by hop: the values at the client's place, not what the client wrote.
+        let r = req(&[
+            ("x-forwarded-for", "198.51.100.66, 203.0.113.7, 10.0.0.2"),
+            ("x-forwarded-proto", "http, https, http"),
+            ("x-forwarded-host", "evil.test, api.example.com:8443"),
+            ("x-forwarded-host", "internal"),
+        ]);
+        assert_eq!(
+            client_and_origin(&r, &hops(2)).2,
+            origin(Some(true), Some("api.example.com:8443"))
+        );
+        assert_eq!(
+            client_and_origin(&r, &hops(1)).2,
+            origin(Some(false), Some("internal"))
+        );
+        let nets = networks(["10.0.0.0/8"]);
+        assert_eq!(
+            client_and_origin(&r, &nets),
+            (
+                ip("203.0.113.7"),
+                ip("10.0.0.1"),
+                origin(Some(true), Some("api.example.com:8443"))
+            )
+        );
+        // Set once by the outermost proxy: shorter lists, their only value.
+        let r = req(&[
+            ("x-forwarded-for", "203.0.113.7, 10.0.0.2"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        assert_eq!(client_and_origin(&r, &hops(2)).2, origin(Some(true), None));
+        // `Forwarded`: the client's element's own parameters.
+        let r = req(&[(
+            "forwarded",
+            "for=203.0.113.7;proto=https;host=\"api.example.com:8443\", \
+             for=10.0.0.2;Proto=http;host=internal",
+        )]);
+        let fwd = |n| reading(hops(n), ProxyHeader::Forwarded);
+        assert_eq!(
+            client_and_origin(&r, &fwd(2)).2,
+            origin(Some(true), Some("api.example.com:8443"))
+        );
+        assert_eq!(
+            client_and_origin(&r, &fwd(1)).2,
+            origin(Some(false), Some("internal"))
+        );
+        // Not a scheme of HTTP, not a host: left out.
+        let r = req(&[
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-forwarded-proto", "ftp"),
+            ("x-forwarded-host", "user@evil.test"),
+        ]);
+        assert_eq!(client_and_origin(&r, &hops(1)).2, Origin::default());
+        let r = req(&[
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-forwarded-host", "a b"),
+        ]);
+        assert_eq!(client_and_origin(&r, &hops(1)).2, Origin::default());
+        // No forwarded client believed: nothing else believed either.
+        let r = req(&[
+            ("x-forwarded-for", "unknown"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        assert_eq!(client_and_origin(&r, &hops(1)).2, Origin::default());
     }
 
     #[test]

@@ -473,6 +473,12 @@ impl TraceConfig {
     /// default) or `Forwarded`. Counted hops and trusted networks read only this one: the
     /// other reaches the application as the client sent it. As the request log's
     /// [`proxy_header`](crate::log::RequestLogBuilder::proxy_header).
+    ///
+    /// Under any of the three trust settings, the hop whose client is believed also gives the
+    /// scheme and host the client asked for, the semantic conventions' first choice for
+    /// `url.scheme` and `server.address` (with `server.port`): the `proto` and `host`
+    /// parameters of its `Forwarded` element, or `X-Forwarded-Proto` and `X-Forwarded-Host`
+    /// at its place counted from the right (their only value when a proxy set them once).
     pub fn proxy_header(mut self, header: ProxyHeader) -> Self {
         self.trust_forwarded.set_header(header);
         self

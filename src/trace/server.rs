@@ -338,11 +338,17 @@ fn fill_request<B>(
             req.headers().get(http::header::USER_AGENT),
         ),
     };
-    a.set_host(match uri.authority() {
+    // Behind trusted proxies, the scheme and host the client asked for (the semantic
+    // conventions' first choice), else this request's own.
+    let (client, peer, origin) = crate::lifecycle::client_and_origin(req, &inner.trust_forwarded);
+    (a.client, a.peer) = (client, peer);
+    if let Some(https) = origin.https {
+        a.https = https;
+    }
+    a.set_host(origin.host.or_else(|| match uri.authority() {
         Some(auth) => Some(auth.as_str()),
         None => host.and_then(|v| v.to_str().ok()),
-    });
-    (a.client, a.peer) = crate::lifecycle::client_ip(req, &inner.trust_forwarded);
+    }));
     a.set_user_agent(user_agent.and_then(|v| v.to_str().ok()));
     a.version = req.version();
     if let Some(b) = base

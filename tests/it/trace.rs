@@ -1252,6 +1252,7 @@ async fn client_address_from_the_connection_with_peer() {
 /// last; trusted networks: the first hop from the right outside them), and the proxy (the
 /// peer) is `network.peer.address`. Counted hops and networks read only the proxies' header
 /// (`X-Forwarded-For` unless told `Forwarded`). Untrusted, forwarded headers are ignored.
+/// The hop whose client is believed gives `url.scheme` and `server.address` too.
 #[tokio::test(flavor = "current_thread")]
 async fn client_address_behind_trusted_proxies() {
     type Trust = fn(TraceConfig) -> TraceConfig;
@@ -1280,7 +1281,13 @@ async fn client_address_behind_trusted_proxies() {
         let mut h2 = h2_connect(addr).await;
         for (n, forwarded) in [
             (1, Some(("x-forwarded-for", "203.0.113.9:4711, 10.0.0.1"))),
-            (2, Some(("forwarded", "for=\"[2001:db8::7]\";proto=https"))),
+            (
+                2,
+                Some((
+                    "forwarded",
+                    "for=\"[2001:db8::7]\";proto=https;host=api.example.com",
+                )),
+            ),
             (3, Some(("x-forwarded-for", "unknown"))),
             (4, None),
         ] {
@@ -1303,6 +1310,27 @@ async fn client_address_behind_trusted_proxies() {
                 attr_str(s, "network.peer.address"),
             )
         };
+        let origin = |n: u32| {
+            let s = spans
+                .iter()
+                .find(|s| attr_str(s, "url.path") == Some(&format!("/who/{n}")))
+                .unwrap();
+            (attr_str(s, "url.scheme"), attr_str(s, "server.address"))
+        };
+        let (forwarded, own) = (
+            (Some("https"), Some("api.example.com")),
+            (Some("http"), Some("127.0.0.1")),
+        );
+        assert_eq!(
+            origin(2),
+            if mode == "all" || mode == "networks, Forwarded" {
+                forwarded
+            } else {
+                own
+            },
+            "{mode}"
+        );
+        assert_eq!(origin(1), own, "{mode}: no scheme or host forwarded");
         let peer = (Some("127.0.0.1"), None);
         if mode == "all" {
             assert_eq!(addresses(1), (Some("203.0.113.9"), Some("127.0.0.1")));
