@@ -15,7 +15,9 @@ use super::check::{CheckResult, Registration, Status};
 use super::registry::{Health, PassiveHandle};
 use crate::breaker::{Breaker, State};
 
-/// GET `url` with its own `timeout`; a 2xx is Up (observed: latency in ms), anything else Down.
+/// GET `url` with its own `timeout`; a 2xx is Up (observed: latency in ms), anything else Down,
+/// with the cause (`connection refused`, the status, the timeout). Plain `http://` only: the
+/// health feature has no TLS, so an `https://` URL is Down saying so.
 pub fn http_check(url: impl Into<String>, timeout: Duration) -> impl super::Check {
     let url: Arc<str> = Arc::from(url.into());
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
@@ -33,13 +35,30 @@ pub fn http_check(url: impl Into<String>, timeout: Duration) -> impl super::Chec
                     CheckResult::up().observed(started.elapsed().as_secs_f64() * 1000.0, "ms")
                 }
                 Ok(Ok(res)) => CheckResult::down(format!("{url} answered {}", res.status())),
-                Ok(Err(e)) => CheckResult::down(format!("{url}: {e}")),
+                Ok(Err(e)) => CheckResult::down(format!("{url}: {}", with_causes(&e))),
                 Err(_) => {
                     CheckResult::down(format!("{url}: no answer within {}ms", timeout.as_millis()))
                 }
             }
         }
     }
+}
+
+/// An error and its causes, `: `-separated: hyper's client errors say only `client error
+/// (Connect)` themselves, the reason (`Connection refused`, `invalid URL, scheme is not http`)
+/// is in their sources. A cause whose text is said already is not repeated.
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
 }
 
 /// Connects to `addr` within `timeout`.

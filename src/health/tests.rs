@@ -458,6 +458,15 @@ async fn built_in_checks_work_against_real_targets() {
         .local_addr()
         .unwrap();
     assert_eq!(tcp_check(closed, t).run().await.status, Status::Down);
+    // The reason, not only hyper's "client error (Connect)".
+    let refused = http_check(format!("http://{closed}/"), t).run().await;
+    assert_eq!(refused.status, Status::Down);
+    let message = refused.message.unwrap();
+    assert!(message.to_lowercase().contains("refused"), "{message}");
+    let https = http_check(format!("https://{addr}/ok"), t).run().await;
+    assert_eq!(https.status, Status::Down);
+    let message = https.message.unwrap();
+    assert!(message.contains("scheme is not http"), "{message}");
     let disk = disk_check("/", 0.0).run().await;
     assert_eq!(disk.status, Status::Up);
     assert!(disk.observed_value.unwrap() > 0.0);
