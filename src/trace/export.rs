@@ -444,11 +444,15 @@ fn write_span_json(out: &mut String, s: &SpanData) {
     let dur = s.end_time.duration_since(s.start_time).unwrap_or_default();
     let _ = write!(
         out,
-        "{{\"trace_id\":\"{}\",\"span_id\":\"{}\",\"parent_span_id\":\"{}\",\"name\":",
+        "{{\"trace_id\":\"{}\",\"span_id\":\"{}\",",
         s.span_context.trace_id(),
         s.span_context.span_id(),
-        s.parent_span_id,
     );
+    // A root span has no parent (not one of zeros), as in OTLP.
+    if s.parent_span_id != opentelemetry::trace::SpanId::INVALID {
+        let _ = write!(out, "\"parent_span_id\":\"{}\",", s.parent_span_id);
+    }
+    out.push_str("\"name\":");
     write_json_str(out, &s.name);
     let _ = write!(
         out,
@@ -673,10 +677,19 @@ mod tests {
         };
         let mut out = String::new();
         write_span_json(&mut out, &span);
-        write_span_json(&mut out, &span);
+        let child = SpanData {
+            parent_span_id: SpanId::from(5),
+            ..span.clone()
+        };
+        write_span_json(&mut out, &child);
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 2, "{out}");
         let v: serde_json::Value = serde_json::from_str(lines[0]).expect(lines[0]);
+        assert_eq!(v["trace_id"], "00000000000000000000000000000007");
+        assert_eq!(v["span_id"], "0000000000000009");
+        assert!(v.get("parent_span_id").is_none(), "a root: {v}");
+        let c: serde_json::Value = serde_json::from_str(lines[1]).expect(lines[1]);
+        assert_eq!(c["parent_span_id"], "0000000000000005");
         assert_eq!(v["name"], "GET /caf\u{e9}/e\u{301}\u{1}");
         assert_eq!(v["kind"], "Server");
         assert_eq!(v["duration_ns"], 2_000_000);
