@@ -495,6 +495,8 @@ impl Observer for RequestLog {
                     keys: &mut h.record_keys,
                     filter: &mut h.record_filter,
                 };
+                // The message first, as `tracing`'s macros order an event's fields.
+                w.member("message", message_member);
                 w.member("method", method_member(r.method));
                 w.key(member!("path")).str(path);
                 if let Some(q) = &query {
@@ -525,7 +527,6 @@ impl Observer for RequestLog {
                 if slow {
                     w.key(member!("slow")).out.push_str("true");
                 }
-                w.member("message", message_member);
                 // Without a span, the record has no parent to take the context from: it
                 // comes here, after the record's fields (which win on a repeated key).
                 if let Some(rc) = &r.context {
@@ -623,6 +624,7 @@ fn full_event(level: Level, f: &Record<'_>) {
                 target: REQUEST_TARGET,
                 parent: f.parent.clone(),
                 $lvl,
+                message = f.message,
                 method = r.method.as_str(),
                 path = f.path,
                 query = f.query,
@@ -636,7 +638,6 @@ fn full_event(level: Level, f: &Record<'_>) {
                 response_bytes = end.response_bytes,
                 headers = r.headers.as_deref(),
                 slow = f.slow.then_some(true),
-                message = f.message,
             )
         };
     }

@@ -60,6 +60,17 @@ impl Capture {
             .filter(|v| v["target"] == REQUEST_TARGET)
             .collect()
     }
+
+    /// The first request record's line as written (its members in their order).
+    fn first_request_line(&self) -> String {
+        let bytes = self.0.lock().unwrap().clone();
+        String::from_utf8(bytes)
+            .unwrap()
+            .lines()
+            .find(|l| l.contains(&format!("\"target\":\"{REQUEST_TARGET}\"")))
+            .expect("a request record")
+            .to_owned()
+    }
 }
 
 /// The subscriber `LogConfig::init` installs: the request span made only when asked for.
@@ -135,6 +146,37 @@ async fn send(app: &Router, req: Request<Body>) -> (StatusCode, http::HeaderMap,
 
 fn get_req(uri: &str) -> Request<Body> {
     Request::get(uri).body(Body::empty()).unwrap()
+}
+
+/// The record's message comes first among its fields, as `tracing`'s macros order an event's
+/// (the pretty format writes it before the fields, as for any other event), whether the
+/// request span is made up front or not.
+#[tokio::test(flavor = "current_thread")]
+async fn the_message_leads_the_records_fields() {
+    let order = |line: &str| {
+        let at = |k: &str| {
+            line.find(&format!("\"{k}\":"))
+                .unwrap_or_else(|| panic!("no {k}: {line}"))
+        };
+        assert!(
+            at("service") < at("message") && at("message") < at("method"),
+            "{line}"
+        );
+    };
+    let capture = Capture::default();
+    {
+        let layer = JsonLayer::new("shop", capture.clone());
+        let _g = tracing::subscriber::set_default(subscriber(&capture, layer));
+        send(&app(RequestLogLayer::new()), get_req("/ok")).await;
+    }
+    order(&capture.first_request_line());
+    let capture = Capture::default();
+    {
+        let layer = JsonLayer::new("shop", capture.clone());
+        let _g = tracing::subscriber::set_default(eager_subscriber(&capture, layer));
+        send(&app(RequestLogLayer::new()), get_req("/ok")).await;
+    }
+    order(&capture.first_request_line());
 }
 
 #[tokio::test(flavor = "current_thread")]
