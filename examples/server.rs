@@ -617,7 +617,9 @@ async fn serve(
     prometheus: Option<Prometheus>,
     tracing: Option<Tracing>,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let listener = tokio::net::TcpListener::bind(args.addr).await?;
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
     let local = listener.local_addr()?;
     let url = args
         .downstream
