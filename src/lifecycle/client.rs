@@ -266,10 +266,19 @@ fn origin<'a>(headers: &'a HeaderMap, hop: &Hop<'a>) -> Origin<'a> {
                 None
             }
         }),
-        host: host.filter(|h| {
-            h.parse::<http::uri::Authority>()
-                .is_ok_and(|a| !a.as_str().contains('@'))
-        }),
+        host: host.filter(|h| host_and_port(h)),
+    }
+}
+
+/// Whether a forwarded host is a host name or address with an optional port: an authority
+/// without userinfo whose port, when it has one, is a number (`example.com:` is not).
+fn host_and_port(h: &str) -> bool {
+    if h.parse::<http::uri::Authority>().is_err() || h.contains('@') {
+        return false;
+    }
+    match h.rsplit_once(':') {
+        Some((_, port)) if !h.ends_with(']') => port.parse::<u16>().is_ok(),
+        _ => true,
     }
 }
 
@@ -595,11 +604,35 @@ mod tests {
             ("x-forwarded-host", "user@evil.test"),
         ]);
         assert_eq!(client_and_origin(&r, &hops(1)).2, Origin::default());
-        let r = req(&[
-            ("x-forwarded-for", "203.0.113.7"),
-            ("x-forwarded-host", "a b"),
-        ]);
-        assert_eq!(client_and_origin(&r, &hops(1)).2, Origin::default());
+        for bad in [
+            "a b",
+            "example.com:",
+            "example.com:http",
+            "[2001:db8::1]:x",
+            "",
+        ] {
+            let r = req(&[
+                ("x-forwarded-for", "203.0.113.7"),
+                ("x-forwarded-host", bad),
+            ]);
+            assert_eq!(
+                client_and_origin(&r, &hops(1)).2,
+                Origin::default(),
+                "{bad:?}"
+            );
+        }
+        for good in [
+            "[2001:db8::1]",
+            "[2001:db8::1]:8443",
+            "192.0.2.1:80",
+            "xn--bcher-kva.example",
+        ] {
+            let r = req(&[
+                ("x-forwarded-for", "203.0.113.7"),
+                ("x-forwarded-host", good),
+            ]);
+            assert_eq!(client_and_origin(&r, &hops(1)).2.host, Some(good));
+        }
         // No forwarded client believed: nothing else believed either.
         let r = req(&[
             ("x-forwarded-for", "unknown"),
