@@ -142,7 +142,7 @@ pub(crate) fn client_ip<B>(
     req: &Request<B>,
     trust: &ForwardedTrust,
 ) -> (Option<IpAddr>, Option<IpAddr>) {
-    let (client, peer, _) = client_and_origin(req, trust);
+    let (client, peer, _) = client_hop(req, trust);
     (client, peer)
 }
 
@@ -162,10 +162,21 @@ pub(crate) struct Origin<'a> {
 /// proxy that sets them rather than appending to them). Nothing when no forwarded client is
 /// believed: what the proxies say of the request counts only where what they say of the client
 /// does.
+#[cfg_attr(not(feature = "otel"), allow(dead_code))]
 pub(crate) fn client_and_origin<'a, B>(
     req: &'a Request<B>,
     trust: &ForwardedTrust,
 ) -> (Option<IpAddr>, Option<IpAddr>, Origin<'a>) {
+    let (client, peer, hop) = client_hop(req, trust);
+    let origin = hop.map_or_else(Origin::default, |hop| origin(req.headers(), &hop));
+    (client, peer, origin)
+}
+
+/// The client, the peer when the client is forwarded, and the hop the client came from.
+fn client_hop<'a, B>(
+    req: &'a Request<B>,
+    trust: &ForwardedTrust,
+) -> (Option<IpAddr>, Option<IpAddr>, Option<Hop<'a>>) {
     let peer = peer_ip(req);
     let consult = match &trust.proxies {
         Proxies::None => false,
@@ -175,10 +186,10 @@ pub(crate) fn client_and_origin<'a, B>(
     };
     if consult {
         if let Some(hop) = forwarded_for(req.headers(), trust) {
-            return (Some(hop.ip), peer, origin(req.headers(), &hop));
+            return (Some(hop.ip), peer, Some(hop));
         }
     }
-    (peer, None, Origin::default())
+    (peer, None, None)
 }
 
 /// The trusted hop: its address, and where the rest of what the proxy said is.
