@@ -362,7 +362,7 @@ fn compress(text: &[u8]) -> Option<Vec<u8>> {
 /// Whether `Accept-Encoding` takes gzip (RFC 9110, section 12.5.3): `gzip` (or `x-gzip`), else
 /// `*`, with a weight above zero, unless the header names `identity` with a higher weight. An
 /// element whose weight does not parse is left out.
-pub(crate) fn accepts_gzip(headers: &HeaderMap) -> bool {
+fn accepts_gzip(headers: &HeaderMap) -> bool {
     let (mut gzip, mut identity, mut any) = (None::<f32>, None::<f32>, None::<f32>);
     for value in headers.get_all(header::ACCEPT_ENCODING) {
         let Ok(value) = value.to_str() else { continue };
