@@ -309,12 +309,15 @@ impl Store {
     /// The exposition text of what this store holds.
     pub(crate) fn render(&self) -> String {
         let mut out = String::new();
+        // A series' labels, written once for all its lines.
+        let mut labels = String::new();
         let help = self.help.read().unwrap_or_else(|e| e.into_inner());
         let counters = self.counters.read().unwrap_or_else(|e| e.into_inner());
         for (name, series) in grouped(&counters.by_key) {
             header(&mut out, name, &help, "counter");
             for (key, c) in series {
-                self.line(&mut out, name, "", key, None, c.value());
+                self.labels(key, &mut labels);
+                line(&mut out, name, "", &labels, None, c.value());
             }
             out.push('\n');
         }
@@ -331,7 +334,8 @@ impl Store {
             };
             header(&mut out, name, &help, kind);
             for (key, g) in series {
-                self.line(&mut out, name, "", key, None, g.value());
+                self.labels(key, &mut labels);
+                line(&mut out, name, "", &labels, None, g.value());
             }
             out.push('\n');
         }
@@ -339,43 +343,37 @@ impl Store {
         for (name, series) in grouped(&histograms.by_key) {
             header(&mut out, name, &help, "histogram");
             for (key, h) in series {
+                self.labels(key, &mut labels);
                 let (counts, sum) = h.snapshot();
                 for (i, b) in h.bounds.iter().enumerate() {
-                    self.line(
-                        &mut out,
-                        name,
-                        "_bucket",
-                        key,
-                        Some(&b.to_string()),
-                        counts[i],
-                    );
+                    line(&mut out, name, "_bucket", &labels, Some(b), counts[i]);
                 }
                 let total = *counts.last().unwrap_or(&0);
-                self.line(&mut out, name, "_bucket", key, Some("+Inf"), total);
-                self.line(&mut out, name, "_sum", key, None, sum);
-                self.line(&mut out, name, "_count", key, None, total);
+                line(
+                    &mut out,
+                    name,
+                    "_bucket",
+                    &labels,
+                    Some(&f64::INFINITY),
+                    total,
+                );
+                line(&mut out, name, "_sum", &labels, None, sum);
+                line(&mut out, name, "_count", &labels, None, total);
             }
             out.push('\n');
         }
         out
     }
 
-    fn line(
-        &self,
-        out: &mut String,
-        name: &str,
-        suffix: &str,
-        key: &Key,
-        le: Option<&str>,
-        value: impl std::fmt::Display,
-    ) {
-        out.push_str(name);
-        out.push_str(suffix);
-        let mut first = true;
-        let mut label = |out: &mut String, k: &str, v: &str| {
-            out.push(if first { '{' } else { ',' });
-            first = false;
-            out.push_str(k);
+    /// A series' labels as written between its braces (`a="x",b="y"`): the global labels the
+    /// series does not set itself, then its own.
+    fn labels(&self, key: &Key, out: &mut String) {
+        out.clear();
+        let label = |out: &mut String, k: &str, v: &str| {
+            if !out.is_empty() {
+                out.push(',');
+            }
+            label_name(out, k);
             out.push_str("=\"");
             escape(out, v, true);
             out.push('"');
@@ -388,14 +386,36 @@ impl Store {
         for l in key.labels() {
             label(out, l.key(), l.value());
         }
-        if let Some(le) = le {
-            label(out, "le", le);
-        }
-        if !first {
-            out.push('}');
-        }
-        let _ = writeln!(out, " {value}");
     }
+}
+
+/// One sample line: the name, its suffix, the series' labels and a bucket's bound (`le`, the
+/// last one `+Inf`), and the value.
+fn line(
+    out: &mut String,
+    name: &str,
+    suffix: &str,
+    labels: &str,
+    le: Option<&f64>,
+    value: impl std::fmt::Display,
+) {
+    out.push_str(name);
+    out.push_str(suffix);
+    if !labels.is_empty() || le.is_some() {
+        out.push('{');
+        out.push_str(labels);
+        if let Some(le) = le {
+            out.push_str(if labels.is_empty() { "le=\"" } else { ",le=\"" });
+            if le.is_infinite() {
+                out.push_str("+Inf");
+            } else {
+                let _ = write!(out, "{le}");
+            }
+            out.push('"');
+        }
+        out.push('}');
+    }
+    let _ = writeln!(out, " {value}");
 }
 
 /// One metric name and its series, in render order.
@@ -440,6 +460,26 @@ fn escape(out: &mut String, s: &str, quote: bool) {
             '"' if quote => out.push_str("\\\""),
             c => out.push(c),
         }
+    }
+}
+
+/// A label name as the text format allows it (`[a-zA-Z_][a-zA-Z0-9_]*`): any other character
+/// (an OpenTelemetry-style `queue.name`, a dash, a leading digit) written as `_`, as
+/// metrics-exporter-prometheus writes it. One such key written as it is would make the whole
+/// exposition unreadable to Prometheus.
+fn label_name(out: &mut String, name: &str) {
+    let b = name.as_bytes();
+    let plain = b
+        .first()
+        .is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_')
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_');
+    if plain {
+        out.push_str(name);
+        return;
+    }
+    for (i, c) in name.chars().enumerate() {
+        let ok = c.is_ascii_alphabetic() || c == '_' || (i > 0 && c.is_ascii_digit());
+        out.push(if ok { c } else { '_' });
     }
 }
 
@@ -636,5 +676,34 @@ mod tests {
         let mut s = String::new();
         escape(&mut s, "a\"b\\c\nd", true);
         assert_eq!(s, "a\\\"b\\\\c\\nd");
+    }
+
+    /// Label names outside `[a-zA-Z_][a-zA-Z0-9_]*` (OpenTelemetry-style dotted keys, dashes,
+    /// a leading digit), on series and as global labels, are written with `_` in their place,
+    /// as metrics-exporter-prometheus writes them: one bad key must not make the whole scrape
+    /// unreadable.
+    #[test]
+    fn label_names_are_sanitised() {
+        let (recorder, prometheus) = crate::metrics::Prometheus::builder()
+            .global_label("deploy.env", "prod")
+            .build();
+        metrics::with_local_recorder(&recorder, || {
+            metrics::counter!("jobs_total", "queue.name" => "mail", "retry-count" => "2", "9lives" => "x")
+                .increment(3);
+            metrics::histogram!("job_duration_seconds", "queue.name" => "mail").record(0.2);
+        });
+        let text = prometheus.render();
+        assert!(
+            text.contains(
+                "jobs_total{deploy_env=\"prod\",queue_name=\"mail\",retry_count=\"2\",_lives=\"x\"} 3\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "job_duration_seconds_bucket{deploy_env=\"prod\",queue_name=\"mail\",le=\"0.25\"} 1\n"
+            ),
+            "{text}"
+        );
     }
 }
