@@ -335,7 +335,7 @@ impl Store {
             header(&mut out, name, &help, kind);
             for (key, g) in series {
                 self.labels(key, &mut labels);
-                line(&mut out, name, "", &labels, None, g.value());
+                line(&mut out, name, "", &labels, None, Float(g.value()));
             }
             out.push('\n');
         }
@@ -357,7 +357,7 @@ impl Store {
                     Some(&f64::INFINITY),
                     total,
                 );
-                line(&mut out, name, "_sum", &labels, None, sum);
+                line(&mut out, name, "_sum", &labels, None, Float(sum));
                 line(&mut out, name, "_count", &labels, None, total);
             }
             out.push('\n');
@@ -385,6 +385,21 @@ impl Store {
         }
         for l in key.labels() {
             label(out, l.key(), l.value());
+        }
+    }
+}
+
+/// An `f64` sample as the text format spells it: `+Inf`, `-Inf` and `NaN` (Rust's `Display`
+/// writes `inf`, which stricter parsers, OpenMetrics among them, refuse).
+struct Float(f64);
+
+impl std::fmt::Display for Float {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            v if v.is_nan() => f.write_str("NaN"),
+            f64::INFINITY => f.write_str("+Inf"),
+            f64::NEG_INFINITY => f.write_str("-Inf"),
+            v => write!(f, "{v}"),
         }
     }
 }
@@ -676,6 +691,26 @@ mod tests {
         let mut s = String::new();
         escape(&mut s, "a\"b\\c\nd", true);
         assert_eq!(s, "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn infinities_and_nan_are_spelt_as_the_text_format_has_them() {
+        let (recorder, prometheus) = crate::metrics::Prometheus::builder().build();
+        metrics::with_local_recorder(&recorder, || {
+            metrics::gauge!("up_ratio").set(f64::INFINITY);
+            metrics::gauge!("down_ratio").set(f64::NEG_INFINITY);
+            metrics::gauge!("odd_ratio").set(f64::NAN);
+            metrics::gauge!("half_ratio").set(0.5);
+        });
+        let text = prometheus.render();
+        for line in [
+            "up_ratio +Inf\n",
+            "down_ratio -Inf\n",
+            "odd_ratio NaN\n",
+            "half_ratio 0.5\n",
+        ] {
+            assert!(text.contains(line), "{line}: {text}");
+        }
     }
 
     /// Label names outside `[a-zA-Z_][a-zA-Z0-9_]*` (OpenTelemetry-style dotted keys, dashes,
