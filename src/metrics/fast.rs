@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write;
+use std::ops::Range;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
 
@@ -310,13 +311,13 @@ impl Store {
     pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         // A series' labels, written once for all its lines.
-        let mut labels = String::new();
+        let (mut labels, mut names) = (String::new(), Vec::new());
         let help = self.help.read().unwrap_or_else(|e| e.into_inner());
         let counters = self.counters.read().unwrap_or_else(|e| e.into_inner());
         for (name, series) in grouped(&counters.by_key) {
             header(&mut out, name, &help, "counter");
             for (key, c) in series {
-                self.labels(key, &mut labels);
+                self.labels(key, false, &mut labels, &mut names);
                 line(&mut out, name, "", &labels, None, c.value());
             }
             out.push('\n');
@@ -334,7 +335,7 @@ impl Store {
             };
             header(&mut out, name, &help, kind);
             for (key, g) in series {
-                self.labels(key, &mut labels);
+                self.labels(key, false, &mut labels, &mut names);
                 line(&mut out, name, "", &labels, None, Float(g.value()));
             }
             out.push('\n');
@@ -343,7 +344,7 @@ impl Store {
         for (name, series) in grouped(&histograms.by_key) {
             header(&mut out, name, &help, "histogram");
             for (key, h) in series {
-                self.labels(key, &mut labels);
+                self.labels(key, true, &mut labels, &mut names);
                 let (counts, sum) = h.snapshot();
                 for (i, b) in h.bounds.iter().enumerate() {
                     line(&mut out, name, "_bucket", &labels, Some(b), counts[i]);
@@ -366,14 +367,25 @@ impl Store {
     }
 
     /// A series' labels as written between its braces (`a="x",b="y"`): the global labels the
-    /// series does not set itself, then its own.
-    fn labels(&self, key: &Key, out: &mut String) {
+    /// series does not set itself, then its own. A label whose name is written already (named
+    /// twice, or the same once made valid: `a.b` and `a_b`), and a histogram's own `le`, are
+    /// left out: a name twice in one series makes Prometheus refuse the whole scrape.
+    fn labels(&self, key: &Key, histogram: bool, out: &mut String, names: &mut Vec<Range<usize>>) {
         out.clear();
-        let label = |out: &mut String, k: &str, v: &str| {
-            if !out.is_empty() {
+        names.clear();
+        let mut label = |out: &mut String, k: &str, v: &str| {
+            let mark = out.len();
+            if mark > 0 {
                 out.push(',');
             }
+            let start = out.len();
             label_name(out, k);
+            let name = &out[start..];
+            if (histogram && name == "le") || names.iter().any(|r| out[r.clone()] == *name) {
+                out.truncate(mark);
+                return;
+            }
+            names.push(start..out.len());
             out.push_str("=\"");
             escape(out, v, true);
             out.push('"');
@@ -691,6 +703,32 @@ mod tests {
         let mut s = String::new();
         escape(&mut s, "a\"b\\c\nd", true);
         assert_eq!(s, "a\\\"b\\\\c\\nd");
+    }
+
+    /// A label name twice in one series (given twice, or equal once made valid) and a
+    /// histogram's own `le` are left out, the first one kept: Prometheus refuses a whole
+    /// scrape over one such series.
+    #[test]
+    fn a_label_name_is_written_once_per_series() {
+        let (recorder, prometheus) = crate::metrics::Prometheus::builder()
+            .global_label("env", "prod")
+            .build();
+        metrics::with_local_recorder(&recorder, || {
+            metrics::counter!("jobs_total", "queue" => "mail", "queue" => "sms", "a.b" => "1", "a_b" => "2")
+                .increment(1);
+            metrics::counter!("runs_total", "env" => "dev").increment(1);
+            metrics::histogram!("job_duration_seconds", "le" => "mine", "queue" => "mail")
+                .record(0.2);
+        });
+        let text = prometheus.render();
+        for line in [
+            "jobs_total{env=\"prod\",queue=\"mail\",a_b=\"1\"} 1\n",
+            "runs_total{env=\"dev\"} 1\n",
+            "job_duration_seconds_bucket{env=\"prod\",queue=\"mail\",le=\"0.25\"} 1\n",
+            "job_duration_seconds_count{env=\"prod\",queue=\"mail\"} 1\n",
+        ] {
+            assert!(text.contains(line), "{line}: {text}");
+        }
     }
 
     #[test]
