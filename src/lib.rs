@@ -58,6 +58,8 @@ pub mod breaker;
 pub mod db;
 #[cfg(any(feature = "health", feature = "resources"))]
 mod fs_space;
+#[cfg(any(feature = "prometheus", feature = "otel"))]
+mod gzip;
 #[cfg(feature = "health")]
 pub mod health;
 #[cfg(any(feature = "log", feature = "otel"))]

@@ -263,23 +263,20 @@ impl Prometheus {
         let (handle, store) = (self.inner.clone(), self.store.clone());
         let rendered = tokio::task::spawn_blocking(move || {
             let text = render(&handle, &store);
-            // Compression cannot fail into a vector; were it to, the text goes as it is.
-            let gzipped = if gzip {
-                compress(text.as_bytes())
+            if gzip {
+                let mut out = Vec::with_capacity(text.len() / 8);
+                crate::gzip::gzip(text.as_bytes(), &mut out);
+                Bytes::from(out)
             } else {
-                None
-            };
-            match gzipped {
-                Some(bytes) => (Bytes::from(bytes), true),
-                None => (Bytes::from(text), false),
+                Bytes::from(text)
             }
         });
         match rendered.await {
-            Ok((body, gzipped)) => {
+            Ok(body) => {
                 let mut res = Response::new(Full::new(body));
                 let headers = res.headers_mut();
                 headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
-                if gzipped {
+                if gzip {
                     headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
                 }
                 if self.gzip {
@@ -345,18 +342,6 @@ impl<B> Service<Request<B>> for MetricsService {
         let (parts, _) = req.into_parts();
         Box::pin(async move { Ok(p.response_to(&parts.headers).await) })
     }
-}
-
-/// gzip at its fastest level: the exposition text is repetitive (the same names and labels on
-/// every line), so even that shrinks it about tenfold, at a fraction of the render's time.
-fn compress(text: &[u8]) -> Option<Vec<u8>> {
-    use std::io::Write;
-    let mut encoder = flate2::write::GzEncoder::new(
-        Vec::with_capacity(text.len() / 8),
-        flate2::Compression::fast(),
-    );
-    encoder.write_all(text).ok()?;
-    encoder.finish().ok()
 }
 
 /// Whether `Accept-Encoding` takes gzip (RFC 9110, section 12.5.3): `gzip` (or `x-gzip`), else

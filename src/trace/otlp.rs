@@ -763,7 +763,7 @@ impl Export for OtlpExporter {
                 encoded.clear();
                 self.encoder.encode(batch, encoded);
                 buf.clear();
-                gzip(encoded, &mut buf);
+                crate::gzip::gzip(encoded, &mut buf);
             }
         }
         // Handed to the connection without a copy; the post is over when `post` returns (the
@@ -870,15 +870,6 @@ fn proto_fields(mut data: &[u8]) -> Option<Vec<(u64, ProtoValue<'_>)>> {
         fields.push((key >> 3, value));
     }
     Some(fields)
-}
-
-/// `data` gzipped into `out`, at the fastest level.
-fn gzip(data: &[u8], out: &mut Vec<u8>) {
-    use std::io::Write;
-    let mut encoder = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
-    // Writing to a vector cannot fail.
-    let _ = encoder.write_all(data);
-    let _ = encoder.finish();
 }
 
 #[cfg(test)]
