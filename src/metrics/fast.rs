@@ -347,17 +347,11 @@ impl Store {
                 self.labels(key, true, &mut labels, &mut names);
                 let (counts, sum) = h.snapshot();
                 for (i, b) in h.bounds.iter().enumerate() {
-                    line(&mut out, name, "_bucket", &labels, Some(b), counts[i]);
+                    line(&mut out, name, "_bucket", &labels, Some(*b), counts[i]);
                 }
                 let total = *counts.last().unwrap_or(&0);
-                line(
-                    &mut out,
-                    name,
-                    "_bucket",
-                    &labels,
-                    Some(&f64::INFINITY),
-                    total,
-                );
+                let inf = Some(f64::INFINITY);
+                line(&mut out, name, "_bucket", &labels, inf, total);
                 line(&mut out, name, "_sum", &labels, None, Float(sum));
                 line(&mut out, name, "_count", &labels, None, total);
             }
@@ -423,7 +417,7 @@ fn line(
     name: &str,
     suffix: &str,
     labels: &str,
-    le: Option<&f64>,
+    le: Option<f64>,
     value: impl std::fmt::Display,
 ) {
     out.push_str(name);
@@ -433,11 +427,7 @@ fn line(
         out.push_str(labels);
         if let Some(le) = le {
             out.push_str(if labels.is_empty() { "le=\"" } else { ",le=\"" });
-            if le.is_infinite() {
-                out.push_str("+Inf");
-            } else {
-                let _ = write!(out, "{le}");
-            }
+            let _ = write!(out, "{}", Float(le));
             out.push('"');
         }
         out.push('}');
@@ -495,12 +485,13 @@ fn escape(out: &mut String, s: &str, quote: bool) {
 /// metrics-exporter-prometheus writes it. One such key written as it is would make the whole
 /// exposition unreadable to Prometheus.
 fn label_name(out: &mut String, name: &str) {
+    // Nearly every name is valid already: one scan, then the name as it is.
     let b = name.as_bytes();
-    let plain = b
+    let valid = b
         .first()
         .is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_')
         && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_');
-    if plain {
+    if valid {
         out.push_str(name);
         return;
     }
@@ -677,20 +668,34 @@ mod tests {
         assert!(g.value().is_nan());
     }
 
+    /// What a registry built by `builder` renders after `record` ran against its recorder.
+    fn rendered(builder: crate::metrics::PrometheusBuilder, record: impl FnOnce()) -> String {
+        let (recorder, prometheus) = builder.build();
+        metrics::with_local_recorder(&recorder, record);
+        prometheus.render()
+    }
+
+    /// Panics, showing the text, unless it holds every one of `lines`.
+    fn has_lines(text: &str, lines: &[&str]) {
+        for line in lines {
+            assert!(text.contains(line), "{line}: {text}");
+        }
+    }
+
     #[test]
     fn a_gauge_described_as_a_counter_renders_as_a_counter_with_its_fraction() {
-        let (recorder, prometheus) = crate::metrics::Prometheus::builder().build();
-        metrics::with_local_recorder(&recorder, || {
+        let text = rendered(crate::metrics::Prometheus::builder(), || {
             metrics::describe_counter!("cpu_seconds_total", Unit::Seconds, "CPU time.");
             metrics::gauge!("cpu_seconds_total").set(12.34);
             metrics::gauge!("in_use").set(2.5);
         });
-        let text = prometheus.render();
-        assert!(
-            text.contains("# TYPE cpu_seconds_total counter\ncpu_seconds_total 12.34\n"),
-            "{text}"
+        has_lines(
+            &text,
+            &[
+                "# TYPE cpu_seconds_total counter\ncpu_seconds_total 12.34\n",
+                "# TYPE in_use gauge\nin_use 2.5\n",
+            ],
         );
-        assert!(text.contains("# TYPE in_use gauge\nin_use 2.5\n"), "{text}");
     }
 
     #[test]
@@ -710,45 +715,44 @@ mod tests {
     /// scrape over one such series.
     #[test]
     fn a_label_name_is_written_once_per_series() {
-        let (recorder, prometheus) = crate::metrics::Prometheus::builder()
-            .global_label("env", "prod")
-            .build();
-        metrics::with_local_recorder(&recorder, || {
-            metrics::counter!("jobs_total", "queue" => "mail", "queue" => "sms", "a.b" => "1", "a_b" => "2")
+        let text = rendered(
+            crate::metrics::Prometheus::builder().global_label("env", "prod"),
+            || {
+                metrics::counter!("jobs_total", "queue" => "mail", "queue" => "sms", "a.b" => "1", "a_b" => "2")
                 .increment(1);
-            metrics::counter!("runs_total", "env" => "dev").increment(1);
-            metrics::histogram!("job_duration_seconds", "le" => "mine", "queue" => "mail")
-                .record(0.2);
-        });
-        let text = prometheus.render();
-        for line in [
-            "jobs_total{env=\"prod\",queue=\"mail\",a_b=\"1\"} 1\n",
-            "runs_total{env=\"dev\"} 1\n",
-            "job_duration_seconds_bucket{env=\"prod\",queue=\"mail\",le=\"0.25\"} 1\n",
-            "job_duration_seconds_count{env=\"prod\",queue=\"mail\"} 1\n",
-        ] {
-            assert!(text.contains(line), "{line}: {text}");
-        }
+                metrics::counter!("runs_total", "env" => "dev").increment(1);
+                metrics::histogram!("job_duration_seconds", "le" => "mine", "queue" => "mail")
+                    .record(0.2);
+            },
+        );
+        has_lines(
+            &text,
+            &[
+                "jobs_total{env=\"prod\",queue=\"mail\",a_b=\"1\"} 1\n",
+                "runs_total{env=\"dev\"} 1\n",
+                "job_duration_seconds_bucket{env=\"prod\",queue=\"mail\",le=\"0.25\"} 1\n",
+                "job_duration_seconds_count{env=\"prod\",queue=\"mail\"} 1\n",
+            ],
+        );
     }
 
     #[test]
     fn infinities_and_nan_are_spelt_as_the_text_format_has_them() {
-        let (recorder, prometheus) = crate::metrics::Prometheus::builder().build();
-        metrics::with_local_recorder(&recorder, || {
+        let text = rendered(crate::metrics::Prometheus::builder(), || {
             metrics::gauge!("up_ratio").set(f64::INFINITY);
             metrics::gauge!("down_ratio").set(f64::NEG_INFINITY);
             metrics::gauge!("odd_ratio").set(f64::NAN);
             metrics::gauge!("half_ratio").set(0.5);
         });
-        let text = prometheus.render();
-        for line in [
-            "up_ratio +Inf\n",
-            "down_ratio -Inf\n",
-            "odd_ratio NaN\n",
-            "half_ratio 0.5\n",
-        ] {
-            assert!(text.contains(line), "{line}: {text}");
-        }
+        has_lines(
+            &text,
+            &[
+                "up_ratio +Inf\n",
+                "down_ratio -Inf\n",
+                "odd_ratio NaN\n",
+                "half_ratio 0.5\n",
+            ],
+        );
     }
 
     /// Label names outside `[a-zA-Z_][a-zA-Z0-9_]*` (OpenTelemetry-style dotted keys, dashes,
@@ -757,26 +761,20 @@ mod tests {
     /// unreadable.
     #[test]
     fn label_names_are_sanitised() {
-        let (recorder, prometheus) = crate::metrics::Prometheus::builder()
-            .global_label("deploy.env", "prod")
-            .build();
-        metrics::with_local_recorder(&recorder, || {
-            metrics::counter!("jobs_total", "queue.name" => "mail", "retry-count" => "2", "9lives" => "x")
+        let text = rendered(
+            crate::metrics::Prometheus::builder().global_label("deploy.env", "prod"),
+            || {
+                metrics::counter!("jobs_total", "queue.name" => "mail", "retry-count" => "2", "9lives" => "x")
                 .increment(3);
-            metrics::histogram!("job_duration_seconds", "queue.name" => "mail").record(0.2);
-        });
-        let text = prometheus.render();
-        assert!(
-            text.contains(
-                "jobs_total{deploy_env=\"prod\",queue_name=\"mail\",retry_count=\"2\",_lives=\"x\"} 3\n"
-            ),
-            "{text}"
+                metrics::histogram!("job_duration_seconds", "queue.name" => "mail").record(0.2);
+            },
         );
-        assert!(
-            text.contains(
-                "job_duration_seconds_bucket{deploy_env=\"prod\",queue_name=\"mail\",le=\"0.25\"} 1\n"
-            ),
-            "{text}"
+        has_lines(
+            &text,
+            &[
+                "jobs_total{deploy_env=\"prod\",queue_name=\"mail\",retry_count=\"2\",_lives=\"x\"} 3\n",
+                "job_duration_seconds_bucket{deploy_env=\"prod\",queue_name=\"mail\",le=\"0.25\"} 1\n",
+            ],
         );
     }
 }
