@@ -78,14 +78,14 @@ pub const PROBE_ROUTES: &[&str] = &[
     "/health/{name}",
     "/metrics",
 ];
-#[cfg(feature = "otel")]
-pub(crate) use client::client_and_origin;
 #[cfg(feature = "log")]
 pub(crate) use client::client_ip;
 #[cfg(any(feature = "log", feature = "otel"))]
 pub(crate) use client::ForwardedTrust;
 #[cfg(any(feature = "log", feature = "otel"))]
 pub use client::ProxyHeader;
+#[cfg(feature = "otel")]
+pub(crate) use client::{client_and_origin, host_port};
 #[cfg(feature = "otel")]
 pub(crate) use clock::wall_now;
 #[cfg(feature = "log")]

@@ -363,25 +363,3 @@ fn fill_request<B>(
         }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::super::record::host_port;
-
-    #[test]
-    fn server_address_and_port_from_the_host() {
-        assert_eq!(host_port("example.org"), Some(("example.org", None)));
-        assert_eq!(
-            host_port("example.org:8080"),
-            Some(("example.org", Some(8080)))
-        );
-        assert_eq!(host_port("[::1]:3000"), Some(("::1", Some(3000))));
-        assert_eq!(host_port("[::1]"), Some(("::1", None)));
-        assert_eq!(host_port("user@api.test:81"), Some(("api.test", Some(81))));
-        assert_eq!(host_port("example.org:notaport"), None);
-        // The last '@' ends the userinfo, which may hold colons; the last ':' starts the port.
-        assert_eq!(host_port("u:p@x@api.test:82"), Some(("api.test", Some(82))));
-        assert_eq!(host_port("u:p@api.test"), Some(("api.test", None)));
-        assert_eq!(host_port(""), Some(("", None)));
-    }
-}
