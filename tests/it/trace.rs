@@ -1300,21 +1300,21 @@ async fn client_address_behind_trusted_proxies() {
         }
         assert!(tracing.flush());
         let spans = rx.wait_for(4).await;
-        let addresses = |n: u32| {
-            let s = spans
+        let span = |n: u32| {
+            spans
                 .iter()
                 .find(|s| attr_str(s, "url.path") == Some(&format!("/who/{n}")))
-                .unwrap_or_else(|| panic!("no span for /who/{n}"));
+                .unwrap_or_else(|| panic!("no span for /who/{n}"))
+        };
+        let addresses = |n: u32| {
+            let s = span(n);
             (
                 attr_str(s, "client.address"),
                 attr_str(s, "network.peer.address"),
             )
         };
         let origin = |n: u32| {
-            let s = spans
-                .iter()
-                .find(|s| attr_str(s, "url.path") == Some(&format!("/who/{n}")))
-                .unwrap();
+            let s = span(n);
             (attr_str(s, "url.scheme"), attr_str(s, "server.address"))
         };
         let (forwarded, own) = (
