@@ -9,17 +9,18 @@
 //! Gauges live here too; histograms without configured buckets (rendered as summaries) and
 //! metrics whose names need sanitising stay with the exporter.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
 use std::ops::Range;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use metrics::{
     Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
     SharedString, Unit,
 };
-use metrics_exporter_prometheus::PrometheusRecorder;
+use metrics_exporter_prometheus::{formatting::sanitize_metric_name, PrometheusRecorder};
 
 use crate::shard::{self, Padded};
 
@@ -236,6 +237,26 @@ impl<T> Default for Series<T> {
     }
 }
 
+/// Counts series not recorded because their name holds another kind already: the first kind
+/// registered under a name (as rendered: `a.b` and `a_b` are one) keeps it.
+pub const SERIES_DROPPED: &str = "metrics_series_dropped_total";
+
+/// The kind of series a metric name holds: the text format gives a name one `TYPE`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Kind {
+    Counter,
+    Gauge,
+    /// Bucketed here, or a summary in the exporter.
+    Histogram,
+}
+
+/// Series refused by [`Store::claim`], each counted once, and the names warned about.
+#[derive(Default)]
+struct Refused {
+    series: HashSet<(Key, Kind)>,
+    names: HashSet<(String, Kind)>,
+}
+
 /// What towerscope's recorder keeps itself.
 pub(crate) struct Store {
     duration_buckets: Arc<[f64]>,
@@ -248,7 +269,13 @@ pub(crate) struct Store {
     help: RwLock<HashMap<String, String>>,
     /// Names described as counters: a gauge of one of these is rendered as a counter (see
     /// `render`).
-    counter_names: RwLock<std::collections::HashSet<String>>,
+    counter_names: RwLock<HashSet<String>>,
+    /// Each name's kind, the first one registered, under the name as rendered and, when the
+    /// exporter sanitises it, as given too.
+    kinds: RwLock<HashMap<String, Kind>>,
+    refused: Mutex<Refused>,
+    /// `metrics_series_dropped_total`.
+    dropped: Arc<FastCounter>,
 }
 
 impl Store {
@@ -258,16 +285,77 @@ impl Store {
         by_name: Vec<(String, Vec<f64>)>,
         global_labels: Vec<(String, String)>,
     ) -> Self {
+        // The drop counter is there from the start, at zero, for `increase()` to see its
+        // first drop.
+        let dropped = Arc::new(FastCounter::new());
+        let mut counters = Series::default();
+        counters
+            .by_key
+            .insert(Key::from_static_name(SERIES_DROPPED), dropped.clone());
+        let help = HashMap::from([(
+            SERIES_DROPPED.to_owned(),
+            "Metric series not recorded because their name holds another kind already (a \
+             counter, a gauge or a histogram): the exposition gives a name one type."
+                .to_owned(),
+        )]);
         Self {
             duration_buckets: duration.into(),
             size_buckets: size.into(),
             by_name: by_name.into_iter().map(|(n, b)| (n, b.into())).collect(),
             global_labels,
-            counters: RwLock::default(),
+            counters: RwLock::new(counters),
             gauges: RwLock::default(),
             histograms: RwLock::default(),
-            help: RwLock::default(),
+            help: RwLock::new(help),
             counter_names: RwLock::default(),
+            kinds: RwLock::new(HashMap::from([(SERIES_DROPPED.to_owned(), Kind::Counter)])),
+            refused: Mutex::default(),
+            dropped,
+        }
+    }
+
+    /// Whether `name` may hold series of `kind`: the first kind registered under a name (as
+    /// rendered: `a.b` and `a_b` are one name) keeps it, as Prometheus's Go client refuses a
+    /// second registration. Two `TYPE` lines for one name make the exposition invalid
+    /// (`promtool check metrics`, the Go client's parser), and a counter and a gauge with
+    /// the same labels are one series twice. Looked up once per new series here, and on
+    /// every registration of what goes to the exporter.
+    fn claim(&self, name: &str, kind: Kind) -> bool {
+        if let Some(k) = self
+            .kinds
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
+            return *k == kind;
+        }
+        let shown = if plain_name(name) {
+            Cow::Borrowed(name)
+        } else {
+            Cow::Owned(sanitize_metric_name(name))
+        };
+        let mut kinds = self.kinds.write().unwrap_or_else(|e| e.into_inner());
+        let held = *kinds.entry(shown.clone().into_owned()).or_insert(kind);
+        if shown != name {
+            kinds.insert(name.to_owned(), held);
+        }
+        held == kind
+    }
+
+    /// Counts a series `claim` refused, once, and says so once per name and kind.
+    fn refuse(&self, key: &Key, kind: Kind) {
+        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        if !refused.series.insert((key.clone(), kind)) {
+            return;
+        }
+        self.dropped.increment(1);
+        if refused.names.insert((key.name().to_owned(), kind)) {
+            tracing::warn!(
+                metric = key.name(),
+                refused = ?kind,
+                "metric name registered as another kind already: these series are dropped \
+                 (metrics_series_dropped_total)"
+            );
         }
     }
 
@@ -283,20 +371,43 @@ impl Store {
         }
     }
 
-    fn get_or_create<T>(lock: &RwLock<Series<T>>, key: &Key, make: impl FnOnce() -> T) -> Arc<T> {
+    /// The series of `key`, made on its first registration, unless its name holds another
+    /// kind.
+    fn get_or_create<T>(
+        &self,
+        lock: &RwLock<Series<T>>,
+        key: &Key,
+        kind: Kind,
+        make: impl FnOnce() -> T,
+    ) -> Option<Arc<T>> {
         if let Some(v) = lock
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .by_key
             .get(key)
         {
-            return v.clone();
+            return Some(v.clone());
+        }
+        if !self.claim(key.name(), kind) {
+            self.refuse(key, kind);
+            return None;
         }
         let mut w = lock.write().unwrap_or_else(|e| e.into_inner());
-        w.by_key
-            .entry(key.clone())
-            .or_insert_with(|| Arc::new(make()))
-            .clone()
+        Some(
+            w.by_key
+                .entry(key.clone())
+                .or_insert_with(|| Arc::new(make()))
+                .clone(),
+        )
+    }
+
+    /// Whether a series of `key` may go to the exporter (see `claim`).
+    fn to_exporter(&self, key: &Key, kind: Kind) -> bool {
+        let ok = self.claim(key.name(), kind);
+        if !ok {
+            self.refuse(key, kind);
+        }
+        ok
     }
 
     fn describe(&self, name: &KeyName, description: &SharedString) {
@@ -572,35 +683,43 @@ impl Recorder for TowerscopeRecorder {
     }
 
     fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
+        let store = &self.store;
         if !plain_name(key.name()) {
-            return self.inner.register_counter(key, metadata);
+            return match store.to_exporter(key, Kind::Counter) {
+                true => self.inner.register_counter(key, metadata),
+                false => Counter::noop(),
+            };
         }
-        Counter::from_arc(Store::get_or_create(
-            &self.store.counters,
-            key,
-            FastCounter::new,
-        ))
+        store
+            .get_or_create(&store.counters, key, Kind::Counter, FastCounter::new)
+            .map_or_else(Counter::noop, Counter::from_arc)
     }
 
     fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
+        let store = &self.store;
         if !plain_name(key.name()) {
-            return self.inner.register_gauge(key, metadata);
+            return match store.to_exporter(key, Kind::Gauge) {
+                true => self.inner.register_gauge(key, metadata),
+                false => Gauge::noop(),
+            };
         }
-        Gauge::from_arc(Store::get_or_create(
-            &self.store.gauges,
-            key,
-            FastGauge::new,
-        ))
+        store
+            .get_or_create(&store.gauges, key, Kind::Gauge, FastGauge::new)
+            .map_or_else(Gauge::noop, Gauge::from_arc)
     }
 
     fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
-        match self.store.buckets_for(key.name()) {
-            Some(bounds) if plain_name(key.name()) => {
-                Histogram::from_arc(Store::get_or_create(&self.store.histograms, key, || {
+        let store = &self.store;
+        match store.buckets_for(key.name()) {
+            Some(bounds) if plain_name(key.name()) => store
+                .get_or_create(&store.histograms, key, Kind::Histogram, || {
                     FastHistogram::new(bounds)
-                }))
+                })
+                .map_or_else(Histogram::noop, Histogram::from_arc),
+            _ if store.to_exporter(key, Kind::Histogram) => {
+                self.inner.register_histogram(key, metadata)
             }
-            _ => self.inner.register_histogram(key, metadata),
+            _ => Histogram::noop(),
         }
     }
 }
@@ -801,6 +920,48 @@ mod tests {
                 "jobs_total{deploy_env=\"prod\",queue_name=\"mail\",retry_count=\"2\",_lives=\"x\"} 3\n",
                 "job_duration_seconds_bucket{deploy_env=\"prod\",queue_name=\"mail\",le=\"0.25\"} 1\n",
             ],
+        );
+    }
+
+    /// A name keeps the kind it was first registered as: later series of another kind, here
+    /// or in the exporter, and under a name equal once made valid, are dropped and counted
+    /// once each, never rendered as a second `TYPE` of the name.
+    #[test]
+    fn a_name_keeps_its_first_kind() {
+        let text = rendered(crate::metrics::Prometheus::builder(), || {
+            metrics::counter!("jobs").increment(2);
+            metrics::gauge!("jobs").set(5.0);
+            metrics::gauge!("jobs", "queue" => "mail").set(6.0);
+            // Twice: one series, counted once.
+            metrics::gauge!("jobs").set(7.0);
+            // No buckets: a summary, in the exporter.
+            metrics::histogram!("jobs").record(1.0);
+            // Dotted: the exporter renders it as `a_b`, a name the store holds as a gauge.
+            metrics::gauge!("a_b").set(1.0);
+            metrics::counter!("a.b").increment(1);
+            metrics::counter!("a.b").increment(1);
+            // The other way round: the exporter's name first.
+            metrics::histogram!("c.d").record(1.0);
+            metrics::counter!("c_d").increment(1);
+            metrics::histogram!("c.d").record(3.0);
+        });
+        has_lines(
+            &text,
+            &[
+                "# TYPE jobs counter\njobs 2\n",
+                "# TYPE a_b gauge\na_b 1\n",
+                "# TYPE c_d summary\n",
+                "c_d_count 2\n",
+                "metrics_series_dropped_total 5\n",
+            ],
+        );
+        for name in ["jobs", "a_b", "c_d"] {
+            let types = text.matches(&format!("# TYPE {name} ")).count();
+            assert_eq!(types, 1, "{name}: {text}");
+        }
+        assert!(
+            !text.contains("queue=") && !text.contains("jobs_count"),
+            "{text}"
         );
     }
 }

@@ -42,7 +42,7 @@ mod prometheus;
 mod red;
 
 #[cfg(feature = "prometheus")]
-pub use fast::TowerscopeRecorder;
+pub use fast::{TowerscopeRecorder, SERIES_DROPPED};
 #[cfg(feature = "prometheus")]
 pub use prometheus::{
     InstallError, MetricsService, Prometheus, PrometheusBuilder, CONTENT_TYPE, DB_DURATION_BUCKETS,

@@ -447,14 +447,14 @@ mod tests {
     async fn the_answer_is_gzipped_when_the_scraper_asks() {
         let (recorder, prometheus) = PrometheusBuilder::default().build();
         metrics::with_local_recorder(&recorder, || {
-            for route in 0..50 {
+            for route in 0..200 {
                 metrics::counter!("requests_total", "route" => format!("/r/{route}"))
                     .increment(route);
             }
         });
         let text = prometheus.render();
         assert!(
-            text.contains("requests_total{route=\"/r/49\"} 49"),
+            text.contains("requests_total{route=\"/r/199\"} 199"),
             "{text}"
         );
 

@@ -101,3 +101,34 @@ fn real_prometheus_scrapes_the_counts() {
     let up = query("up{job=\"towerscope\"}");
     assert_eq!(up, Some(1.0));
 }
+
+/// What an application may record badly still gives an exposition promtool accepts: one name
+/// as three kinds (the first kept, the others counted as dropped), a dotted name the exporter
+/// sanitises onto a name the store holds, label names outside the alphabet or given twice, a
+/// histogram's own `le`, and infinite values.
+#[test]
+#[ignore = "needs promtool (Debian package prometheus): run scripts/test.sh"]
+fn promtool_accepts_what_an_application_records_badly() {
+    let (recorder, prometheus) = towerscope::metrics::Prometheus::builder()
+        .global_label("deploy.env", "prod")
+        .build();
+    metrics::with_local_recorder(&recorder, || {
+        metrics::describe_counter!("jobs_total", "Jobs run.");
+        metrics::describe_counter!("mail_sent_total", "Mails sent.");
+        metrics::describe_gauge!("depth_ratio", "Queue depth over capacity.");
+        metrics::describe_histogram!("job_duration_seconds", "Job time.");
+        metrics::counter!("jobs_total", "queue" => "mail", "queue" => "sms").increment(3);
+        metrics::gauge!("jobs_total", "queue" => "mail").set(1.0);
+        metrics::histogram!("jobs_total").record(0.5);
+        metrics::counter!("mail_sent_total", "retry-count" => "2").increment(1);
+        metrics::gauge!("mail.sent_total").set(2.0);
+        metrics::gauge!("depth_ratio", "9lives" => "x").set(f64::INFINITY);
+        metrics::histogram!("job_duration_seconds", "le" => "mine").record(0.2);
+    });
+    let text = prometheus.render();
+    assert!(
+        text.contains("metrics_series_dropped_total{deploy_env=\"prod\"} 3\n"),
+        "{text}"
+    );
+    promtool_check(&text, "bad records");
+}
