@@ -18,7 +18,8 @@ use crate::BoxError;
 /// A layer with one breaker per key, by default the request's authority (`host:port`), so one
 /// failing host does not cut off the others. Keys are bounded (`max_keys`, default 1024); when
 /// full, breakers idle for longer than `idle` (default 10 min) are evicted, then the least
-/// recently used.
+/// recently used. An evicted breaker's series leave towerscope's exposition (with another
+/// `metrics` recorder, its state gauges read 0); the key, back, gets a new breaker.
 ///
 /// Admission happens in `call` (the key is in the request), so half-open permits are taken
 /// there.
@@ -122,16 +123,22 @@ impl Keyed {
         if let Some(slot) = map.get(key) {
             return slot.breaker.clone();
         }
+        let mut evicted = Vec::new();
         if map.len() >= self.max_keys {
             let idle_ms = self.idle.as_millis() as u64;
-            map.retain(|_, s| now.saturating_sub(s.last_used.load(Relaxed)) < idle_ms);
+            let idle: Vec<_> = map
+                .iter()
+                .filter(|(_, s)| now.saturating_sub(s.last_used.load(Relaxed)) >= idle_ms)
+                .map(|(k, _)| k.clone())
+                .collect();
+            evicted.extend(idle.iter().filter_map(|k| map.remove(k)));
             if map.len() >= self.max_keys {
                 if let Some(oldest) = map
                     .iter()
                     .min_by_key(|(_, s)| s.last_used.load(Relaxed))
                     .map(|(k, _)| k.clone())
                 {
-                    map.remove(&oldest);
+                    evicted.extend(map.remove(&oldest));
                 }
             }
         }
@@ -145,6 +152,11 @@ impl Keyed {
                 last_used: AtomicU64::new(now),
             },
         );
+        // Under the lock: a breaker made again for an evicted key registers its series after
+        // the old ones are gone, not before (they would be the same series, then forgotten).
+        for slot in evicted {
+            slot.breaker.retire();
+        }
         breaker
     }
 }

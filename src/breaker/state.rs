@@ -256,6 +256,12 @@ impl Breaker {
         }
     }
 
+    /// Takes the breaker out of the telemetry, once nothing will call through it again (see
+    /// `Telemetry::retire`).
+    pub(crate) fn retire(&self) {
+        self.inner.telemetry.retire();
+    }
+
     /// The name.
     pub fn name(&self) -> &str {
         &self.inner.name
@@ -902,6 +908,23 @@ impl Telemetry {
         for s in State::ALL {
             self.states[s.index()].set(if s == state { 1.0 } else { 0.0 });
         }
+    }
+
+    /// The breaker is gone (a keyed breaker evicted): its state says none, and its series
+    /// leave towerscope's exposition, so an open breaker evicted while idle does not read as
+    /// open for good (nor its series pile up as keys come and go).
+    fn retire(&self) {
+        for g in &self.states {
+            g.set(0.0);
+        }
+        self.failure_rate.set(0.0);
+        self.slow_rate.set(0.0);
+        #[cfg(feature = "prometheus")]
+        crate::metrics::forget(|k| {
+            k.name().starts_with("circuit_breaker_")
+                && k.labels()
+                    .any(|l| l.key() == "breaker" && l.value() == &*self.name)
+        });
     }
 
     fn transition(&self, from: State, to: State) {

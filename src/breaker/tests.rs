@@ -533,3 +533,59 @@ async fn metrics_cover_every_state_and_outcome() {
     assert!(text.contains("circuit_breaker_call_duration_seconds_count{breaker=\"t\"} 7"));
     assert!(text.contains("circuit_breaker_failure_rate{breaker=\"t\"} 0"));
 }
+
+/// An evicted keyed breaker's series leave the exposition (an open one evicted while idle
+/// would otherwise read as open for good); its key, back, starts afresh.
+#[cfg(feature = "prometheus")]
+#[tokio::test(start_paused = true)]
+async fn evicted_keyed_breakers_leave_the_exposition() {
+    let (recorder, prometheus) = crate::metrics::Prometheus::builder().build();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let layer = KeyedCircuitBreakerLayer::with_limits(
+        Breaker::builder("up").count_window(4).minimum_calls(4),
+        2,
+        Duration::from_secs(60),
+    )
+    .classifier(ErrorsAreFailures);
+    let svc = tower_layer::Layer::layer(
+        &layer,
+        tower::service_fn(|req: http::Request<()>| async move {
+            match req.uri().host() {
+                Some("bad") => Err::<(), _>(std::io::Error::other("down")),
+                _ => Ok(()),
+            }
+        }),
+    );
+    let req = |host: &str| {
+        http::Request::get(format!("http://{host}/"))
+            .body(())
+            .unwrap()
+    };
+    for _ in 0..4 {
+        assert!(svc.clone().oneshot(req("bad")).await.is_err());
+    }
+    svc.clone().oneshot(req("good")).await.unwrap();
+    let open = "circuit_breaker_state{breaker=\"up:bad:80\",state=\"open\"} 1";
+    assert!(prometheus.render().contains(open));
+
+    tokio::time::advance(Duration::from_secs(61)).await;
+    svc.clone().oneshot(req("other")).await.unwrap();
+    let text = prometheus.render();
+    assert!(
+        !text.contains("up:bad:80") && !text.contains("up:good:80"),
+        "{text}"
+    );
+    assert!(
+        text.contains("circuit_breaker_calls_total{breaker=\"up:other:80\",outcome=\"success\"} 1"),
+        "{text}"
+    );
+
+    svc.clone().oneshot(req("bad")).await.unwrap_err();
+    let text = prometheus.render();
+    for line in [
+        "circuit_breaker_state{breaker=\"up:bad:80\",state=\"closed\"} 1",
+        "circuit_breaker_calls_total{breaker=\"up:bad:80\",outcome=\"failure\"} 1",
+    ] {
+        assert!(text.contains(line), "{line}\n{text}");
+    }
+}

@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
 use std::ops::Range;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use metrics::{
     Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
@@ -241,6 +241,32 @@ impl<T> Default for Series<T> {
 /// registered under a name (as rendered: `a.b` and `a_b` are one) keeps it.
 pub const SERIES_DROPPED: &str = "metrics_series_dropped_total";
 
+/// The stores of the recorders built, for [`forget`].
+static STORES: Mutex<Vec<Weak<Store>>> = Mutex::new(Vec::new());
+
+/// Makes `store` one [`forget`] reaches.
+pub(crate) fn track(store: &Arc<Store>) {
+    let mut stores = STORES.lock().unwrap_or_else(|e| e.into_inner());
+    stores.retain(|s| s.strong_count() > 0);
+    stores.push(Arc::downgrade(store));
+}
+
+/// Removes the series `which` selects from every towerscope recorder, for series whose subject
+/// is gone (a keyed breaker evicted), which would otherwise stay in the exposition with their
+/// last values for good. The `metrics` facade has no way to unregister; another recorder
+/// keeps them.
+pub(crate) fn forget(which: impl Fn(&Key) -> bool) {
+    let stores: Vec<_> = STORES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter_map(Weak::upgrade)
+        .collect();
+    for store in stores {
+        store.forget(&which);
+    }
+}
+
 /// The kind of series a metric name holds: the text format gives a name one `TYPE`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Kind {
@@ -416,6 +442,17 @@ impl Store {
             .unwrap_or_else(|e| e.into_inner())
             .entry(name.as_str().to_owned())
             .or_insert_with(|| description.to_string());
+    }
+
+    /// Removes the series `which` selects.
+    fn forget(&self, which: &dyn Fn(&Key) -> bool) {
+        fn retain<T>(lock: &RwLock<Series<T>>, which: &dyn Fn(&Key) -> bool) {
+            let mut w = lock.write().unwrap_or_else(|e| e.into_inner());
+            w.by_key.retain(|k, _| !which(k));
+        }
+        retain(&self.counters, which);
+        retain(&self.gauges, which);
+        retain(&self.histograms, which);
     }
 
     /// The exposition text of what this store holds.

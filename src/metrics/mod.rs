@@ -42,6 +42,8 @@ mod prometheus;
 mod red;
 
 #[cfg(feature = "prometheus")]
+pub(crate) use fast::forget;
+#[cfg(feature = "prometheus")]
 pub use fast::{TowerscopeRecorder, SERIES_DROPPED};
 #[cfg(feature = "prometheus")]
 pub use prometheus::{

@@ -186,6 +186,7 @@ impl PrometheusBuilder {
             self.by_name,
             self.global_labels,
         ));
+        super::fast::track(&store);
         let prometheus = Prometheus {
             inner: Arc::new(inner.handle()),
             store: store.clone(),
