@@ -11,8 +11,8 @@
 //! - [`Health::router`]: `/livez`, `/readyz`, `/startupz` (a latch), `/health` and
 //!   `/{probe}/{check}`, with the Kubernetes API server's conventions (`ok`; `?verbose`;
 //!   `?exclude=name`, listed as `[+]name excluded: ok`, with a warning for names that match no
-//!   check) and the IETF `application/health+json` format on `Accept` or
-//!   `?format=json`. Up and Degraded are 200, Down 503. Details are withheld unless the
+//!   check) and the IETF `application/health+json` format when `Accept` weighs JSON above
+//!   text (`*/*` alone gets text), or on `?format=json`. Up and Degraded are 200, Down 503. Details are withheld unless the
 //!   [`Details`] policy allows them. `Cache-Control: no-store`. Every probe answers within its
 //!   deadline (800 ms) whatever the checks do.
 //! - Built-in checks: [`http_check`], [`tcp_check`], [`disk_check`], [`runtime_check`],

@@ -161,12 +161,39 @@ fn parse_query(q: Option<&str>, headers: &HeaderMap) -> Query {
             _ => {}
         }
     }
-    if let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) {
-        if accept.contains("application/health+json") || accept.contains("application/json") {
-            out.json = true;
-        }
-    }
+    out.json |= wants_json(headers);
     out
+}
+
+/// Whether `Accept` prefers the JSON answer (`application/health+json`) to the text one, each
+/// weighed by its most specific matching range (RFC 9110 §12.5.1). Equal weights answer
+/// JSON only when it is named (`application/json, */*`), so `*/*` (curl, the kubelet) gets
+/// text; neither acceptable gets text too, as no `Accept` does.
+fn wants_json(headers: &HeaderMap) -> bool {
+    let [mut json, mut app, mut text, mut text_any, mut any] = [None::<f32>; 5];
+    for (range, q) in crate::lifecycle::headers::weighed(headers, header::ACCEPT) {
+        let (kind, sub) = range.split_once('/').unwrap_or((range, ""));
+        let (kind, sub) = (kind.trim(), sub.trim());
+        let slot = match () {
+            _ if kind.eq_ignore_ascii_case("application")
+                && (sub.eq_ignore_ascii_case("health+json")
+                    || sub.eq_ignore_ascii_case("json")) =>
+            {
+                &mut json
+            }
+            _ if kind.eq_ignore_ascii_case("application") && sub == "*" => &mut app,
+            _ if kind.eq_ignore_ascii_case("text") && sub.eq_ignore_ascii_case("plain") => {
+                &mut text
+            }
+            _ if kind.eq_ignore_ascii_case("text") && sub == "*" => &mut text_any,
+            _ if kind == "*" && sub == "*" => &mut any,
+            _ => continue,
+        };
+        *slot = Some(slot.map_or(q, |w| w.max(q)));
+    }
+    let j = json.or(app).or(any).unwrap_or(0.0);
+    let t = text.or(text_any).or(any).unwrap_or(0.0);
+    j > t || (j == t && j > 0.0 && json.is_some())
 }
 
 async fn answer(
@@ -422,5 +449,38 @@ mod tests {
         assert_eq!(rfc3339(t(0)), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(t(951_782_400)), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(t(1_795_600_000)), "2026-11-25T09:46:40Z");
+    }
+
+    #[test]
+    fn accept_chooses_json_by_weight() {
+        let wants = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::ACCEPT, v.parse().unwrap());
+            }
+            wants_json(&h)
+        };
+        for (values, json) in [
+            (&[][..], false),
+            (&["application/health+json"][..], true),
+            (&["Application/JSON"][..], true),
+            (&["application/json, */*"][..], true),
+            (&["application/*"][..], true),
+            (&["text/plain;q=0.4", "application/json"][..], true),
+            // The kubelet and curl.
+            (&["*/*"][..], false),
+            // A browser.
+            (
+                &["text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"][..],
+                false,
+            ),
+            (&["text/plain, application/json;q=0.5"][..], false),
+            (&["application/json;q=0"][..], false),
+            (&["application/json;q=0.2, text/*;q=0.3"][..], false),
+            (&["application/json;q=bad"][..], false),
+            (&["image/png"][..], false),
+        ] {
+            assert_eq!(wants(values), json, "{values:?}");
+        }
     }
 }

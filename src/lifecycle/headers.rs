@@ -39,6 +39,38 @@ pub(crate) fn scan<'a, const N: usize>(
     Some(found)
 }
 
+/// The elements of every `name` header (`Accept`, `Accept-Encoding`) with their weights (RFC
+/// 9110 §12.4.2): `q` from 0 to 1, 1 when absent. Elements with a malformed weight are left
+/// out, as are empty ones; the element is what precedes its first `;`, trimmed.
+#[cfg(any(feature = "prometheus", feature = "health"))]
+pub(crate) fn weighed<'a>(
+    headers: &'a HeaderMap,
+    name: http::header::HeaderName,
+) -> impl Iterator<Item = (&'a str, f32)> + 'a {
+    headers
+        .get_all(name)
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|element| {
+            let mut parts = element.split(';');
+            let item = parts.next().unwrap_or_default().trim();
+            let mut weight = Some(1.0);
+            for param in parts {
+                if let Some((k, v)) = param.split_once('=') {
+                    if k.trim().eq_ignore_ascii_case("q") {
+                        weight = v
+                            .trim()
+                            .parse::<f32>()
+                            .ok()
+                            .filter(|q| (0.0..=1.0).contains(q));
+                    }
+                }
+            }
+            Some((item, weight?)).filter(|(item, _)| !item.is_empty())
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

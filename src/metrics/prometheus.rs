@@ -15,6 +15,7 @@ use http_body_util::Full;
 use metrics_exporter_prometheus::{Matcher, PrometheusHandle};
 
 use super::fast::{Store, TowerscopeRecorder};
+use crate::lifecycle::headers::weighed;
 use tower_service::Service;
 
 /// `Content-Type` of the text exposition format.
@@ -350,40 +351,18 @@ impl<B> Service<Request<B>> for MetricsService {
 /// element whose weight does not parse is left out.
 fn accepts_gzip(headers: &HeaderMap) -> bool {
     let (mut gzip, mut identity, mut any) = (None::<f32>, None::<f32>, None::<f32>);
-    for value in headers.get_all(header::ACCEPT_ENCODING) {
-        let Ok(value) = value.to_str() else { continue };
-        for element in value.split(',') {
-            let mut parts = element.split(';');
-            let coding = parts.next().unwrap_or_default().trim();
-            if coding.is_empty() {
-                continue;
-            }
-            let mut weight = Some(1.0);
-            for param in parts {
-                if let Some((k, v)) = param.split_once('=') {
-                    if k.trim().eq_ignore_ascii_case("q") {
-                        weight = v
-                            .trim()
-                            .parse::<f32>()
-                            .ok()
-                            .filter(|q| (0.0..=1.0).contains(q));
-                    }
-                }
-            }
-            let Some(weight) = weight else { continue };
-            let slot =
-                if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
-                    &mut gzip
-                } else if coding.eq_ignore_ascii_case("identity") {
-                    &mut identity
-                } else if coding == "*" {
-                    &mut any
-                } else {
-                    continue;
-                };
-            // Named twice: the higher weight.
-            *slot = Some(slot.map_or(weight, |w| w.max(weight)));
-        }
+    for (coding, weight) in weighed(headers, header::ACCEPT_ENCODING) {
+        let slot = if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+            &mut gzip
+        } else if coding.eq_ignore_ascii_case("identity") {
+            &mut identity
+        } else if coding == "*" {
+            &mut any
+        } else {
+            continue;
+        };
+        // Named twice: the higher weight.
+        *slot = Some(slot.map_or(weight, |w| w.max(weight)));
     }
     let gzip = gzip.or(any).unwrap_or(0.0);
     gzip > 0.0 && identity.is_none_or(|identity| gzip >= identity)
