@@ -43,7 +43,7 @@ echo "== cargo test (no default features: the crate builds and its unit tests pa
 cargo clippy --no-default-features --all-targets -- -D warnings
 cargo test --no-default-features --lib
 echo "== cargo check, each optional integration on its own (and with axum): every feature set builds"
-for features in axum hyper log otel axum,log axum,otel otlp-tls prometheus health sqlx resources postgres reqwest; do
+for features in axum hyper log otel axum,log axum,otel otlp-tls tls health,tls prometheus health sqlx resources postgres reqwest; do
   echo "-- --features $features"
   cargo check --no-default-features --features "$features"
 done

@@ -80,6 +80,8 @@ mod shard;
 pub mod shed;
 #[cfg(any(feature = "log", feature = "health"))]
 mod time;
+#[cfg(all(feature = "tls", any(feature = "otel", feature = "health")))]
+mod tls;
 pub mod trace;
 
 /// The boxed error type of Tower middleware.

@@ -16,19 +16,101 @@ use super::registry::{Health, PassiveHandle};
 use crate::breaker::{Breaker, State};
 
 /// GET `url` with its own `timeout`; a 2xx is Up (observed: latency in ms), anything else Down,
-/// with the cause (`connection refused`, the status, the timeout). Plain `http://` only: the
-/// health feature has no TLS, so an `https://` URL is Down saying so.
+/// with the cause (`connection refused`, the status, the timeout, a certificate that does not
+/// verify). `https://` needs the `tls` feature (without it, such a URL is Down saying so) and
+/// trusts the system's root certificates (`SSL_CERT_FILE`/`SSL_CERT_DIR` as rustls-native-certs
+/// reads them); `http_check_with_ca` trusts a private CA instead.
 pub fn http_check(url: impl Into<String>, timeout: Duration) -> impl super::Check {
-    let url: Arc<str> = Arc::from(url.into());
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Empty<Bytes>>();
+    checker(url.into(), timeout, Connector::new(None))
+}
+
+/// [`http_check`] for a dependency whose certificate a private CA signed: `https://` trusts the
+/// certificates of the PEM file `ca` alone, read now (a file that cannot be read makes every
+/// `https://` run Down with the reason).
+#[cfg(feature = "tls")]
+pub fn http_check_with_ca(
+    url: impl Into<String>,
+    timeout: Duration,
+    ca: impl AsRef<std::path::Path>,
+) -> impl super::Check {
+    checker(url.into(), timeout, Connector::new(Some(ca.as_ref())))
+}
+
+/// hyper-util's client over plain TCP and, with the `tls` feature, rustls; `tls_error` says why
+/// `https://` cannot be used (no TLS built in, no root certificates, an unreadable CA file).
+struct Connector {
+    client: hyper_util::client::legacy::Client<Connect, Empty<Bytes>>,
+    tls_error: Option<Arc<str>>,
+}
+
+#[cfg(feature = "tls")]
+type Connect = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
+#[cfg(not(feature = "tls"))]
+type Connect = hyper_util::client::legacy::connect::HttpConnector;
+
+impl Connector {
+    #[cfg(feature = "tls")]
+    fn new(ca: Option<&std::path::Path>) -> Self {
+        use crate::tls::{client_config, ConfigError};
+        let (config, tls_error) = match client_config(ca, None) {
+            Ok(config) => (config, None),
+            Err(e) => {
+                let why = match e {
+                    ConfigError::NoRoots => "no root certificates found on this system for \
+                                             https:// (Debian: ca-certificates)"
+                        .to_owned(),
+                    ConfigError::Other(e) => e,
+                };
+                // Certificates verified against nothing: never used, `tls_error` answers first.
+                let none = tokio_rustls::rustls::ClientConfig::builder_with_provider(Arc::new(
+                    tokio_rustls::rustls::crypto::aws_lc_rs::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .expect("the default provider supports the default versions")
+                .with_root_certificates(tokio_rustls::rustls::RootCertStore::empty())
+                .with_no_client_auth();
+                (none, Some(Arc::from(why)))
+            }
+        };
+        let connect = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        Self {
+            client: hyper_util::client::legacy::Client::builder(
+                hyper_util::rt::TokioExecutor::new(),
+            )
+            .build(connect),
+            tls_error,
+        }
+    }
+
+    #[cfg(not(feature = "tls"))]
+    fn new(_: Option<&std::path::Path>) -> Self {
+        Self {
+            client: hyper_util::client::legacy::Client::builder(
+                hyper_util::rt::TokioExecutor::new(),
+            )
+            .build_http(),
+            tls_error: Some(Arc::from("https:// needs towerscope's `tls` feature")),
+        }
+    }
+}
+
+fn checker(url: String, timeout: Duration, connector: Connector) -> impl super::Check {
+    let url: Arc<str> = Arc::from(url);
+    let Connector { client, tls_error } = connector;
     move || {
-        let (url, client) = (url.clone(), client.clone());
+        let (url, client, tls_error) = (url.clone(), client.clone(), tls_error.clone());
         async move {
             let uri: http::Uri = match url.parse() {
                 Ok(u) => u,
                 Err(e) => return CheckResult::down(format!("invalid URL: {e}")),
             };
+            if let (Some(why), Some("https")) = (&tls_error, uri.scheme_str()) {
+                return CheckResult::down(format!("{url}: {why}"));
+            }
             let started = Instant::now();
             match tokio::time::timeout(timeout, client.get(uri)).await {
                 Ok(Ok(res)) if res.status().is_success() => {

@@ -15,7 +15,8 @@
 //!   text (`*/*` alone gets text), or on `?format=json`. Up and Degraded are 200, Down 503. Details are withheld unless the
 //!   [`Details`] policy allows them. `Cache-Control: no-store`. Every probe answers within its
 //!   deadline (800 ms) whatever the checks do.
-//! - Built-in checks: [`http_check`], [`tcp_check`], [`disk_check`], [`runtime_check`],
+//! - Built-in checks: [`http_check`] (`https://` with the `tls` feature, and
+//!   `http_check_with_ca` for a private CA), [`tcp_check`], [`disk_check`], [`runtime_check`],
 //!   `sqlx_check` (a database pool ping, feature `sqlx`),
 //!   breakers through [`Health::watch_breakers`], heartbeats through [`Health::heartbeat`].
 //! - [`serve_with_shutdown`]: SIGTERM -> readiness 503 -> drain delay -> listener closed ->
@@ -57,6 +58,8 @@ mod router;
 mod shutdown;
 
 pub use check::{Check, CheckFuture, CheckResult, Group, Mode, Registration, Status};
+#[cfg(feature = "tls")]
+pub use checks::http_check_with_ca;
 #[cfg(feature = "sqlx")]
 pub use checks::sqlx_check;
 pub use checks::{disk_check, http_check, runtime_check, tcp_check};

@@ -463,10 +463,16 @@ async fn built_in_checks_work_against_real_targets() {
     assert_eq!(refused.status, Status::Down);
     let message = refused.message.unwrap();
     assert!(message.to_lowercase().contains("refused"), "{message}");
+    // A plain-HTTP server: no TLS handshake there; without the `tls` feature, no TLS at all.
     let https = http_check(format!("https://{addr}/ok"), t).run().await;
     assert_eq!(https.status, Status::Down);
     let message = https.message.unwrap();
-    assert!(message.contains("scheme is not http"), "{message}");
+    let why = if cfg!(feature = "tls") {
+        "client error (Connect)"
+    } else {
+        "needs towerscope's `tls` feature"
+    };
+    assert!(message.contains(why), "{message}");
     let disk = disk_check("/", 0.0).run().await;
     assert_eq!(disk.status, Status::Up);
     assert!(disk.observed_value.unwrap() > 0.0);
@@ -607,4 +613,87 @@ fn transitions_are_logged_with_the_checks_detail_only_when_it_has_one() {
     assert_eq!(get(down, "message").as_deref(), Some("health check down"));
     assert_eq!(get(down, "from").as_deref(), Some("up"));
     assert_eq!(get(down, "detail").as_deref(), Some("broker unreachable"));
+}
+
+/// `https://` dependencies: the certificate is verified (against a private CA's file, or the
+/// system's roots, which do not know the test CA), the status read through TLS, and a CA file
+/// that cannot be read said as the reason.
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn http_check_verifies_https_dependencies() {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls::{self, ServerConfig};
+
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+    let cert = CertificateDer::from_pem_file(dir.join("server.pem")).unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // A client that refuses the certificate ends the handshake: nothing to serve.
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(|req: http::Request<_>| async move {
+                    let _: &hyper::body::Incoming = req.body();
+                    let status = if req.uri().path() == "/ok" { 200 } else { 503 };
+                    let res = http::Response::builder().status(status);
+                    Ok::<_, std::convert::Infallible>(
+                        res.body(http_body_util::Empty::<bytes::Bytes>::new())
+                            .unwrap(),
+                    )
+                });
+                let io = hyper_util::rt::TokioIo::new(tls);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, svc)
+                    .await;
+            });
+        }
+    });
+    let t = Duration::from_secs(2);
+    let ca = dir.join("ca.pem");
+    for host in ["localhost", "127.0.0.1"] {
+        let url = format!("https://{host}:{port}/ok");
+        let ok = http_check_with_ca(&url, t, &ca).run().await;
+        assert_eq!(ok.status, Status::Up, "{url}: {:?}", ok.message);
+        assert!(ok.observed_value.is_some());
+    }
+    let unavailable = http_check_with_ca(format!("https://localhost:{port}/down"), t, &ca)
+        .run()
+        .await;
+    assert_eq!(unavailable.status, Status::Down);
+    assert!(unavailable.message.unwrap().contains("503"));
+    // The system's roots (or none at all, on a machine without them) do not know the test CA.
+    let untrusted = http_check(format!("https://localhost:{port}/ok"), t)
+        .run()
+        .await;
+    assert_eq!(untrusted.status, Status::Down);
+    let message = untrusted.message.unwrap();
+    assert!(message.contains("certificate"), "{message}");
+    let missing = http_check_with_ca(
+        format!("https://localhost:{port}/ok"),
+        t,
+        dir.join("missing.pem"),
+    )
+    .run()
+    .await;
+    assert_eq!(missing.status, Status::Down);
+    let message = missing.message.unwrap();
+    assert!(
+        message.contains("TLS file") && message.contains("missing.pem"),
+        "{message}"
+    );
 }

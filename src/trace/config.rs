@@ -617,7 +617,7 @@ pub(crate) fn unsupported_export_settings(env: impl Fn(&str) -> Option<String>) 
     {
         warnings.push(format!("{var}={c}: unsupported, sending uncompressed"));
     }
-    if cfg!(feature = "otlp-tls") {
+    if cfg!(feature = "tls") {
         let cert = effective("CLIENT_CERTIFICATE");
         let key = effective("CLIENT_KEY");
         if let (Some((var, _)), None) | (None, Some((var, _))) = (&cert, &key) {

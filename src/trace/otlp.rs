@@ -23,7 +23,7 @@ use super::export::{Export, Exported, Item, Refused};
 use super::record::{AttrVal, ServerRecord};
 use transport::{Answer, FailureKind, Transport};
 
-#[cfg(feature = "otlp-tls")]
+#[cfg(feature = "tls")]
 mod tls;
 mod transport;
 

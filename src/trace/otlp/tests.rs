@@ -403,7 +403,7 @@ fn transient_failures_are_retried_and_permanent_ones_are_not() {
 /// does not have) is not sent again within the export; the next export tries afresh. The
 /// collector takes two connections: a retry would take the second, and the export after it
 /// (with a certificate) would find no collector.
-#[cfg(feature = "otlp-tls")]
+#[cfg(feature = "tls")]
 #[test]
 fn a_refused_connection_is_not_sent_again() {
     use super::transport::tests::{fixture, tls_collector_with};
@@ -712,7 +712,7 @@ fn unsupported_protocols_and_compression_are_reported() {
         ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/etc/key.pem"),
         ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/etc/ca.pem"),
     ]));
-    let expected = if cfg!(feature = "otlp-tls") {
+    let expected = if cfg!(feature = "tls") {
         vec![
             "OTEL_EXPORTER_OTLP_CLIENT_KEY without its pair (certificate and key): no client \
              certificate is sent",

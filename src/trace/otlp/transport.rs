@@ -22,15 +22,15 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::TokioIo;
 
-#[cfg(feature = "otlp-tls")]
+#[cfg(feature = "tls")]
 use super::tls::Tls;
 use super::TlsFiles;
 
 /// Without the `otlp-tls` feature there is no TLS: `https://` endpoints are refused.
-#[cfg(not(feature = "otlp-tls"))]
+#[cfg(not(feature = "tls"))]
 enum Tls {}
 
-#[cfg(not(feature = "otlp-tls"))]
+#[cfg(not(feature = "tls"))]
 impl Tls {
     fn new(_: &str, _: &TlsFiles) -> Result<Self, String> {
         Err(
@@ -92,8 +92,8 @@ impl Failure {
     /// A failure that `e` caused: refused when TLS did (a handshake, or, under TLS 1.3, a
     /// server that rejects the client's certificate after it, on the first request).
     pub(crate) fn caused_by(message: String, e: &(dyn std::error::Error + 'static)) -> Self {
-        #[cfg(feature = "otlp-tls")]
-        if super::tls::refusal(e) {
+        #[cfg(feature = "tls")]
+        if crate::tls::refusal(e) {
             return Self::refused(message);
         }
         let _ = e; // Without TLS, no cause is a refusal.
@@ -402,9 +402,9 @@ impl Conn {
             open_tunnel(&mut tcp, connect).await?;
         }
         match tls {
-            #[cfg(feature = "otlp-tls")]
+            #[cfg(feature = "tls")]
             Some(tls) => Self::handshake(TokioIo::new(tls.connect(tcp).await?)).await,
-            #[cfg(not(feature = "otlp-tls"))]
+            #[cfg(not(feature = "tls"))]
             Some(never) => match *never {},
             None => Self::handshake(TokioIo::new(tcp)).await,
         }
@@ -706,7 +706,7 @@ pub(crate) mod tests {
 
     #[test]
     fn endpoints_it_cannot_reach_are_refused_with_the_reason() {
-        #[cfg(not(feature = "otlp-tls"))]
+        #[cfg(not(feature = "tls"))]
         {
             let e = via("https://collector:4318/v1/traces", &no_proxy()).unwrap_err();
             assert!(e.contains("otlp-tls"), "{e}");
@@ -732,7 +732,7 @@ pub(crate) mod tests {
     /// for `localhost` and 127.0.0.1, valid until 2126. Made with openssl (P-256 keys):
     /// `req -x509 ... -addext basicConstraints=critical,CA:TRUE` for the CA, then `req` and
     /// `x509 -req -CA ca.pem` with `subjectAltName=DNS:localhost,IP:127.0.0.1` for the server.
-    #[cfg(feature = "otlp-tls")]
+    #[cfg(feature = "tls")]
     pub(crate) fn fixture(name: &str) -> std::path::PathBuf {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/tls")
@@ -740,13 +740,13 @@ pub(crate) mod tests {
     }
 
     /// A transport to an `https://` test endpoint.
-    #[cfg(feature = "otlp-tls")]
+    #[cfg(feature = "tls")]
     fn over_tls(endpoint: &str, files: &TlsFiles, proxies: &Matcher) -> Result<Transport, String> {
         Transport::with_proxies(endpoint, &[], Duration::from_secs(5), files, proxies)
     }
 
     /// Trusting the CA certificates of `ca` alone, no client certificate.
-    #[cfg(feature = "otlp-tls")]
+    #[cfg(feature = "tls")]
     fn trusting(ca: std::path::PathBuf) -> TlsFiles {
         TlsFiles {
             ca: Some(ca),
@@ -755,13 +755,13 @@ pub(crate) mod tests {
     }
 
     /// One connection to a test collector: the request's head and body, or why it failed.
-    #[cfg(feature = "otlp-tls")]
+    #[cfg(feature = "tls")]
     type Received = Result<(String, Vec<u8>), String>;
 
     /// A TLS collector on `listener` for `n` connections, one request each (as `collector`
     /// does in plain text): each connection's request head (lower-cased) and body, or why its
     /// TLS handshake failed.
-    #[cfg(feature = "otlp-tls")]
+    #[cfg(feature = "tls")]
     fn tls_collector(
         listener: std::net::TcpListener,
         n: usize,
@@ -770,7 +770,7 @@ pub(crate) mod tests {
     }
 
     /// The same, asking each client for a certificate the test CA signed when `mutual`.
-    #[cfg(feature = "otlp-tls")]
+    #[cfg(feature = "tls")]
     pub(crate) fn tls_collector_with(
         listener: std::net::TcpListener,
         n: usize,
@@ -835,7 +835,7 @@ pub(crate) mod tests {
     }
 
     /// A request's head from `client`, read byte by byte (nothing after it is taken).
-    #[cfg(feature = "otlp-tls")]
+    #[cfg(feature = "tls")]
     async fn read_head(client: &mut tokio::net::TcpStream) -> String {
         use tokio::io::AsyncReadExt;
         let mut head = Vec::new();
@@ -849,7 +849,7 @@ pub(crate) mod tests {
 
     /// A proxy for one `CONNECT` tunnel: sends the `CONNECT` request's head when it has it,
     /// answers 200 and relays both ways until the tunnel closes.
-    #[cfg(feature = "otlp-tls")]
+    #[cfg(feature = "tls")]
     fn connect_proxy() -> (std::net::SocketAddr, std::sync::mpsc::Receiver<String>) {
         use tokio::io::AsyncWriteExt;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -871,7 +871,7 @@ pub(crate) mod tests {
     }
 
     /// Runs `server` on `listener` on a thread of its own, with a current-thread runtime.
-    #[cfg(feature = "otlp-tls")]
+    #[cfg(feature = "tls")]
     fn serve<F, Fut>(
         listener: std::net::TcpListener,
         server: F,
@@ -897,7 +897,7 @@ pub(crate) mod tests {
     /// An `https://` endpoint is reached over TLS, directly and through a proxy's `CONNECT`
     /// tunnel, its certificate checked against the configured CA; against the system's roots
     /// alone, the same server's certificate is refused.
-    #[cfg(feature = "otlp-tls")]
+    #[cfg(feature = "tls")]
     #[test]
     fn an_https_endpoint_is_reached_over_tls_and_its_certificate_checked() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -962,7 +962,7 @@ pub(crate) mod tests {
 
     /// A collector that asks for a client certificate (mutual TLS) takes the export of a
     /// client that has one the collector's CA signed, and refuses one that has none.
-    #[cfg(feature = "otlp-tls")]
+    #[cfg(feature = "tls")]
     #[test]
     fn a_collector_asking_for_a_client_certificate_gets_it() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -1004,7 +1004,7 @@ pub(crate) mod tests {
 
     /// A proxy that refuses the tunnel (407: no or wrong credentials) is a refusal, not worth
     /// sending again; one in trouble (503) may pass, and is.
-    #[cfg(feature = "otlp-tls")]
+    #[cfg(feature = "tls")]
     #[test]
     fn a_proxy_refusing_the_tunnel_is_a_refusal() {
         use tokio::io::AsyncWriteExt;
