@@ -145,20 +145,18 @@ impl ClientCall {
         let known = KnownMethod::from_method(method);
         // A request sent on a connection made by hand (hyper's `client::conn`) names its
         // target in `Host`, its URI being only the path: the server is read from there.
-        let from_host;
+        // Read as the server span reads its `Host`: an IPv6 address without its brackets.
         let authority = match uri.authority() {
-            Some(a) => Some(a),
-            None => {
-                from_host = headers
-                    .get(http::header::HOST)
-                    .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok());
-                from_host.as_ref()
-            }
+            Some(a) => Some(a.as_str()),
+            None => headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok()),
         };
-        let host: Arc<str> = Arc::from(authority.map_or("", |a| a.host()));
-        let port = authority
-            .and_then(|a| a.port_u16())
-            .unwrap_or_else(|| default_port(uri));
+        let (host, port) = authority
+            .and_then(crate::lifecycle::host_port)
+            .unwrap_or(("", None));
+        let host: Arc<str> = Arc::from(host);
+        let port = port.unwrap_or_else(|| default_port(uri));
         let parent = Context::current();
         let inner = &*shared.inner;
         let cx = if inner.enabled {

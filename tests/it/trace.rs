@@ -1069,8 +1069,28 @@ fn client_errors_are_classified_like_server_errors() {
             .header("host", "api.test:9090")
             .body(())
             .unwrap();
+        assert!(crate::support::block_on(client.clone().oneshot(req)).is_err());
+        // IPv6 addresses without their brackets, in the URI or in `Host`, as the server span
+        // has them.
+        let req = http::Request::get("http://[::1]:7070/x").body(()).unwrap();
+        assert!(crate::support::block_on(client.clone().oneshot(req)).is_err());
+        let req = http::Request::get("/x")
+            .header("host", "[2001:db8::1]")
+            .body(())
+            .unwrap();
         assert!(crate::support::block_on(client.oneshot(req)).is_err());
     });
+    let text = prometheus.render();
+    for (address, port) in [("::1", "7070"), ("2001:db8::1", "80")] {
+        let labels = [
+            ("http_request_method", "GET"),
+            ("server_address", address),
+            ("server_port", port),
+            ("error_type", "timeout"),
+        ];
+        let count = sample(&text, "http_client_request_duration_seconds_count", &labels);
+        assert_eq!(count, Some(1.0), "{address}: {text}");
+    }
     assert_eq!(
         sample(
             &prometheus.render(),
