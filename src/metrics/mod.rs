@@ -54,3 +54,11 @@ pub use red::{
     Red, RedBuilder, RedLayer, RedRoute, ACTIVE_REQUESTS, CANCELLED_REQUESTS, REQUEST_BODY_SIZE,
     REQUEST_DURATION, RESPONSE_BODY_SIZE,
 };
+
+/// The value of the unlabeled sample `name` in an exposition `text`, for tests.
+#[cfg(all(test, feature = "prometheus"))]
+pub(crate) fn unlabeled_sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+}

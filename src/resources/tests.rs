@@ -76,12 +76,8 @@ fn a_collection_fills_the_series() {
     });
     let text = prometheus.render();
     // CPU seconds keep their fraction (not truncated to whole seconds), and read as a counter.
-    let total: f64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("process_cpu_seconds_total "))
-        .expect("process_cpu_seconds_total")
-        .parse()
-        .unwrap();
+    let total = crate::metrics::unlabeled_sample(&text, "process_cpu_seconds_total")
+        .expect("process_cpu_seconds_total");
     assert!(cpu.0 <= total && total <= cpu.1, "{total} not in {cpu:?}");
     assert!(
         text.contains("# TYPE process_cpu_seconds_total counter\n"),
