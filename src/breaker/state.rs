@@ -1,7 +1,8 @@
 //! The breaker: state machine, admission, recording, transitions, telemetry.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::*};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Unit};
@@ -803,6 +804,10 @@ static METADATA: Metadata<'static> = Metadata::new(
     Some(module_path!()),
 );
 
+/// How many breakers of each name exist: they share their series (the `breaker` label), so
+/// one retired takes them away only when it is the last.
+static NAMED: LazyLock<Mutex<HashMap<Arc<str>, usize>>> = LazyLock::new(Mutex::default);
+
 struct Telemetry {
     name: Arc<str>,
     states: [Gauge; 6],
@@ -818,6 +823,10 @@ struct Telemetry {
 
 impl Telemetry {
     fn new(name: &Arc<str>) -> Self {
+        {
+            let mut named = NAMED.lock().unwrap_or_else(|e| e.into_inner());
+            *named.entry(name.clone()).or_default() += 1;
+        }
         metrics::with_recorder(|r| {
             r.describe_gauge(
                 KeyName::from_const_str("circuit_breaker_state"),
@@ -914,6 +923,16 @@ impl Telemetry {
     /// leave towerscope's exposition, so an open breaker evicted while idle does not read as
     /// open for good (nor its series pile up as keys come and go).
     fn retire(&self) {
+        let alone = NAMED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&self.name)
+            == Some(&1);
+        if !alone {
+            // Another breaker of this name (a second keyed layer from the same template)
+            // reports on these series still.
+            return;
+        }
         for g in &self.states {
             g.set(0.0);
         }
@@ -937,6 +956,18 @@ impl Telemetry {
         let c = metrics::with_recorder(|r| r.register_counter(&key, &METADATA));
         c.increment(1);
         t.push(((from, to), c));
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        let mut named = NAMED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = named.get_mut(&self.name) {
+            *count -= 1;
+            if *count == 0 {
+                named.remove(&self.name);
+            }
+        }
     }
 }
 

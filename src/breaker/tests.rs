@@ -589,3 +589,42 @@ async fn evicted_keyed_breakers_leave_the_exposition() {
         assert!(text.contains(line), "{line}\n{text}");
     }
 }
+
+/// Two keyed layers from one template have breakers of the same names, on the same series:
+/// one layer evicting its breaker leaves them to the other's, which still reports.
+#[cfg(feature = "prometheus")]
+#[tokio::test(start_paused = true)]
+async fn an_evicted_breaker_leaves_the_series_a_namesake_reports_on() {
+    let (recorder, prometheus) = crate::metrics::Prometheus::builder().build();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let template = Breaker::builder("twin").count_window(4);
+    let layer = |max| {
+        let layer =
+            KeyedCircuitBreakerLayer::with_limits(template.clone(), max, Duration::from_secs(60))
+                .classifier(ErrorsAreFailures);
+        tower_layer::Layer::layer(
+            &layer,
+            tower::service_fn(|_: http::Request<()>| async { Ok::<_, std::io::Error>(()) }),
+        )
+    };
+    let (one, two) = (layer(1), layer(8));
+    let req = |host: &str| {
+        http::Request::get(format!("http://{host}/"))
+            .body(())
+            .unwrap()
+    };
+    one.clone().oneshot(req("a")).await.unwrap();
+    two.clone().oneshot(req("a")).await.unwrap();
+    tokio::time::advance(Duration::from_secs(61)).await;
+    // The first layer evicts its `twin:a:80`; the second's is still there.
+    one.clone().oneshot(req("b")).await.unwrap();
+    two.clone().oneshot(req("a")).await.unwrap();
+    let text = prometheus.render();
+    for line in [
+        "circuit_breaker_state{breaker=\"twin:a:80\",state=\"closed\"} 1",
+        "circuit_breaker_calls_total{breaker=\"twin:a:80\",outcome=\"success\"} 3",
+        "circuit_breaker_calls_total{breaker=\"twin:b:80\",outcome=\"success\"} 1",
+    ] {
+        assert!(text.contains(line), "{line}\n{text}");
+    }
+}
