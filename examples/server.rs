@@ -555,7 +555,12 @@ fn main() {
     // resolved against it.
     let prometheus = match args.stack {
         Stack::Bare | Stack::Identity => None,
-        _ => match Prometheus::install() {
+        // Exemplars in `full`, whose server spans give them: Prometheus scraping OpenMetrics
+        // sees each latency bucket's last sampled trace.
+        _ => match Prometheus::builder()
+            .exemplars(args.stack == Stack::Full)
+            .install()
+        {
             Ok(p) => Some(p),
             Err(e) => {
                 eprintln!("{e}");

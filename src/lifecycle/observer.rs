@@ -115,6 +115,16 @@ pub trait Observer: Send + Sync + 'static {
         None
     }
 
+    /// The request's trace ids (its server span's), for the other observers of a tuple when
+    /// it ends ([`End`]: RED's exemplars). The first observer of a tuple that has them
+    /// provides them; read at the end from the observation rather than carried with the
+    /// request.
+    #[cfg(feature = "otel")]
+    fn trace_ids(obs: &Self::Observation) -> Option<crate::trace::TraceIds> {
+        let _ = obs;
+        None
+    }
+
     /// The request ended: finished, failed or cancelled. Called exactly once per request.
     fn end(route: &Self::Route, obs: Self::Observation, end: &End);
 }
@@ -167,6 +177,12 @@ macro_rules! tuple_observer {
             #[cfg(feature = "otel")]
             fn context(obs: &Self::Observation) -> Option<&opentelemetry::Context> {
                 None $(.or_else(|| $t::context(&obs.$i)))+
+            }
+
+            #[cfg(feature = "otel")]
+            #[inline]
+            fn trace_ids(obs: &Self::Observation) -> Option<crate::trace::TraceIds> {
+                None $(.or_else(|| $t::trace_ids(&obs.$i)))+
             }
 
             fn end(route: &Self::Route, obs: Self::Observation, end: &End) {
@@ -233,6 +249,8 @@ impl<O: Observer> Tracker<O> {
             at,
             response_bytes: self.response_bytes + last_bytes,
             request_bytes: self.request_size.bytes(),
+            #[cfg(all(feature = "otel", feature = "prometheus"))]
+            trace_ids: O::trace_ids(&self.obs),
         };
         O::end(self.route.data(), self.obs, &end);
     }

@@ -164,6 +164,10 @@ pub struct End {
     /// When it ended (the clock is read once, here).
     #[cfg(feature = "otel")]
     pub(crate) at: super::clock::Tick,
+    /// The request's trace ids, when an observer of the stack made them (the server span):
+    /// observers before it in a tuple learn them here (RED's exemplars).
+    #[cfg(all(feature = "otel", feature = "prometheus"))]
+    pub(crate) trace_ids: Option<crate::trace::TraceIds>,
 }
 
 #[cfg(test)]

@@ -10,11 +10,12 @@
 //! metrics whose names need sanitising stay with the exporter.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
 use std::ops::Range;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 
 use metrics::{
     Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
@@ -163,6 +164,19 @@ pub(crate) struct FastHistogram {
     bounds: Arc<[f64]>,
     /// Per shard: one count per bound, one for +Inf, then the sum's bits.
     slots: shard::Slots,
+    /// One exemplar per bucket (+Inf last), made on the first one offered.
+    exemplars: OnceLock<Box<[Mutex<Option<Exemplar>>]>>,
+}
+
+/// A sampled request's trace ids, its value and when it was recorded: shown on its bucket in
+/// the OpenMetrics exposition.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Exemplar {
+    pub(crate) value: f64,
+    pub(crate) trace_id: u128,
+    pub(crate) span_id: u64,
+    /// Seconds since the Unix epoch.
+    pub(crate) at: f64,
 }
 
 impl FastHistogram {
@@ -170,7 +184,36 @@ impl FastHistogram {
         Self {
             slots: shard::Slots::new(bounds.len() + 2),
             bounds,
+            exemplars: OnceLock::new(),
         }
+    }
+
+    /// The bucket of `value`: the first bound not below it (`le` is inclusive), else +Inf
+    /// (NaN too).
+    #[inline]
+    fn bucket(&self, value: f64) -> usize {
+        self.bounds
+            .iter()
+            .position(|b| *b >= value)
+            .unwrap_or(self.bounds.len())
+    }
+
+    #[cfg(feature = "otel")]
+    /// Makes `exemplar` its bucket's, unless another thread is writing that bucket's just now
+    /// (one exemplar lost is nothing; waiting on the request path would be).
+    pub(crate) fn offer(&self, exemplar: Exemplar) {
+        let slots = self
+            .exemplars
+            .get_or_init(|| (0..=self.bounds.len()).map(|_| Mutex::new(None)).collect());
+        if let Ok(mut slot) = slots[self.bucket(exemplar.value)].try_lock() {
+            *slot = Some(exemplar);
+        }
+    }
+
+    /// The exemplar of bucket `i`, if one was offered.
+    fn exemplar(&self, i: usize) -> Option<Exemplar> {
+        let slot = self.exemplars.get()?.get(i)?;
+        *slot.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Slot `i` of shard `shard`.
@@ -205,11 +248,7 @@ impl HistogramFn for FastHistogram {
         // most requests fall in the first few buckets, where it stops after a compare or two
         // whose branch is predicted, while a binary search always walks its whole chain of
         // dependent loads and compares (about 60% of this function's samples, perf).
-        let i = self
-            .bounds
-            .iter()
-            .position(|b| *b >= value)
-            .unwrap_or(self.bounds.len());
+        let i = self.bucket(value);
         self.slot(shard, i).fetch_add(1, Relaxed);
         let sum = self.slot(shard, self.bounds.len() + 1);
         let mut cur = sum.load(Relaxed);
@@ -240,6 +279,23 @@ impl<T> Default for Series<T> {
 /// Counts series not recorded because their name holds another kind already: the first kind
 /// registered under a name (as rendered: `a.b` and `a_b` are one) keeps it.
 pub const SERIES_DROPPED: &str = "metrics_series_dropped_total";
+
+thread_local! {
+    /// The histogram the last registration on this thread resolved to, when its store keeps
+    /// exemplars (see [`with_exemplars`]).
+    static REGISTERED: Cell<Option<Arc<FastHistogram>>> = const { Cell::new(None) };
+}
+
+#[cfg(feature = "otel")]
+/// Runs `register` (a histogram's registration with the current recorder) and returns, with
+/// its result, the towerscope histogram it resolved to when that recorder keeps exemplars
+/// ([`PrometheusBuilder::exemplars`](super::PrometheusBuilder::exemplars)); `None` for other
+/// recorders. Off the request path: once per series.
+pub(crate) fn with_exemplars<T>(register: impl FnOnce() -> T) -> (T, Option<Arc<FastHistogram>>) {
+    REGISTERED.with(Cell::take);
+    let registered = register();
+    (registered, REGISTERED.with(Cell::take))
+}
 
 /// The stores of the recorders built, for [`forget`].
 static STORES: Mutex<Vec<Weak<Store>>> = Mutex::new(Vec::new());
@@ -302,6 +358,8 @@ pub(crate) struct Store {
     refused: Mutex<Refused>,
     /// `metrics_series_dropped_total`.
     dropped: Arc<FastCounter>,
+    /// Histograms keep exemplars, rendered in the OpenMetrics exposition.
+    pub(crate) exemplars: bool,
 }
 
 impl Store {
@@ -310,6 +368,7 @@ impl Store {
         size: &[f64],
         by_name: Vec<(String, Vec<f64>)>,
         global_labels: Vec<(String, String)>,
+        exemplars: bool,
     ) -> Self {
         // The drop counter is there from the start, at zero, for `increase()` to see its
         // first drop.
@@ -337,6 +396,7 @@ impl Store {
             kinds: RwLock::new(HashMap::from([(SERIES_DROPPED.to_owned(), Kind::Counter)])),
             refused: Mutex::default(),
             dropped,
+            exemplars,
         }
     }
 
@@ -455,65 +515,84 @@ impl Store {
         retain(&self.histograms, which);
     }
 
-    /// The exposition text of what this store holds.
-    pub(crate) fn render(&self) -> String {
+    /// The exposition text of what this store holds: the text format 0.0.4, or, with `om`,
+    /// OpenMetrics 1.0 (a counter's family named without `_total`, its samples with it; `"`
+    /// escaped in `HELP`; no blank lines; exemplars on histogram buckets; the caller ends it
+    /// with `# EOF`).
+    pub(crate) fn render(&self, om: bool) -> String {
         let mut out = String::new();
         // A series' labels, written once for all its lines.
         let (mut labels, mut names) = (String::new(), Vec::new());
         let help = self.help.read().unwrap_or_else(|e| e.into_inner());
+        let end_family = |out: &mut String| {
+            if !om {
+                out.push('\n');
+            }
+        };
         let counters = self.counters.read().unwrap_or_else(|e| e.into_inner());
         for (name, series) in grouped(&counters.by_key) {
-            header(&mut out, name, &help, "counter");
+            let (family, sample) = counter_names(name, om);
+            header(&mut out, &family, help.get(name), "counter", om);
             for (key, c) in series {
                 self.labels(key, false, &mut labels, &mut names);
-                line(&mut out, name, "", &labels, None, Sample::Count(c.value()));
+                line(
+                    &mut out,
+                    &sample,
+                    "",
+                    &labels,
+                    None,
+                    Sample::Count(c.value()),
+                );
             }
-            out.push('\n');
+            end_family(&mut out);
         }
         let gauges = self.gauges.read().unwrap_or_else(|e| e.into_inner());
-        let counter_names = self.counter_names.read().unwrap_or_else(|e| e.into_inner());
+        let counter_names_set = self.counter_names.read().unwrap_or_else(|e| e.into_inner());
         for (name, series) in grouped(&gauges.by_key) {
             // A gauge described as a counter is a counter set to its total: the `metrics`
             // facade's counters are integers, so a counter with a fraction (CPU seconds) can
             // only be set through a gauge.
-            let kind = if counter_names.contains(name) {
-                "counter"
-            } else {
-                "gauge"
+            let counter = counter_names_set.contains(name);
+            let (family, sample) = match counter {
+                true => counter_names(name, om),
+                false => (Cow::Borrowed(name), Cow::Borrowed(name)),
             };
-            header(&mut out, name, &help, kind);
+            let kind = if counter { "counter" } else { "gauge" };
+            header(&mut out, &family, help.get(name), kind, om);
             for (key, g) in series {
                 self.labels(key, false, &mut labels, &mut names);
-                line(&mut out, name, "", &labels, None, Sample::Float(g.value()));
+                line(
+                    &mut out,
+                    &sample,
+                    "",
+                    &labels,
+                    None,
+                    Sample::Float(g.value()),
+                );
             }
-            out.push('\n');
+            end_family(&mut out);
         }
         let histograms = self.histograms.read().unwrap_or_else(|e| e.into_inner());
         for (name, series) in grouped(&histograms.by_key) {
-            header(&mut out, name, &help, "histogram");
+            header(&mut out, name, help.get(name), "histogram", om);
             for (key, h) in series {
                 self.labels(key, true, &mut labels, &mut names);
                 let (counts, sum) = h.snapshot();
-                for (i, b) in h.bounds.iter().enumerate() {
+                let bounds = h.bounds.iter().copied().chain([f64::INFINITY]);
+                for (i, (b, count)) in bounds.zip(&counts).enumerate() {
                     line(
                         &mut out,
                         name,
                         "_bucket",
                         &labels,
-                        Some(*b),
-                        Sample::Count(counts[i]),
+                        Some(b),
+                        Sample::Count(*count),
                     );
+                    if let Some(e) = h.exemplar(i).filter(|_| om) {
+                        exemplar(&mut out, &e);
+                    }
                 }
                 let total = *counts.last().unwrap_or(&0);
-                let inf = Some(f64::INFINITY);
-                line(
-                    &mut out,
-                    name,
-                    "_bucket",
-                    &labels,
-                    inf,
-                    Sample::Count(total),
-                );
                 line(&mut out, name, "_sum", &labels, None, Sample::Float(sum));
                 line(
                     &mut out,
@@ -524,7 +603,7 @@ impl Store {
                     Sample::Count(total),
                 );
             }
-            out.push('\n');
+            end_family(&mut out);
         }
         out
     }
@@ -631,15 +710,38 @@ fn grouped<T>(map: &HashMap<Key, Arc<T>>) -> Vec<Group<'_, T>> {
     out
 }
 
-fn header(out: &mut String, name: &str, help: &HashMap<String, String>, kind: &str) {
-    if let Some(h) = help.get(name) {
+/// A counter's family name and sample name: in the text format both its name; in OpenMetrics
+/// the family without `_total`, the samples with it (a counter named without it gains it).
+fn counter_names(name: &str, om: bool) -> (Cow<'_, str>, Cow<'_, str>) {
+    match (om, name.strip_suffix("_total")) {
+        (false, _) => (Cow::Borrowed(name), Cow::Borrowed(name)),
+        (true, Some(family)) => (Cow::Borrowed(family), Cow::Borrowed(name)),
+        (true, None) => (Cow::Borrowed(name), Cow::Owned(format!("{name}_total"))),
+    }
+}
+
+fn header(out: &mut String, name: &str, help: Option<&String>, kind: &str, om: bool) {
+    if let Some(h) = help {
         out.push_str("# HELP ");
         out.push_str(name);
         out.push(' ');
-        escape(out, h, false);
+        escape(out, h, om);
         out.push('\n');
     }
     let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// An OpenMetrics exemplar after a bucket's value: ` # {trace_id="…",span_id="…"} value
+/// timestamp`, the ids in lowercase hex as W3C Trace Context writes them.
+fn exemplar(out: &mut String, e: &Exemplar) {
+    out.pop();
+    let _ = write!(
+        out,
+        " # {{trace_id=\"{:032x}\",span_id=\"{:016x}\"}} ",
+        e.trace_id, e.span_id
+    );
+    write_float(out, e.value);
+    let _ = writeln!(out, " {:.3}", e.at);
 }
 
 /// Escapes per the text format: `\` and newline always, `"` in label values.
@@ -748,11 +850,15 @@ impl Recorder for TowerscopeRecorder {
     fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
         let store = &self.store;
         match store.buckets_for(key.name()) {
-            Some(bounds) if plain_name(key.name()) => store
-                .get_or_create(&store.histograms, key, Kind::Histogram, || {
+            Some(bounds) if plain_name(key.name()) => {
+                let h = store.get_or_create(&store.histograms, key, Kind::Histogram, || {
                     FastHistogram::new(bounds)
-                })
-                .map_or_else(Histogram::noop, Histogram::from_arc),
+                });
+                if store.exemplars {
+                    REGISTERED.with(|r| r.set(h.clone()));
+                }
+                h.map_or_else(Histogram::noop, Histogram::from_arc)
+            }
             _ if store.to_exporter(key, Kind::Histogram) => {
                 self.inner.register_histogram(key, metadata)
             }

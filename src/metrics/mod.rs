@@ -48,7 +48,7 @@ pub use fast::{TowerscopeRecorder, SERIES_DROPPED};
 #[cfg(feature = "prometheus")]
 pub use prometheus::{
     InstallError, MetricsService, Prometheus, PrometheusBuilder, CONTENT_TYPE, DB_DURATION_BUCKETS,
-    DURATION_BUCKETS, SIZE_BUCKETS,
+    DURATION_BUCKETS, OPENMETRICS_CONTENT_TYPE, SIZE_BUCKETS,
 };
 pub use red::{
     Red, RedBuilder, RedLayer, RedRoute, ACTIVE_REQUESTS, CANCELLED_REQUESTS, REQUEST_BODY_SIZE,

@@ -21,6 +21,10 @@ use tower_service::Service;
 /// `Content-Type` of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// `Content-Type` of the OpenMetrics exposition (see [`PrometheusBuilder::exemplars`]).
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 /// Default buckets of every towerscope `*_duration_seconds` histogram, in seconds (the
 /// OpenTelemetry HTTP semantic conventions' advice).
 pub const DURATION_BUCKETS: &[f64] = &[
@@ -69,6 +73,7 @@ pub struct PrometheusBuilder {
     global_labels: Vec<(String, String)>,
     by_name: Vec<(String, Vec<f64>)>,
     gzip: bool,
+    exemplars: bool,
 }
 
 impl Default for PrometheusBuilder {
@@ -83,6 +88,7 @@ impl Default for PrometheusBuilder {
                 DB_DURATION_BUCKETS.to_vec(),
             )],
             gzip: true,
+            exemplars: false,
         }
     }
 }
@@ -144,6 +150,19 @@ impl PrometheusBuilder {
         self
     }
 
+    /// Exemplars: each bucket of `http_server_request_duration_seconds` keeps the trace of
+    /// the last sampled request that fell in it (its trace and server span ids, value and
+    /// time), so a latency graph links to the traces behind it (Grafana's exemplars, from
+    /// Prometheus run with `--enable-feature=exemplar-storage`). The text format has no
+    /// exemplars: with this on, `/metrics` answers OpenMetrics 1.0 to a scraper that prefers
+    /// it (`Accept`; Prometheus does), the text format to others. Off by default, as in the
+    /// Prometheus Go client. Needs the server spans of [`crate::trace`] in the same
+    /// `ObserveLayer` as the RED observer.
+    pub fn exemplars(mut self, on: bool) -> Self {
+        self.exemplars = on;
+        self
+    }
+
     /// A label added to every series at render time.
     pub fn global_label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.global_labels.push((key.into(), value.into()));
@@ -186,6 +205,7 @@ impl PrometheusBuilder {
             &self.size_buckets,
             self.by_name,
             self.global_labels,
+            self.exemplars,
         ));
         super::fast::track(&store);
         let prometheus = Prometheus {
@@ -206,13 +226,73 @@ impl PrometheusBuilder {
     }
 }
 
-fn render(handle: &PrometheusHandle, store: &Store) -> String {
+/// The exposition: metrics-exporter-prometheus's part (summaries, names it sanitises), then
+/// the store's; in OpenMetrics 1.0 when `om` (the exporter's text converted, `# EOF` last).
+fn render(handle: &PrometheusHandle, store: &Store, om: bool) -> String {
     let mut text = handle.render();
+    if om {
+        let mut out = String::with_capacity(text.len());
+        openmetrics_from_text(&text, &mut out);
+        out.push_str(&store.render(true));
+        out.push_str("# EOF\n");
+        return out;
+    }
     if !text.is_empty() && !text.ends_with("\n\n") {
         text.push('\n');
     }
-    text.push_str(&store.render());
+    text.push_str(&store.render(false));
     text
+}
+
+/// The text format 0.0.4 as OpenMetrics 1.0 writes it: a counter's family named without
+/// `_total` and its samples with it, `"` escaped in `HELP`, no blank lines.
+fn openmetrics_from_text(text: &str, out: &mut String) {
+    // A `HELP` waits for its `TYPE`, which says whether the family is renamed; the samples of
+    // a counter named without `_total` gain it.
+    let (mut help, mut suffixed) = (None::<&str>, None::<&str>);
+    for line in text.lines() {
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            help = Some(rest);
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            let family = match kind {
+                "counter" => name.strip_suffix("_total").unwrap_or(name),
+                _ => name,
+            };
+            suffixed = (kind == "counter" && family == name).then_some(name);
+            if let Some(h) = help.take() {
+                let text = h.split_once(' ').map_or("", |(_, t)| t);
+                out.push_str("# HELP ");
+                out.push_str(family);
+                out.push(' ');
+                out.push_str(&text.replace('"', "\\\""));
+                out.push('\n');
+            }
+            out.push_str("# TYPE ");
+            out.push_str(family);
+            out.push(' ');
+            out.push_str(kind);
+            out.push('\n');
+            continue;
+        }
+        match suffixed {
+            Some(name)
+                if line.starts_with(name)
+                    && matches!(line.as_bytes().get(name.len()), Some(b'{' | b' ')) =>
+            {
+                out.push_str(name);
+                out.push_str("_total");
+                out.push_str(&line[name.len()..]);
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
 }
 
 fn spawn_upkeep(handle: Weak<PrometheusHandle>, interval: Duration) {
@@ -244,27 +324,35 @@ impl Prometheus {
 
     /// The exposition text, rendered on the calling thread.
     pub fn render(&self) -> String {
-        render(&self.inner, &self.store)
+        render(&self.inner, &self.store, false)
+    }
+
+    /// The OpenMetrics 1.0 exposition (with exemplars, when they are kept), rendered on the
+    /// calling thread.
+    pub fn render_openmetrics(&self) -> String {
+        render(&self.inner, &self.store, true)
     }
 
     /// The `/metrics` response, uncompressed, rendered on tokio's blocking pool so a large
     /// registry never stalls an async worker.
     pub async fn response(&self) -> Response<Full<Bytes>> {
-        self.answer(false).await
+        self.answer(false, false).await
     }
 
     /// The `/metrics` response to a request with these headers: gzip-compressed when its
     /// `Accept-Encoding` takes gzip and [compression](PrometheusBuilder::compression) is on,
-    /// rendered and compressed on tokio's blocking pool. What the router and the service
-    /// answer.
+    /// in OpenMetrics when [exemplars](PrometheusBuilder::exemplars) are kept and its
+    /// `Accept` prefers it, rendered and compressed on tokio's blocking pool. What the router
+    /// and the service answer.
     pub async fn response_to(&self, request: &HeaderMap) -> Response<Full<Bytes>> {
-        self.answer(self.gzip && accepts_gzip(request)).await
+        let om = self.store.exemplars && prefers_openmetrics(request);
+        self.answer(self.gzip && accepts_gzip(request), om).await
     }
 
-    async fn answer(&self, gzip: bool) -> Response<Full<Bytes>> {
+    async fn answer(&self, gzip: bool, om: bool) -> Response<Full<Bytes>> {
         let (handle, store) = (self.inner.clone(), self.store.clone());
         let rendered = tokio::task::spawn_blocking(move || {
-            let text = render(&handle, &store);
+            let text = render(&handle, &store, om);
             if gzip {
                 let mut out = Vec::with_capacity(text.len() / 8);
                 crate::gzip::gzip(text.as_bytes(), &mut out);
@@ -277,13 +365,24 @@ impl Prometheus {
             Ok(body) => {
                 let mut res = Response::new(Full::new(body));
                 let headers = res.headers_mut();
-                headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+                let content_type = if om {
+                    OPENMETRICS_CONTENT_TYPE
+                } else {
+                    CONTENT_TYPE
+                };
+                headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
                 if gzip {
                     headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
                 }
-                if self.gzip {
-                    // The answer depends on the request's `Accept-Encoding`: caches must know.
-                    headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+                // The answer depends on these request headers: caches must know.
+                let vary = match (self.gzip, self.store.exemplars) {
+                    (true, true) => Some("accept, accept-encoding"),
+                    (true, false) => Some("accept-encoding"),
+                    (false, true) => Some("accept"),
+                    (false, false) => None,
+                };
+                if let Some(vary) = vary {
+                    headers.insert(header::VARY, HeaderValue::from_static(vary));
                 }
                 res
             }
@@ -349,6 +448,35 @@ impl<B> Service<Request<B>> for MetricsService {
 /// Whether `Accept-Encoding` takes gzip (RFC 9110, section 12.5.3): `gzip` (or `x-gzip`), else
 /// `*`, with a weight above zero, unless the header names `identity` with a higher weight. An
 /// element whose weight does not parse is left out.
+/// Whether `Accept` weighs OpenMetrics above the text format (each by its most specific
+/// range; a tie goes to OpenMetrics only when it is named). Prometheus sends
+/// `application/openmetrics-text;version=1.0.0,…;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1`.
+fn prefers_openmetrics(headers: &HeaderMap) -> bool {
+    let [mut om, mut text, mut text_any, mut app_any, mut any] = [None::<f32>; 5];
+    for (range, q) in weighed(headers, header::ACCEPT) {
+        let (kind, sub) = range.split_once('/').unwrap_or((range, ""));
+        let (kind, sub) = (kind.trim(), sub.trim());
+        let slot = match () {
+            _ if kind.eq_ignore_ascii_case("application")
+                && sub.eq_ignore_ascii_case("openmetrics-text") =>
+            {
+                &mut om
+            }
+            _ if kind.eq_ignore_ascii_case("application") && sub == "*" => &mut app_any,
+            _ if kind.eq_ignore_ascii_case("text") && sub.eq_ignore_ascii_case("plain") => {
+                &mut text
+            }
+            _ if kind.eq_ignore_ascii_case("text") && sub == "*" => &mut text_any,
+            _ if kind == "*" && sub == "*" => &mut any,
+            _ => continue,
+        };
+        *slot = Some(slot.map_or(q, |w| w.max(q)));
+    }
+    let o = om.or(app_any).or(any).unwrap_or(0.0);
+    let t = text.or(text_any).or(any).unwrap_or(0.0);
+    o > t || (o == t && o > 0.0 && om.is_some())
+}
+
 fn accepts_gzip(headers: &HeaderMap) -> bool {
     let (mut gzip, mut identity, mut any) = (None::<f32>, None::<f32>, None::<f32>);
     for (coding, weight) in weighed(headers, header::ACCEPT_ENCODING) {
@@ -476,5 +604,100 @@ mod tests {
         let (h, _) = body(off.response_to(&headers(&["gzip"])).await).await;
         assert!(h.get(header::CONTENT_ENCODING).is_none());
         assert!(h.get(header::VARY).is_none());
+    }
+
+    #[test]
+    fn openmetrics_is_chosen_by_accept() {
+        let accept = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::ACCEPT, HeaderValue::from_str(v).unwrap());
+            }
+            prefers_openmetrics(&h)
+        };
+        for (values, om) in [
+            // Prometheus 2.x, and its text-only setting.
+            (
+                &["application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"][..],
+                true,
+            ),
+            (&["text/plain;version=0.0.4;q=1,*/*;q=0.1"][..], false),
+            (&[][..], false),
+            (&["*/*"][..], false),
+            (&["application/openmetrics-text"][..], true),
+            (&["text/plain, application/openmetrics-text;q=0.5"][..], false),
+            (&["application/openmetrics-text;q=0"][..], false),
+        ] {
+            assert_eq!(accept(values), om, "{values:?}");
+        }
+    }
+
+    /// The OpenMetrics exposition: counters' families without `_total` and their samples with
+    /// it (the exporter's too), `"` escaped in `HELP`, no blank lines, one `TYPE` per family,
+    /// exemplars on the buckets they fell in, `# EOF` last; the text format is unchanged.
+    #[cfg(feature = "otel")]
+    #[tokio::test]
+    async fn openmetrics_with_exemplars() {
+        let (recorder, prometheus) = PrometheusBuilder::default().exemplars(true).build();
+        let exemplar = super::super::fast::Exemplar {
+            value: 0.02,
+            trace_id: 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736,
+            span_id: 0x00f0_67aa_0ba9_02b7,
+            at: 1_700_000_000.5,
+        };
+        metrics::with_local_recorder(&recorder, || {
+            metrics::describe_counter!("jobs_total", "Jobs \"done\".");
+            metrics::counter!("jobs_total", "queue" => "mail").increment(2);
+            metrics::counter!("runs").increment(1);
+            metrics::counter!("a.b").increment(4);
+            metrics::gauge!("depth").set(3.0);
+            metrics::histogram!("latency_ms").record(7.0);
+            let (h, sink) =
+                super::super::fast::with_exemplars(|| metrics::histogram!("x_duration_seconds"));
+            h.record(0.02);
+            sink.expect("towerscope's histogram").offer(exemplar);
+        });
+        let om = prometheus.render_openmetrics();
+        for line in [
+            "# HELP jobs Jobs \\\"done\\\".\n# TYPE jobs counter\njobs_total{queue=\"mail\"} 2\n",
+            "# TYPE runs counter\nruns_total 1\n",
+            "# TYPE a_b counter\na_b_total 4\n",
+            "# TYPE depth gauge\ndepth 3\n",
+            "# TYPE latency_ms summary\n",
+            "x_duration_seconds_bucket{le=\"0.01\"} 0\n",
+            "x_duration_seconds_bucket{le=\"0.025\"} 1 # {trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\",span_id=\"00f067aa0ba902b7\"} 0.02 1700000000.500\n",
+            "x_duration_seconds_bucket{le=\"0.05\"} 1\n",
+        ] {
+            assert!(om.contains(line), "{line}\n{om}");
+        }
+        assert!(om.ends_with("\n# EOF\n") && !om.contains("\n\n"), "{om}");
+        let mut families: Vec<&str> = om.lines().filter(|l| l.starts_with("# TYPE ")).collect();
+        let n = families.len();
+        families.sort_unstable();
+        families.dedup();
+        assert_eq!(families.len(), n, "{om}");
+
+        let text = prometheus.render();
+        assert!(!text.contains(" # {") && !text.contains("# EOF"), "{text}");
+        assert!(text.contains("# TYPE jobs_total counter\njobs_total{queue=\"mail\"} 2\n"));
+
+        // Served to a scraper that prefers it, only when exemplars are kept.
+        let prefers = |h: &mut HeaderMap| {
+            h.insert(
+                header::ACCEPT,
+                HeaderValue::from_static(
+                    "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+                ),
+            );
+        };
+        let mut h = headers(&[]);
+        prefers(&mut h);
+        let (got, body_om) = body(prometheus.response_to(&h).await).await;
+        assert_eq!(got[header::CONTENT_TYPE], OPENMETRICS_CONTENT_TYPE);
+        assert_eq!(got[header::VARY], "accept, accept-encoding");
+        assert!(body_om.ends_with(b"# EOF\n"));
+        let (_, without) = PrometheusBuilder::default().build();
+        let (got, _) = body(without.response_to(&h).await).await;
+        assert_eq!(got[header::CONTENT_TYPE], CONTENT_TYPE);
     }
 }

@@ -280,11 +280,19 @@ struct StatusHandles {
     duration: Histogram,
     request_size: Option<Histogram>,
     response_size: Option<Histogram>,
+    /// The duration histogram's exemplars, when the recorder keeps them.
+    #[cfg(all(feature = "prometheus", feature = "otel"))]
+    exemplars: Option<Arc<super::fast::FastHistogram>>,
 }
 
 impl StatusHandles {
     fn record(&self, end: &End) {
-        self.duration.record(end.duration.as_secs_f64());
+        let seconds = end.duration.as_secs_f64();
+        self.duration.record(seconds);
+        #[cfg(all(feature = "prometheus", feature = "otel"))]
+        if let Some(h) = &self.exemplars {
+            offer_exemplar(h, end, seconds);
+        }
         if let Some(h) = &self.request_size {
             if let Some(n) = end.request_bytes {
                 h.record(n as f64);
@@ -294,6 +302,25 @@ impl StatusHandles {
             h.record(end.response_bytes as f64);
         }
     }
+}
+
+/// The request's trace as the exemplar of its duration's bucket, when it is sampled (only a
+/// sampled trace is exported: an exemplar links to something there). Out of line: only
+/// stacks that keep exemplars get here.
+#[cfg(all(feature = "prometheus", feature = "otel"))]
+#[inline(never)]
+fn offer_exemplar(h: &super::fast::FastHistogram, end: &End, seconds: f64) {
+    let Some(ids) = end.trace_ids.filter(|ids| ids.sampled) else {
+        return;
+    };
+    h.offer(super::fast::Exemplar {
+        value: seconds,
+        trace_id: u128::from_be_bytes(ids.trace_id.0),
+        span_id: u64::from_be_bytes(ids.span_id.0),
+        at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
+    });
 }
 
 impl RedRoute {
@@ -338,14 +365,23 @@ impl RedRoute {
             }
             l
         };
-        cfg.with_recorder(|r| StatusHandles {
-            duration: r.register_histogram(&cfg.key(DURATION, labels()), &METADATA),
-            request_size: cfg
-                .body_sizes
-                .then(|| r.register_histogram(&cfg.key(REQ_SIZE, labels()), &METADATA)),
-            response_size: cfg
-                .body_sizes
-                .then(|| r.register_histogram(&cfg.key(RESP_SIZE, labels()), &METADATA)),
+        cfg.with_recorder(|r| {
+            let register = || r.register_histogram(&cfg.key(DURATION, labels()), &METADATA);
+            #[cfg(all(feature = "prometheus", feature = "otel"))]
+            let (duration, exemplars) = super::fast::with_exemplars(register);
+            #[cfg(not(all(feature = "prometheus", feature = "otel")))]
+            let duration = register();
+            StatusHandles {
+                duration,
+                #[cfg(all(feature = "prometheus", feature = "otel"))]
+                exemplars,
+                request_size: cfg
+                    .body_sizes
+                    .then(|| r.register_histogram(&cfg.key(REQ_SIZE, labels()), &METADATA)),
+                response_size: cfg
+                    .body_sizes
+                    .then(|| r.register_histogram(&cfg.key(RESP_SIZE, labels()), &METADATA)),
+            }
         })
     }
 

@@ -288,6 +288,12 @@ impl Observer for Trace {
         obs.cx.as_ref()
     }
 
+    fn trace_ids(obs: &TraceObservation) -> Option<TraceIds> {
+        obs.cx
+            .as_ref()
+            .and_then(|cx| TraceIds::from_span_context(cx.span().span_context()))
+    }
+
     fn end(_: &TraceRoute, obs: TraceObservation, end: &End) {
         let Some(cx) = obs.cx.filter(|_| obs.recording) else {
             return;

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use crate::support::{eventually, http, http_json, promtool_check, start_server, PrometheusServer};
+use crate::support::{
+    eventually, http, http_json, http_with, promtool_check, start_server, PrometheusServer,
+};
 
 /// Sends a mix of traffic: routes, 404s, 500s, odd methods.
 fn traffic(addr: std::net::SocketAddr) {
@@ -131,4 +133,45 @@ fn promtool_accepts_what_an_application_records_badly() {
         "{text}"
     );
     promtool_check(&text, "bad records");
+}
+
+/// Exemplars end to end: the `full` stack keeps them, Prometheus (with its exemplar storage)
+/// scrapes OpenMetrics and stores, on the latency buckets, the trace a request was part of.
+#[test]
+#[ignore = "needs prometheus (Debian package): run scripts/test.sh"]
+fn real_prometheus_stores_the_exemplars() {
+    let (_server, addr) = start_server("full");
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    for _ in 0..3 {
+        let (status, _) = http_with(addr, "GET", "/echo/1", &[("traceparent", &traceparent)]);
+        assert_eq!(status, 200);
+    }
+    let prom = PrometheusServer::start_with(
+        &format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: towerscope\n    \
+             static_configs:\n      - targets: ['{addr}']\n"
+        ),
+        &["--enable-feature=exemplar-storage"],
+    );
+    // Scraped in OpenMetrics (the text format has no exemplars), and whole: a counter's
+    // series keeps its name.
+    let up = eventually(Duration::from_secs(60), || {
+        prom.value("sum(http_server_cancelled_requests_total)")
+            .and(prom.value("up{job=\"towerscope\"}"))
+    });
+    assert_eq!(up, Some(1.0));
+    let selector = "http_server_request_duration_seconds_bucket{http_route=\"/echo/{id}\"}";
+    let found = eventually(Duration::from_secs(30), || {
+        let v = prom.exemplars(selector)?;
+        let ids: Vec<String> = v["data"]
+            .as_array()?
+            .iter()
+            .flat_map(|series| series["exemplars"].as_array().cloned().unwrap_or_default())
+            .filter_map(|e| e["labels"]["trace_id"].as_str().map(str::to_owned))
+            .collect();
+        (!ids.is_empty()).then_some(ids)
+    });
+    let ids = found.expect("Prometheus stored no exemplar for /echo/{id}");
+    assert!(ids.iter().all(|id| id == trace_id), "{ids:?}");
 }

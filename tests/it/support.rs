@@ -356,6 +356,26 @@ pub fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
 
 /// The same, with an optional JSON body.
 pub fn http_json(addr: SocketAddr, method: &str, path: &str, json: Option<&str>) -> (u16, String) {
+    request(addr, method, path, &[], json)
+}
+
+/// The same, with request headers and no body.
+pub fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    request(addr, method, path, headers, None)
+}
+
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    json: Option<&str>,
+) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let body = match json {
@@ -365,9 +385,13 @@ pub fn http_json(addr: SocketAddr, method: &str, path: &str, json: Option<&str>)
         ),
         None => "\r\n".to_owned(),
     };
+    let headers: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{body}"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}{body}"
     )
     .unwrap();
     let mut raw = Vec::new();
@@ -480,6 +504,11 @@ pub struct PrometheusServer {
 
 impl PrometheusServer {
     pub fn start(config: &str) -> Self {
+        Self::start_with(config, &[])
+    }
+
+    /// The same, with more arguments (`--enable-feature=…`).
+    pub fn start_with(config: &str, extra: &[&str]) -> Self {
         let prometheus = require_tool("prometheus");
         let dir = std::env::temp_dir().join(format!(
             "towerscope-prom-{}-{}",
@@ -499,6 +528,7 @@ impl PrometheusServer {
                 dir.join("data").display()
             ))
             .arg(format!("--web.listen-address={addr}"))
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -522,6 +552,27 @@ impl PrometheusServer {
         let v: serde_json::Value = serde_json::from_str(body.trim()).ok()?;
         assert_eq!(status, 200, "{q}: {body}");
         assert_eq!(v["status"], "success", "{q}: {body}");
+        Some(v)
+    }
+
+    /// The exemplars of a selector over the last hour (`/api/v1/query_exemplars`): `None`
+    /// until Prometheus listens.
+    pub fn exemplars(&self, selector: &str) -> Option<serde_json::Value> {
+        TcpStream::connect(self.addr).ok()?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let path = format!(
+            "/api/v1/query_exemplars?query={}&start={}&end={}",
+            urlencode(selector),
+            now - 3600,
+            now + 60
+        );
+        let (status, body) = http(self.addr, "GET", &path);
+        let v: serde_json::Value = serde_json::from_str(body.trim()).ok()?;
+        assert_eq!(status, 200, "{selector}: {body}");
+        assert_eq!(v["status"], "success", "{selector}: {body}");
         Some(v)
     }
 

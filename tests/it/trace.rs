@@ -1421,3 +1421,49 @@ async fn b3_sampling_states_and_deferral() {
         }
     }
 }
+
+/// RED before the server span in one `ObserveLayer`, exemplars kept: the latency bucket shows
+/// the last sampled request's trace, and an unsampled one (its parent said so) leaves it be.
+#[tokio::test(flavor = "current_thread")]
+async fn red_keeps_the_last_sampled_trace_as_its_exemplar() {
+    let tracing = TraceConfig::from_env("it")
+        .exporter(towerscope::trace::Exporter::None)
+        .install();
+    let (recorder, prometheus) = towerscope::metrics::Prometheus::builder()
+        .exemplars(true)
+        .build();
+    let red = towerscope::metrics::Red::builder()
+        .recorder(Arc::new(recorder))
+        .build();
+    let app = Router::new()
+        .route("/work", get(|| async { "ok" }))
+        .layer(ObserveLayer::with_observer((red, tracing.observer())));
+    let addr = serve(app).await;
+    let (sampled, unsampled) = (
+        "4bf92f3577b34da6a3ce929d0e0e4736",
+        "0af7651916cd43dd8448eb211c80319c",
+    );
+    for (trace, flags) in [(sampled, "01"), (unsampled, "00")] {
+        let req = http::Request::get(format!("http://{addr}/work"))
+            .header(
+                "traceparent",
+                format!("00-{trace}-00f067aa0ba902b7-{flags}"),
+            )
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        assert_eq!(client().request(req).await.unwrap().status(), 200);
+    }
+    let om = prometheus.render_openmetrics();
+    let exemplars: Vec<&str> = om
+        .lines()
+        .filter(|l| l.starts_with("http_server_request_duration_seconds_bucket"))
+        .filter_map(|l| l.split_once(" # ").map(|(_, e)| e))
+        .collect();
+    assert_eq!(exemplars.len(), 1, "{om}");
+    assert!(
+        exemplars[0].starts_with(&format!("{{trace_id=\"{sampled}\",span_id=\"")),
+        "{om}"
+    );
+    // The server span's id, not its remote parent's.
+    assert!(!exemplars[0].contains("00f067aa0ba902b7"), "{om}");
+}
