@@ -56,7 +56,11 @@ pub use red::{
 };
 
 /// The value of the unlabeled sample `name` in an exposition `text`, for tests.
-#[cfg(all(test, feature = "prometheus"))]
+#[cfg(all(
+    test,
+    feature = "prometheus",
+    any(feature = "log", feature = "resources")
+))]
 pub(crate) fn unlabeled_sample(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
