@@ -4,7 +4,7 @@
 //! from one thread and from two at once (as two workers: what both write shows there); and the
 //! metric storage from two threads: one histogram series recorded (each thread has its own
 //! shard: two threads should cost what one does, unless their shards share a cache line) and
-//! one gauge set. And one scrape of `/metrics`, as text and gzipped.
+//! one gauge set. And one scrape of `/metrics`, as text, gzipped, and OpenMetrics gzipped.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -134,7 +134,8 @@ fn bench(c: &mut Criterion) {
 /// One scrape of a service with 20 routes answering 200, 404 and 500: the `/metrics` answer
 /// (rendered on the blocking pool) uncompressed and gzipped, as Prometheus asks for it.
 fn scrape(c: &mut Criterion) {
-    let (recorder, prometheus) = Prometheus::builder().build();
+    // Exemplars kept: the text answers are as without them, and OpenMetrics can be asked for.
+    let (recorder, prometheus) = Prometheus::builder().exemplars(true).build();
     metrics::with_local_recorder(&recorder, || {
         for route in 0..20 {
             for status in ["200", "404", "500"] {
@@ -169,6 +170,16 @@ fn scrape(c: &mut Criterion) {
         b.iter(|| runtime.block_on(prometheus.response_to(&http::HeaderMap::new())))
     });
     g.bench_function("gzip", |b| {
+        b.iter(|| runtime.block_on(prometheus.response_to(&headers)))
+    });
+    // What Prometheus asks for when the registry keeps exemplars: OpenMetrics, gzipped.
+    headers.insert(
+        http::header::ACCEPT,
+        "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+            .parse()
+            .unwrap(),
+    );
+    g.bench_function("openmetrics_gzip", |b| {
         b.iter(|| runtime.block_on(prometheus.response_to(&headers)))
     });
     g.finish();
