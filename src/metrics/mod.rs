@@ -21,6 +21,13 @@
 //! atomic operations and no allocation. They are resolved on first use: install the recorder
 //! before serving.
 //!
+//! The recorder ([`Prometheus`]) adds `metrics_series_dropped_total`: series not recorded
+//! because their name was registered first as another kind (a counter and a gauge of one
+//! name would give the exposition two `TYPE` lines). With
+//! [`exemplars`](PrometheusBuilder::exemplars), each duration bucket keeps the last sampled
+//! request's trace (RED and the server spans in one `ObserveLayer`), shown in the OpenMetrics
+//! exposition, which `/metrics` then serves to scrapers that prefer it.
+//!
 //! ```no_run
 //! use axum::{routing::get, Router};
 //! use towerscope::metrics::{Prometheus, RedLayer};
