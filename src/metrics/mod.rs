@@ -50,6 +50,8 @@ mod red;
 
 #[cfg(feature = "prometheus")]
 pub(crate) use fast::forget;
+#[cfg(all(feature = "prometheus", feature = "otel"))]
+pub(crate) use fast::{with_exemplars, Exemplar, FastHistogram};
 #[cfg(feature = "prometheus")]
 pub use fast::{TowerscopeRecorder, SERIES_DROPPED};
 #[cfg(feature = "prometheus")]

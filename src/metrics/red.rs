@@ -313,14 +313,11 @@ fn offer_exemplar(h: &super::fast::FastHistogram, end: &End, seconds: f64) {
     let Some(ids) = end.trace_ids.filter(|ids| ids.sampled) else {
         return;
     };
-    h.offer(super::fast::Exemplar {
-        value: seconds,
-        trace_id: u128::from_be_bytes(ids.trace_id.0),
-        span_id: u64::from_be_bytes(ids.span_id.0),
-        at: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64()),
-    });
+    h.offer(super::fast::Exemplar::now(
+        seconds,
+        ids.trace_id.0,
+        ids.span_id.0,
+    ));
 }
 
 impl RedRoute {

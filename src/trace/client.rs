@@ -33,7 +33,15 @@ const MAX_SERIES: usize = 2048;
 /// What client spans and metrics share.
 pub(crate) struct ClientShared {
     inner: Arc<Inner>,
-    series: RwLock<HashMap<SeriesKey, Histogram>>,
+    series: RwLock<HashMap<SeriesKey, Series>>,
+}
+
+/// A series' histogram, and its exemplars when the recorder keeps them.
+#[derive(Clone)]
+struct Series {
+    histogram: Histogram,
+    #[cfg(feature = "prometheus")]
+    exemplars: Option<Arc<crate::metrics::FastHistogram>>,
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -46,7 +54,7 @@ struct SeriesKey {
 }
 
 impl ClientShared {
-    fn histogram(&self, key: SeriesKey) -> Histogram {
+    fn series(&self, key: SeriesKey) -> Series {
         if let Some(h) = self
             .series
             .read()
@@ -83,14 +91,26 @@ impl ClientShared {
         } else if key.status >= 400 {
             labels.push(Label::new("error_type", key.status.to_string()));
         }
-        let h = metrics::with_recorder(|r| {
-            r.register_histogram(
-                &Key::from_parts(CLIENT_REQUEST_DURATION, labels),
-                &metrics::Metadata::new("towerscope::trace", metrics::Level::INFO, None),
-            )
-        });
-        map.insert(key, h.clone());
-        h
+        let register = || {
+            metrics::with_recorder(|r| {
+                r.register_histogram(
+                    &Key::from_parts(CLIENT_REQUEST_DURATION, labels),
+                    &metrics::Metadata::new("towerscope::trace", metrics::Level::INFO, None),
+                )
+            })
+        };
+        #[cfg(feature = "prometheus")]
+        let (histogram, exemplars) = crate::metrics::with_exemplars(register);
+        let series = Series {
+            #[cfg(not(feature = "prometheus"))]
+            histogram: register(),
+            #[cfg(feature = "prometheus")]
+            histogram,
+            #[cfg(feature = "prometheus")]
+            exemplars,
+        };
+        map.insert(key, series.clone());
+        series
     }
 }
 
@@ -217,15 +237,27 @@ impl ClientCall {
             Ok(s) => (s.as_u16(), None),
             Err(e) => (0, Some(e)),
         };
-        self.shared
-            .histogram(SeriesKey {
-                method: self.method,
-                host: self.host.clone(),
-                port: self.port,
-                status,
-                error,
-            })
-            .record(secs);
+        let series = self.shared.series(SeriesKey {
+            method: self.method,
+            host: self.host.clone(),
+            port: self.port,
+            status,
+            error,
+        });
+        series.histogram.record(secs);
+        // The client span's trace, when sampled: the exemplar of the call's bucket.
+        #[cfg(feature = "prometheus")]
+        if let Some(h) = &series.exemplars {
+            let span = self.cx.span();
+            let sc = span.span_context();
+            if sc.is_valid() && sc.is_sampled() {
+                h.offer(crate::metrics::Exemplar::now(
+                    secs,
+                    sc.trace_id().to_bytes(),
+                    sc.span_id().to_bytes(),
+                ));
+            }
+        }
         if !self.shared.inner.enabled {
             return;
         }

@@ -1467,3 +1467,38 @@ async fn red_keeps_the_last_sampled_trace_as_its_exemplar() {
     // The server span's id, not its remote parent's.
     assert!(!exemplars[0].contains("00f067aa0ba902b7"), "{om}");
 }
+
+/// The client histogram keeps the sampled call's trace too: its exemplar is the client span
+/// whose ids went out in `traceparent`.
+#[test]
+fn client_calls_keep_their_span_as_the_exemplar() {
+    let tracing = TraceConfig::from_env("it")
+        .exporter(towerscope::trace::Exporter::None)
+        .install();
+    let (recorder, prometheus) = towerscope::metrics::Prometheus::builder()
+        .exemplars(true)
+        .build();
+    let sent = Arc::new(Mutex::new(String::new()));
+    let seen = sent.clone();
+    let inner = tower::service_fn(move |req: http::Request<()>| {
+        let traceparent = req.headers()["traceparent"].to_str().unwrap().to_owned();
+        *seen.lock().unwrap() = traceparent;
+        async { Ok::<_, std::io::Error>(http::Response::new(())) }
+    });
+    let client = tower::Layer::layer(&tracing.client_layer(), inner);
+    metrics::with_local_recorder(&recorder, || {
+        let req = http::Request::get("http://api.test/x").body(()).unwrap();
+        crate::support::block_on(client.oneshot(req)).unwrap();
+    });
+    let traceparent = sent.lock().unwrap().clone();
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{traceparent}");
+    assert_eq!(parts[3], "01", "a sampled call: {traceparent}");
+    let om = prometheus.render_openmetrics();
+    let exemplar = format!("# {{trace_id=\"{}\",span_id=\"{}\"}}", parts[1], parts[2]);
+    let line = om
+        .lines()
+        .find(|l| l.starts_with("http_client_request_duration_seconds_bucket") && l.contains(" # "))
+        .unwrap_or_else(|| panic!("no exemplar: {om}"));
+    assert!(line.contains(&exemplar), "{line}\n{exemplar}");
+}
