@@ -231,26 +231,33 @@ impl PrometheusBuilder {
 /// the store's; in OpenMetrics 1.0 when `om` (the exporter's text converted, `# EOF` last).
 fn render(handle: &PrometheusHandle, store: &Store, om: bool) -> String {
     let mut text = handle.render();
+    let mut families = std::collections::HashSet::new();
     if om {
         let mut out = String::with_capacity(text.len());
-        openmetrics_from_text(&text, &mut out);
-        out.push_str(&store.render(true));
+        openmetrics_from_text(&text, &mut out, &mut families);
+        out.push_str(&store.render(true, &mut families));
         out.push_str("# EOF\n");
         return out;
     }
     if !text.is_empty() && !text.ends_with("\n\n") {
         text.push('\n');
     }
-    text.push_str(&store.render(false));
+    text.push_str(&store.render(false, &mut families));
     text
 }
 
 /// The text format 0.0.4 as OpenMetrics 1.0 writes it: a counter's family named without
 /// `_total` and its samples with it, `"` escaped in `HELP`, no blank lines.
-fn openmetrics_from_text(text: &str, out: &mut String) {
+/// The family names written go into `families`; a family whose name is there already is left
+/// out (see `Store::render`).
+fn openmetrics_from_text(
+    text: &str,
+    out: &mut String,
+    families: &mut std::collections::HashSet<String>,
+) {
     // A `HELP` waits for its `TYPE`, which says whether the family is renamed; the samples of
     // a counter named without `_total` gain it.
-    let (mut help, mut suffixed) = (None::<&str>, None::<&str>);
+    let (mut help, mut suffixed, mut skip) = (None::<&str>, None::<&str>, false);
     for line in text.lines() {
         if line.is_empty() {
             continue;
@@ -266,6 +273,11 @@ fn openmetrics_from_text(text: &str, out: &mut String) {
                 _ => name,
             };
             suffixed = (kind == "counter" && family == name).then_some(name);
+            skip = !families.insert(family.to_owned());
+            if skip {
+                help = None;
+                continue;
+            }
             if let Some(h) = help.take() {
                 let text = h.split_once(' ').map_or("", |(_, t)| t);
                 out.push_str("# HELP ");
@@ -279,6 +291,9 @@ fn openmetrics_from_text(text: &str, out: &mut String) {
             out.push(' ');
             out.push_str(kind);
             out.push('\n');
+            continue;
+        }
+        if skip {
             continue;
         }
         match suffixed {
@@ -653,6 +668,11 @@ mod tests {
             metrics::counter!("a.b").increment(4);
             metrics::gauge!("depth").set(3.0);
             metrics::histogram!("latency_ms").record(7.0);
+            // Families OpenMetrics would name twice: `jobs` (the counter `jobs_total`'s), and
+            // `lat_ms` (the exporter's summary `lat.ms`, then the counter `lat_ms_total`'s).
+            metrics::gauge!("jobs").set(9.0);
+            metrics::histogram!("lat.ms").record(1.0);
+            metrics::counter!("lat_ms_total").increment(1);
             let (h, sink) =
                 super::super::fast::with_exemplars(|| metrics::histogram!("x_duration_seconds"));
             h.record(0.02);
@@ -678,8 +698,16 @@ mod tests {
         families.dedup();
         assert_eq!(families.len(), n, "{om}");
 
+        assert!(
+            om.contains("# TYPE lat_ms summary\n") && !om.contains("jobs 9"),
+            "{om}"
+        );
         let text = prometheus.render();
         assert!(!text.contains(" # {") && !text.contains("# EOF"), "{text}");
+        assert!(
+            text.contains("\njobs 9\n") && text.contains("\nlat_ms_total 1\n"),
+            "{text}"
+        );
         assert!(text.contains("# TYPE jobs_total counter\njobs_total{queue=\"mail\"} 2\n"));
 
         // Served to a scraper that prefers it, only when exemplars are kept.
