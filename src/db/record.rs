@@ -93,6 +93,9 @@ pub(crate) struct QueryInfo {
     /// The span name: the summary, or the system name when the text had no operation.
     name: String,
     ok: Histogram,
+    /// `ok`'s exemplars, when the recorder keeps them.
+    #[cfg(all(feature = "prometheus", feature = "otel"))]
+    ok_exemplars: Option<Arc<crate::metrics::FastHistogram>>,
     errors: Mutex<Vec<(Box<str>, Histogram)>>,
 }
 
@@ -177,8 +180,15 @@ impl Shared {
             } else {
                 analysis.summary.clone()
             };
+            let ok = || self.histogram(&analysis, None);
+            #[cfg(all(feature = "prometheus", feature = "otel"))]
+            let (ok, ok_exemplars) = crate::metrics::with_exemplars(ok);
+            #[cfg(not(all(feature = "prometheus", feature = "otel")))]
+            let ok = ok();
             QueryInfo {
-                ok: self.histogram(&analysis, None),
+                ok,
+                #[cfg(all(feature = "prometheus", feature = "otel"))]
+                ok_exemplars,
                 errors: Mutex::new(Vec::new()),
                 name,
                 analysis,
@@ -279,6 +289,17 @@ impl Pending {
         match error {
             None => {
                 info.ok.record(secs);
+                // The request's trace (the context the query runs in), when sampled.
+                #[cfg(all(feature = "prometheus", feature = "otel"))]
+                if let Some(h) = &info.ok_exemplars {
+                    if let Some(ids) = crate::trace::TraceIds::current().filter(|ids| ids.sampled) {
+                        h.offer(crate::metrics::Exemplar::now(
+                            secs,
+                            ids.trace_id.0,
+                            ids.span_id.0,
+                        ));
+                    }
+                }
                 if elapsed >= self.shared.slow {
                     tracing::warn!(
                         target: "towerscope::db",

@@ -175,3 +175,46 @@ fn real_prometheus_stores_the_exemplars() {
     let ids = found.expect("Prometheus stored no exemplar for /echo/{id}");
     assert!(ids.iter().all(|id| id == trace_id), "{ids:?}");
 }
+
+/// The example's `full` stack answers OpenMetrics to Prometheus's `Accept`, with exemplars on
+/// the server, client and database histograms: each the trace the request was sent in.
+#[test]
+fn the_full_stack_shows_the_request_trace_as_exemplars() {
+    let (_server, addr) = start_server("full");
+    let trace_id = "5af7651916cd43dd8448eb211c80319c";
+    let traceparent = format!("00-{trace_id}-b7ad6b7169203331-01");
+    let user = r#"{"name":"ada","email":"ada@example.org"}"#;
+    assert_eq!(http_json(addr, "POST", "/users", Some(user)).0, 201);
+    for path in ["/users/1", "/chain?hops=1"] {
+        let (status, _) = http_with(addr, "GET", path, &[("traceparent", &traceparent)]);
+        assert_eq!(status, 200, "{path}");
+    }
+    let accept = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+                  version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let (status, om) = http_with(addr, "GET", "/metrics", &[("accept", accept)]);
+    assert_eq!(status, 200);
+    assert!(om.ends_with("# EOF\n"), "{om}");
+    let exemplar = format!("# {{trace_id=\"{trace_id}\"");
+    for (histogram, series) in [
+        (
+            "http_server_request_duration_seconds_bucket",
+            "http_route=\"/users/{id}\"",
+        ),
+        (
+            "http_client_request_duration_seconds_bucket",
+            "server_address=\"127.0.0.1\"",
+        ),
+        (
+            "db_client_operation_duration_seconds_bucket",
+            "db_operation_name=\"SELECT\"",
+        ),
+    ] {
+        let found = om
+            .lines()
+            .any(|l| l.starts_with(histogram) && l.contains(series) && l.contains(&exemplar));
+        assert!(
+            found,
+            "{histogram}{{{series}}}: no exemplar of {trace_id}\n{om}"
+        );
+    }
+}
