@@ -92,11 +92,47 @@ pub(crate) struct QueryInfo {
     analysis: Analysis,
     /// The span name: the summary, or the system name when the text had no operation.
     name: String,
-    ok: Histogram,
-    /// `ok`'s exemplars, when the recorder keeps them.
+    ok: Timed,
+    errors: Mutex<Vec<(Box<str>, Timed)>>,
+}
+
+/// A duration histogram of queries, and its exemplars when the recorder keeps them.
+#[derive(Clone)]
+struct Timed {
+    histogram: Histogram,
     #[cfg(all(feature = "prometheus", feature = "otel"))]
-    ok_exemplars: Option<Arc<crate::metrics::FastHistogram>>,
-    errors: Mutex<Vec<(Box<str>, Histogram)>>,
+    exemplars: Option<Arc<crate::metrics::FastHistogram>>,
+}
+
+impl Timed {
+    fn register(register: impl FnOnce() -> Histogram) -> Self {
+        #[cfg(all(feature = "prometheus", feature = "otel"))]
+        let (histogram, exemplars) = crate::metrics::with_exemplars(register);
+        Self {
+            #[cfg(not(all(feature = "prometheus", feature = "otel")))]
+            histogram: register(),
+            #[cfg(all(feature = "prometheus", feature = "otel"))]
+            histogram,
+            #[cfg(all(feature = "prometheus", feature = "otel"))]
+            exemplars,
+        }
+    }
+
+    /// Records a query's duration and, when exemplars are kept, the sampled trace it ran in
+    /// (the context current while it is polled: the request's).
+    fn record(&self, secs: f64) {
+        self.histogram.record(secs);
+        #[cfg(all(feature = "prometheus", feature = "otel"))]
+        if let Some(h) = &self.exemplars {
+            if let Some(ids) = crate::trace::TraceIds::current().filter(|ids| ids.sampled) {
+                h.offer(crate::metrics::Exemplar::now(
+                    secs,
+                    ids.trace_id.0,
+                    ids.span_id.0,
+                ));
+            }
+        }
+    }
 }
 
 impl Shared {
@@ -153,7 +189,7 @@ impl Shared {
         }
     }
 
-    fn histogram(&self, a: &Analysis, error_type: Option<&str>) -> Histogram {
+    fn histogram(&self, a: &Analysis, error_type: Option<&str>) -> Timed {
         let mut labels = vec![Label::new("db_system_name", self.system)];
         if let Some(op) = &a.operation {
             labels.push(Label::new("db_operation_name", op.clone()));
@@ -165,10 +201,10 @@ impl Shared {
             labels.push(Label::new("error_type", e.to_owned()));
         }
         let key = Key::from_parts(OPERATION_DURATION, labels);
-        match &self.recorder {
+        Timed::register(|| match &self.recorder {
             Some(r) => r.register_histogram(&key, &METADATA),
             None => metrics::with_recorder(|r| r.register_histogram(&key, &METADATA)),
-        }
+        })
     }
 
     /// The cached analysis and handles of `sql`.
@@ -180,15 +216,8 @@ impl Shared {
             } else {
                 analysis.summary.clone()
             };
-            let ok = || self.histogram(&analysis, None);
-            #[cfg(all(feature = "prometheus", feature = "otel"))]
-            let (ok, ok_exemplars) = crate::metrics::with_exemplars(ok);
-            #[cfg(not(all(feature = "prometheus", feature = "otel")))]
-            let ok = ok();
             QueryInfo {
-                ok,
-                #[cfg(all(feature = "prometheus", feature = "otel"))]
-                ok_exemplars,
+                ok: self.histogram(&analysis, None),
                 errors: Mutex::new(Vec::new()),
                 name,
                 analysis,
@@ -289,17 +318,6 @@ impl Pending {
         match error {
             None => {
                 info.ok.record(secs);
-                // The request's trace (the context the query runs in), when sampled.
-                #[cfg(all(feature = "prometheus", feature = "otel"))]
-                if let Some(h) = &info.ok_exemplars {
-                    if let Some(ids) = crate::trace::TraceIds::current().filter(|ids| ids.sampled) {
-                        h.offer(crate::metrics::Exemplar::now(
-                            secs,
-                            ids.trace_id.0,
-                            ids.span_id.0,
-                        ));
-                    }
-                }
                 if elapsed >= self.shared.slow {
                     tracing::warn!(
                         target: "towerscope::db",
@@ -364,7 +382,7 @@ impl Pending {
         );
     }
 
-    fn error_histogram(&self, error_type: &str) -> Histogram {
+    fn error_histogram(&self, error_type: &str) -> Timed {
         let mut errors = self.info.errors.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, h)) = errors.iter().find(|(t, _)| &**t == error_type) {
             return h.clone();

@@ -189,6 +189,10 @@ fn the_full_stack_shows_the_request_trace_as_exemplars() {
         let (status, _) = http_with(addr, "GET", path, &[("traceparent", &traceparent)]);
         assert_eq!(status, 200, "{path}");
     }
+    // A failed query (the unique email again) has its trace too.
+    let headers = [("traceparent", traceparent.as_str())];
+    let (status, _) = crate::support::request(addr, "POST", "/users", &headers, Some(user));
+    assert_eq!(status, 409);
     let accept = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
                   version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
     let (status, om) = http_with(addr, "GET", "/metrics", &[("accept", accept)]);
@@ -207,6 +211,10 @@ fn the_full_stack_shows_the_request_trace_as_exemplars() {
         (
             "db_client_operation_duration_seconds_bucket",
             "db_operation_name=\"SELECT\"",
+        ),
+        (
+            "db_client_operation_duration_seconds_bucket",
+            "error_type=\"2067\"",
         ),
     ] {
         let found = om

@@ -369,7 +369,8 @@ pub fn http_with(
     request(addr, method, path, headers, None)
 }
 
-fn request(
+/// One request: headers and an optional JSON body.
+pub fn request(
     addr: SocketAddr,
     method: &str,
     path: &str,
