@@ -150,15 +150,15 @@ impl PrometheusBuilder {
         self
     }
 
-    /// Exemplars: each bucket of `http_server_request_duration_seconds` keeps the trace of
-    /// the last sampled request that fell in it (its trace and server span ids, value and
-    /// time), each of `http_client_request_duration_seconds` the last sampled call's client
-    /// span, and each of `db_client_operation_duration_seconds` the trace the query ran in, so a latency graph links to the traces behind it (Grafana's exemplars, from
-    /// Prometheus run with `--enable-feature=exemplar-storage`). The text format has no
-    /// exemplars: with this on, `/metrics` answers OpenMetrics 1.0 to a scraper that prefers
-    /// it (`Accept`; Prometheus does), the text format to others. Off by default, as in the
-    /// Prometheus Go client. Needs the server spans of [`crate::trace`] in the same
-    /// `ObserveLayer` as the RED observer.
+    /// Exemplars: each bucket of `http_server_request_duration_seconds` keeps the trace of the
+    /// last sampled request that fell in it (its trace and server span ids, value and time),
+    /// each of `http_client_request_duration_seconds` the last sampled call's client span, and
+    /// each of `db_client_operation_duration_seconds` the trace the query ran in, so a latency
+    /// graph links to the traces behind it (Grafana's exemplars, from Prometheus run with
+    /// `--enable-feature=exemplar-storage`). The text format has no exemplars: with this on,
+    /// `/metrics` answers OpenMetrics 1.0 to a scraper that prefers it (`Accept`; Prometheus
+    /// does), the text format to others. Off by default, as in the Prometheus Go client. Needs
+    /// the server spans of [`crate::trace`] in the same `ObserveLayer` as the RED observer.
     pub fn exemplars(mut self, on: bool) -> Self {
         self.exemplars = on;
         self
