@@ -213,9 +213,9 @@ impl FastHistogram {
             .unwrap_or(self.bounds.len())
     }
 
-    #[cfg(feature = "otel")]
     /// Makes `exemplar` its bucket's, unless another thread is writing that bucket's just now
     /// (one exemplar lost is nothing; waiting on the request path would be).
+    #[cfg(feature = "otel")]
     pub(crate) fn offer(&self, exemplar: Exemplar) {
         let slots = self
             .exemplars
@@ -296,19 +296,24 @@ impl<T> Default for Series<T> {
 pub const SERIES_DROPPED: &str = "metrics_series_dropped_total";
 
 thread_local! {
-    /// The histogram the last registration on this thread resolved to, when its store keeps
-    /// exemplars (see [`with_exemplars`]).
+    /// Set while [`with_exemplars`] registers: the recorder then leaves the histogram it
+    /// resolved to in `REGISTERED` (other registrations, `histogram!` in a loop, do not pay
+    /// for that).
+    static WANTED: Cell<bool> = const { Cell::new(false) };
+    /// The histogram the registration resolved to, when its store keeps exemplars.
     static REGISTERED: Cell<Option<Arc<FastHistogram>>> = const { Cell::new(None) };
 }
 
-#[cfg(feature = "otel")]
 /// Runs `register` (a histogram's registration with the current recorder) and returns, with
 /// its result, the towerscope histogram it resolved to when that recorder keeps exemplars
 /// ([`PrometheusBuilder::exemplars`](super::PrometheusBuilder::exemplars)); `None` for other
 /// recorders. Off the request path: once per series.
+#[cfg(feature = "otel")]
 pub(crate) fn with_exemplars<T>(register: impl FnOnce() -> T) -> (T, Option<Arc<FastHistogram>>) {
     REGISTERED.with(Cell::take);
+    WANTED.with(|w| w.set(true));
     let registered = register();
+    WANTED.with(|w| w.set(false));
     (registered, REGISTERED.with(Cell::take))
 }
 
@@ -884,7 +889,7 @@ impl Recorder for TowerscopeRecorder {
                 let h = store.get_or_create(&store.histograms, key, Kind::Histogram, || {
                     FastHistogram::new(bounds)
                 });
-                if store.exemplars {
+                if store.exemplars && WANTED.with(Cell::get) {
                     REGISTERED.with(|r| r.set(h.clone()));
                 }
                 h.map_or_else(Histogram::noop, Histogram::from_arc)
