@@ -248,6 +248,7 @@ fn render(handle: &PrometheusHandle, store: &Store, om: bool) -> String {
 
 /// The text format 0.0.4 as OpenMetrics 1.0 writes it: a counter's family named without
 /// `_total` and its samples with it, `"` escaped in `HELP`, no blank lines.
+///
 /// The family names written go into `families`; a family whose name is there already is left
 /// out (see `Store::render`).
 fn openmetrics_from_text(
