@@ -221,7 +221,12 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let breaker = self.shared.breaker(&authority_key(&req));
+        // A URI with its port and no user info is its own key: no `String` made per call.
+        let uri = req.uri();
+        let breaker = match uri.authority().filter(|_| uri.port_u16().is_some()) {
+            Some(a) if !a.as_str().contains('@') => self.shared.breaker(a.as_str()),
+            _ => self.shared.breaker(&authority_key(&req)),
+        };
         ResponseFuture::dispatch(breaker.admit(), &mut self.inner, req, &self.classifier)
     }
 }

@@ -628,3 +628,27 @@ async fn an_evicted_breaker_leaves_the_series_a_namesake_reports_on() {
         assert!(text.contains(line), "{line}\n{text}");
     }
 }
+
+/// The key is `host:port` however the URI gives it: with its port (taken as written), without
+/// (the scheme's), with user info (left out), IPv6 (bracketed as in a URI).
+#[tokio::test]
+async fn keyed_breakers_key_by_host_and_port() {
+    let layer = KeyedCircuitBreakerLayer::new(Breaker::builder("key").count_window(4))
+        .classifier(ErrorsAreFailures);
+    let svc = tower_layer::Layer::layer(
+        &layer,
+        tower::service_fn(|_: http::Request<()>| async { Ok::<_, std::io::Error>(()) }),
+    );
+    for (uri, key) in [
+        ("http://api.test:8080/x", "api.test:8080"),
+        ("https://api.test/x", "api.test:443"),
+        ("http://user:secret@api.test:81/", "api.test:81"),
+        ("http://[::1]:3000/", "[::1]:3000"),
+    ] {
+        let req = http::Request::get(uri).body(()).unwrap();
+        assert_eq!(authority_key(&req), key, "{uri}");
+        svc.clone().oneshot(req).await.unwrap();
+        assert!(layer.breaker(key).is_some(), "{uri}: no breaker {key}");
+    }
+    assert_eq!(layer.len(), 4);
+}
