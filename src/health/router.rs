@@ -165,35 +165,10 @@ fn parse_query(q: Option<&str>, headers: &HeaderMap) -> Query {
     out
 }
 
-/// Whether `Accept` prefers the JSON answer (`application/health+json`) to the text one, each
-/// weighed by its most specific matching range (RFC 9110 §12.5.1). Equal weights answer
-/// JSON only when it is named (`application/json, */*`), so `*/*` (curl, the kubelet) gets
-/// text; neither acceptable gets text too, as no `Accept` does.
+/// Whether `Accept` prefers the JSON answer (`application/health+json`, or plain
+/// `application/json`) to the text one.
 fn wants_json(headers: &HeaderMap) -> bool {
-    let [mut json, mut app, mut text, mut text_any, mut any] = [None::<f32>; 5];
-    for (range, q) in crate::lifecycle::headers::weighed(headers, header::ACCEPT) {
-        let (kind, sub) = range.split_once('/').unwrap_or((range, ""));
-        let (kind, sub) = (kind.trim(), sub.trim());
-        let slot = match () {
-            _ if kind.eq_ignore_ascii_case("application")
-                && (sub.eq_ignore_ascii_case("health+json")
-                    || sub.eq_ignore_ascii_case("json")) =>
-            {
-                &mut json
-            }
-            _ if kind.eq_ignore_ascii_case("application") && sub == "*" => &mut app,
-            _ if kind.eq_ignore_ascii_case("text") && sub.eq_ignore_ascii_case("plain") => {
-                &mut text
-            }
-            _ if kind.eq_ignore_ascii_case("text") && sub == "*" => &mut text_any,
-            _ if kind == "*" && sub == "*" => &mut any,
-            _ => continue,
-        };
-        *slot = Some(slot.map_or(q, |w| w.max(q)));
-    }
-    let j = json.or(app).or(any).unwrap_or(0.0);
-    let t = text.or(text_any).or(any).unwrap_or(0.0);
-    j > t || (j == t && j > 0.0 && json.is_some())
+    crate::lifecycle::headers::prefers_over_text(headers, &["health+json", "json"])
 }
 
 async fn answer(

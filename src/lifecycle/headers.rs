@@ -71,6 +71,37 @@ pub(crate) fn weighed<'a>(
         })
 }
 
+/// Whether `Accept` weighs an `application/…` answer of one of `subtypes` above the
+/// `text/plain` one, each by its most specific matching range (RFC 9110 §12.5.1: the subtype,
+/// else `application/*` or `text/*`, else `*/*`). On a tie the application answer wins only
+/// when it is named (`application/json, */*`), so `*/*` alone (curl, the kubelet) and no
+/// `Accept` get text, as does a header that accepts neither.
+#[cfg(any(feature = "prometheus", feature = "health"))]
+pub(crate) fn prefers_over_text(headers: &HeaderMap, subtypes: &[&str]) -> bool {
+    let [mut named, mut app_any, mut text, mut text_any, mut any] = [None::<f32>; 5];
+    for (range, q) in weighed(headers, http::header::ACCEPT) {
+        let (kind, sub) = range.split_once('/').unwrap_or((range, ""));
+        let (kind, sub) = (kind.trim(), sub.trim());
+        let (app, txt) = (
+            kind.eq_ignore_ascii_case("application"),
+            kind.eq_ignore_ascii_case("text"),
+        );
+        let slot = match () {
+            _ if app && subtypes.iter().any(|s| sub.eq_ignore_ascii_case(s)) => &mut named,
+            _ if app && sub == "*" => &mut app_any,
+            _ if txt && sub.eq_ignore_ascii_case("plain") => &mut text,
+            _ if txt && sub == "*" => &mut text_any,
+            _ if kind == "*" && sub == "*" => &mut any,
+            _ => continue,
+        };
+        // Named twice: the higher weight.
+        *slot = Some(slot.map_or(q, |w| w.max(q)));
+    }
+    let a = named.or(app_any).or(any).unwrap_or(0.0);
+    let t = text.or(text_any).or(any).unwrap_or(0.0);
+    a > t || (a == t && a > 0.0 && named.is_some())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -462,38 +462,15 @@ impl<B> Service<Request<B>> for MetricsService {
     }
 }
 
+/// Whether `Accept` weighs OpenMetrics above the text format. Prometheus sends
+/// `application/openmetrics-text;version=1.0.0,…;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1`.
+fn prefers_openmetrics(headers: &HeaderMap) -> bool {
+    crate::lifecycle::headers::prefers_over_text(headers, &["openmetrics-text"])
+}
+
 /// Whether `Accept-Encoding` takes gzip (RFC 9110, section 12.5.3): `gzip` (or `x-gzip`), else
 /// `*`, with a weight above zero, unless the header names `identity` with a higher weight. An
 /// element whose weight does not parse is left out.
-/// Whether `Accept` weighs OpenMetrics above the text format (each by its most specific
-/// range; a tie goes to OpenMetrics only when it is named). Prometheus sends
-/// `application/openmetrics-text;version=1.0.0,…;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1`.
-fn prefers_openmetrics(headers: &HeaderMap) -> bool {
-    let [mut om, mut text, mut text_any, mut app_any, mut any] = [None::<f32>; 5];
-    for (range, q) in weighed(headers, header::ACCEPT) {
-        let (kind, sub) = range.split_once('/').unwrap_or((range, ""));
-        let (kind, sub) = (kind.trim(), sub.trim());
-        let slot = match () {
-            _ if kind.eq_ignore_ascii_case("application")
-                && sub.eq_ignore_ascii_case("openmetrics-text") =>
-            {
-                &mut om
-            }
-            _ if kind.eq_ignore_ascii_case("application") && sub == "*" => &mut app_any,
-            _ if kind.eq_ignore_ascii_case("text") && sub.eq_ignore_ascii_case("plain") => {
-                &mut text
-            }
-            _ if kind.eq_ignore_ascii_case("text") && sub == "*" => &mut text_any,
-            _ if kind == "*" && sub == "*" => &mut any,
-            _ => continue,
-        };
-        *slot = Some(slot.map_or(q, |w| w.max(q)));
-    }
-    let o = om.or(app_any).or(any).unwrap_or(0.0);
-    let t = text.or(text_any).or(any).unwrap_or(0.0);
-    o > t || (o == t && o > 0.0 && om.is_some())
-}
-
 fn accepts_gzip(headers: &HeaderMap) -> bool {
     let (mut gzip, mut identity, mut any) = (None::<f32>, None::<f32>, None::<f32>);
     for (coding, weight) in weighed(headers, header::ACCEPT_ENCODING) {
