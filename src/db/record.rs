@@ -100,38 +100,18 @@ pub(crate) struct QueryInfo {
 #[derive(Clone)]
 struct Timed {
     histogram: Histogram,
-    #[cfg(all(feature = "prometheus", feature = "otel"))]
-    exemplars: Option<Arc<crate::metrics::FastHistogram>>,
+    /// Zero-sized, and unused, without the `prometheus` and `otel` features.
+    #[cfg_attr(not(all(feature = "prometheus", feature = "otel")), allow(dead_code))]
+    exemplars: crate::metrics::Exemplars,
 }
 
 impl Timed {
-    fn register(register: impl FnOnce() -> Histogram) -> Self {
-        #[cfg(all(feature = "prometheus", feature = "otel"))]
-        let (histogram, exemplars) = crate::metrics::with_exemplars(register);
-        Self {
-            #[cfg(not(all(feature = "prometheus", feature = "otel")))]
-            histogram: register(),
-            #[cfg(all(feature = "prometheus", feature = "otel"))]
-            histogram,
-            #[cfg(all(feature = "prometheus", feature = "otel"))]
-            exemplars,
-        }
-    }
-
-    /// Records a query's duration and, when exemplars are kept, the sampled trace it ran in
-    /// (the context current while it is polled: the request's).
+    /// Records a query's duration and, as its exemplar, the sampled trace it ran in (the
+    /// context current while it is polled: the request's).
     fn record(&self, secs: f64) {
         self.histogram.record(secs);
-        #[cfg(all(feature = "prometheus", feature = "otel"))]
-        if let Some(h) = &self.exemplars {
-            if let Some(ids) = crate::trace::TraceIds::current().filter(|ids| ids.sampled) {
-                h.offer(crate::metrics::Exemplar::now(
-                    secs,
-                    ids.trace_id.0,
-                    ids.span_id.0,
-                ));
-            }
-        }
+        #[cfg(feature = "otel")]
+        self.exemplars.offer(secs, crate::trace::TraceIds::current);
     }
 }
 
@@ -201,10 +181,14 @@ impl Shared {
             labels.push(Label::new("error_type", e.to_owned()));
         }
         let key = Key::from_parts(OPERATION_DURATION, labels);
-        Timed::register(|| match &self.recorder {
+        let (histogram, exemplars) = crate::metrics::Exemplars::register(|| match &self.recorder {
             Some(r) => r.register_histogram(&key, &METADATA),
             None => metrics::with_recorder(|r| r.register_histogram(&key, &METADATA)),
-        })
+        });
+        Timed {
+            histogram,
+            exemplars,
+        }
     }
 
     /// The cached analysis and handles of `sql`.

@@ -179,21 +179,6 @@ pub(crate) struct Exemplar {
     pub(crate) at: f64,
 }
 
-impl Exemplar {
-    /// `value`, for the span `trace_id`/`span_id`, recorded now.
-    #[cfg(feature = "otel")]
-    pub(crate) fn now(value: f64, trace_id: [u8; 16], span_id: [u8; 8]) -> Self {
-        Self {
-            value,
-            trace_id: u128::from_be_bytes(trace_id),
-            span_id: u64::from_be_bytes(span_id),
-            at: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64()),
-        }
-    }
-}
-
 impl FastHistogram {
     fn new(bounds: Arc<[f64]>) -> Self {
         Self {

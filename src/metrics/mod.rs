@@ -42,16 +42,17 @@
 //!     .merge(prometheus.router());
 //! ```
 
+mod exemplars;
 #[cfg(feature = "prometheus")]
 mod fast;
 #[cfg(feature = "prometheus")]
 mod prometheus;
 mod red;
 
+pub(crate) use exemplars::Exemplars;
+
 #[cfg(feature = "prometheus")]
 pub(crate) use fast::forget;
-#[cfg(all(feature = "prometheus", feature = "otel"))]
-pub(crate) use fast::{with_exemplars, Exemplar, FastHistogram};
 #[cfg(feature = "prometheus")]
 pub use fast::{TowerscopeRecorder, SERIES_DROPPED};
 #[cfg(feature = "prometheus")]

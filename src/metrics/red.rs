@@ -280,9 +280,9 @@ struct StatusHandles {
     duration: Histogram,
     request_size: Option<Histogram>,
     response_size: Option<Histogram>,
-    /// The duration histogram's exemplars, when the recorder keeps them.
-    #[cfg(all(feature = "prometheus", feature = "otel"))]
-    exemplars: Option<Arc<super::fast::FastHistogram>>,
+    /// Zero-sized, and unused, without the `prometheus` and `otel` features.
+    #[cfg_attr(not(all(feature = "prometheus", feature = "otel")), allow(dead_code))]
+    exemplars: super::Exemplars,
 }
 
 impl StatusHandles {
@@ -290,9 +290,7 @@ impl StatusHandles {
         let seconds = end.duration.as_secs_f64();
         self.duration.record(seconds);
         #[cfg(all(feature = "prometheus", feature = "otel"))]
-        if let Some(h) = &self.exemplars {
-            offer_exemplar(h, end, seconds);
-        }
+        self.exemplars.offer(seconds, || end.trace_ids);
         if let Some(h) = &self.request_size {
             if let Some(n) = end.request_bytes {
                 h.record(n as f64);
@@ -302,22 +300,6 @@ impl StatusHandles {
             h.record(end.response_bytes as f64);
         }
     }
-}
-
-/// The request's trace as the exemplar of its duration's bucket, when it is sampled (only a
-/// sampled trace is exported: an exemplar links to something there). Out of line: only
-/// stacks that keep exemplars get here.
-#[cfg(all(feature = "prometheus", feature = "otel"))]
-#[inline(never)]
-fn offer_exemplar(h: &super::fast::FastHistogram, end: &End, seconds: f64) {
-    let Some(ids) = end.trace_ids.filter(|ids| ids.sampled) else {
-        return;
-    };
-    h.offer(super::fast::Exemplar::now(
-        seconds,
-        ids.trace_id.0,
-        ids.span_id.0,
-    ));
 }
 
 impl RedRoute {
@@ -363,14 +345,11 @@ impl RedRoute {
             l
         };
         cfg.with_recorder(|r| {
-            let register = || r.register_histogram(&cfg.key(DURATION, labels()), &METADATA);
-            #[cfg(all(feature = "prometheus", feature = "otel"))]
-            let (duration, exemplars) = super::fast::with_exemplars(register);
-            #[cfg(not(all(feature = "prometheus", feature = "otel")))]
-            let duration = register();
+            let (duration, exemplars) = super::Exemplars::register(|| {
+                r.register_histogram(&cfg.key(DURATION, labels()), &METADATA)
+            });
             StatusHandles {
                 duration,
-                #[cfg(all(feature = "prometheus", feature = "otel"))]
                 exemplars,
                 request_size: cfg
                     .body_sizes

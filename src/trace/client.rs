@@ -40,8 +40,7 @@ pub(crate) struct ClientShared {
 #[derive(Clone)]
 struct Series {
     histogram: Histogram,
-    #[cfg(feature = "prometheus")]
-    exemplars: Option<Arc<crate::metrics::FastHistogram>>,
+    exemplars: crate::metrics::Exemplars,
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -91,22 +90,16 @@ impl ClientShared {
         } else if key.status >= 400 {
             labels.push(Label::new("error_type", key.status.to_string()));
         }
-        let register = || {
+        let (histogram, exemplars) = crate::metrics::Exemplars::register(|| {
             metrics::with_recorder(|r| {
                 r.register_histogram(
                     &Key::from_parts(CLIENT_REQUEST_DURATION, labels),
                     &metrics::Metadata::new("towerscope::trace", metrics::Level::INFO, None),
                 )
             })
-        };
-        #[cfg(feature = "prometheus")]
-        let (histogram, exemplars) = crate::metrics::with_exemplars(register);
+        });
         let series = Series {
-            #[cfg(not(feature = "prometheus"))]
-            histogram: register(),
-            #[cfg(feature = "prometheus")]
             histogram,
-            #[cfg(feature = "prometheus")]
             exemplars,
         };
         map.insert(key, series.clone());
@@ -245,19 +238,10 @@ impl ClientCall {
             error,
         });
         series.histogram.record(secs);
-        // The client span's trace, when sampled: the exemplar of the call's bucket.
-        #[cfg(feature = "prometheus")]
-        if let Some(h) = &series.exemplars {
-            let span = self.cx.span();
-            let sc = span.span_context();
-            if sc.is_valid() && sc.is_sampled() {
-                h.offer(crate::metrics::Exemplar::now(
-                    secs,
-                    sc.trace_id().to_bytes(),
-                    sc.span_id().to_bytes(),
-                ));
-            }
-        }
+        // The client span's trace: the exemplar of the call's bucket.
+        series.exemplars.offer(secs, || {
+            super::TraceIds::from_span_context(self.cx.span().span_context())
+        });
         if !self.shared.inner.enabled {
             return;
         }
