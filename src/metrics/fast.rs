@@ -479,8 +479,7 @@ impl Store {
         {
             return Some(v.clone());
         }
-        if !self.claim(key.name(), kind) {
-            self.refuse(key, kind);
+        if !self.admit(key, kind) {
             return None;
         }
         let mut w = lock.write().unwrap_or_else(|e| e.into_inner());
@@ -492,8 +491,9 @@ impl Store {
         )
     }
 
-    /// Whether a series of `key` may go to the exporter (see `claim`).
-    fn to_exporter(&self, key: &Key, kind: Kind) -> bool {
+    /// Whether a new series of `key` may be recorded, here or in the exporter: its name's
+    /// claim, the refusal counted when not (see `claim`).
+    fn admit(&self, key: &Key, kind: Kind) -> bool {
         let ok = self.claim(key.name(), kind);
         if !ok {
             self.refuse(key, kind);
@@ -844,7 +844,7 @@ impl Recorder for TowerscopeRecorder {
     fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
         let store = &self.store;
         if !plain_name(key.name()) {
-            return match store.to_exporter(key, Kind::Counter) {
+            return match store.admit(key, Kind::Counter) {
                 true => self.inner.register_counter(key, metadata),
                 false => Counter::noop(),
             };
@@ -857,7 +857,7 @@ impl Recorder for TowerscopeRecorder {
     fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
         let store = &self.store;
         if !plain_name(key.name()) {
-            return match store.to_exporter(key, Kind::Gauge) {
+            return match store.admit(key, Kind::Gauge) {
                 true => self.inner.register_gauge(key, metadata),
                 false => Gauge::noop(),
             };
@@ -879,7 +879,7 @@ impl Recorder for TowerscopeRecorder {
                 }
                 h.map_or_else(Histogram::noop, Histogram::from_arc)
             }
-            _ if store.to_exporter(key, Kind::Histogram) => {
+            _ if store.admit(key, Kind::Histogram) => {
                 self.inner.register_histogram(key, metadata)
             }
             _ => Histogram::noop(),
