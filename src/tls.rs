@@ -26,6 +26,11 @@ pub(crate) fn client_config(
     ca: Option<&Path>,
     client: Option<(&Path, &Path)>,
 ) -> Result<ClientConfig, ConfigError> {
+    config_with(trusted_roots(ca)?, client)
+}
+
+/// The certificates of `ca` when given, else the system's; an error when there are none.
+fn trusted_roots(ca: Option<&Path>) -> Result<RootCertStore, ConfigError> {
     let mut roots = RootCertStore::empty();
     match ca {
         Some(path) => {
@@ -43,6 +48,15 @@ pub(crate) fn client_config(
     if roots.is_empty() {
         return Err(ConfigError::NoRoots);
     }
+    Ok(roots)
+}
+
+/// A client configuration trusting `roots` (an empty store trusts no server: a configuration
+/// kept where a usable one could not be made) and presenting `client` when given.
+pub(crate) fn config_with(
+    roots: RootCertStore,
+    client: Option<(&Path, &Path)>,
+) -> Result<ClientConfig, ConfigError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

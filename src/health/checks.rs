@@ -51,7 +51,7 @@ type Connect = hyper_util::client::legacy::connect::HttpConnector;
 impl Connector {
     #[cfg(feature = "tls")]
     fn new(ca: Option<&std::path::Path>) -> Self {
-        use crate::tls::{client_config, ConfigError};
+        use crate::tls::{client_config, config_with, ConfigError};
         let (config, tls_error) = match client_config(ca, None) {
             Ok(config) => (config, None),
             Err(e) => {
@@ -61,14 +61,9 @@ impl Connector {
                         .to_owned(),
                     ConfigError::Other(e) => e,
                 };
-                // Certificates verified against nothing: never used, `tls_error` answers first.
-                let none = tokio_rustls::rustls::ClientConfig::builder_with_provider(Arc::new(
-                    tokio_rustls::rustls::crypto::aws_lc_rs::default_provider(),
-                ))
-                .with_safe_default_protocol_versions()
-                .expect("the default provider supports the default versions")
-                .with_root_certificates(tokio_rustls::rustls::RootCertStore::empty())
-                .with_no_client_auth();
+                // Trusting nothing: never used, `tls_error` answers first.
+                let none = config_with(tokio_rustls::rustls::RootCertStore::empty(), None)
+                    .expect("the default provider and versions, no client certificate");
                 (none, Some(Arc::from(why)))
             }
         };

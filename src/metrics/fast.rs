@@ -879,9 +879,7 @@ impl Recorder for TowerscopeRecorder {
                 }
                 h.map_or_else(Histogram::noop, Histogram::from_arc)
             }
-            _ if store.admit(key, Kind::Histogram) => {
-                self.inner.register_histogram(key, metadata)
-            }
+            _ if store.admit(key, Kind::Histogram) => self.inner.register_histogram(key, metadata),
             _ => Histogram::noop(),
         }
     }
