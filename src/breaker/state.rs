@@ -923,12 +923,10 @@ impl Telemetry {
     /// leave towerscope's exposition, so an open breaker evicted while idle does not read as
     /// open for good (nor its series pile up as keys come and go).
     fn retire(&self) {
-        let alone = NAMED
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&self.name)
-            == Some(&1);
-        if !alone {
+        // Held until the series are gone: a namesake made meanwhile counts itself first and
+        // registers after.
+        let named = NAMED.lock().unwrap_or_else(|e| e.into_inner());
+        if named.get(&self.name) != Some(&1) {
             // Another breaker of this name (a second keyed layer from the same template)
             // reports on these series still.
             return;
@@ -944,6 +942,7 @@ impl Telemetry {
                 && k.labels()
                     .any(|l| l.key() == "breaker" && l.value() == &*self.name)
         });
+        drop(named);
     }
 
     fn transition(&self, from: State, to: State) {
