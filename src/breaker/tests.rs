@@ -455,27 +455,40 @@ async fn http_classification_through_the_layer() {
     }
 }
 
+/// A keyed layer from `template` (at most `max_keys`, evicted after a minute idle) over hosts
+/// that answer, but `bad`, which fails.
+fn keyed_hosts(
+    template: BreakerBuilder,
+    max_keys: usize,
+) -> (
+    KeyedCircuitBreakerLayer<ErrorsAreFailures>,
+    impl Service<http::Request<()>, Response = (), Error = crate::BoxError> + Clone,
+) {
+    let layer = KeyedCircuitBreakerLayer::with_limits(template, max_keys, Duration::from_secs(60))
+        .classifier(ErrorsAreFailures);
+    let svc = tower_layer::Layer::layer(
+        &layer,
+        tower::service_fn(|req: http::Request<()>| async move {
+            match req.uri().host() {
+                Some("bad") => Err::<(), _>(std::io::Error::other("down")),
+                _ => Ok(()),
+            }
+        }),
+    );
+    (layer, svc)
+}
+
+/// `GET http://{authority}/`.
+fn get(authority: &str) -> http::Request<()> {
+    http::Request::get(format!("http://{authority}/"))
+        .body(())
+        .unwrap()
+}
+
 #[tokio::test(start_paused = true)]
 async fn keyed_breakers_isolate_hosts_and_evict_idle_keys() {
-    let layer = KeyedCircuitBreakerLayer::with_limits(
-        Breaker::builder("up").count_window(4).minimum_calls(4),
-        2,
-        Duration::from_secs(60),
-    )
-    .classifier(ErrorsAreFailures);
-    let inner = tower::service_fn(|req: http::Request<()>| async move {
-        if req.uri().host() == Some("bad") {
-            Err::<(), _>(std::io::Error::other("down"))
-        } else {
-            Ok(())
-        }
-    });
-    let svc = tower_layer::Layer::layer(&layer, inner);
-    let req = |host: &str| {
-        http::Request::get(format!("http://{host}:8080/x"))
-            .body(())
-            .unwrap()
-    };
+    let (layer, svc) = keyed_hosts(Breaker::builder("up").count_window(4).minimum_calls(4), 2);
+    let req = |host: &str| get(&format!("{host}:8080"));
     for _ in 0..4 {
         assert!(svc.clone().oneshot(req("bad")).await.is_err());
     }
@@ -541,26 +554,8 @@ async fn metrics_cover_every_state_and_outcome() {
 async fn evicted_keyed_breakers_leave_the_exposition() {
     let (recorder, prometheus) = crate::metrics::Prometheus::builder().build();
     let _local = metrics::set_default_local_recorder(&recorder);
-    let layer = KeyedCircuitBreakerLayer::with_limits(
-        Breaker::builder("up").count_window(4).minimum_calls(4),
-        2,
-        Duration::from_secs(60),
-    )
-    .classifier(ErrorsAreFailures);
-    let svc = tower_layer::Layer::layer(
-        &layer,
-        tower::service_fn(|req: http::Request<()>| async move {
-            match req.uri().host() {
-                Some("bad") => Err::<(), _>(std::io::Error::other("down")),
-                _ => Ok(()),
-            }
-        }),
-    );
-    let req = |host: &str| {
-        http::Request::get(format!("http://{host}/"))
-            .body(())
-            .unwrap()
-    };
+    let (_, svc) = keyed_hosts(Breaker::builder("up").count_window(4).minimum_calls(4), 2);
+    let req = get;
     for _ in 0..4 {
         assert!(svc.clone().oneshot(req("bad")).await.is_err());
     }
@@ -598,21 +593,8 @@ async fn an_evicted_breaker_leaves_the_series_a_namesake_reports_on() {
     let (recorder, prometheus) = crate::metrics::Prometheus::builder().build();
     let _local = metrics::set_default_local_recorder(&recorder);
     let template = Breaker::builder("twin").count_window(4);
-    let layer = |max| {
-        let layer =
-            KeyedCircuitBreakerLayer::with_limits(template.clone(), max, Duration::from_secs(60))
-                .classifier(ErrorsAreFailures);
-        tower_layer::Layer::layer(
-            &layer,
-            tower::service_fn(|_: http::Request<()>| async { Ok::<_, std::io::Error>(()) }),
-        )
-    };
-    let (one, two) = (layer(1), layer(8));
-    let req = |host: &str| {
-        http::Request::get(format!("http://{host}/"))
-            .body(())
-            .unwrap()
-    };
+    let ((_, one), (_, two)) = (keyed_hosts(template.clone(), 1), keyed_hosts(template, 8));
+    let req = get;
     one.clone().oneshot(req("a")).await.unwrap();
     two.clone().oneshot(req("a")).await.unwrap();
     tokio::time::advance(Duration::from_secs(61)).await;
@@ -633,12 +615,7 @@ async fn an_evicted_breaker_leaves_the_series_a_namesake_reports_on() {
 /// (the scheme's), with user info (left out), IPv6 (bracketed as in a URI).
 #[tokio::test]
 async fn keyed_breakers_key_by_host_and_port() {
-    let layer = KeyedCircuitBreakerLayer::new(Breaker::builder("key").count_window(4))
-        .classifier(ErrorsAreFailures);
-    let svc = tower_layer::Layer::layer(
-        &layer,
-        tower::service_fn(|_: http::Request<()>| async { Ok::<_, std::io::Error>(()) }),
-    );
+    let (layer, svc) = keyed_hosts(Breaker::builder("key").count_window(4), 8);
     for (uri, key) in [
         ("http://api.test:8080/x", "api.test:8080"),
         ("https://api.test/x", "api.test:443"),
