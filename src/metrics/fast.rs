@@ -344,6 +344,32 @@ struct Refused {
     names: HashSet<(String, Kind)>,
 }
 
+/// The names series were registered under, each with its kind, under the name as rendered
+/// and, when the exporter sanitises it, as given too; and which rendered name writes each
+/// family and sample name (see [`written`]).
+struct Names {
+    kinds: HashMap<String, Kind>,
+    written: HashMap<String, String>,
+}
+
+/// The family and sample names the series `name` (as rendered) of `kind` writes in either
+/// format: a counter's OpenMetrics family is named without `_total` and its samples with it
+/// (the text format writes the name as given); a histogram's (or summary's) samples are
+/// suffixed.
+fn written(name: &str, kind: Kind) -> Vec<String> {
+    match kind {
+        Kind::Counter => {
+            let family = name.strip_suffix("_total").unwrap_or(name);
+            vec![family.to_owned(), format!("{family}_total")]
+        }
+        Kind::Gauge => vec![name.to_owned()],
+        Kind::Histogram => ["", "_bucket", "_sum", "_count"]
+            .iter()
+            .map(|suffix| format!("{name}{suffix}"))
+            .collect(),
+    }
+}
+
 /// What towerscope's recorder keeps itself.
 pub(crate) struct Store {
     duration_buckets: Arc<[f64]>,
@@ -357,9 +383,8 @@ pub(crate) struct Store {
     /// Names described as counters: a gauge of one of these is rendered as a counter (see
     /// `render`).
     counter_names: RwLock<HashSet<String>>,
-    /// Each name's kind, the first one registered, under the name as rendered and, when the
-    /// exporter sanitises it, as given too.
-    kinds: RwLock<HashMap<String, Kind>>,
+    /// Each name's kind, the first one registered, and the names each writes.
+    names: RwLock<Names>,
     refused: Mutex<Refused>,
     /// `metrics_series_dropped_total`.
     dropped: Arc<FastCounter>,
@@ -385,7 +410,8 @@ impl Store {
         let help = HashMap::from([(
             SERIES_DROPPED.to_owned(),
             "Metric series not recorded because their name holds another kind already (a \
-             counter, a gauge or a histogram): the exposition gives a name one type."
+             counter, a gauge or a histogram), or would write a family or sample name another \
+             metric writes: the exposition gives a name one type."
                 .to_owned(),
         )]);
         Self {
@@ -398,7 +424,13 @@ impl Store {
             histograms: RwLock::default(),
             help: RwLock::new(help),
             counter_names: RwLock::default(),
-            kinds: RwLock::new(HashMap::from([(SERIES_DROPPED.to_owned(), Kind::Counter)])),
+            names: RwLock::new(Names {
+                kinds: HashMap::from([(SERIES_DROPPED.to_owned(), Kind::Counter)]),
+                written: written(SERIES_DROPPED, Kind::Counter)
+                    .into_iter()
+                    .map(|w| (w, SERIES_DROPPED.to_owned()))
+                    .collect(),
+            }),
             refused: Mutex::default(),
             dropped,
             exemplars,
@@ -409,13 +441,22 @@ impl Store {
     /// rendered: `a.b` and `a_b` are one name) keeps it, as Prometheus's Go client refuses a
     /// second registration. Two `TYPE` lines for one name make the exposition invalid
     /// (`promtool check metrics`, the Go client's parser), and a counter and a gauge with
-    /// the same labels are one series twice. Looked up once per new series here, and on
-    /// every registration of what goes to the exporter.
+    /// the same labels are one series twice.
+    ///
+    /// Nor may a name write a family or sample name another name writes: a counter's
+    /// OpenMetrics family is its name without `_total` and its samples have it, so the counter
+    /// `jobs_total`, the gauge `jobs`, the counter `jobs` and the gauge `jobs_total` would
+    /// clash there (an OpenMetrics parser refuses the whole answer over a family named twice,
+    /// and one sample name in two families is one series twice); a gauge `x_count` repeats
+    /// the histogram `x`'s count in both formats. The first name keeps it in both formats, so a
+    /// series never depends on the format the scraper negotiated. Looked up once per new
+    /// series here, and on every registration of what goes to the exporter.
     fn claim(&self, name: &str, kind: Kind) -> bool {
         if let Some(k) = self
-            .kinds
+            .names
             .read()
             .unwrap_or_else(|e| e.into_inner())
+            .kinds
             .get(name)
         {
             return *k == kind;
@@ -425,10 +466,25 @@ impl Store {
         } else {
             Cow::Owned(sanitize_metric_name(name))
         };
-        let mut kinds = self.kinds.write().unwrap_or_else(|e| e.into_inner());
-        let held = *kinds.entry(shown.clone().into_owned()).or_insert(kind);
+        let mut names = self.names.write().unwrap_or_else(|e| e.into_inner());
+        let held = match names.kinds.get(&*shown) {
+            Some(k) => *k,
+            None => {
+                let writes = written(&shown, kind);
+                let taken = |w: &String| names.written.get(w).is_some_and(|o| *o != *shown);
+                if writes.iter().any(taken) {
+                    // Not remembered: another kind may write other names.
+                    return false;
+                }
+                for w in writes {
+                    names.written.insert(w, shown.clone().into_owned());
+                }
+                names.kinds.insert(shown.clone().into_owned(), kind);
+                kind
+            }
+        };
         if shown != name {
-            kinds.insert(name.to_owned(), held);
+            names.kinds.insert(name.to_owned(), held);
         }
         held == kind
     }
@@ -444,8 +500,8 @@ impl Store {
             tracing::warn!(
                 metric = key.name(),
                 refused = ?kind,
-                "metric name registered as another kind already: these series are dropped \
-                 (metrics_series_dropped_total)"
+                "metric name registered as another kind already, or writing a name another \
+                 metric writes: these series are dropped (metrics_series_dropped_total)"
             );
         }
     }
@@ -526,9 +582,11 @@ impl Store {
     /// with `# EOF`).
     ///
     /// `families` collects the OpenMetrics family names written (the exporter's before): a
-    /// family whose name one holds already (a counter `jobs_total` is the family `jobs`, which
-    /// a gauge `jobs` would repeat) is left out, which OpenMetrics parsers would otherwise
-    /// refuse the whole answer over. The text format has no such clash.
+    /// family whose name one holds already is left out, which OpenMetrics parsers would
+    /// otherwise refuse the whole answer over. `claim` keeps such names apart as they are
+    /// registered; what is left for here is a gauge rendered as a counter because it was
+    /// described as one (`cpu_seconds_total`, the family `cpu_seconds`), which a gauge
+    /// `cpu_seconds` would repeat.
     pub(crate) fn render(&self, om: bool, families: &mut HashSet<String>) -> String {
         let mut out = String::new();
         let mut new_family = |family: &str| !om || families.insert(family.to_owned());
@@ -1086,7 +1144,8 @@ mod tests {
 
     /// A name keeps the kind it was first registered as: later series of another kind, here
     /// or in the exporter, and under a name equal once made valid, are dropped and counted
-    /// once each, never rendered as a second `TYPE` of the name.
+    /// once each, never rendered as a second `TYPE` of the name; so are series that would
+    /// write a name another metric writes.
     #[test]
     fn a_name_keeps_its_first_kind() {
         let text = rendered(crate::metrics::Prometheus::builder(), || {
@@ -1105,6 +1164,12 @@ mod tests {
             metrics::histogram!("c.d").record(1.0);
             metrics::counter!("c_d").increment(1);
             metrics::histogram!("c.d").record(3.0);
+            // Names another metric writes: the counter `done_total`'s OpenMetrics family, the
+            // histogram's count.
+            metrics::counter!("done_total").increment(1);
+            metrics::gauge!("done").set(1.0);
+            metrics::histogram!("h_duration_seconds").record(1.0);
+            metrics::gauge!("h_duration_seconds_count").set(1.0);
         });
         has_lines(
             &text,
@@ -1113,8 +1178,16 @@ mod tests {
                 "# TYPE a_b gauge\na_b 1\n",
                 "# TYPE c_d summary\n",
                 "c_d_count 2\n",
-                "metrics_series_dropped_total 5\n",
+                "# TYPE done_total counter\ndone_total 1\n",
+                "h_duration_seconds_count 1\n",
+                "metrics_series_dropped_total 7\n",
             ],
+        );
+        assert!(!text.contains("\ndone 1"), "{text}");
+        assert_eq!(
+            text.matches("h_duration_seconds_count").count(),
+            1,
+            "{text}"
         );
         for name in ["jobs", "a_b", "c_d"] {
             let types = text.matches(&format!("# TYPE {name} ")).count();

@@ -23,7 +23,9 @@
 //!
 //! The recorder ([`Prometheus`]) adds `metrics_series_dropped_total`: series not recorded
 //! because their name was registered first as another kind (a counter and a gauge of one
-//! name would give the exposition two `TYPE` lines). With
+//! name would give the exposition two `TYPE` lines), or because they would write a family
+//! or sample name another metric writes (the counter `jobs_total` is the OpenMetrics family
+//! `jobs`, which a gauge `jobs` would repeat). With
 //! [`exemplars`](PrometheusBuilder::exemplars), each duration bucket keeps the last sampled
 //! request's trace (RED and the server spans in one `ObserveLayer`), shown in the OpenMetrics
 //! exposition, which `/metrics` then serves to scrapers that prefer it.

@@ -646,15 +646,25 @@ mod tests {
             metrics::counter!("a.b").increment(4);
             metrics::gauge!("depth").set(3.0);
             metrics::histogram!("latency_ms").record(7.0);
-            // Families OpenMetrics would name twice: `jobs` (the counter `jobs_total`'s), and
-            // `lat_ms` (the exporter's summary `lat.ms`, then the counter `lat_ms_total`'s).
+            // Families OpenMetrics would name twice: `jobs` (the counter `jobs_total`'s, then
+            // a gauge's and a counter's), and `lat_ms` (the exporter's summary `lat.ms`, then
+            // the counter `lat_ms_total`'s, kept by the store). Refused in both formats.
             metrics::gauge!("jobs").set(9.0);
+            metrics::counter!("jobs").increment(9);
             metrics::histogram!("lat.ms").record(1.0);
             metrics::counter!("lat_ms_total").increment(1);
+            // Names of their own.
+            metrics::gauge!("runs_now").set(5.0);
+            metrics::gauge!("a_b_c_total").set(6.0);
             let (h, sink) =
                 super::super::fast::with_exemplars(|| metrics::histogram!("x_duration_seconds"));
             h.record(0.02);
             sink.expect("towerscope's histogram").offer(exemplar);
+            // Sample names another family writes: the counters `runs` and `a.b` write
+            // `runs_total` and `a_b_total`, the histogram `x_duration_seconds` its `_count`.
+            metrics::gauge!("runs_total").set(9.0);
+            metrics::gauge!("a_b_total").set(9.0);
+            metrics::gauge!("x_duration_seconds_count").set(9.0);
         });
         let om = prometheus.render_openmetrics();
         for line in [
@@ -682,10 +692,20 @@ mod tests {
         );
         let text = prometheus.render();
         assert!(!text.contains(" # {") && !text.contains("# EOF"), "{text}");
-        assert!(
-            text.contains("\njobs 9\n") && text.contains("\nlat_ms_total 1\n"),
-            "{text}"
-        );
+        for (format, exposition) in [("text", &text), ("openmetrics", &om)] {
+            assert!(
+                !exposition.contains(" 9\n") && !exposition.contains("lat_ms_total 1"),
+                "{format}: {exposition}"
+            );
+            assert!(
+                exposition.contains("\nruns_now 5\n") && exposition.contains("\na_b_c_total 6\n"),
+                "{format}: {exposition}"
+            );
+            assert!(
+                exposition.contains("\nmetrics_series_dropped_total 6\n"),
+                "{format}: {exposition}"
+            );
+        }
         assert!(text.contains("# TYPE jobs_total counter\njobs_total{queue=\"mail\"} 2\n"));
 
         // Served to a scraper that prefers it, only when exemplars are kept.
