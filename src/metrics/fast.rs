@@ -276,8 +276,9 @@ impl<T> Default for Series<T> {
     }
 }
 
-/// Counts series not recorded because their name holds another kind already: the first kind
-/// registered under a name (as rendered: `a.b` and `a_b` are one) keeps it.
+/// Counts series not recorded because their name holds another kind already (the first kind
+/// registered under a name, as rendered: `a.b` and `a_b` are one, keeps it), or because they
+/// would write a family or sample name another metric writes.
 pub const SERIES_DROPPED: &str = "metrics_series_dropped_total";
 
 thread_local! {
@@ -295,10 +296,18 @@ thread_local! {
 /// recorders. Off the request path: once per series.
 #[cfg(feature = "otel")]
 pub(crate) fn with_exemplars<T>(register: impl FnOnce() -> T) -> (T, Option<Arc<FastHistogram>>) {
+    /// Clears `WANTED` however `register` ends, a panic included.
+    struct Wanted;
+    impl Drop for Wanted {
+        fn drop(&mut self) {
+            WANTED.with(|w| w.set(false));
+        }
+    }
     REGISTERED.with(Cell::take);
     WANTED.with(|w| w.set(true));
+    let wanted = Wanted;
     let registered = register();
-    WANTED.with(|w| w.set(false));
+    drop(wanted);
     (registered, REGISTERED.with(Cell::take))
 }
 
@@ -1140,6 +1149,16 @@ mod tests {
                 "job_duration_seconds_bucket{deploy_env=\"prod\",queue_name=\"mail\",le=\"0.25\"} 1\n",
             ],
         );
+    }
+
+    /// A registration that panics leaves the thread's later registrations as they were: not
+    /// looking for a histogram to keep exemplars on.
+    #[cfg(feature = "otel")]
+    #[test]
+    fn a_panicking_registration_leaves_no_wish_behind() {
+        let panicked = std::panic::catch_unwind(|| with_exemplars(|| panic!("registration")));
+        assert!(panicked.is_err());
+        assert!(!WANTED.with(Cell::get));
     }
 
     /// A name keeps the kind it was first registered as: later series of another kind, here
