@@ -277,8 +277,8 @@ impl<T> Default for Series<T> {
 }
 
 /// Counts series not recorded because their name holds another kind already (the first kind
-/// registered under a name, as rendered: `a.b` and `a_b` are one, keeps it), or because they
-/// would write a family or sample name another metric writes.
+/// registered under a name keeps it; `a.b` and `a_b` are one name, and the first spelling
+/// keeps it), or because they would write a family or sample name another metric writes.
 pub const SERIES_DROPPED: &str = "metrics_series_dropped_total";
 
 thread_local! {
@@ -353,9 +353,8 @@ struct Refused {
     names: HashSet<(String, Kind)>,
 }
 
-/// The names series were registered under, each with its kind, under the name as rendered
-/// and, when the exporter sanitises it, as given too; and which rendered name writes each
-/// family and sample name (see [`written`]).
+/// The names series were registered under, as given, each with its kind; and which of them
+/// writes each family and sample name (see [`written`]).
 struct Names {
     kinds: HashMap<String, Kind>,
     written: HashMap<String, String>,
@@ -446,13 +445,14 @@ impl Store {
         }
     }
 
-    /// Whether `name` may hold series of `kind`: the first kind registered under a name (as
-    /// rendered: `a.b` and `a_b` are one name) keeps it, as Prometheus's Go client refuses a
-    /// second registration. Two `TYPE` lines for one name make the exposition invalid
-    /// (`promtool check metrics`, the Go client's parser), and a counter and a gauge with
-    /// the same labels are one series twice.
+    /// Whether `name` may hold series of `kind`: the first kind registered under a name keeps
+    /// it, as Prometheus's Go client refuses a second registration. Two `TYPE` lines for one
+    /// name make the exposition invalid (`promtool check metrics`, the Go client's parser),
+    /// and a counter and a gauge with the same labels are one series twice.
     ///
-    /// Nor may a name write a family or sample name another name writes: a counter's
+    /// Nor may a name write a family or sample name another name writes. Names are compared
+    /// as rendered, so `a.b` and `a_b` are one name and the first spelling keeps it (the
+    /// exporter holds the one, this store the other: each would write the family). A counter's
     /// OpenMetrics family is its name without `_total` and its samples have it, so the counter
     /// `jobs_total`, the gauge `jobs`, the counter `jobs` and the gauge `jobs_total` would
     /// clash there (an OpenMetrics parser refuses the whole answer over a family named twice,
@@ -476,26 +476,19 @@ impl Store {
             Cow::Owned(sanitize_metric_name(name))
         };
         let mut names = self.names.write().unwrap_or_else(|e| e.into_inner());
-        let held = match names.kinds.get(&*shown) {
-            Some(k) => *k,
-            None => {
-                let writes = written(&shown, kind);
-                let taken = |w: &String| names.written.get(w).is_some_and(|o| *o != *shown);
-                if writes.iter().any(taken) {
-                    // Not remembered: another kind may write other names.
-                    return false;
-                }
-                for w in writes {
-                    names.written.insert(w, shown.clone().into_owned());
-                }
-                names.kinds.insert(shown.clone().into_owned(), kind);
-                kind
-            }
-        };
-        if shown != name {
-            names.kinds.insert(name.to_owned(), held);
+        if let Some(k) = names.kinds.get(name) {
+            return *k == kind;
         }
-        held == kind
+        let writes = written(&shown, kind);
+        if writes.iter().any(|w| names.written.contains_key(w)) {
+            // Not remembered: another kind may write other names.
+            return false;
+        }
+        for w in writes {
+            names.written.insert(w, name.to_owned());
+        }
+        names.kinds.insert(name.to_owned(), kind);
+        true
     }
 
     /// Counts a series `claim` refused, once, and says so once per name and kind.
@@ -1189,6 +1182,10 @@ mod tests {
             metrics::gauge!("done").set(1.0);
             metrics::histogram!("h_duration_seconds").record(1.0);
             metrics::gauge!("h_duration_seconds_count").set(1.0);
+            // One name spelt two ways, one kind: the exporter would write the one, the store
+            // the other, each with its `TYPE`. The first spelling keeps it.
+            metrics::counter!("e.f").increment(1);
+            metrics::counter!("e_f").increment(1);
         });
         has_lines(
             &text,
@@ -1199,7 +1196,8 @@ mod tests {
                 "c_d_count 2\n",
                 "# TYPE done_total counter\ndone_total 1\n",
                 "h_duration_seconds_count 1\n",
-                "metrics_series_dropped_total 7\n",
+                "# TYPE e_f counter\ne_f 1\n",
+                "metrics_series_dropped_total 8\n",
             ],
         );
         assert!(!text.contains("\ndone 1"), "{text}");
@@ -1208,7 +1206,7 @@ mod tests {
             1,
             "{text}"
         );
-        for name in ["jobs", "a_b", "c_d"] {
+        for name in ["jobs", "a_b", "c_d", "e_f"] {
             let types = text.matches(&format!("# TYPE {name} ")).count();
             assert_eq!(types, 1, "{name}: {text}");
         }
@@ -1216,5 +1214,107 @@ mod tests {
             !text.contains("queue=") && !text.contains("jobs_count"),
             "{text}"
         );
+    }
+
+    /// Checks an exposition the way a strict parser reads it: each family's `TYPE` once, each
+    /// sample in the family above it (its name or a suffix of it), each series once, each
+    /// sample name in one family. Returns the series by family (labels without `le` and
+    /// `quantile`), `metrics_series_dropped_total` left out, and that counter's value.
+    fn parse_strictly(text: &str, om: bool) -> Result<(usize, u64), String> {
+        use std::collections::HashMap;
+        let mut families = HashSet::new();
+        let (mut family, mut series, mut ids) = (String::new(), HashSet::new(), HashSet::new());
+        let mut names: HashMap<String, String> = HashMap::new();
+        let mut dropped = 0;
+        for line in text.lines() {
+            if line.starts_with("# HELP ") || (om && line == "# EOF") || line.is_empty() {
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                family = rest.split(' ').next().unwrap_or_default().to_owned();
+                if !families.insert(family.clone()) {
+                    return Err(format!("family {family} twice"));
+                }
+                continue;
+            }
+            let name_end = line.find(['{', ' ']).ok_or(format!("no value: {line}"))?;
+            let name = &line[..name_end];
+            let id_end = match line.as_bytes()[name_end] {
+                b'{' => line.find('}').ok_or(format!("unclosed labels: {line}"))? + 1,
+                _ => name_end,
+            };
+            let id = &line[..id_end];
+            let suffix = name.strip_prefix(family.as_str());
+            if !matches!(suffix, Some("" | "_total" | "_bucket" | "_sum" | "_count")) {
+                return Err(format!("{name} outside its family {family}"));
+            }
+            if names
+                .insert(name.to_owned(), family.clone())
+                .is_some_and(|f| f != family)
+            {
+                return Err(format!("{name} in two families"));
+            }
+            if !ids.insert(id.to_owned()) {
+                return Err(format!("series {id} twice"));
+            }
+            if name == SERIES_DROPPED {
+                dropped = line[id_end..]
+                    .trim()
+                    .parse()
+                    .map_err(|e| format!("{e}: {line}"))?;
+                continue;
+            }
+            let labels: Vec<&str> = line[name_end..id_end]
+                .trim_matches(['{', '}'])
+                .split(',')
+                .filter(|l| !l.is_empty() && !l.starts_with("le=") && !l.starts_with("quantile="))
+                .collect();
+            series.insert((family.clone(), labels.join(",")));
+        }
+        Ok((series.len(), dropped))
+    }
+
+    proptest::proptest! {
+        /// Whatever names and kinds an application records, in whatever order, both
+        /// expositions are ones a strict parser reads, and every distinct series recorded is
+        /// written or counted as dropped.
+        #[test]
+        fn any_names_give_strict_expositions_and_lose_nothing_uncounted(
+            records in proptest::collection::vec(
+                (0..3usize, 0..7usize, 0..3usize, proptest::bool::ANY),
+                1..16,
+            ),
+        ) {
+            const STEMS: [&str; 3] = ["a", "a.b", "a_b"];
+            const SUFFIXES: [&str; 7] = [
+                "", "_total", "_count", "_sum", "_bucket", "_duration_seconds",
+                "_duration_seconds_count",
+            ];
+            let (recorder, prometheus) = crate::metrics::Prometheus::builder().build();
+            let mut distinct = HashSet::new();
+            metrics::with_local_recorder(&recorder, || {
+                for &(stem, suffix, kind, labelled) in &records {
+                    let name = format!("{}{}", STEMS[stem], SUFFIXES[suffix]);
+                    distinct.insert((name.clone(), kind, labelled));
+                    let labels: Vec<(&str, &str)> = if labelled { vec![("q", "1")] } else { vec![] };
+                    match kind {
+                        0 => metrics::counter!(name, &labels).increment(1),
+                        1 => metrics::gauge!(name, &labels).set(1.0),
+                        _ => metrics::histogram!(name, &labels).record(1.0),
+                    }
+                }
+            });
+            for (om, text) in [(false, prometheus.render()), (true, prometheus.render_openmetrics())] {
+                let (written, dropped) = parse_strictly(&text, om)
+                    .map_err(|e| proptest::test_runner::TestCaseError::fail(format!("{e}\n{text}")))?;
+                proptest::prop_assert_eq!(
+                    written as u64 + dropped,
+                    distinct.len() as u64,
+                    "om {}: {}",
+                    om,
+                    text
+                );
+            }
+        }
     }
 }
