@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 
 use metrics::{
-    Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
-    SharedString, Unit,
+    Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Label, Metadata,
+    Recorder, SharedString, Unit,
 };
 use metrics_exporter_prometheus::{formatting::sanitize_metric_name, PrometheusRecorder};
 
@@ -836,18 +836,49 @@ fn escape(out: &mut String, s: &str, quote: bool) {
     }
 }
 
+/// The key a series is recorded under: `key` with its label names as the exposition writes
+/// them (see [`label_name`]), each once (the first), and for a bucketed histogram without
+/// its own `le`; `None` when that is `key` already, as nearly always. Two keys that differ
+/// only there (`q.r` and `q_r`, a label named twice) are one series in the exposition, so
+/// they record into one instead of writing it twice.
+fn canonical(key: &Key, bucketed: bool) -> Option<Key> {
+    let dropped = |i: usize, name: &str| {
+        (bucketed && name == "le") || key.labels().take(i).any(|l| l.key() == name)
+    };
+    if key
+        .labels()
+        .enumerate()
+        .all(|(i, l)| valid_label_name(l.key()) && !dropped(i, l.key()))
+    {
+        return None;
+    }
+    let mut labels: Vec<Label> = Vec::with_capacity(key.labels().len());
+    for l in key.labels() {
+        let mut name = String::new();
+        label_name(&mut name, l.key());
+        if (bucketed && name == "le") || labels.iter().any(|k| k.key() == name) {
+            continue;
+        }
+        labels.push(Label::new(name, l.value().to_owned()));
+    }
+    Some(Key::from_parts(key.name().to_owned(), labels))
+}
+
+/// Whether a label name is one the text format allows (`[a-zA-Z_][a-zA-Z0-9_]*`).
+fn valid_label_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    b.first()
+        .is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_')
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+}
+
 /// A label name as the text format allows it (`[a-zA-Z_][a-zA-Z0-9_]*`): any other character
 /// (an OpenTelemetry-style `queue.name`, a dash, a leading digit) written as `_`, as
 /// metrics-exporter-prometheus writes it. One such key written as it is would make the whole
 /// exposition unreadable to Prometheus.
-fn label_name(out: &mut String, name: &str) {
+pub(super) fn label_name(out: &mut String, name: &str) {
     // Nearly every name is valid already: one scan, then the name as it is.
-    let b = name.as_bytes();
-    let valid = b
-        .first()
-        .is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_')
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_');
-    if valid {
+    if valid_label_name(name) {
         out.push_str(name);
         return;
     }
@@ -903,6 +934,8 @@ impl Recorder for TowerscopeRecorder {
 
     fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
         let store = &self.store;
+        let canonical = canonical(key, false);
+        let key = canonical.as_ref().unwrap_or(key);
         if !plain_name(key.name()) {
             return match store.admit(key, Kind::Counter) {
                 true => self.inner.register_counter(key, metadata),
@@ -916,6 +949,8 @@ impl Recorder for TowerscopeRecorder {
 
     fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
         let store = &self.store;
+        let canonical = canonical(key, false);
+        let key = canonical.as_ref().unwrap_or(key);
         if !plain_name(key.name()) {
             return match store.admit(key, Kind::Gauge) {
                 true => self.inner.register_gauge(key, metadata),
@@ -929,8 +964,13 @@ impl Recorder for TowerscopeRecorder {
 
     fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
         let store = &self.store;
-        match store.buckets_for(key.name()) {
-            Some(bounds) if plain_name(key.name()) => {
+        let bounds = store
+            .buckets_for(key.name())
+            .filter(|_| plain_name(key.name()));
+        let canonical = canonical(key, bounds.is_some());
+        let key = canonical.as_ref().unwrap_or(key);
+        match bounds {
+            Some(bounds) => {
                 let h = store.get_or_create(&store.histograms, key, Kind::Histogram, || {
                     FastHistogram::new(bounds)
                 });
@@ -1133,6 +1173,17 @@ mod tests {
                 metrics::counter!("jobs_total", "queue.name" => "mail", "retry-count" => "2", "9lives" => "x")
                 .increment(3);
                 metrics::histogram!("job_duration_seconds", "queue.name" => "mail").record(0.2);
+                // Spelt two ways, or named twice: one series, written once.
+                metrics::counter!("mails_total", "queue.name" => "mail").increment(1);
+                metrics::counter!("mails_total", "queue_name" => "mail").increment(2);
+                metrics::counter!("mails_total", "queue_name" => "mail", "queue.name" => "x")
+                    .increment(4);
+                metrics::histogram!("mail_duration_seconds", "le" => "mine").record(0.2);
+                metrics::histogram!("mail_duration_seconds").record(0.2);
+                // A series' own label replaces the global one of that name, however spelt;
+                // in the exporter (a dotted name) too.
+                metrics::gauge!("depth", "deploy_env" => "dev").set(1.0);
+                metrics::gauge!("depth.max", "deploy_env" => "dev").set(2.0);
             },
         );
         has_lines(
@@ -1140,8 +1191,13 @@ mod tests {
             &[
                 "jobs_total{deploy_env=\"prod\",queue_name=\"mail\",retry_count=\"2\",_lives=\"x\"} 3\n",
                 "job_duration_seconds_bucket{deploy_env=\"prod\",queue_name=\"mail\",le=\"0.25\"} 1\n",
+                "mails_total{deploy_env=\"prod\",queue_name=\"mail\"} 7\n",
+                "mail_duration_seconds_count{deploy_env=\"prod\"} 2\n",
+                "depth{deploy_env=\"dev\"} 1\n",
+                "depth_max{deploy_env=\"dev\"} 2\n",
             ],
         );
+        assert_eq!(text.matches("mails_total{").count(), 1, "{text}");
     }
 
     /// A registration that panics leaves the thread's later registrations as they were: not
@@ -1218,7 +1274,7 @@ mod tests {
 
     /// Checks an exposition the way a strict parser reads it: each family's `TYPE` once, each
     /// sample in the family above it (its name or a suffix of it), each series once, each
-    /// sample name in one family. Returns the series by family (labels without `le` and
+    /// sample name in one family, each label name valid and once in its series. Returns the series by family (labels without `le` and
     /// `quantile`), `metrics_series_dropped_total` left out, and that counter's value.
     fn parse_strictly(text: &str, om: bool) -> Result<(usize, u64), String> {
         use std::collections::HashMap;
@@ -1264,10 +1320,21 @@ mod tests {
                     .map_err(|e| format!("{e}: {line}"))?;
                 continue;
             }
-            let labels: Vec<&str> = line[name_end..id_end]
+            let all: Vec<&str> = line[name_end..id_end]
                 .trim_matches(['{', '}'])
                 .split(',')
-                .filter(|l| !l.is_empty() && !l.starts_with("le=") && !l.starts_with("quantile="))
+                .filter(|l| !l.is_empty())
+                .collect();
+            let label_names: HashSet<&str> = all
+                .iter()
+                .map(|l| l.split('=').next().unwrap_or_default())
+                .collect();
+            if label_names.len() != all.len() || !label_names.iter().all(|n| valid_label_name(n)) {
+                return Err(format!("label names: {line}"));
+            }
+            let labels: Vec<&str> = all
+                .into_iter()
+                .filter(|l| !l.starts_with("le=") && !l.starts_with("quantile="))
                 .collect();
             series.insert((family.clone(), labels.join(",")));
         }
@@ -1281,22 +1348,33 @@ mod tests {
         #[test]
         fn any_names_give_strict_expositions_and_lose_nothing_uncounted(
             records in proptest::collection::vec(
-                (0..3usize, 0..7usize, 0..3usize, proptest::bool::ANY),
+                (0..3usize, 0..7usize, 0..3usize, 0..4usize),
                 1..16,
             ),
+            global in proptest::bool::ANY,
         ) {
             const STEMS: [&str; 3] = ["a", "a.b", "a_b"];
             const SUFFIXES: [&str; 7] = [
                 "", "_total", "_count", "_sum", "_bucket", "_duration_seconds",
                 "_duration_seconds_count",
             ];
-            let (recorder, prometheus) = crate::metrics::Prometheus::builder().build();
+            let mut builder = crate::metrics::Prometheus::builder();
+            if global {
+                builder = builder.global_label("q.r", "g");
+            }
+            let (recorder, prometheus) = builder.build();
             let mut distinct = HashSet::new();
             metrics::with_local_recorder(&recorder, || {
                 for &(stem, suffix, kind, labelled) in &records {
                     let name = format!("{}{}", STEMS[stem], SUFFIXES[suffix]);
-                    distinct.insert((name.clone(), kind, labelled));
-                    let labels: Vec<(&str, &str)> = if labelled { vec![("q", "1")] } else { vec![] };
+                    // `q.r` and `q_r` are one label in the exposition.
+                    distinct.insert((name.clone(), kind, labelled.min(2)));
+                    let labels: Vec<(&str, &str)> = match labelled {
+                        0 => vec![],
+                        1 => vec![("q", "1")],
+                        2 => vec![("q.r", "1")],
+                        _ => vec![("q_r", "1")],
+                    };
                     match kind {
                         0 => metrics::counter!(name, &labels).increment(1),
                         1 => metrics::gauge!(name, &labels).set(1.0),

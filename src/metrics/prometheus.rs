@@ -197,7 +197,18 @@ impl PrometheusBuilder {
                 .set_buckets_for_metric(Matcher::Full(name.clone()), buckets)
                 .expect("bucket lists are never empty");
         }
-        for (k, v) in &self.global_labels {
+        // Named as the exposition writes them, as a series' own labels are recorded (see
+        // `fast::canonical`), so a series' own label of that name replaces the global one.
+        let global_labels: Vec<(String, String)> = self
+            .global_labels
+            .into_iter()
+            .map(|(k, v)| {
+                let mut name = String::new();
+                super::fast::label_name(&mut name, &k);
+                (name, v)
+            })
+            .collect();
+        for (k, v) in &global_labels {
             b = b.add_global_label(k, v);
         }
         let inner = b.build_recorder();
@@ -205,7 +216,7 @@ impl PrometheusBuilder {
             &self.duration_buckets,
             &self.size_buckets,
             self.by_name,
-            self.global_labels,
+            global_labels,
             self.exemplars,
         ));
         super::fast::track(&store);
