@@ -119,6 +119,8 @@ fn promtool_accepts_what_an_application_records_badly() {
         metrics::describe_counter!("mail_sent_total", "Mails sent.");
         metrics::describe_gauge!("depth_ratio", "Queue depth over capacity.");
         metrics::describe_histogram!("job_duration_seconds", "Job time.");
+        metrics::describe_gauge!("depth.max", "Deepest queue.");
+        metrics::describe_counter!("runs.done_total", "Runs done.");
         metrics::counter!("jobs_total", "queue" => "mail", "queue" => "sms").increment(3);
         metrics::gauge!("jobs_total", "queue" => "mail").set(1.0);
         metrics::histogram!("jobs_total").record(0.5);
@@ -126,10 +128,15 @@ fn promtool_accepts_what_an_application_records_badly() {
         metrics::gauge!("mail.sent_total").set(2.0);
         metrics::gauge!("depth_ratio", "9lives" => "x").set(f64::INFINITY);
         metrics::histogram!("job_duration_seconds", "le" => "mine").record(0.2);
+        // The global label's name, spelt validly, on a series of the exporter's.
+        metrics::gauge!("depth.max", "deploy_env" => "dev").set(2.0);
+        // One name spelt two ways, one kind: one in the exporter, one in the store.
+        metrics::counter!("runs.done_total").increment(1);
+        metrics::counter!("runs_done_total").increment(1);
     });
     let text = prometheus.render();
     assert!(
-        text.contains("metrics_series_dropped_total{deploy_env=\"prod\"} 3\n"),
+        text.contains("metrics_series_dropped_total{deploy_env=\"prod\"} 4\n"),
         "{text}"
     );
     promtool_check(&text, "bad records");
