@@ -6,6 +6,7 @@ mod breaker;
 mod db;
 mod deploy;
 mod health;
+mod hostile;
 mod lifecycle;
 mod loadgen;
 mod ops;

@@ -18,6 +18,29 @@ use http_body::Body;
 use towerscope::lifecycle::{End, ObserveLayer, Observer, RequestMeta};
 use towerscope::metrics::{Prometheus, Red, RedBuilder};
 
+// ---- log lines ----
+
+/// A log writer keeping every byte written, shared by its clones.
+#[derive(Clone, Default)]
+pub struct Lines(pub Arc<Mutex<Vec<u8>>>);
+
+impl Write for Lines {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Lines {
+    type Writer = Lines;
+    fn make_writer(&'a self) -> Lines {
+        self.clone()
+    }
+}
+
 // ---- allocation counting (per thread, so parallel tests do not disturb each other) ----
 
 struct Counting;

@@ -24,19 +24,19 @@ use towerscope::lifecycle::{ObserveLayer, ProxyHeader};
 use towerscope::trace::{TraceConfig, TraceIds, Tracing};
 use tracing_subscriber::layer::SubscriberExt;
 
-use crate::support::{h2_connect, http, sample, serve};
+use crate::support::{h2_connect, http, sample, serve, Lines};
 
 // ---- the receiver ----
 
 #[derive(Clone, Copy, PartialEq)]
-enum Mode {
+pub(crate) enum Mode {
     Accept,
     Unavailable,
     Hang,
 }
 
 #[derive(Clone)]
-struct Receiver {
+pub(crate) struct Receiver {
     spans: Arc<Mutex<Vec<Span>>>,
     requests: Arc<Mutex<u32>>,
     /// The headers of the last export request.
@@ -46,7 +46,7 @@ struct Receiver {
 
 impl Receiver {
     /// The spans received once there are at least `n` (or whatever came within 20 s).
-    async fn wait_for(&self, n: usize) -> Vec<Span> {
+    pub(crate) async fn wait_for(&self, n: usize) -> Vec<Span> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let spans = self.spans.lock().unwrap().clone();
@@ -82,7 +82,7 @@ async fn export(State(r): State<Receiver>, headers: http::HeaderMap, body: Bytes
 
 /// Starts a receiver on a free loopback port, on a thread and runtime of its own (so a test
 /// blocked in `flush` does not block it); returns it and its `/v1/traces` URL.
-async fn receiver(mode: Mode) -> (Receiver, String) {
+pub(crate) async fn receiver(mode: Mode) -> (Receiver, String) {
     let r = Receiver {
         spans: Arc::default(),
         requests: Arc::default(),
@@ -695,26 +695,6 @@ fn collectors_down_hanging_or_failing_do_not_touch_the_service() {
 }
 
 // ---- log correlation ----
-
-#[derive(Clone, Default)]
-struct Lines(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Lines {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Lines {
-    type Writer = Lines;
-    fn make_writer(&'a self) -> Lines {
-        self.clone()
-    }
-}
 
 #[tracing::instrument]
 async fn child_work() {
