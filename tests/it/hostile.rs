@@ -2,6 +2,9 @@
 //! methods, paths and queries through RED, the request log and the server span in one
 //! `ObserveLayer` (spans exported, logs through the crate's own subscriber) get the answer the
 //! bare router gives, valid ids back, one well-formed log record each, and bounded series.
+//! And whatever an application calls, through the client layer: the answer as the server gave
+//! it, a `traceparent` sent, and no credentials or sensitive query values in the span or the
+//! metrics.
 
 use std::sync::Arc;
 
@@ -307,4 +310,211 @@ fn whatever_a_client_sends_the_handler_answers() {
         .filter(|l| l.starts_with("http_server_request_duration_seconds_count"))
         .count();
     assert!(count_lines <= 10 * 3 * 4, "{metrics}");
+}
+
+/// A call's target as an application might build it: credentials, IPv6, explicit and default
+/// ports, and sensitive query parameters however spelt (their values carry `s3cr3t`).
+#[derive(Debug, Clone)]
+struct Target {
+    https: bool,
+    userinfo: Option<&'static str>,
+    host: &'static str,
+    port: Option<u16>,
+    path: String,
+    query: Vec<(&'static str, bool)>,
+    status: u16,
+}
+
+fn target() -> impl Strategy<Value = Target> {
+    let host = prop_oneof![
+        Just("api.test"),
+        Just("API.Test"),
+        Just("127.0.0.1"),
+        Just("[::1]"),
+        Just("[2001:db8::7]"),
+        Just("xn--bcher-kva.test"),
+    ];
+    let userinfo = proptest::option::of(prop_oneof![
+        Just("user:pa55"),
+        Just("pa55"),
+        Just("u%40x:pa55")
+    ]);
+    let param = prop_oneof![
+        Just(("token", true)),
+        Just(("Password", true)),
+        Just(("%74oken", true)),
+        Just(("X-Amz-Signature", true)),
+        Just(("user[password]", true)),
+        Just(("sig", true)),
+        Just(("page", false)),
+        Just(("q", false)),
+    ];
+    (
+        any::<bool>(),
+        userinfo,
+        host,
+        proptest::option::of(prop_oneof![Just(80u16), Just(443), Just(8080), Just(65535)]),
+        "(/[a-z0-9%._~-]{0,8}){0,3}",
+        proptest::collection::vec((param, any::<bool>()), 0..5),
+        100u16..600,
+    )
+        .prop_map(
+            |(https, userinfo, host, port, path, query, status)| Target {
+                https,
+                userinfo,
+                host,
+                port,
+                path,
+                query: query.into_iter().map(|((n, s), _)| (n, s)).collect(),
+                status,
+            },
+        )
+}
+
+impl Target {
+    fn uri(&self) -> String {
+        let mut u = format!("{}://", if self.https { "https" } else { "http" });
+        if let Some(i) = self.userinfo {
+            u.push_str(i);
+            u.push('@');
+        }
+        u.push_str(self.host);
+        if let Some(p) = self.port {
+            u.push_str(&format!(":{p}"));
+        }
+        u.push_str(if self.path.is_empty() {
+            "/"
+        } else {
+            &self.path
+        });
+        for (i, (name, sensitive)) in self.query.iter().enumerate() {
+            u.push(if i == 0 { '?' } else { '&' });
+            let value = if *sensitive { "s3cr3t" } else { "shown" };
+            u.push_str(&format!("{name}={value}"));
+        }
+        u
+    }
+
+    /// `server.address` as the semantic conventions write it: IPv6 without brackets.
+    fn address(&self) -> &str {
+        self.host.trim_start_matches('[').trim_end_matches(']')
+    }
+
+    fn port(&self) -> u16 {
+        self.port.unwrap_or(if self.https { 443 } else { 80 })
+    }
+}
+
+#[test]
+fn any_call_target_keeps_its_answer_and_its_secrets() {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (spans, url) = rt.block_on(receiver(Mode::Accept));
+    let tracing = TraceConfig::from_env("it")
+        .endpoint(url)
+        .export_delay(std::time::Duration::from_millis(20))
+        .install();
+    let (recorder, prometheus) = towerscope::metrics::Prometheus::builder().build();
+    let sent = Arc::new(std::sync::Mutex::new(http::HeaderMap::new()));
+    let seen = sent.clone();
+    let inner = tower::service_fn(move |req: Request<()>| {
+        *seen.lock().unwrap() = req.headers().clone();
+        let status: u16 = req.headers()["x-answer"].to_str().unwrap().parse().unwrap();
+        async move {
+            Ok::<_, std::io::Error>(http::Response::builder().status(status).body(()).unwrap())
+        }
+    });
+    let client = tower::Layer::layer(&tracing.client_layer(), inner);
+
+    let calls = std::cell::RefCell::new(Vec::new());
+    let mut runner = TestRunner::new(Config {
+        cases: 300,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let outcome = runner.run(&target(), |t| {
+        let uri = t.uri();
+        let req = Request::get(&uri)
+            .header("x-answer", t.status.to_string())
+            .body(())
+            .map_err(|e| TestCaseError::fail(format!("{uri}: {e}")))?;
+        let res = metrics::with_local_recorder(&recorder, || {
+            crate::support::block_on(client.clone().oneshot(req))
+        })
+        .unwrap();
+        prop_assert_eq!(res.status().as_u16(), t.status);
+        let headers = sent.lock().unwrap().clone();
+        let tp = headers.get("traceparent").and_then(|v| v.to_str().ok());
+        prop_assert!(
+            tp.and_then(TraceParent::parse).is_some(),
+            "{} -> {:?}",
+            uri,
+            tp
+        );
+        // The client span's id, as sent.
+        let span_id = tp.unwrap_or_default()[36..52].to_owned();
+        calls.borrow_mut().push((span_id, t));
+        Ok(())
+    });
+    if let Err(e) = outcome {
+        panic!("{e}");
+    }
+
+    assert!(tracing.flush());
+    let calls = calls.into_inner();
+    let spans = rt.block_on(spans.wait_for(calls.len()));
+    assert_eq!(spans.len(), calls.len());
+    let text = |s: &opentelemetry_proto::tonic::trace::v1::Span, key: &str| {
+        s.attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.as_ref())
+            .and_then(|v| v.value.as_ref())
+            .and_then(|v| match v {
+                Value::StringValue(s) => Some(s.clone()),
+                Value::IntValue(i) => Some(i.to_string()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no {key} on {s:?}"))
+    };
+    // Each call's span, found by the id its `traceparent` carried.
+    for (id, t) in &calls {
+        let s = spans
+            .iter()
+            .find(|s| {
+                s.span_id
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+                    == *id
+            })
+            .unwrap_or_else(|| panic!("no span {id} for {}", t.uri()));
+        let full = text(s, "url.full");
+        assert!(
+            !full.contains("s3cr3t") && !full.contains("pa55"),
+            "{} -> {full}",
+            t.uri()
+        );
+        assert_eq!(
+            full.contains("REDACTED:REDACTED@"),
+            t.userinfo.is_some(),
+            "{full}"
+        );
+        assert_eq!(text(s, "server.address"), t.address(), "{}", t.uri());
+        assert_eq!(text(s, "server.port"), t.port().to_string(), "{}", t.uri());
+        assert_eq!(
+            text(s, "http.response.status_code"),
+            t.status.to_string(),
+            "{}",
+            t.uri()
+        );
+    }
+    let metrics = prometheus.render();
+    assert!(
+        !metrics.contains("pa55") && !metrics.contains('['),
+        "{metrics}"
+    );
 }
