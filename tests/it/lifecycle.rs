@@ -927,3 +927,231 @@ fn pretty_logs_into_a_pipe_have_no_color_codes() {
     );
     assert!(!line.contains('\u{1b}'), "color codes in {line:?}");
 }
+
+// ---- every way a request can end, drawn at random ----
+
+/// How the handler answers and how the client treats the answer.
+#[derive(Debug, Clone)]
+struct Plan {
+    status: u16,
+    /// Times the handler waits before answering.
+    waits: u8,
+    chunks: u8,
+    /// The body fails instead of sending this chunk.
+    fail_at: Option<u8>,
+    trailers: bool,
+    /// The body waits once before each frame.
+    slow_body: bool,
+    /// The client polls the response this many times, then drops it if not ready.
+    polls: Option<u8>,
+    /// The client reads this many frames, then drops the body.
+    frames: Option<u8>,
+}
+
+fn plan() -> impl proptest::strategy::Strategy<Value = Plan> {
+    use proptest::prelude::*;
+    (
+        200u16..600,
+        0u8..3,
+        0u8..4,
+        proptest::option::weighted(0.2, 0u8..4),
+        any::<bool>(),
+        any::<bool>(),
+        // At least one: `oneshot` calls the service on its first poll, so a future never
+        // polled is a request no service saw.
+        proptest::option::weighted(0.3, 1u8..4),
+        proptest::option::weighted(0.3, 0u8..5),
+    )
+        .prop_map(
+            |(status, waits, chunks, fail_at, trailers, slow_body, polls, frames)| Plan {
+                status,
+                waits,
+                chunks,
+                fail_at,
+                trailers,
+                slow_body,
+                polls,
+                frames,
+            },
+        )
+}
+
+/// Pending once (waking itself), then ready.
+struct Wait(bool);
+
+impl Future for Wait {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// A body sending the plan's chunks, failing or ending with trailers as planned.
+struct PlannedBody {
+    plan: Plan,
+    sent: u8,
+    waited: bool,
+    done: bool,
+}
+
+impl http_body::Body for PlannedBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if self.plan.slow_body && !self.waited {
+            self.waited = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        self.waited = false;
+        if self.plan.fail_at == Some(self.sent) {
+            self.done = true;
+            return Poll::Ready(Some(Err(std::io::Error::other("planned failure"))));
+        }
+        if self.sent < self.plan.chunks {
+            self.sent += 1;
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"chunk")))));
+        }
+        self.done = true;
+        if self.plan.trailers {
+            return Poll::Ready(Some(Ok(Frame::trailers(HeaderMap::new()))));
+        }
+        Poll::Ready(None)
+    }
+}
+
+/// A request ends exactly once whatever the handler answers and whatever the client does:
+/// waiting handlers and bodies, failures mid-body, trailers, a response future dropped
+/// before it is ready, a body dropped half-read. After each, the active-requests gauge is
+/// back at zero; over all, every request is in the duration histogram or the cancelled
+/// counter, never both or neither, and has one log record; a body read to its end is the
+/// handler's, byte for byte.
+#[test]
+fn every_request_ends_once_however_it_ends() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestCaseError, TestRunner};
+    let lines = crate::support::Lines::default();
+    let (dispatch, log_guard) = towerscope::log::LogConfig::from_env("it")
+        .format(towerscope::log::Format::Json)
+        .filter("info")
+        .dispatch_with_writer(lines.clone())
+        .unwrap();
+    let default = tracing::dispatcher::set_default(&dispatch);
+    let (red, prometheus) = local_red();
+    let current = std::sync::Arc::new(std::sync::Mutex::new(None::<Plan>));
+    let planned = current.clone();
+    let app = Router::new()
+        .route(
+            "/r",
+            get(move || {
+                let plan = planned.lock().unwrap().clone().expect("a plan");
+                async move {
+                    for _ in 0..plan.waits {
+                        Wait(false).await;
+                    }
+                    Response::builder()
+                        .status(plan.status)
+                        .body(Body::new(PlannedBody {
+                            plan,
+                            sent: 0,
+                            waited: false,
+                            done: false,
+                        }))
+                        .unwrap()
+                }
+            }),
+        )
+        .layer(ObserveLayer::with_observer((
+            red.build(),
+            towerscope::log::RequestLog::builder().build(),
+        )));
+    let total = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    };
+
+    let mut runner = TestRunner::new(Config {
+        cases: 300,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let requests = std::cell::Cell::new(0u32);
+    let outcome = runner.run(&plan(), |p| {
+        *current.lock().unwrap() = Some(p.clone());
+        requests.set(requests.get() + 1);
+        let ends = |text: &str| {
+            total(text, &format!("{REQUEST_DURATION}_count")) + total(text, CANCELLED_REQUESTS)
+        };
+        let before = ends(&prometheus.render());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let req = Request::get("/r").body(Body::empty()).unwrap();
+        let mut fut = Box::pin(app.clone().oneshot(req));
+        let mut polls = 0;
+        let res = loop {
+            if p.polls.is_some_and(|n| polls >= n) {
+                break None;
+            }
+            polls += 1;
+            if let Poll::Ready(r) = fut.as_mut().poll(&mut cx) {
+                break Some(r.unwrap());
+            }
+        };
+        if let Some(res) = res {
+            prop_assert_eq!(res.status().as_u16(), p.status);
+            let mut body = res.into_body();
+            let (mut frames, mut data, mut failed, mut ended) = (0u8, 0usize, false, false);
+            while p.frames.is_none_or(|n| frames < n) {
+                match http_body::Body::poll_frame(Pin::new(&mut body), &mut cx) {
+                    Poll::Pending => continue,
+                    Poll::Ready(None) => {
+                        ended = true;
+                        break;
+                    }
+                    Poll::Ready(Some(Err(_))) => {
+                        failed = true;
+                        break;
+                    }
+                    Poll::Ready(Some(Ok(f))) => {
+                        frames += 1;
+                        data += f.data_ref().map_or(0, |d| d.len());
+                    }
+                }
+            }
+            if ended {
+                let chunks = p.fail_at.map_or(p.chunks, |f| f.min(p.chunks));
+                prop_assert!(!failed);
+                prop_assert_eq!(data, 5 * usize::from(chunks), "{:?}", p);
+            }
+        }
+        drop(fut);
+        let text = prometheus.render();
+        prop_assert_eq!(total(&text, ACTIVE_REQUESTS), 0.0, "{:?}\n{}", p, text);
+        prop_assert_eq!(ends(&text) - before, 1.0, "{:?}\n{}", p, text);
+        Ok::<(), TestCaseError>(())
+    });
+    if let Err(e) = outcome {
+        panic!("{e}");
+    }
+    drop(default);
+    drop(log_guard);
+    let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    let records = text
+        .lines()
+        .filter(|l| l.contains("\"target\":\"towerscope::request\""))
+        .count();
+    assert_eq!(records, requests.get() as usize, "{text}");
+}
