@@ -592,3 +592,204 @@ fn the_bridge_makes_spans_only_when_exporting() {
         tracing.shutdown(std::time::Duration::from_secs(1));
     }
 }
+
+/// The processing model's rules for `traceparent`, written plainly (a byte loop, the standard
+/// library's radix parsing), for the parser's vectorised hex decoding to be checked against.
+fn traceparent_model(value: &[u8]) -> Option<(u8, [u8; 16], [u8; 8], u8)> {
+    let ows = |c: &u8| *c == b' ' || *c == b'\t';
+    let start = value.iter().position(|c| !ows(c))?;
+    let end = value.iter().rposition(|c| !ows(c))? + 1;
+    let v = &value[start..end];
+    if v.len() < 55 || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
+        return None;
+    }
+    let lower_hex = |s: &[u8]| {
+        s.iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+    };
+    let byte = |s: &[u8]| u8::from_str_radix(std::str::from_utf8(s).ok()?, 16).ok();
+    let fields = [&v[0..2], &v[3..35], &v[36..52], &v[53..55]];
+    if !fields.iter().all(|f| lower_hex(f)) {
+        return None;
+    }
+    let version = byte(&v[0..2])?;
+    let flags = byte(&v[53..55])?;
+    if version == 0xff || (version == 0 && v.len() != 55) || (v.len() > 55 && v[55] != b'-') {
+        return None;
+    }
+    let mut trace = [0u8; 16];
+    for (i, b) in trace.iter_mut().enumerate() {
+        *b = byte(&v[3 + 2 * i..5 + 2 * i])?;
+    }
+    let mut span = [0u8; 8];
+    for (i, b) in span.iter_mut().enumerate() {
+        *b = byte(&v[36 + 2 * i..38 + 2 * i])?;
+    }
+    (trace != [0; 16] && span != [0; 8]).then_some((version, trace, span, flags))
+}
+
+mod props {
+    use std::collections::HashSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Bytes dense in the edges of `[0-9a-f]` and of the separators: what a hex check done
+    /// sixteen bytes at a time, on unsigned and signed lanes, must tell apart.
+    fn edgy() -> impl Strategy<Value = u8> {
+        prop_oneof![
+            4 => prop::sample::select(b"0123456789abcdef".to_vec()),
+            1 => prop::sample::select(vec![
+                b'/', b':', b'`', b'g', b'@', b'A', b'F', b'G', b'-', b' ', b'\t', 0x00, 0x7f,
+                0x80, 0xb0, 0xe1, 0xff,
+            ]),
+        ]
+    }
+
+    proptest! {
+            #![proptest_config(ProptestConfig { cases: 1000, .. ProptestConfig::default() })]
+
+            /// `TraceParent::parse_bytes` agrees with the plain model on valid values and ones a
+            /// byte or two away, anywhere (hex digits, the bytes around them, separators), with
+            /// versions, zero ids, surrounding whitespace and extra fields.
+            #[test]
+            fn traceparent_agrees_with_the_plain_model(
+                ids in any::<[u8; 25]>(),
+                mutations in proptest::collection::vec((0..55usize, edgy()), 0..3),
+                version in prop_oneof![Just(*b"00"), Just(*b"cc"), Just(*b"ff"), Just(*b"0a")],
+                zero in prop_oneof![4 => Just(None), 1 => Just(Some(false)), 1 => Just(Some(true))],
+                pad in prop_oneof![Just(""), Just(" "), Just("\t "), Just("x")],
+                tail in prop_oneof![Just(&b""[..]), Just(&b"-what-ever"[..]), Just(&b"x"[..]), Just(&b"-"[..])],
+            ) {
+                // A valid value, then up to two bytes changed.
+                let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
+                let mut head = format!(
+                    "{}-{}-{}-{}",
+                    std::str::from_utf8(&version).unwrap(),
+                    hex(&ids[..16]),
+                    hex(&ids[16..24]),
+                    hex(&ids[24..]),
+                )
+                .into_bytes();
+                match zero {
+                    Some(false) => head[3..35].fill(b'0'),
+                    Some(true) => head[36..52].fill(b'0'),
+                    None => {}
+                }
+                for (at, b) in mutations {
+                    head[at] = b;
+                }
+                let mut value = pad.as_bytes().to_vec();
+                value.extend_from_slice(&head);
+                value.extend_from_slice(tail);
+                value.extend_from_slice(pad.as_bytes());
+                let got = TraceParent::parse_bytes(&value)
+                    .map(|p| (p.version, p.trace_id.0, p.parent_id.0, p.flags.0));
+                prop_assert_eq!(got, traceparent_model(&value), "{:?}", String::from_utf8_lossy(&value));
+            }
+
+            /// Ids written and read back: the vectorised encoding is the plain one, and what
+            /// `header` writes parses to what it was given (flags beyond the defined ones left
+            /// out).
+            #[test]
+            fn ids_round_trip(trace in any::<[u8; 16]>(), span in any::<[u8; 8]>(), flags in any::<u8>()) {
+                let plain = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
+                let (t, s) = (TraceId(trace).hex(), SpanId(span).hex());
+                prop_assert_eq!(t.as_str(), plain(&trace));
+                prop_assert_eq!(s.as_str(), plain(&span));
+                prop_assume!(trace != [0; 16] && span != [0; 8]);
+                prop_assert_eq!(TraceId::from_hex(&plain(&trace)), Some(TraceId(trace)));
+                prop_assert_eq!(SpanId::from_hex(&plain(&span)), Some(SpanId(span)));
+                let header = TraceParent::header(TraceId(trace), SpanId(span), TraceFlags(flags));
+                let back = TraceParent::parse(&header).expect("a valid traceparent");
+                prop_assert_eq!(back.version, 0);
+                prop_assert_eq!((back.trace_id, back.parent_id), (TraceId(trace), SpanId(span)));
+                prop_assert_eq!(back.flags.0, flags & 0x03);
+            }
+
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, .. ProptestConfig::default() })]
+
+        /// Whatever `tracestate` a caller sends, what is kept is within the limits, its keys
+        /// unique, and sent on as a value that parses to the same members.
+        #[test]
+        fn tracestate_kept_is_valid_and_sent_on_unchanged(
+            values in proptest::collection::vec(
+                proptest::collection::vec(
+                    (
+                        prop::sample::select(vec![
+                            "a", "b", "rojo", "congo", "t@sys", "0t@sys", "T", "a b", "", "@s",
+                            "k*/_-", "x@", "a@b@c",
+                        ]),
+                        prop::sample::select(vec![
+                            "v", "00f067aa0ba902b7", "t61rcWkgMzE", "with space", "trailing ",
+                            "", "a=b", "\u{7f}", "~!",
+                        ]),
+                        0..40u8,
+                    ),
+                    0..40,
+                ),
+                1..3,
+            ),
+        ) {
+            let headers: Vec<String> = values
+                .iter()
+                .map(|members| {
+                    members
+                        .iter()
+                        .map(|(k, v, n)| format!("{k}{n}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .collect();
+            if let Some(state) = TraceState::parse(headers.iter().map(String::as_str)) {
+                let members: Vec<(&str, &str)> = state.members().collect();
+                prop_assert!(members.len() <= tracestate::MAX_MEMBERS);
+                let keys: HashSet<&str> = members.iter().map(|(k, _)| *k).collect();
+                prop_assert_eq!(keys.len(), members.len());
+                match state.header() {
+                    Some(sent) => {
+                        prop_assert_eq!(TraceState::parse([sent.as_str()]), Some(state.clone()))
+                    }
+                    None => prop_assert!(members.is_empty()),
+                }
+            }
+        }
+
+        /// Whatever `baggage` a caller sends, what is kept is within the limits (members and
+        /// bytes, never a member cut), and sent on as a value that parses to the same members.
+        #[test]
+        fn baggage_kept_is_within_limits_and_sent_on_unchanged(
+            members in proptest::collection::vec(
+                (
+                    prop::sample::select(vec!["k", "userId", "a.b", "x!#$&*+^_|~-", "", " ", "\"q\"", "a b"]),
+                    prop::sample::select(vec![
+                        "v".to_owned(), "alice".to_owned(), "DF%2028".to_owned(), "%zz".to_owned(),
+                        "%C3%A9".to_owned(), "%FF".to_owned(), "a=b".to_owned(), "a b".to_owned(),
+                        "x".repeat(300), "y".repeat(2000),
+                    ]),
+                    prop::sample::select(vec!["", ";p", ";p=1", ";p=1;q", ";=", "; ;"]),
+                ),
+                0..90,
+            ),
+        ) {
+            let value = members
+                .iter()
+                .map(|(k, v, p)| format!("{k}={v}{p}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            let kept = Baggage::parse([value.as_str()]);
+            prop_assert!(kept.members().len() <= baggage::MAX_MEMBERS);
+            match kept.header() {
+                Some(sent) => {
+                    prop_assert!(sent.len() <= baggage::MAX_BYTES, "{}", sent.len());
+                    prop_assert_eq!(Baggage::parse([sent.as_str()]), kept);
+                }
+                None => prop_assert!(kept.is_empty()),
+            }
+        }
+    }
+}
