@@ -629,3 +629,260 @@ async fn keyed_breakers_key_by_host_and_port() {
     }
     assert_eq!(layer.len(), 4);
 }
+
+/// The breaker's rules for calls made one after another, written as plainly as they read: a
+/// count window, the failure-rate and consecutive-failure trips, waits growing by the backoff
+/// multiplier until a stable close, and half-open probes deciding once the permitted number
+/// have reported (a probe's permit comes back when it reports, so one call at a time never
+/// finds them all out; an ignored probe reports nothing). The half-open phase never times out
+/// here (its own test covers that), so the timers only change when the state reads half-open,
+/// never what a call gets.
+mod model {
+    use std::collections::VecDeque;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    struct Settings {
+        window: u32,
+        minimum: u32,
+        threshold: f64,
+        consecutive: Option<u32>,
+        wait_s: u64,
+        multiplier: f64,
+        stable_s: u64,
+        probes: u32,
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    enum Op {
+        Call(CallOutcome),
+        Advance(u64),
+    }
+
+    #[derive(Debug)]
+    enum Phase {
+        Closed {
+            window: VecDeque<bool>,
+            consecutive: u32,
+            since_ms: u64,
+        },
+        Open {
+            until_ms: u64,
+        },
+        HalfOpen {
+            calls: u32,
+            failures: u32,
+        },
+    }
+
+    struct Model {
+        s: Settings,
+        phase: Phase,
+        opens_in_a_row: u32,
+        now_ms: u64,
+    }
+
+    impl Model {
+        fn state(&self) -> State {
+            match self.phase {
+                Phase::Closed { .. } => State::Closed,
+                Phase::Open { .. } => State::Open,
+                Phase::HalfOpen { .. } => State::HalfOpen,
+            }
+        }
+
+        fn open(&mut self) {
+            if let Phase::Closed { since_ms, .. } = self.phase {
+                if self.now_ms - since_ms >= self.s.stable_s * 1000 {
+                    self.opens_in_a_row = 0;
+                }
+            }
+            let wait = (self.s.wait_s as f64 * self.s.multiplier.powi(self.opens_in_a_row as i32))
+                .min(60.0);
+            self.opens_in_a_row += 1;
+            self.phase = Phase::Open {
+                until_ms: self.now_ms + (wait * 1000.0).round() as u64,
+            };
+        }
+
+        fn close(&mut self) {
+            self.phase = Phase::Closed {
+                window: VecDeque::new(),
+                consecutive: 0,
+                since_ms: self.now_ms,
+            };
+        }
+
+        /// Whether the call is let through.
+        fn call(&mut self, outcome: CallOutcome) -> bool {
+            let failure = match outcome {
+                CallOutcome::Success => false,
+                CallOutcome::Failure => true,
+                CallOutcome::Ignored => {
+                    return self.admit(None);
+                }
+            };
+            self.admit(Some(failure))
+        }
+
+        fn admit(&mut self, failure: Option<bool>) -> bool {
+            let s = self.s.clone();
+            match &mut self.phase {
+                Phase::Closed {
+                    window,
+                    consecutive,
+                    ..
+                } => {
+                    let Some(failure) = failure else {
+                        return true;
+                    };
+                    window.push_back(failure);
+                    if window.len() > s.window as usize {
+                        window.pop_front();
+                    }
+                    *consecutive = if failure { *consecutive + 1 } else { 0 };
+                    if !failure {
+                        return true;
+                    }
+                    let calls = window.len() as u32;
+                    let failures = window.iter().filter(|f| **f).count() as u32;
+                    let trips = s.consecutive.is_some_and(|c| *consecutive >= c)
+                        || (calls >= s.minimum
+                            && failures > 0
+                            && f64::from(failures) / f64::from(calls) >= s.threshold);
+                    if trips {
+                        self.open();
+                    }
+                    true
+                }
+                Phase::Open { until_ms } => {
+                    if self.now_ms < *until_ms {
+                        return false;
+                    }
+                    self.phase = Phase::HalfOpen {
+                        calls: 0,
+                        failures: 0,
+                    };
+                    self.admit(failure)
+                }
+                Phase::HalfOpen { calls, failures } => {
+                    let Some(failure) = failure else {
+                        return true;
+                    };
+                    *calls += 1;
+                    *failures += u32::from(failure);
+                    if *calls >= s.probes {
+                        let (calls, failures) = (*calls, *failures);
+                        if failures > 0 && f64::from(failures) / f64::from(calls) >= s.threshold {
+                            self.open();
+                        } else {
+                            self.close();
+                        }
+                    }
+                    true
+                }
+            }
+        }
+    }
+
+    fn settings() -> impl Strategy<Value = Settings> {
+        (
+            1u32..8,
+            1u32..8,
+            prop::sample::select(vec![0.25, 0.5, 1.0]),
+            proptest::option::of(1u32..5),
+            prop::sample::select(vec![1u64, 5, 10]),
+            prop::sample::select(vec![1.0, 2.0]),
+            prop::sample::select(vec![5u64, 30]),
+            1u32..4,
+        )
+            .prop_map(
+                |(
+                    window,
+                    minimum,
+                    threshold,
+                    consecutive,
+                    wait_s,
+                    multiplier,
+                    stable_s,
+                    probes,
+                )| {
+                    Settings {
+                        window,
+                        minimum,
+                        threshold,
+                        consecutive,
+                        wait_s,
+                        multiplier,
+                        stable_s,
+                        probes,
+                    }
+                },
+            )
+    }
+
+    fn ops() -> impl Strategy<Value = Vec<Op>> {
+        proptest::collection::vec(
+            prop_oneof![
+                4 => Just(Op::Call(CallOutcome::Failure)),
+                3 => Just(Op::Call(CallOutcome::Success)),
+                1 => Just(Op::Call(CallOutcome::Ignored)),
+                2 => prop::sample::select(vec![1u64, 500, 1000, 5000, 20_000]).prop_map(Op::Advance),
+            ],
+            0..80,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 400, .. ProptestConfig::default() })]
+
+        /// Every call is let through or rejected as the plain rules say, and the state after
+        /// it is theirs.
+        #[test]
+        fn calls_one_after_another_follow_the_plain_rules(s in settings(), ops in ops()) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let b = Breaker::builder("model")
+                    .count_window(s.window)
+                    .minimum_calls(s.minimum)
+                    .failure_rate_threshold(s.threshold)
+                    .wait_in_open(Duration::from_secs(s.wait_s))
+                    .backoff(s.multiplier, Duration::from_secs(60), 0.0, Duration::from_secs(s.stable_s))
+                    .permitted_calls_in_half_open(s.probes)
+                    .max_half_open(Duration::from_secs(3600));
+                let b = match s.consecutive {
+                    Some(c) => b.consecutive_failures(c),
+                    None => b,
+                }
+                .build();
+                let mut m = Model {
+                    s: s.clone(),
+                    phase: Phase::Closed { window: VecDeque::new(), consecutive: 0, since_ms: 0 },
+                    opens_in_a_row: 0,
+                    now_ms: 0,
+                };
+                for (i, op) in ops.iter().enumerate() {
+                    match *op {
+                        Op::Advance(ms) => {
+                            tokio::time::advance(Duration::from_millis(ms)).await;
+                            m.now_ms += ms;
+                        }
+                        Op::Call(outcome) => {
+                            let want = m.call(outcome);
+                            prop_assert_eq!(call(&b, outcome), want, "op {}: {:?}", i, op);
+                            prop_assert_eq!(b.state(), m.state(), "after op {}: {:?}", i, op);
+                        }
+                    }
+                }
+                Ok(())
+            })?;
+        }
+    }
+}
