@@ -223,9 +223,26 @@ pub(crate) fn json_layer_made() {
     JSON_LAYER.store(true, Ordering::Relaxed);
 }
 
+/// Keys [`add_context`] refuses: every line's own (written first, once), and the request's
+/// correlation, which towerscope sets (the request id is also the one sent on downstream and
+/// back in `x-request-id`; the ids are the exported span's).
+pub const RESERVED_KEYS: [&str; 9] = [
+    "timestamp",
+    "level",
+    "target",
+    "message",
+    "service",
+    "request_id",
+    "trace_id",
+    "span_id",
+    "route",
+];
+
 /// Adds `key = value` to the current request's context: it appears on every later record of
 /// the request, including its final request record (e.g. `tenant`, `user_id`). Returns `false`
-/// outside a request, or when the subscriber is not a `tracing_subscriber` registry.
+/// outside a request, when the subscriber is not a `tracing_subscriber` registry, or for one
+/// of the [`RESERVED_KEYS`] (a line's own keys and the request's correlation, which a handler
+/// must not be able to rewrite).
 ///
 /// ```
 /// async fn handler() -> &'static str {
@@ -235,9 +252,12 @@ pub(crate) fn json_layer_made() {
 /// }
 /// ```
 pub fn add_context(key: impl Into<Cow<'static, str>>, value: impl Display) -> bool {
+    let key = key.into();
+    if RESERVED_KEYS.contains(&key.as_ref()) {
+        return false;
+    }
     let mut json = String::new();
     write_json_str(&mut json, &value.to_string());
-    let key = key.into();
     // A request still without its span: its context is on the thread.
     let mut key = Some(key);
     if super::scope::with_pending(|rc| rc.set(key.take().expect("once"), &json)).is_some() {

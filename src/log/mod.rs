@@ -61,7 +61,7 @@ mod scope;
 mod writer;
 
 pub use crate::redact::{redact_query, SENSITIVE_HEADERS, SENSITIVE_PARAMS};
-pub use context::{add_context, current_request_id, REQUEST_SPAN, REQUEST_TARGET};
+pub use context::{add_context, current_request_id, REQUEST_SPAN, REQUEST_TARGET, RESERVED_KEYS};
 pub use init::{Format, InitError, LogConfig, LogGuard};
 pub use json::{write_json_str, write_timestamp, JsonLayer, Sampling};
 pub use layer::{

@@ -1327,3 +1327,48 @@ async fn client_ip_is_the_peer_unless_proxies_are_trusted() {
         "a peer outside the trusted networks: its headers are ignored"
     );
 }
+
+/// A handler cannot rewrite a line's own keys or the request's correlation through its
+/// context (`add_context` refuses them), so no record has a key twice and the request id
+/// logged is the one sent back; its other keys reach every later line and the final record.
+#[tokio::test(flavor = "current_thread")]
+async fn context_cannot_rewrite_a_lines_own_keys_or_the_correlation() {
+    let capture = Capture::default();
+    let _g = tracing::subscriber::set_default(subscriber(
+        &capture,
+        JsonLayer::new("s", capture.clone()).rate_limit(None),
+    ));
+    let app = Router::new()
+        .route(
+            "/dup",
+            get(|| async {
+                for key in RESERVED_KEYS {
+                    assert!(!add_context(key, "forged"), "{key}");
+                }
+                assert!(add_context("tenant", "acme"));
+                tracing::info!("in handler");
+                "ok"
+            }),
+        )
+        .layer(RequestLogLayer::new());
+    let (_, headers, _) = send(&app, get_req("/dup")).await;
+    let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    assert!(!text.contains("forged"), "{text}");
+    for line in text.lines() {
+        for key in RESERVED_KEYS.iter().chain(&["tenant", "status"]) {
+            let n = line.matches(&format!("\"{key}\":")).count();
+            assert!(n <= 1, "{key} {n} times: {line}");
+        }
+    }
+    let lines = capture.lines();
+    let record = &capture.requests()[0];
+    assert_eq!(
+        record["request_id"],
+        headers["x-request-id"].to_str().unwrap()
+    );
+    assert_eq!(record["route"], "/dup");
+    assert_eq!(record["tenant"], "acme");
+    let inside = lines.iter().find(|l| l["message"] == "in handler").unwrap();
+    assert_eq!(inside["tenant"], "acme");
+    assert_eq!(inside["request_id"], record["request_id"]);
+}
