@@ -498,6 +498,7 @@ async fn a_blocked_runtime_worker_is_detected() {
     assert_eq!(r.status, Status::Down, "{r:?}");
 }
 
+#[cfg(feature = "prometheus")]
 #[tokio::test(start_paused = true)]
 async fn status_metrics_and_duration_are_recorded() {
     let (recorder, prometheus) = crate::metrics::Prometheus::builder().build();

@@ -234,7 +234,7 @@ fn spawn_every(period: Duration, name: &str, mut f: impl FnMut() + Send + 'stati
 /// An `Arc`'d layer, so the flusher thread can share it with the subscriber.
 struct SharedLayer<L>(Arc<L>);
 
-#[cfg(test)]
+#[cfg(all(test, feature = "axum", feature = "prometheus"))]
 pub(crate) fn shared<S, L>(l: Arc<L>) -> impl tracing_subscriber::Layer<S>
 where
     S: tracing::Subscriber,

@@ -486,7 +486,7 @@ where
     }
 
     /// Its sampling settings.
-    #[cfg(test)]
+    #[cfg(all(test, feature = "axum", feature = "prometheus"))]
     pub(crate) fn sampling_settings(&self) -> Sampling {
         self.sampling
     }

@@ -73,5 +73,6 @@ pub use scope::RequestScope;
 pub(crate) use scope::ScopeGuard;
 pub use writer::{LineWriter, NonBlocking, WriterGuard, DROPPED};
 
-#[cfg(test)]
+// The tests serve axum routers and read the metrics through the Prometheus recorder.
+#[cfg(all(test, feature = "axum", feature = "prometheus"))]
 mod tests;

@@ -52,6 +52,7 @@ fn cgroup_v2_files_parse() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[cfg(feature = "prometheus")]
 #[test]
 fn a_collection_fills_the_series() {
     let recorder = crate::metrics::Prometheus::builder().build();
