@@ -42,10 +42,10 @@ cargo test --all-features -- --include-ignored
 echo "== cargo test (no default features: the crate builds and its unit tests pass without axum)"
 cargo clippy --no-default-features --all-targets -- -D warnings
 cargo test --no-default-features --lib
-echo "== cargo check, each optional integration on its own (and with axum): every feature set builds"
+echo "== cargo check, each optional integration on its own (and with axum): every feature set builds, its tests too"
 for features in axum hyper log otel axum,log axum,otel otlp-tls tls health,tls prometheus health sqlx resources postgres reqwest; do
   echo "-- --features $features"
-  cargo check --no-default-features --features "$features"
+  cargo check --no-default-features --features "$features" --all-targets
 done
 echo "== cargo check of the load benchmark's peer stacks (benches/peers, a crate of its own), so that scripts/bench.sh peers/... keeps building"
 cargo check --locked --manifest-path benches/peers/Cargo.toml
