@@ -266,12 +266,16 @@ impl HistogramFn for FastHistogram {
 
 struct Series<T> {
     by_key: HashMap<Key, Arc<T>>,
+    /// Keys as registered that are written as another (see [`canonical`]), with that one's
+    /// series: found again without making the other key.
+    aliases: HashMap<Key, Arc<T>>,
 }
 
 impl<T> Default for Series<T> {
     fn default() -> Self {
         Self {
             by_key: HashMap::new(),
+            aliases: HashMap::new(),
         }
     }
 }
@@ -529,13 +533,17 @@ impl Store {
         kind: Kind,
         make: impl FnOnce() -> T,
     ) -> Option<Arc<T>> {
-        if let Some(v) = lock
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .by_key
-            .get(key)
         {
-            return Some(v.clone());
+            let series = lock.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(v) = series.by_key.get(key).or_else(|| series.aliases.get(key)) {
+                return Some(v.clone());
+            }
+        }
+        if let Some(written) = canonical(key, kind == Kind::Histogram) {
+            let v = self.get_or_create(lock, &written, kind, make)?;
+            let mut w = lock.write().unwrap_or_else(|e| e.into_inner());
+            w.aliases.insert(key.clone(), v.clone());
+            return Some(v);
         }
         if !self.admit(key, kind) {
             return None;
@@ -572,6 +580,9 @@ impl Store {
         fn retain<T>(lock: &RwLock<Series<T>>, which: &dyn Fn(&Key) -> bool) {
             let mut w = lock.write().unwrap_or_else(|e| e.into_inner());
             w.by_key.retain(|k, _| !which(k));
+            // An alias goes with its series.
+            let kept: HashSet<*const T> = w.by_key.values().map(Arc::as_ptr).collect();
+            w.aliases.retain(|_, v| kept.contains(&Arc::as_ptr(v)));
         }
         retain(&self.counters, which);
         retain(&self.gauges, which);
@@ -839,7 +850,8 @@ fn escape(out: &mut String, s: &str, quote: bool) {
 /// them (see [`label_name`]), each once (the first), and for a bucketed histogram without
 /// its own `le`; `None` when that is `key` already, as nearly always. Two keys that differ
 /// only there (`q.r` and `q_r`, a label named twice) are one series in the exposition, so
-/// they record into one instead of writing it twice.
+/// they record into one instead of writing it twice. The store keeps the key as registered
+/// as an alias (`metrics`' macros register on every use: found again without a new key).
 fn canonical(key: &Key, bucketed: bool) -> Option<Key> {
     let dropped = |i: usize, name: &str| {
         (bucketed && name == "le") || key.labels().take(i).any(|l| l.key() == name)
@@ -933,9 +945,9 @@ impl Recorder for TowerscopeRecorder {
 
     fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
         let store = &self.store;
-        let canonical = canonical(key, false);
-        let key = canonical.as_ref().unwrap_or(key);
         if !plain_name(key.name()) {
+            let canonical = canonical(key, false);
+            let key = canonical.as_ref().unwrap_or(key);
             return match store.admit(key, Kind::Counter) {
                 true => self.inner.register_counter(key, metadata),
                 false => Counter::noop(),
@@ -948,9 +960,9 @@ impl Recorder for TowerscopeRecorder {
 
     fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
         let store = &self.store;
-        let canonical = canonical(key, false);
-        let key = canonical.as_ref().unwrap_or(key);
         if !plain_name(key.name()) {
+            let canonical = canonical(key, false);
+            let key = canonical.as_ref().unwrap_or(key);
             return match store.admit(key, Kind::Gauge) {
                 true => self.inner.register_gauge(key, metadata),
                 false => Gauge::noop(),
@@ -966,8 +978,6 @@ impl Recorder for TowerscopeRecorder {
         let bounds = store
             .buckets_for(key.name())
             .filter(|_| plain_name(key.name()));
-        let canonical = canonical(key, bounds.is_some());
-        let key = canonical.as_ref().unwrap_or(key);
         match bounds {
             Some(bounds) => {
                 let h = store.get_or_create(&store.histograms, key, Kind::Histogram, || {
@@ -978,8 +988,14 @@ impl Recorder for TowerscopeRecorder {
                 }
                 h.map_or_else(Histogram::noop, Histogram::from_arc)
             }
-            _ if store.admit(key, Kind::Histogram) => self.inner.register_histogram(key, metadata),
-            _ => Histogram::noop(),
+            None => {
+                let canonical = canonical(key, false);
+                let key = canonical.as_ref().unwrap_or(key);
+                match store.admit(key, Kind::Histogram) {
+                    true => self.inner.register_histogram(key, metadata),
+                    false => Histogram::noop(),
+                }
+            }
         }
     }
 }

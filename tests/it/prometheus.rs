@@ -233,3 +233,31 @@ fn the_full_stack_shows_the_request_trace_as_exemplars() {
         );
     }
 }
+
+/// `metrics`' macros register on every use: a series whose labels are written otherwise
+/// (`queue.name` as `queue_name`) is found again without a new key, so recording it costs no
+/// allocation, as a series written as given does not.
+#[test]
+fn recording_through_the_macros_allocates_nothing_whatever_the_label_names() {
+    let (recorder, prometheus) = towerscope::metrics::Prometheus::builder().build();
+    let record = || {
+        metrics::counter!("jobs_total", "queue.name" => "mail").increment(1);
+        metrics::counter!("jobs_total", "queue_name" => "mail").increment(1);
+        metrics::histogram!("job_duration_seconds", "queue.name" => "mail").record(0.1);
+        metrics::gauge!("depth", "queue" => "mail", "queue" => "sms").set(1.0);
+    };
+    metrics::with_local_recorder(&recorder, || {
+        record();
+        let before = crate::support::allocations();
+        for _ in 0..100 {
+            record();
+        }
+        assert_eq!(crate::support::allocations() - before, 0);
+    });
+    let text = prometheus.render();
+    assert!(
+        text.contains("\njobs_total{queue_name=\"mail\"} 202\n"),
+        "{text}"
+    );
+    assert!(text.contains("\ndepth{queue=\"mail\"} 1\n"), "{text}");
+}
