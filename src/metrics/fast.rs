@@ -398,6 +398,9 @@ pub(crate) struct Store {
     /// Each name's kind, the first one registered, and the names each writes.
     names: RwLock<Names>,
     refused: Mutex<Refused>,
+    /// The exporter's series' keys as registered that it records under another (see
+    /// [`canonical`]), with that one.
+    exporter_keys: RwLock<HashMap<Key, Key>>,
     /// `metrics_series_dropped_total`.
     dropped: Arc<FastCounter>,
     /// Histograms keep exemplars, rendered in the OpenMetrics exposition.
@@ -444,6 +447,7 @@ impl Store {
                     .collect(),
             }),
             refused: Mutex::default(),
+            exporter_keys: RwLock::default(),
             dropped,
             exemplars,
         }
@@ -555,6 +559,34 @@ impl Store {
                 .or_insert_with(|| Arc::new(make()))
                 .clone(),
         )
+    }
+
+    /// `register` with the key the exporter records `key` under (see [`canonical`]): made once
+    /// for a key written otherwise, then found again (`metrics`' macros register on every
+    /// use).
+    fn exporter_key<R>(&self, key: &Key, register: impl FnOnce(&Key) -> R) -> R {
+        if !written_otherwise(key, false) {
+            return register(key);
+        }
+        if let Some(k) = self
+            .exporter_keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+        {
+            return register(k);
+        }
+        // Retained: the exporter retains the key it is given on every registration, which
+        // then costs nothing (an owned key would be copied whole each time).
+        let written = canonical(key, false)
+            .unwrap_or_else(|| key.clone())
+            .to_retained();
+        let r = register(&written);
+        self.exporter_keys
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone(), written);
+        r
     }
 
     /// Whether a new series of `key` may be recorded, here or in the exporter: its name's
@@ -853,14 +885,7 @@ fn escape(out: &mut String, s: &str, quote: bool) {
 /// they record into one instead of writing it twice. The store keeps the key as registered
 /// as an alias (`metrics`' macros register on every use: found again without a new key).
 fn canonical(key: &Key, bucketed: bool) -> Option<Key> {
-    let dropped = |i: usize, name: &str| {
-        (bucketed && name == "le") || key.labels().take(i).any(|l| l.key() == name)
-    };
-    if key
-        .labels()
-        .enumerate()
-        .all(|(i, l)| valid_label_name(l.key()) && !dropped(i, l.key()))
-    {
+    if !written_otherwise(key, bucketed) {
         return None;
     }
     let mut labels: Vec<Label> = Vec::with_capacity(key.labels().len());
@@ -873,6 +898,16 @@ fn canonical(key: &Key, bucketed: bool) -> Option<Key> {
         labels.push(Label::new(name, l.value().to_owned()));
     }
     Some(Key::from_parts(key.name().to_owned(), labels))
+}
+
+/// Whether [`canonical`] has another key for `key` (one scan of its labels, no allocation).
+fn written_otherwise(key: &Key, bucketed: bool) -> bool {
+    let dropped = |i: usize, name: &str| {
+        (bucketed && name == "le") || key.labels().take(i).any(|l| l.key() == name)
+    };
+    !key.labels()
+        .enumerate()
+        .all(|(i, l)| valid_label_name(l.key()) && !dropped(i, l.key()))
 }
 
 /// Whether a label name is one the text format allows (`[a-zA-Z_][a-zA-Z0-9_]*`).
@@ -946,12 +981,10 @@ impl Recorder for TowerscopeRecorder {
     fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
         let store = &self.store;
         if !plain_name(key.name()) {
-            let canonical = canonical(key, false);
-            let key = canonical.as_ref().unwrap_or(key);
-            return match store.admit(key, Kind::Counter) {
+            return store.exporter_key(key, |key| match store.admit(key, Kind::Counter) {
                 true => self.inner.register_counter(key, metadata),
                 false => Counter::noop(),
-            };
+            });
         }
         store
             .get_or_create(&store.counters, key, Kind::Counter, FastCounter::new)
@@ -961,12 +994,10 @@ impl Recorder for TowerscopeRecorder {
     fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
         let store = &self.store;
         if !plain_name(key.name()) {
-            let canonical = canonical(key, false);
-            let key = canonical.as_ref().unwrap_or(key);
-            return match store.admit(key, Kind::Gauge) {
+            return store.exporter_key(key, |key| match store.admit(key, Kind::Gauge) {
                 true => self.inner.register_gauge(key, metadata),
                 false => Gauge::noop(),
-            };
+            });
         }
         store
             .get_or_create(&store.gauges, key, Kind::Gauge, FastGauge::new)
@@ -988,14 +1019,10 @@ impl Recorder for TowerscopeRecorder {
                 }
                 h.map_or_else(Histogram::noop, Histogram::from_arc)
             }
-            None => {
-                let canonical = canonical(key, false);
-                let key = canonical.as_ref().unwrap_or(key);
-                match store.admit(key, Kind::Histogram) {
-                    true => self.inner.register_histogram(key, metadata),
-                    false => Histogram::noop(),
-                }
-            }
+            None => store.exporter_key(key, |key| match store.admit(key, Kind::Histogram) {
+                true => self.inner.register_histogram(key, metadata),
+                false => Histogram::noop(),
+            }),
         }
     }
 }
