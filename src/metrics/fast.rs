@@ -350,10 +350,20 @@ enum Kind {
     Histogram,
 }
 
+impl Kind {
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// Series refused by [`Store::claim`], each counted once, and the names warned about.
 #[derive(Default)]
 struct Refused {
-    series: HashSet<(Key, Kind)>,
+    /// By kind (see [`Kind::index`]).
+    series: [HashSet<Key>; 3],
+    /// Keys as registered whose written key (see [`canonical`]) was refused, by kind: refused
+    /// again without making that key.
+    aliases: [HashSet<Key>; 3],
     names: HashSet<(String, Kind)>,
 }
 
@@ -361,6 +371,9 @@ struct Refused {
 /// writes each family and sample name (see [`written`]).
 struct Names {
     kinds: HashMap<String, Kind>,
+    /// Names as given refused for a kind because it would write a name another writes (by
+    /// [`Kind::index`]): refused again without a look at what they would write.
+    refused: HashMap<String, [bool; 3]>,
     written: HashMap<String, String>,
 }
 
@@ -441,6 +454,7 @@ impl Store {
             counter_names: RwLock::default(),
             names: RwLock::new(Names {
                 kinds: HashMap::from([(SERIES_DROPPED.to_owned(), Kind::Counter)]),
+                refused: HashMap::new(),
                 written: written(SERIES_DROPPED, Kind::Counter)
                     .into_iter()
                     .map(|w| (w, SERIES_DROPPED.to_owned()))
@@ -469,14 +483,14 @@ impl Store {
     /// series never depends on the format the scraper negotiated. Looked up once per new
     /// series here, and on every registration of what goes to the exporter.
     fn claim(&self, name: &str, kind: Kind) -> bool {
-        if let Some(k) = self
-            .names
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .kinds
-            .get(name)
         {
-            return *k == kind;
+            let names = self.names.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(k) = names.kinds.get(name) {
+                return *k == kind;
+            }
+            if names.refused.get(name).is_some_and(|r| r[kind.index()]) {
+                return false;
+            }
         }
         let shown = if plain_name(name) {
             Cow::Borrowed(name)
@@ -489,7 +503,8 @@ impl Store {
         }
         let writes = written(&shown, kind);
         if writes.iter().any(|w| names.written.contains_key(w)) {
-            // Not remembered: another kind may write other names.
+            // For this kind only: another may write other names.
+            names.refused.entry(name.to_owned()).or_default()[kind.index()] = true;
             return false;
         }
         for w in writes {
@@ -502,9 +517,11 @@ impl Store {
     /// Counts a series `claim` refused, once, and says so once per name and kind.
     fn refuse(&self, key: &Key, kind: Kind) {
         let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
-        if !refused.series.insert((key.clone(), kind)) {
+        let series = &mut refused.series[kind.index()];
+        if series.contains(key) {
             return;
         }
+        series.insert(key.clone());
         self.dropped.increment(1);
         if refused.names.insert((key.name().to_owned(), kind)) {
             tracing::warn!(
@@ -543,8 +560,17 @@ impl Store {
                 return Some(v.clone());
             }
         }
-        if let Some(written) = canonical(key, kind == Kind::Histogram) {
-            let v = self.get_or_create(lock, &written, kind, make)?;
+        let bucketed = kind == Kind::Histogram;
+        if written_otherwise(key, bucketed) {
+            let refused = || self.refused.lock().unwrap_or_else(|e| e.into_inner());
+            if refused().aliases[kind.index()].contains(key) {
+                return None;
+            }
+            let written = canonical(key, bucketed).unwrap_or_else(|| key.clone());
+            let Some(v) = self.get_or_create(lock, &written, kind, make) else {
+                refused().aliases[kind.index()].insert(key.clone());
+                return None;
+            };
             let mut w = lock.write().unwrap_or_else(|e| e.into_inner());
             w.aliases.insert(key.clone(), v.clone());
             return Some(v);

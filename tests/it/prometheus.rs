@@ -268,7 +268,19 @@ fn recording_through_the_macros_allocates_nothing_whatever_the_label_names() {
         metrics::gauge!("mails.queued", "queue_name" => "mail").set(3.0);
     });
     assert_eq!(ours, its_own);
+    // Refused series (a name another metric writes), here and in the exporter: counted once,
+    // then refused again for nothing.
+    let refused = per_100(&recorder, || {
+        metrics::gauge!("jobs", "queue.name" => "mail").set(1.0);
+        metrics::gauge!("jobs_total").set(1.0);
+        metrics::gauge!("mails.sent").set(1.0);
+    });
+    assert_eq!(refused, 0);
     let text = prometheus.render();
+    assert!(
+        text.contains("\nmetrics_series_dropped_total 3\n"),
+        "{text}"
+    );
     assert!(
         text.contains("\njobs_total{queue_name=\"mail\"} 202\n"),
         "{text}"
