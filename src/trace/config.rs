@@ -52,6 +52,33 @@ impl Sampler {
         })
     }
 
+    /// The sampler `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` name, with a warning
+    /// when one of them is not understood: an unknown sampler is `parentbased_always_on`, a
+    /// ratio that is not a number from 0 to 1 is 1.0 (as the specification says).
+    pub(crate) fn from_env_values(name: Option<&str>, arg: Option<&str>) -> (Self, Option<String>) {
+        let Some(name) = name else {
+            return (Self::ParentBasedAlwaysOn, None);
+        };
+        let Some(sampler) = Self::parse(name, arg) else {
+            let warning =
+                format!("OTEL_TRACES_SAMPLER={name}: unknown, using parentbased_always_on");
+            return (Self::ParentBasedAlwaysOn, Some(warning));
+        };
+        let ratio = matches!(
+            sampler,
+            Self::TraceIdRatio(_) | Self::ParentBasedTraceIdRatio(_)
+        );
+        let valid = |a: &str| {
+            a.trim()
+                .parse::<f64>()
+                .is_ok_and(|r| (0.0..=1.0).contains(&r))
+        };
+        let warning = arg
+            .filter(|a| ratio && !valid(a))
+            .map(|a| format!("OTEL_TRACES_SAMPLER_ARG={a}: not a ratio from 0 to 1, using 1.0"));
+        (sampler, warning)
+    }
+
     /// The decision the SDK would make for a SERVER span whose caller sampled or not (or
     /// without a caller), without making the span: `true` to sample. The ratio is the SDK's own
     /// computation.
@@ -191,8 +218,24 @@ pub(crate) fn otlp_var(
     env(&general).map(|v| (general, v))
 }
 
-fn env_usize(name: &str) -> Option<usize> {
-    env(name).and_then(|v| v.trim().parse().ok())
+/// A whole-number setting; a value that is not one is the default, and said so.
+fn env_usize(name: &str, warnings: &mut Vec<String>) -> Option<usize> {
+    number(name, env(name), warnings)
+}
+
+pub(super) fn number(
+    name: &str,
+    value: Option<String>,
+    warnings: &mut Vec<String>,
+) -> Option<usize> {
+    let value = value?;
+    let n = value.trim().parse().ok();
+    if n.is_none() {
+        warnings.push(format!(
+            "{name}={value}: not a whole number, using the default"
+        ));
+    }
+    n
 }
 
 impl TraceConfig {
@@ -215,16 +258,11 @@ impl TraceConfig {
     /// client certificate without its key (or the key without it).
     pub fn from_env(service: impl Into<String>) -> Self {
         let mut warnings = Vec::new();
-        let sampler = match env("OTEL_TRACES_SAMPLER") {
-            None => Sampler::ParentBasedAlwaysOn,
-            Some(name) => Sampler::parse(&name, env("OTEL_TRACES_SAMPLER_ARG").as_deref())
-                .unwrap_or_else(|| {
-                    warnings.push(format!(
-                        "OTEL_TRACES_SAMPLER={name}: unknown, using parentbased_always_on"
-                    ));
-                    Sampler::ParentBasedAlwaysOn
-                }),
-        };
+        let (sampler, warning) = Sampler::from_env_values(
+            env("OTEL_TRACES_SAMPLER").as_deref(),
+            env("OTEL_TRACES_SAMPLER_ARG").as_deref(),
+        );
+        warnings.extend(warning);
         let exporter = match env("OTEL_TRACES_EXPORTER").as_deref().map(str::trim) {
             None | Some("otlp") => Exporter::Otlp,
             Some("console") => Exporter::Console,
@@ -250,9 +288,10 @@ impl TraceConfig {
             tls: TlsFiles::default(),
             compression: None,
             retry: Retry {
-                total: env_usize("OTEL_BSP_EXPORT_TIMEOUT").map_or(Retry::default().total, |ms| {
-                    Duration::from_millis(ms as u64)
-                }),
+                total: env_usize("OTEL_BSP_EXPORT_TIMEOUT", &mut warnings)
+                    .map_or(Retry::default().total, |ms| {
+                        Duration::from_millis(ms as u64)
+                    }),
                 ..Retry::default()
             },
             sampler,
@@ -261,12 +300,16 @@ impl TraceConfig {
                 .is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
             propagators,
             queue: QueueSettings {
-                max_queue: env_usize("OTEL_BSP_MAX_QUEUE_SIZE").unwrap_or(2048).max(1),
-                max_batch: env_usize("OTEL_BSP_MAX_EXPORT_BATCH_SIZE")
+                max_queue: env_usize("OTEL_BSP_MAX_QUEUE_SIZE", &mut warnings)
+                    .unwrap_or(2048)
+                    .max(1),
+                max_batch: env_usize("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", &mut warnings)
                     .unwrap_or(512)
                     .max(1),
                 delay: Duration::from_millis(
-                    env_usize("OTEL_BSP_SCHEDULE_DELAY").unwrap_or(1000).max(1) as u64,
+                    env_usize("OTEL_BSP_SCHEDULE_DELAY", &mut warnings)
+                        .unwrap_or(1000)
+                        .max(1) as u64,
                 ),
             },
             traceresponse: false,

@@ -793,3 +793,70 @@ mod props {
         }
     }
 }
+
+/// `OTEL_TRACES_SAMPLER` and its argument, and the batch settings: what is not understood
+/// falls back to the specification's default and says so.
+#[cfg(feature = "otel")]
+#[test]
+fn settings_not_understood_are_warned_about() {
+    for (name, arg, sampler, warned) in [
+        (None, None, Sampler::ParentBasedAlwaysOn, false),
+        (None, Some("0.5"), Sampler::ParentBasedAlwaysOn, false),
+        (Some("always_off"), Some("0.5"), Sampler::AlwaysOff, false),
+        (
+            Some("traceidratio"),
+            Some("0.25"),
+            Sampler::TraceIdRatio(0.25),
+            false,
+        ),
+        (
+            Some("traceidratio"),
+            None,
+            Sampler::TraceIdRatio(1.0),
+            false,
+        ),
+        (
+            Some("traceidratio"),
+            Some("1.5"),
+            Sampler::TraceIdRatio(1.0),
+            true,
+        ),
+        (
+            Some("parentbased_traceidratio"),
+            Some("half"),
+            Sampler::ParentBasedTraceIdRatio(1.0),
+            true,
+        ),
+        (
+            Some("parentbased_traceidratio"),
+            Some("NaN"),
+            Sampler::ParentBasedTraceIdRatio(1.0),
+            true,
+        ),
+        (Some("sometimes"), None, Sampler::ParentBasedAlwaysOn, true),
+    ] {
+        let (got, warning) = Sampler::from_env_values(name, arg);
+        assert_eq!(got, sampler, "{name:?} {arg:?}");
+        assert_eq!(warning.is_some(), warned, "{name:?} {arg:?}: {warning:?}");
+    }
+    // The batch settings: whole numbers, else the default, said so.
+    for (value, n, warned) in [
+        (None, None, false),
+        (Some(" 512 "), Some(512), false),
+        (Some("5s"), None, true),
+        (Some("-1"), None, true),
+    ] {
+        let mut warnings = Vec::new();
+        let got = config::number(
+            "OTEL_BSP_MAX_QUEUE_SIZE",
+            value.map(str::to_owned),
+            &mut warnings,
+        );
+        assert_eq!(got, n, "{value:?}");
+        assert_eq!(
+            warnings.len(),
+            usize::from(warned),
+            "{value:?}: {warnings:?}"
+        );
+    }
+}
