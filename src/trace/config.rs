@@ -648,10 +648,30 @@ impl TraceConfig {
 }
 
 /// The exporter speaks OTLP over HTTP/protobuf, uncompressed or gzipped, over TLS only with the
-/// `otlp-tls` feature: what the environment asks beyond that, as warnings.
+/// `otlp-tls` feature: what the environment asks beyond that, and what it gives that cannot be
+/// read (a timeout that is not a number, header pairs that are not `key=value`), as warnings.
+/// Header values are never repeated: they are often credentials.
 pub(crate) fn unsupported_export_settings(env: impl Fn(&str) -> Option<String>) -> Vec<String> {
     let mut warnings = Vec::new();
     let effective = |name: &str| otlp_var(&env, name);
+    if let Some((var, t)) = effective("TIMEOUT").filter(|(_, t)| t.trim().parse::<u64>().is_err()) {
+        warnings.push(format!(
+            "{var}={t}: not a whole number of milliseconds, using 10000"
+        ));
+    }
+    for var in [
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    ] {
+        let Some(value) = env(var) else { continue };
+        let pairs = value.split(',').filter(|p| !p.trim().is_empty());
+        let skipped = pairs.count() - super::otlp::parse_headers(&value).len();
+        if skipped > 0 {
+            warnings.push(format!(
+                "{var}: {skipped} pair(s) not `key=value` (percent-encoded) skipped"
+            ));
+        }
+    }
     if let Some((var, p)) = effective("PROTOCOL").filter(|(_, p)| p.trim() != "http/protobuf") {
         warnings.push(format!("{var}={p}: unsupported, using http/protobuf"));
     }

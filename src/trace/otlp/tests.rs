@@ -691,6 +691,27 @@ fn unsupported_protocols_and_compression_are_reported() {
         }
     };
     assert!(unsupported_export_settings(env(&[])).is_empty());
+    // Timeouts and headers that cannot be read; header values never repeated.
+    let w = unsupported_export_settings(env(&[
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "10s"),
+        (
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "api-key=s3cr3t,broken,=x,ok=%zz,",
+        ),
+        ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-tenant=t1"),
+    ]));
+    assert_eq!(
+        w,
+        vec![
+            "OTEL_EXPORTER_OTLP_TIMEOUT=10s: not a whole number of milliseconds, using 10000",
+            "OTEL_EXPORTER_OTLP_HEADERS: 3 pair(s) not `key=value` (percent-encoded) skipped",
+        ]
+    );
+    assert!(unsupported_export_settings(env(&[
+        ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", " 2500 "),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "a=1, b = 2 ,c=%20"),
+    ]))
+    .is_empty());
     assert!(unsupported_export_settings(env(&[
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
         ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd"),
