@@ -218,6 +218,19 @@ pub(crate) fn otlp_var(
     env(&general).map(|v| (general, v))
 }
 
+/// A boolean setting, as the specification reads them: `true` (any case) is true; anything
+/// else is false, and said so unless it is `false`.
+pub(super) fn boolean(name: &str, value: Option<String>, warnings: &mut Vec<String>) -> bool {
+    let Some(value) = value else { return false };
+    let v = value.trim();
+    if !v.eq_ignore_ascii_case("true") && !v.eq_ignore_ascii_case("false") {
+        warnings.push(format!(
+            "{name}={value}: neither true nor false, read as false"
+        ));
+    }
+    v.eq_ignore_ascii_case("true")
+}
+
 /// A whole-number setting; a value that is not one is the default, and said so.
 fn env_usize(name: &str, warnings: &mut Vec<String>) -> Option<usize> {
     number(name, env(name), warnings)
@@ -296,8 +309,7 @@ impl TraceConfig {
             },
             sampler,
             exporter,
-            disabled: env("OTEL_SDK_DISABLED")
-                .is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
+            disabled: boolean("OTEL_SDK_DISABLED", env("OTEL_SDK_DISABLED"), &mut warnings),
             propagators,
             queue: QueueSettings {
                 max_queue: env_usize("OTEL_BSP_MAX_QUEUE_SIZE", &mut warnings)

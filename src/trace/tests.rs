@@ -794,8 +794,8 @@ mod props {
     }
 }
 
-/// `OTEL_TRACES_SAMPLER` and its argument, and the batch settings: what is not understood
-/// falls back to the specification's default and says so.
+/// `OTEL_TRACES_SAMPLER` and its argument, the batch settings and `OTEL_SDK_DISABLED`: what
+/// is not understood falls back to the specification's default and says so.
 #[cfg(feature = "otel")]
 #[test]
 fn settings_not_understood_are_warned_about() {
@@ -853,6 +853,23 @@ fn settings_not_understood_are_warned_about() {
             &mut warnings,
         );
         assert_eq!(got, n, "{value:?}");
+        assert_eq!(
+            warnings.len(),
+            usize::from(warned),
+            "{value:?}: {warnings:?}"
+        );
+    }
+    // Booleans: `true` in any case; anything but `false` warned about.
+    for (value, on, warned) in [
+        (None, false, false),
+        (Some("TRUE"), true, false),
+        (Some(" false "), false, false),
+        (Some("1"), false, true),
+        (Some("yes"), false, true),
+    ] {
+        let mut warnings = Vec::new();
+        let got = config::boolean("OTEL_SDK_DISABLED", value.map(str::to_owned), &mut warnings);
+        assert_eq!(got, on, "{value:?}");
         assert_eq!(
             warnings.len(),
             usize::from(warned),
