@@ -650,16 +650,10 @@ impl Store {
     /// The exposition text of what this store holds: the text format 0.0.4, or, with `om`,
     /// OpenMetrics 1.0 (a counter's family named without `_total`, its samples with it; `"`
     /// escaped in `HELP`; no blank lines; exemplars on histogram buckets; the caller ends it
-    /// with `# EOF`).
-    ///
-    /// `families` collects the OpenMetrics family names written (the exporter's before): a
-    /// family whose name one holds already is left out, which OpenMetrics parsers would
-    /// otherwise refuse the whole answer over. `claim` keeps such names apart as they are
-    /// registered (a property test finds none left), so this is a backstop: whatever slipped
-    /// through would cost one family, not the scrape.
-    pub(crate) fn render(&self, om: bool, families: &mut HashSet<String>) -> String {
+    /// with `# EOF`). No family or sample name is written twice, the exporter's included:
+    /// [`Store::claim`] refuses a series that would.
+    pub(crate) fn render(&self, om: bool) -> String {
         let mut out = String::new();
-        let mut new_family = |family: &str| !om || families.insert(family.to_owned());
         // A series' labels, written once for all its lines.
         let (mut labels, mut names) = (String::new(), Vec::new());
         let help = self.help.read().unwrap_or_else(|e| e.into_inner());
@@ -671,9 +665,6 @@ impl Store {
         let counters = self.counters.read().unwrap_or_else(|e| e.into_inner());
         for (name, series) in grouped(&counters.by_key) {
             let (family, sample) = counter_names(name, om);
-            if !new_family(&family) {
-                continue;
-            }
             header(&mut out, &family, help.get(name), "counter", om);
             for (key, c) in series {
                 self.labels(key, false, &mut labels, &mut names);
@@ -700,9 +691,6 @@ impl Store {
                 false => (Cow::Borrowed(name), Cow::Borrowed(name)),
             };
             let kind = if counter { "counter" } else { "gauge" };
-            if !new_family(&family) {
-                continue;
-            }
             header(&mut out, &family, help.get(name), kind, om);
             for (key, g) in series {
                 self.labels(key, false, &mut labels, &mut names);
@@ -719,9 +707,6 @@ impl Store {
         }
         let histograms = self.histograms.read().unwrap_or_else(|e| e.into_inner());
         for (name, series) in grouped(&histograms.by_key) {
-            if !new_family(name) {
-                continue;
-            }
             header(&mut out, name, help.get(name), "histogram", om);
             for (key, h) in series {
                 self.labels(key, true, &mut labels, &mut names);

@@ -242,34 +242,26 @@ impl PrometheusBuilder {
 /// the store's; in OpenMetrics 1.0 when `om` (the exporter's text converted, `# EOF` last).
 fn render(handle: &PrometheusHandle, store: &Store, om: bool) -> String {
     let mut text = handle.render();
-    let mut families = std::collections::HashSet::new();
     if om {
         let mut out = String::with_capacity(text.len());
-        openmetrics_from_text(&text, &mut out, &mut families);
-        out.push_str(&store.render(true, &mut families));
+        openmetrics_from_text(&text, &mut out);
+        out.push_str(&store.render(true));
         out.push_str("# EOF\n");
         return out;
     }
     if !text.is_empty() && !text.ends_with("\n\n") {
         text.push('\n');
     }
-    text.push_str(&store.render(false, &mut families));
+    text.push_str(&store.render(false));
     text
 }
 
 /// The text format 0.0.4 as OpenMetrics 1.0 writes it: a counter's family named without
 /// `_total` and its samples with it, `"` escaped in `HELP`, no blank lines.
-///
-/// The family names written go into `families`; a family whose name is there already is left
-/// out (see `Store::render`).
-fn openmetrics_from_text(
-    text: &str,
-    out: &mut String,
-    families: &mut std::collections::HashSet<String>,
-) {
+fn openmetrics_from_text(text: &str, out: &mut String) {
     // A `HELP` waits for its `TYPE`, which says whether the family is renamed; the samples of
     // a counter named without `_total` gain it.
-    let (mut help, mut suffixed, mut skip) = (None::<&str>, None::<&str>, false);
+    let (mut help, mut suffixed) = (None::<&str>, None::<&str>);
     for line in text.lines() {
         if line.is_empty() {
             continue;
@@ -285,11 +277,6 @@ fn openmetrics_from_text(
                 _ => name,
             };
             suffixed = (kind == "counter" && family == name).then_some(name);
-            skip = !families.insert(family.to_owned());
-            if skip {
-                help = None;
-                continue;
-            }
             if let Some(h) = help.take() {
                 let text = h.split_once(' ').map_or("", |(_, t)| t);
                 out.push_str("# HELP ");
@@ -303,9 +290,6 @@ fn openmetrics_from_text(
             out.push(' ');
             out.push_str(kind);
             out.push('\n');
-            continue;
-        }
-        if skip {
             continue;
         }
         match suffixed {
