@@ -17,10 +17,10 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use tower::ServiceExt;
 use towerscope::lifecycle::ObserveLayer;
-use towerscope::trace::{Format, Propagators, TraceConfig, TraceParent};
+use towerscope::trace::{Format, Propagators, TraceParent};
 
 use crate::support::Lines;
-use crate::trace::{receiver, Mode};
+use crate::trace::{attr_int, attr_str, exporting, hex, receiver, Mode};
 
 /// The headers towerscope reads from a request.
 const HEADERS: [&str; 16] = [
@@ -182,9 +182,7 @@ fn whatever_a_client_sends_the_handler_answers() {
         .build()
         .unwrap();
     let (spans, url) = rt.block_on(receiver(Mode::Accept));
-    let tracing = TraceConfig::from_env("it")
-        .endpoint(url)
-        .export_delay(std::time::Duration::from_millis(20))
+    let tracing = exporting(url)
         .propagators(Propagators::new([
             Format::TraceContext,
             Format::Baggage,
@@ -285,22 +283,12 @@ fn whatever_a_client_sends_the_handler_answers() {
     let spans = rt.block_on(spans.wait_for(1));
     assert!(!spans.is_empty());
     for s in &spans {
-        let method = s
-            .attributes
-            .iter()
-            .find(|kv| kv.key == "http.request.method")
-            .and_then(|kv| kv.value.as_ref())
-            .and_then(|v| v.value.as_ref());
         let known = [
             "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
             "_OTHER",
         ];
-        match method {
-            Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(m)) => {
-                assert!(known.contains(&m.as_str()), "{m}")
-            }
-            other => panic!("a server span without its method: {other:?}"),
-        }
+        let method = attr_str(s, "http.request.method");
+        assert!(method.is_some_and(|m| known.contains(&m)), "{method:?}");
     }
 
     // Series bounded by templates, known methods and real statuses, whatever was sent.
@@ -407,16 +395,12 @@ impl Target {
 
 #[test]
 fn any_call_target_keeps_its_answer_and_its_secrets() {
-    use opentelemetry_proto::tonic::common::v1::any_value::Value;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let (spans, url) = rt.block_on(receiver(Mode::Accept));
-    let tracing = TraceConfig::from_env("it")
-        .endpoint(url)
-        .export_delay(std::time::Duration::from_millis(20))
-        .install();
+    let tracing = exporting(url).install();
     let (recorder, prometheus) = towerscope::metrics::Prometheus::builder().build();
     let sent = Arc::new(std::sync::Mutex::new(http::HeaderMap::new()));
     let seen = sent.clone();
@@ -467,32 +451,13 @@ fn any_call_target_keeps_its_answer_and_its_secrets() {
     let calls = calls.into_inner();
     let spans = rt.block_on(spans.wait_for(calls.len()));
     assert_eq!(spans.len(), calls.len());
-    let text = |s: &opentelemetry_proto::tonic::trace::v1::Span, key: &str| {
-        s.attributes
-            .iter()
-            .find(|kv| kv.key == key)
-            .and_then(|kv| kv.value.as_ref())
-            .and_then(|v| v.value.as_ref())
-            .and_then(|v| match v {
-                Value::StringValue(s) => Some(s.clone()),
-                Value::IntValue(i) => Some(i.to_string()),
-                _ => None,
-            })
-            .unwrap_or_else(|| panic!("no {key} on {s:?}"))
-    };
     // Each call's span, found by the id its `traceparent` carried.
     for (id, t) in &calls {
         let s = spans
             .iter()
-            .find(|s| {
-                s.span_id
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>()
-                    == *id
-            })
+            .find(|s| hex(&s.span_id) == *id)
             .unwrap_or_else(|| panic!("no span {id} for {}", t.uri()));
-        let full = text(s, "url.full");
+        let full = attr_str(s, "url.full").unwrap_or_else(|| panic!("no url.full: {s:?}"));
         assert!(
             !full.contains("s3cr3t") && !full.contains("pa55"),
             "{} -> {full}",
@@ -503,11 +468,21 @@ fn any_call_target_keeps_its_answer_and_its_secrets() {
             t.userinfo.is_some(),
             "{full}"
         );
-        assert_eq!(text(s, "server.address"), t.address(), "{}", t.uri());
-        assert_eq!(text(s, "server.port"), t.port().to_string(), "{}", t.uri());
         assert_eq!(
-            text(s, "http.response.status_code"),
-            t.status.to_string(),
+            attr_str(s, "server.address"),
+            Some(t.address()),
+            "{}",
+            t.uri()
+        );
+        assert_eq!(
+            attr_int(s, "server.port"),
+            Some(i64::from(t.port())),
+            "{}",
+            t.uri()
+        );
+        assert_eq!(
+            attr_int(s, "http.response.status_code"),
+            Some(i64::from(t.status)),
             "{}",
             t.uri()
         );

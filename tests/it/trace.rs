@@ -113,7 +113,7 @@ async fn trace_id_text(ids: TraceIds) -> String {
     ids.trace_id.to_string()
 }
 
-fn attr<'a>(s: &'a Span, key: &str) -> Option<&'a Value> {
+pub(crate) fn attr<'a>(s: &'a Span, key: &str) -> Option<&'a Value> {
     s.attributes
         .iter()
         .find(|kv| kv.key == key)
@@ -121,22 +121,26 @@ fn attr<'a>(s: &'a Span, key: &str) -> Option<&'a Value> {
         .and_then(|v| v.value.as_ref())
 }
 
-/// Tracing that exports every span to `url` within 20 ms.
-fn exporting_to(url: String) -> Tracing {
+/// Settings that export every span to `url` within 20 ms.
+pub(crate) fn exporting(url: String) -> TraceConfig {
     TraceConfig::from_env("it")
         .endpoint(url)
         .export_delay(Duration::from_millis(20))
-        .install()
 }
 
-fn attr_str<'a>(s: &'a Span, key: &str) -> Option<&'a str> {
+/// Tracing that exports every span to `url` within 20 ms.
+fn exporting_to(url: String) -> Tracing {
+    exporting(url).install()
+}
+
+pub(crate) fn attr_str<'a>(s: &'a Span, key: &str) -> Option<&'a str> {
     match attr(s, key) {
         Some(Value::StringValue(v)) => Some(v),
         _ => None,
     }
 }
 
-fn attr_int(s: &Span, key: &str) -> Option<i64> {
+pub(crate) fn attr_int(s: &Span, key: &str) -> Option<i64> {
     match attr(s, key) {
         Some(Value::IntValue(v)) => Some(*v),
         _ => None,
@@ -161,7 +165,16 @@ fn client() -> hyper_util::client::legacy::Client<
     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
 }
 
-fn hex(b: &[u8]) -> String {
+/// A GET of `url` with `headers`, as the tests' hyper client sends it.
+fn request_to(url: String, headers: &[(&str, &str)]) -> http::Request<Empty<Bytes>> {
+    let mut req = http::Request::get(url);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    req.body(Empty::new()).unwrap()
+}
+
+pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
@@ -225,12 +238,17 @@ async fn one_trace_across_two_services() {
             .as_nanos() as u64
     };
     let before = unix_nanos();
-    let req = http::Request::get(format!("http://{a_addr}/orders/1?q=1"))
-        .header("traceparent", format!("00-{caller_trace}-{caller_span}-01"))
-        .header("tracestate", "vendor=abc")
-        .header("user-agent", "it/1.0")
-        .body(Empty::<Bytes>::new())
-        .unwrap();
+    let req = request_to(
+        format!("http://{a_addr}/orders/1?q=1"),
+        &[
+            (
+                "traceparent",
+                &format!("00-{caller_trace}-{caller_span}-01"),
+            ),
+            ("tracestate", "vendor=abc"),
+            ("user-agent", "it/1.0"),
+        ],
+    );
     let res = hyper.request(req).await.unwrap();
     assert_eq!(res.status(), 200);
     let body = http_body_util::BodyExt::collect(res.into_body())
@@ -244,13 +262,11 @@ async fn one_trace_across_two_services() {
         "the handler reads the trace id"
     );
     // A 500 on B, and an invalid traceparent (the trace restarts, the request succeeds).
-    let req = http::Request::get(format!("http://{b_addr}/boom"))
-        .header(
-            "traceparent",
-            format!("00-{}-{caller_span}-01", caller_trace.to_uppercase()),
-        )
-        .body(Empty::<Bytes>::new())
-        .unwrap();
+    let uppercase = format!("00-{}-{caller_span}-01", caller_trace.to_uppercase());
+    let req = request_to(
+        format!("http://{b_addr}/boom"),
+        &[("traceparent", &uppercase)],
+    );
     assert_eq!(hyper.request(req).await.unwrap().status(), 500);
 
     assert!(tracing.flush());
@@ -445,14 +461,11 @@ async fn tracestate_that_opentelemetry_refuses_is_still_sent_on() {
     .await;
     let state = format!("foo=1,{}@{}=2", "t".repeat(241), "v".repeat(14));
     for flags in ["01", "00"] {
-        let req = http::Request::get(format!("http://{a_addr}/a"))
-            .header(
-                "traceparent",
-                format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}"),
-            )
-            .header("tracestate", state.as_str())
-            .body(Empty::<Bytes>::new())
-            .unwrap();
+        let parent = format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}");
+        let req = request_to(
+            format!("http://{a_addr}/a"),
+            &[("traceparent", &parent), ("tracestate", &state)],
+        );
         let res = client().request(req).await.unwrap();
         assert_eq!(res.status(), 200);
     }
@@ -487,13 +500,8 @@ async fn the_context_is_current_across_awaits() {
         .layer(ObserveLayer::with_observer(tracing.observer()));
     let addr = serve(app).await;
     for flags in ["01", "00"] {
-        let req = http::Request::get(format!("http://{addr}/wait"))
-            .header(
-                "traceparent",
-                format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}"),
-            )
-            .body(Empty::<Bytes>::new())
-            .unwrap();
+        let parent = format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}");
+        let req = request_to(format!("http://{addr}/wait"), &[("traceparent", &parent)]);
         let res = client().request(req).await.unwrap();
         let body = http_body_util::BodyExt::collect(res.into_body())
             .await
@@ -839,12 +847,9 @@ async fn without_an_endpoint_ids_exist_and_nothing_is_exported() {
         None,
         Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"),
     ] {
-        let mut req = http::Request::get(format!("http://{addr}/"));
-        if let Some(p) = parent {
-            req = req.header("traceparent", p);
-        }
+        let headers: Vec<_> = parent.map(|p| ("traceparent", p)).into_iter().collect();
         let res = hyper
-            .request(req.body(Empty::<Bytes>::new()).unwrap())
+            .request(request_to(format!("http://{addr}/"), &headers))
             .await
             .unwrap();
         let back = res.headers()["traceresponse"].to_str().unwrap().to_owned();
@@ -917,13 +922,13 @@ async fn a_disabled_sdk_creates_nothing() {
         .layer(ObserveLayer::with_observer(tracing.observer()));
     let addr = serve(app).await;
     let hyper = client();
-    let req = http::Request::get(format!("http://{addr}/"))
-        .header(
+    let req = request_to(
+        format!("http://{addr}/"),
+        &[(
             "traceparent",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        )
-        .body(Empty::<Bytes>::new())
-        .unwrap();
+        )],
+    );
     let res = hyper.request(req).await.unwrap();
     assert_eq!(res.status(), 200);
     assert!(res.headers().get("traceresponse").is_none());
@@ -1424,13 +1429,8 @@ async fn red_keeps_the_last_sampled_trace_as_its_exemplar() {
         "0af7651916cd43dd8448eb211c80319c",
     );
     for (trace, flags) in [(sampled, "01"), (unsampled, "00")] {
-        let req = http::Request::get(format!("http://{addr}/work"))
-            .header(
-                "traceparent",
-                format!("00-{trace}-00f067aa0ba902b7-{flags}"),
-            )
-            .body(Empty::<Bytes>::new())
-            .unwrap();
+        let parent = format!("00-{trace}-00f067aa0ba902b7-{flags}");
+        let req = request_to(format!("http://{addr}/work"), &[("traceparent", &parent)]);
         assert_eq!(client().request(req).await.unwrap().status(), 200);
     }
     let om = prometheus.render_openmetrics();
