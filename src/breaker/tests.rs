@@ -788,40 +788,19 @@ mod model {
         }
     }
 
-    fn settings() -> impl Strategy<Value = Settings> {
-        (
-            1u32..8,
-            1u32..8,
-            prop::sample::select(vec![0.25, 0.5, 1.0]),
-            proptest::option::of(1u32..5),
-            prop::sample::select(vec![1u64, 5, 10]),
-            prop::sample::select(vec![1.0, 2.0]),
-            prop::sample::select(vec![5u64, 30]),
-            1u32..4,
-        )
-            .prop_map(
-                |(
-                    window,
-                    minimum,
-                    threshold,
-                    consecutive,
-                    wait_s,
-                    multiplier,
-                    stable_s,
-                    probes,
-                )| {
-                    Settings {
-                        window,
-                        minimum,
-                        threshold,
-                        consecutive,
-                        wait_s,
-                        multiplier,
-                        stable_s,
-                        probes,
-                    }
-                },
-            )
+    prop_compose! {
+        fn settings()(
+            window in 1u32..8,
+            minimum in 1u32..8,
+            threshold in prop::sample::select(vec![0.25, 0.5, 1.0]),
+            consecutive in proptest::option::of(1u32..5),
+            wait_s in prop::sample::select(vec![1u64, 5, 10]),
+            multiplier in prop::sample::select(vec![1.0, 2.0]),
+            stable_s in prop::sample::select(vec![5u64, 30]),
+            probes in 1u32..4,
+        ) -> Settings {
+            Settings { window, minimum, threshold, consecutive, wait_s, multiplier, stable_s, probes }
+        }
     }
 
     fn ops() -> impl Strategy<Value = Vec<Op>> {

@@ -313,50 +313,37 @@ struct Target {
     status: u16,
 }
 
-fn target() -> impl Strategy<Value = Target> {
-    let host = prop_oneof![
-        Just("api.test"),
-        Just("API.Test"),
-        Just("127.0.0.1"),
-        Just("[::1]"),
-        Just("[2001:db8::7]"),
-        Just("xn--bcher-kva.test"),
-    ];
-    let userinfo = proptest::option::of(prop_oneof![
-        Just("user:pa55"),
-        Just("pa55"),
-        Just("u%40x:pa55")
-    ]);
-    let param = prop_oneof![
-        Just(("token", true)),
-        Just(("Password", true)),
-        Just(("%74oken", true)),
-        Just(("X-Amz-Signature", true)),
-        Just(("user[password]", true)),
-        Just(("sig", true)),
-        Just(("page", false)),
-        Just(("q", false)),
-    ];
-    (
-        any::<bool>(),
-        userinfo,
-        host,
-        proptest::option::of(prop_oneof![Just(80u16), Just(443), Just(8080), Just(65535)]),
-        "(/[a-z0-9%._~-]{0,8}){0,3}",
-        proptest::collection::vec((param, any::<bool>()), 0..5),
-        100u16..600,
-    )
-        .prop_map(
-            |(https, userinfo, host, port, path, query, status)| Target {
-                https,
-                userinfo,
-                host,
-                port,
-                path,
-                query: query.into_iter().map(|((n, s), _)| (n, s)).collect(),
-                status,
-            },
-        )
+prop_compose! {
+    fn target()(
+        https in any::<bool>(),
+        userinfo in proptest::option::of(prop::sample::select(vec!["user:pa55", "pa55", "u%40x:pa55"])),
+        host in prop::sample::select(vec![
+            "api.test",
+            "API.Test",
+            "127.0.0.1",
+            "[::1]",
+            "[2001:db8::7]",
+            "xn--bcher-kva.test",
+        ]),
+        port in proptest::option::of(prop::sample::select(vec![80u16, 443, 8080, 65535])),
+        path in "(/[a-z0-9%._~-]{0,8}){0,3}",
+        query in proptest::collection::vec(
+            prop::sample::select(vec![
+                ("token", true),
+                ("Password", true),
+                ("%74oken", true),
+                ("X-Amz-Signature", true),
+                ("user[password]", true),
+                ("sig", true),
+                ("page", false),
+                ("q", false),
+            ]),
+            0..5,
+        ),
+        status in 100u16..600,
+    ) -> Target {
+        Target { https, userinfo, host, port, path, query, status }
+    }
 }
 
 impl Target {

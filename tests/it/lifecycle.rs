@@ -948,32 +948,21 @@ struct Plan {
     frames: Option<u8>,
 }
 
-fn plan() -> impl proptest::strategy::Strategy<Value = Plan> {
-    use proptest::prelude::*;
-    (
-        200u16..600,
-        0u8..3,
-        0u8..4,
-        proptest::option::weighted(0.2, 0u8..4),
-        any::<bool>(),
-        any::<bool>(),
+proptest::prop_compose! {
+    fn plan()(
+        status in 200u16..600,
+        waits in 0u8..3,
+        chunks in 0u8..4,
+        fail_at in proptest::option::weighted(0.2, 0u8..4),
+        trailers in proptest::bool::ANY,
+        slow_body in proptest::bool::ANY,
         // At least one: `oneshot` calls the service on its first poll, so a future never
         // polled is a request no service saw.
-        proptest::option::weighted(0.3, 1u8..4),
-        proptest::option::weighted(0.3, 0u8..5),
-    )
-        .prop_map(
-            |(status, waits, chunks, fail_at, trailers, slow_body, polls, frames)| Plan {
-                status,
-                waits,
-                chunks,
-                fail_at,
-                trailers,
-                slow_body,
-                polls,
-                frames,
-            },
-        )
+        polls in proptest::option::weighted(0.3, 1u8..4),
+        frames in proptest::option::weighted(0.3, 0u8..5),
+    ) -> Plan {
+        Plan { status, waits, chunks, fail_at, trailers, slow_body, polls, frames }
+    }
 }
 
 /// Pending once (waking itself), then ready.
