@@ -33,14 +33,23 @@ pub enum Sampler {
     ParentBasedTraceIdRatio(f64),
 }
 
+/// A duration setting in whole milliseconds (`OTEL_EXPORTER_OTLP_TIMEOUT`).
+pub(crate) fn millis(value: &str) -> Option<Duration> {
+    value.trim().parse().ok().map(Duration::from_millis)
+}
+
+/// `OTEL_TRACES_SAMPLER_ARG` as a ratio sampler reads it: a number from 0 to 1.
+fn ratio(arg: &str) -> Option<f64> {
+    arg.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|r| (0.0..=1.0).contains(r))
+}
+
 impl Sampler {
     /// Parses the two variables' values; `None` for an unknown name.
     pub fn parse(name: &str, arg: Option<&str>) -> Option<Self> {
-        let ratio = || {
-            arg.and_then(|a| a.trim().parse::<f64>().ok())
-                .filter(|r| (0.0..=1.0).contains(r))
-                .unwrap_or(1.0)
-        };
+        let ratio = || arg.and_then(ratio).unwrap_or(1.0);
         Some(match name.trim() {
             "always_on" => Self::AlwaysOn,
             "always_off" => Self::AlwaysOff,
@@ -64,17 +73,12 @@ impl Sampler {
                 format!("OTEL_TRACES_SAMPLER={name}: unknown, using parentbased_always_on");
             return (Self::ParentBasedAlwaysOn, Some(warning));
         };
-        let ratio = matches!(
+        let takes_ratio = matches!(
             sampler,
             Self::TraceIdRatio(_) | Self::ParentBasedTraceIdRatio(_)
         );
-        let valid = |a: &str| {
-            a.trim()
-                .parse::<f64>()
-                .is_ok_and(|r| (0.0..=1.0).contains(&r))
-        };
         let warning = arg
-            .filter(|a| ratio && !valid(a))
+            .filter(|a| takes_ratio && ratio(a).is_none())
             .map(|a| format!("OTEL_TRACES_SAMPLER_ARG={a}: not a ratio from 0 to 1, using 1.0"));
         (sampler, warning)
     }
@@ -666,7 +670,7 @@ impl TraceConfig {
 pub(crate) fn unsupported_export_settings(env: impl Fn(&str) -> Option<String>) -> Vec<String> {
     let mut warnings = Vec::new();
     let effective = |name: &str| otlp_var(&env, name);
-    if let Some((var, t)) = effective("TIMEOUT").filter(|(_, t)| t.trim().parse::<u64>().is_err()) {
+    if let Some((var, t)) = effective("TIMEOUT").filter(|(_, t)| millis(t).is_none()) {
         warnings.push(format!(
             "{var}={t}: not a whole number of milliseconds, using 10000"
         ));

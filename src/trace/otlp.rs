@@ -608,11 +608,7 @@ impl OtlpSettings {
         let var = |name: &str| otlp_var(env, name).map(|(_, v)| v);
         let path = |name: &str| var(name).map(|p| PathBuf::from(p.trim()));
         let timeout = timeout
-            .or_else(|| {
-                var("TIMEOUT")
-                    .and_then(|ms| ms.trim().parse().ok())
-                    .map(Duration::from_millis)
-            })
+            .or_else(|| var("TIMEOUT").and_then(|ms| super::config::millis(&ms)))
             .unwrap_or(Duration::from_secs(10));
         let tls = TlsFiles {
             ca: tls.ca.clone().or_else(|| path("CERTIFICATE")),
