@@ -223,15 +223,16 @@ pub(crate) fn json_layer_made() {
     JSON_LAYER.store(true, Ordering::Relaxed);
 }
 
-/// Keys [`add_context`] refuses: every line's own (written first, once), and the request's
-/// correlation, which towerscope sets (the request id is also the one sent on downstream and
-/// back in `x-request-id`; the ids are the exported span's).
+/// Keys [`add_context`] refuses: every line's own (the first four written first on every
+/// line, then its message), and the request's correlation, which towerscope sets (the request
+/// id is also the one sent on downstream and back in `x-request-id`; the ids are the exported
+/// span's).
 pub const RESERVED_KEYS: [&str; 9] = [
     "timestamp",
     "level",
     "target",
-    "message",
     "service",
+    "message",
     "request_id",
     "trace_id",
     "span_id",

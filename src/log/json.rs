@@ -16,7 +16,9 @@ use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
-use super::context::{handoff, RequestContext, REQUEST_SPAN, REQUEST_TARGET, REQUEST_TARGET_JSON};
+use super::context::{
+    handoff, RequestContext, REQUEST_SPAN, REQUEST_TARGET, REQUEST_TARGET_JSON, RESERVED_KEYS,
+};
 use super::limit::{Limiter, RateLimit};
 pub use crate::json_str::write_json_str;
 
@@ -209,7 +211,13 @@ struct Seen<'a> {
 }
 
 impl<'a> Seen<'a> {
-    const FIRST: [&'static str; 4] = ["timestamp", "level", "target", "service"];
+    /// The keys every line starts with: the first four reserved ones.
+    const FIRST: [&'static str; 4] = [
+        RESERVED_KEYS[0],
+        RESERVED_KEYS[1],
+        RESERVED_KEYS[2],
+        RESERVED_KEYS[3],
+    ];
 
     fn new(keys: &'a mut Vec<&'static str>) -> Self {
         keys.clear();
