@@ -175,13 +175,20 @@ fn valid_request_id(v: &HeaderValue) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || b"._~:/+=@-".contains(c))
 }
 
-#[test]
-fn whatever_a_client_sends_the_handler_answers() {
+/// A runtime for the test's requests, and an OTLP receiver (on a thread of its own) with its
+/// URL.
+fn with_receiver() -> (tokio::runtime::Runtime, crate::trace::Receiver, String) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let (spans, url) = rt.block_on(receiver(Mode::Accept));
+    (rt, spans, url)
+}
+
+#[test]
+fn whatever_a_client_sends_the_handler_answers() {
+    let (rt, spans, url) = with_receiver();
     let tracing = exporting(url)
         .propagators(Propagators::new([
             Format::TraceContext,
@@ -382,11 +389,7 @@ impl Target {
 
 #[test]
 fn any_call_target_keeps_its_answer_and_its_secrets() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let (spans, url) = rt.block_on(receiver(Mode::Accept));
+    let (rt, spans, url) = with_receiver();
     let tracing = exporting(url).install();
     let (recorder, prometheus) = towerscope::metrics::Prometheus::builder().build();
     let sent = Arc::new(std::sync::Mutex::new(http::HeaderMap::new()));

@@ -128,6 +128,13 @@ pub(crate) fn exporting(url: String) -> TraceConfig {
         .export_delay(Duration::from_millis(20))
 }
 
+/// Tracing that makes and propagates ids and exports nothing.
+fn not_exporting() -> Tracing {
+    TraceConfig::from_env("it")
+        .exporter(towerscope::trace::Exporter::None)
+        .install()
+}
+
 /// Tracing that exports every span to `url` within 20 ms.
 fn exporting_to(url: String) -> Tracing {
     exporting(url).install()
@@ -450,9 +457,7 @@ async fn relay<T: Send + 'static>(
 /// and from an unsampled caller.
 #[tokio::test(flavor = "current_thread")]
 async fn tracestate_that_opentelemetry_refuses_is_still_sent_on() {
-    let tracing = TraceConfig::from_env("it")
-        .exporter(towerscope::trace::Exporter::None)
-        .install();
+    let tracing = not_exporting();
     let (a_addr, seen) = relay(&tracing, |headers| {
         headers
             .get("tracestate")
@@ -481,9 +486,7 @@ async fn tracestate_that_opentelemetry_refuses_is_still_sent_on() {
 /// alike.
 #[tokio::test(flavor = "current_thread")]
 async fn the_context_is_current_across_awaits() {
-    let tracing = TraceConfig::from_env("it")
-        .exporter(towerscope::trace::Exporter::None)
-        .install();
+    let tracing = not_exporting();
     let ids = || TraceIds::current().map(|i| format!("{}-{}", i.trace_id, i.span_id));
     let app = Router::new()
         .route(
@@ -1035,9 +1038,7 @@ fn the_opentelemetry_sdk_propagators_agree_with_ours() {
 /// type name.
 #[test]
 fn client_errors_are_classified_like_server_errors() {
-    let tracing = TraceConfig::from_env("it")
-        .exporter(towerscope::trace::Exporter::None)
-        .install();
+    let tracing = not_exporting();
     let (recorder, prometheus) = towerscope::metrics::Prometheus::builder().build();
     let failing = tower::service_fn(|_req: http::Request<()>| async {
         Err::<http::Response<()>, _>(std::io::Error::from(std::io::ErrorKind::TimedOut))
@@ -1411,9 +1412,7 @@ async fn b3_sampling_states_and_deferral() {
 /// the last sampled request's trace, and an unsampled one (its parent said so) leaves it be.
 #[tokio::test(flavor = "current_thread")]
 async fn red_keeps_the_last_sampled_trace_as_its_exemplar() {
-    let tracing = TraceConfig::from_env("it")
-        .exporter(towerscope::trace::Exporter::None)
-        .install();
+    let tracing = not_exporting();
     let (recorder, prometheus) = towerscope::metrics::Prometheus::builder()
         .exemplars(true)
         .build();
@@ -1452,9 +1451,7 @@ async fn red_keeps_the_last_sampled_trace_as_its_exemplar() {
 /// whose ids went out in `traceparent`.
 #[test]
 fn client_calls_keep_their_span_as_the_exemplar() {
-    let tracing = TraceConfig::from_env("it")
-        .exporter(towerscope::trace::Exporter::None)
-        .install();
+    let tracing = not_exporting();
     let (recorder, prometheus) = towerscope::metrics::Prometheus::builder()
         .exemplars(true)
         .build();
