@@ -267,8 +267,8 @@ impl HistogramFn for FastHistogram {
 struct Series<T> {
     by_key: HashMap<Key, Arc<T>>,
     /// Keys as registered that are written as another (see [`canonical`]), with that one's
-    /// series: found again without making the other key.
-    aliases: HashMap<Key, Arc<T>>,
+    /// series (`None`: refused): found again without making the other key.
+    aliases: HashMap<Key, Option<Arc<T>>>,
 }
 
 impl<T> Default for Series<T> {
@@ -361,9 +361,6 @@ impl Kind {
 struct Refused {
     /// By kind (see [`Kind::index`]).
     series: [HashSet<Key>; 3],
-    /// Keys as registered whose written key (see [`canonical`]) was refused, by kind: refused
-    /// again without making that key.
-    aliases: [HashSet<Key>; 3],
     names: HashSet<(String, Kind)>,
 }
 
@@ -556,24 +553,19 @@ impl Store {
     ) -> Option<Arc<T>> {
         {
             let series = lock.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(v) = series.by_key.get(key).or_else(|| series.aliases.get(key)) {
+            if let Some(v) = series.by_key.get(key) {
                 return Some(v.clone());
+            }
+            if let Some(v) = series.aliases.get(key) {
+                return v.clone();
             }
         }
         let bucketed = kind == Kind::Histogram;
-        if written_otherwise(key, bucketed) {
-            let refused = || self.refused.lock().unwrap_or_else(|e| e.into_inner());
-            if refused().aliases[kind.index()].contains(key) {
-                return None;
-            }
-            let written = canonical(key, bucketed).unwrap_or_else(|| key.clone());
-            let Some(v) = self.get_or_create(lock, &written, kind, make) else {
-                refused().aliases[kind.index()].insert(key.clone());
-                return None;
-            };
+        if let Some(written) = canonical(key, bucketed) {
+            let v = self.get_or_create(lock, &written, kind, make);
             let mut w = lock.write().unwrap_or_else(|e| e.into_inner());
             w.aliases.insert(key.clone(), v.clone());
-            return Some(v);
+            return v;
         }
         if !self.admit(key, kind) {
             return None;
@@ -638,9 +630,10 @@ impl Store {
         fn retain<T>(lock: &RwLock<Series<T>>, which: &dyn Fn(&Key) -> bool) {
             let mut w = lock.write().unwrap_or_else(|e| e.into_inner());
             w.by_key.retain(|k, _| !which(k));
-            // An alias goes with its series.
+            // An alias goes with its series (a refused one stays refused).
             let kept: HashSet<*const T> = w.by_key.values().map(Arc::as_ptr).collect();
-            w.aliases.retain(|_, v| kept.contains(&Arc::as_ptr(v)));
+            w.aliases
+                .retain(|_, v| v.as_ref().is_none_or(|v| kept.contains(&Arc::as_ptr(v))));
         }
         retain(&self.counters, which);
         retain(&self.gauges, which);
