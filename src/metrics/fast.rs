@@ -364,14 +364,31 @@ struct Refused {
     names: HashSet<(String, Kind)>,
 }
 
-/// The names series were registered under, as given, each with its kind; and which of them
-/// writes each family and sample name (see [`written`]).
+/// The names series were registered under, as given, with what each may hold; and which of
+/// them writes each family and sample name (see [`written`]).
 struct Names {
-    kinds: HashMap<String, Kind>,
-    /// Names as given refused for a kind because it would write a name another writes (by
-    /// [`Kind::index`]): refused again without a look at what they would write.
-    refused: HashMap<String, [bool; 3]>,
+    claims: HashMap<String, Claim>,
     written: HashMap<String, String>,
+}
+
+/// What a name (as given) may hold.
+#[derive(Clone, Copy)]
+enum Claim {
+    /// Series of this kind, the first registered.
+    Held(Kind),
+    /// Nothing yet; refused for these kinds (by [`Kind::index`]), each of which would write a
+    /// name another writes: refused again without a look at what they would write.
+    Refused([bool; 3]),
+}
+
+impl Claim {
+    /// Whether `kind` is settled for the name: `Some(may hold it)`.
+    fn settles(self, kind: Kind) -> Option<bool> {
+        match self {
+            Claim::Held(k) => Some(k == kind),
+            Claim::Refused(r) => (r[kind.index()]).then_some(false),
+        }
+    }
 }
 
 /// The family and sample names the series `name` (as rendered) of `kind` writes in either
@@ -450,8 +467,7 @@ impl Store {
             help: RwLock::new(help),
             counter_names: RwLock::default(),
             names: RwLock::new(Names {
-                kinds: HashMap::from([(SERIES_DROPPED.to_owned(), Kind::Counter)]),
-                refused: HashMap::new(),
+                claims: HashMap::from([(SERIES_DROPPED.to_owned(), Claim::Held(Kind::Counter))]),
                 written: written(SERIES_DROPPED, Kind::Counter)
                     .into_iter()
                     .map(|w| (w, SERIES_DROPPED.to_owned()))
@@ -480,14 +496,9 @@ impl Store {
     /// series never depends on the format the scraper negotiated. Looked up once per new
     /// series here, and on every registration of what goes to the exporter.
     fn claim(&self, name: &str, kind: Kind) -> bool {
-        {
-            let names = self.names.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(k) = names.kinds.get(name) {
-                return *k == kind;
-            }
-            if names.refused.get(name).is_some_and(|r| r[kind.index()]) {
-                return false;
-            }
+        let settled = |names: &Names| names.claims.get(name).and_then(|c| c.settles(kind));
+        if let Some(ok) = settled(&self.names.read().unwrap_or_else(|e| e.into_inner())) {
+            return ok;
         }
         let shown = if plain_name(name) {
             Cow::Borrowed(name)
@@ -495,19 +506,25 @@ impl Store {
             Cow::Owned(sanitize_metric_name(name))
         };
         let mut names = self.names.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(k) = names.kinds.get(name) {
-            return *k == kind;
+        if let Some(ok) = settled(&names) {
+            return ok;
         }
         let writes = written(&shown, kind);
         if writes.iter().any(|w| names.written.contains_key(w)) {
             // For this kind only: another may write other names.
-            names.refused.entry(name.to_owned()).or_default()[kind.index()] = true;
+            let claim = names
+                .claims
+                .entry(name.to_owned())
+                .or_insert(Claim::Refused([false; 3]));
+            if let Claim::Refused(r) = claim {
+                r[kind.index()] = true;
+            }
             return false;
         }
         for w in writes {
             names.written.insert(w, name.to_owned());
         }
-        names.kinds.insert(name.to_owned(), kind);
+        names.claims.insert(name.to_owned(), Claim::Held(kind));
         true
     }
 
